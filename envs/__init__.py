@@ -1,0 +1,1 @@
+"""Half-cheetah tasks (installed as ``prefrl.envs``)."""

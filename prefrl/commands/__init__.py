@@ -1,0 +1,1 @@
+"""Subcommands of the ``prefrl`` CLI (see ``prefrl.cli``)."""

@@ -1,0 +1,1 @@
+"""Data: segmenting trajectories, pairing queries, validated dataset files."""

@@ -1,0 +1,129 @@
+"""Flax modules and the one action distribution every policy uses.
+
+Every policy in prefrl is a **tanh-squashed diagonal Gaussian** over the
+``[-1, 1]^act`` action box (half-cheetah's bounds): ``u ~ N(μ(s), σ(s))``,
+``a = tanh(u)``. Its density on the box is exact,
+
+    log π(a|s) = log N(atanh a; μ, σ) − Σ_i log(1 − a_i²),
+
+so PPO's ratios, BC's likelihood, CPL's ``α log π`` and the KL to a reference
+policy all use one consistent density on the *environment's* action space.
+Actions at exactly ±1 (clipped data) are pulled inside by ``ACTION_EPS``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+ACTION_EPS = 1e-6
+LOG_STD_MIN = -5.0
+LOG_STD_MAX = 2.0
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class MLP(nn.Module):
+    """``[..., in] -> [..., out]``: dense layers with ``activation`` between them."""
+
+    hidden: Sequence[int]
+    out: int
+    activation: Callable[[Array], Array] = nn.tanh
+    kernel_scale: float = math.sqrt(2.0)
+    out_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        for width in self.hidden:
+            x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(self.kernel_scale))(x)
+            x = self.activation(x)
+        return nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(self.out_scale))(x)
+
+
+class GaussianPolicy(nn.Module):
+    """``obs [..., obs] -> (mean [..., act], log_std [..., act])`` of the pre-tanh Gaussian.
+
+    ``state_dependent_std=False`` learns one log-std vector (PPO's usual
+    choice); ``True`` predicts it from the state (CPL/BC's usual choice).
+    """
+
+    action_dim: int
+    hidden: Sequence[int] = (256, 256)
+    activation: Callable[[Array], Array] = nn.tanh
+    state_dependent_std: bool = False
+    init_log_std: float = -0.5
+
+    @nn.compact
+    def __call__(self, obs: Array) -> tuple[Array, Array]:
+        x = obs
+        for width in self.hidden:
+            x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(math.sqrt(2.0)))(x)
+            x = self.activation(x)
+        mean = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01))(x)
+        if self.state_dependent_std:
+            log_std = nn.Dense(
+                self.action_dim,
+                kernel_init=nn.initializers.orthogonal(0.01),
+                bias_init=nn.initializers.constant(self.init_log_std),
+            )(x)
+        else:
+            log_std = self.param(
+                "log_std", nn.initializers.constant(self.init_log_std), (self.action_dim,)
+            )
+            log_std = jnp.broadcast_to(log_std, mean.shape)
+        return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+
+
+class ValueNetwork(nn.Module):
+    """``obs [..., obs] -> value [...]``."""
+
+    hidden: Sequence[int] = (256, 256)
+    activation: Callable[[Array], Array] = nn.tanh
+
+    @nn.compact
+    def __call__(self, obs: Array) -> Array:
+        return MLP(self.hidden, 1, self.activation)(obs)[..., 0]
+
+
+def _log_one_minus_tanh_sq(u: Array) -> Array:
+    # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|.
+    return 2.0 * (math.log(2.0) - u - jax.nn.softplus(-2.0 * u))
+
+
+def gaussian_log_prob(mean: Array, log_std: Array, x: Array) -> Array:
+    """Diagonal Gaussian log-density, summed over the last axis: ``[..., d] -> [...]``."""
+    z = (x - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * _LOG_2PI, axis=-1)
+
+
+def gaussian_entropy(log_std: Array) -> Array:
+    """Entropy of the pre-tanh Gaussian, summed over the last axis."""
+    return jnp.sum(log_std + 0.5 * (_LOG_2PI + 1.0), axis=-1)
+
+
+def tanh_gaussian_sample(key: Array, mean: Array, log_std: Array) -> tuple[Array, Array]:
+    """Sample ``a = tanh(u)``, ``u ~ N(mean, exp(log_std))``; returns ``(a, log π(a))``."""
+    u = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
+    log_p = gaussian_log_prob(mean, log_std, u) - jnp.sum(_log_one_minus_tanh_sq(u), axis=-1)
+    return jnp.tanh(u), log_p
+
+
+def tanh_gaussian_log_prob(mean: Array, log_std: Array, action: Array) -> Array:
+    """Exact log-density of an action in the box: ``[..., act] -> [...]``.
+
+    ``log π(a) = log N(atanh a; mean, σ) − Σ log(1 − a²)``; actions are clipped
+    to ``±(1 − ACTION_EPS)`` first so that clipped data at the bounds stays finite.
+    """
+    a = jnp.clip(action, -1.0 + ACTION_EPS, 1.0 - ACTION_EPS)
+    u = jnp.arctanh(a)
+    return gaussian_log_prob(mean, log_std, u) - jnp.sum(jnp.log1p(-(a**2)), axis=-1)
+
+
+def tanh_gaussian_mode(mean: Array) -> Array:
+    """The deterministic action used for evaluation: ``tanh(mean)``."""
+    return jnp.tanh(mean)
