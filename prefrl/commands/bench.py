@@ -10,7 +10,8 @@ import prefrl.bench
 
 
 def _available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(prefrl.bench.__path__) if not m.name.startswith("_"))
+    modules = pkgutil.iter_modules(prefrl.bench.__path__)
+    return sorted(m.name for m in modules if not m.name.startswith("_"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,115 @@
+"""Atomic, validated file I/O shared by every file format in prefrl.
+
+Array files are ``.npz`` (read with ``allow_pickle=False``) whose JSON header
+travels inside the archive as the uint8 array ``__header__``; a header always
+holds ``kind`` (what the file is) and ``schema_version``. Every write goes to a
+temporary file in the destination directory and is moved into place with
+``os.replace``, so a crash never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HEADER_KEY = "__header__"
+
+
+class FileFormatError(ValueError):
+    """A file is missing, truncated, of the wrong kind, or fails validation."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_npz(
+    path: str | os.PathLike, arrays: Mapping[str, Any], header: Mapping[str, Any]
+) -> Path:
+    """Save named arrays plus a JSON ``header`` (must hold ``kind`` and ``schema_version``)."""
+    if "kind" not in header or "schema_version" not in header:
+        raise ValueError("header must hold 'kind' and 'schema_version'")
+    if HEADER_KEY in arrays:
+        raise ValueError(f"array name {HEADER_KEY!r} is reserved")
+    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    for name, value in payload.items():
+        if value.dtype == object:
+            raise ValueError(f"array {name!r} has dtype object; only numeric arrays are stored")
+    payload[HEADER_KEY] = np.frombuffer(json.dumps(dict(header)).encode("utf-8"), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **payload)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_npz(
+    path: str | os.PathLike,
+    *,
+    kind: str,
+    supported_versions: tuple[int, ...] = (1,),
+    required: tuple[str, ...] = (),
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load and check an ``.npz`` written by :func:`save_npz`.
+
+    Raises ``FileNotFoundError`` for a missing file and ``FileFormatError``,
+    naming the file and the problem, for a truncated or non-npz file, a missing
+    header, the wrong ``kind``, an unknown schema version or missing arrays.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise FileFormatError(
+            f"{path}: not a readable .npz file (truncated or corrupt?): {err}"
+        ) from err
+    if HEADER_KEY not in arrays:
+        raise FileFormatError(f"{path}: no {HEADER_KEY!r} entry; not a prefrl {kind} file")
+    try:
+        header = json.loads(arrays.pop(HEADER_KEY).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FileFormatError(f"{path}: corrupt header: {err}") from err
+    if header.get("kind") != kind:
+        found = header.get("kind")
+        raise FileFormatError(f"{path}: expected a {kind!r} file, found kind {found!r}")
+    version = header.get("schema_version")
+    if version not in supported_versions:
+        raise FileFormatError(
+            f"{path}: unknown schema_version {version!r} for {kind!r} "
+            f"(this prefrl reads {list(supported_versions)})"
+        )
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise FileFormatError(f"{path}: missing array(s) {missing} in {kind!r} file")
+    return arrays, header
