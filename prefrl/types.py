@@ -90,3 +90,29 @@ class Segments:
     @property
     def length(self) -> int:
         return self.obs.shape[1]
+
+
+@struct.dataclass
+class PreferenceDataset:
+    """Labelled queries: query q is ``(segments[first[q]], segments[second[q]])``.
+
+    ``labels`` maps an oracle's name (e.g. ``"partial_return"``, ``"regret"``)
+    to ``[Q]`` floats in {0, ½, 1} with ``label = P(first ≻ second)``; several
+    oracles can label the *same* queries. ``label_mask`` has the same keys:
+    ``[Q]`` bool, False where that oracle skipped the query (B-Pref's skip
+    rule); learners weight the loss by it. Files: ``prefrl.data.dataset``.
+    """
+
+    segments: Segments  # pool [N, k, …]
+    first: Array  # [Q] int index into segments
+    second: Array  # [Q] int index into segments
+    labels: dict[str, Array]  # name -> [Q] float
+    label_mask: dict[str, Array]  # name -> [Q] bool
+
+    @property
+    def num_queries(self) -> int:
+        return self.first.shape[0]
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.labels))
