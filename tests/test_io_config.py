@@ -56,7 +56,8 @@ def test_failed_write_keeps_old_file(tmp_path):
     pio.save_npz(path, {"a": np.ones(2)}, {"kind": "thing", "schema_version": 1})
     before = path.read_bytes()
     with pytest.raises(ValueError, match="dtype object"):
-        pio.save_npz(path, {"a": np.array([{}], dtype=object)}, {"kind": "thing", "schema_version": 1})
+        bad = {"a": np.array([{}], dtype=object)}
+        pio.save_npz(path, bad, {"kind": "thing", "schema_version": 1})
     assert path.read_bytes() == before
 
 
