@@ -1,0 +1,326 @@
+"""``prefrl bench cpl``: offline preference learning on half-cheetah — BC, CPL, CPL-BC,
+contrastive DPO and best-of-n, by true return.
+
+For each task (default ``target-speed`` and ``run``):
+
+1. **Data** (CPL's setting): roll out every PPO checkpoint found for the task
+   (intermediate and final, one per training progress: mixed-quality
+   behaviour, stochastic actions),
+   cut segments of length 64 (stride 32), draw uniform query pairs and label
+   them with the *regret* oracle (expert critic V_E of the most-trained
+   checkpoint, DESIGN.md §3) and with the partial-return oracle, both on the
+   same queries (``prefrl.commands.label.label_pool``). Or pass ``--datasets``
+   to reuse dataset files.
+2. **Methods**, each trained for every seed in one ``jit(vmap)`` call
+   (``prefrl.offline``): BC on all segments (π_ref; seed s's BC policy is
+   also the BC pre-training of seed s's CPL runs and its DPO reference); CPL
+   on regret labels; CPL-BC; contrastive DPO against the BC policy; CPL on
+   partial-return labels; and best-of-n: n actions from π_ref
+   per state, keeping the best under the learned advantage
+   ``Â(s, a) = α log π_CPL(a|s)`` (CPL's implicit advantage, seed-matched);
+   best-of-1 is π_ref's own sampled behaviour.
+3. **Evaluation**: true return of one 1000-step episode in ``eval_envs``
+   environments per seed (deterministic ``tanh(mean)`` for trained policies;
+   best-of-n samples), plus held-out implicit-preference accuracy.
+
+Every method of seed s shares seed s's BC policy: it is the BC result, the
+BC pre-training of the CPL runs and DPO's π_ref.
+
+Writes ``experiments/bench/results/cpl.json`` atomically; the last line
+printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from prefrl import config as config_lib
+from prefrl import offline
+from prefrl.io import atomic_write_json
+from prefrl.learners import bc, best_of_n, cpl
+from prefrl.networks import tanh_gaussian_log_prob
+
+
+@dataclasses.dataclass(frozen=True)
+class CPLBenchConfig:
+    """Options of ``prefrl bench cpl``."""
+
+    experts_dir: str = config_lib.field(
+        "experiments/experts", "PPO checkpoints: <dir>/<task>/**/*.npz (and <dir>/<task>.npz)"
+    )
+    tasks: tuple[str, ...] = config_lib.field(("target-speed", "run"), "tasks to run")
+    datasets: tuple[str, ...] = config_lib.field(
+        (), "reuse datasets instead of collecting: TASK=PATH entries"
+    )
+    data_dir: str = config_lib.field(
+        "experiments/bench/data", "where collected datasets are written"
+    )
+    out: str = config_lib.field("experiments/bench/results/cpl.json", "results file")
+    seeds: tuple[int, ...] = config_lib.field((0, 1, 2), "training seeds per method")
+    segment_length: int = config_lib.field(64, "segment length k (CPL: 64)")
+    stride: int = config_lib.field(32, "steps between segment starts")
+    envs_per_policy: int = config_lib.field(16, "environments rolled out per checkpoint")
+    steps_per_policy: int = config_lib.field(1000, "steps per environment per checkpoint")
+    budget: int = config_lib.field(4000, "labelled queries")
+    regret_discount: float = config_lib.field(0.0, "γ of the regret oracle; 0 = the critic's")
+    num_steps: int = config_lib.field(1000, "preference-learning steps (CPL, CPL-BC, DPO)")
+    bc_steps: int = config_lib.field(1000, "BC steps (BC alone, and pre-training for CPL/DPO)")
+    batch_size: int = config_lib.field(32, "queries (BC: segments) per step")
+    learning_rate: float = config_lib.field(3e-4, "Adam learning rate")
+    hidden: tuple[int, ...] = config_lib.field((64, 64), "policy MLP widths")
+    log_every: int = config_lib.field(250, "steps between validation evaluations")
+    alpha: float = config_lib.field(0.1, "CPL temperature α")
+    bias: float = config_lib.field(0.5, "CPL conservative bias λ")
+    bc_weight: float = config_lib.field(1.0, "CPL-BC regulariser weight")
+    beta: float = config_lib.field(0.1, "contrastive DPO temperature β")
+    best_of: int = config_lib.field(16, "n of best-of-n")
+    eval_envs: int = config_lib.field(4, "evaluation episodes per seed")
+    eval_steps: int = config_lib.field(1000, "steps per evaluation episode")
+    merge: bool = config_lib.field(
+        False, "keep other tasks' results already in --out when their settings match"
+    )
+
+    def __post_init__(self) -> None:
+        if not self.tasks or not self.seeds:
+            raise ValueError("need at least one task and one seed")
+        for entry in self.datasets:
+            if "=" not in entry:
+                raise ValueError(f"--datasets entries are TASK=PATH, got {entry!r}")
+
+    def train_config(self, num_steps: int, bc_pretrain_steps: int) -> offline.TrainConfig:
+        return offline.TrainConfig(
+            num_steps=num_steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            bc_pretrain_steps=bc_pretrain_steps, log_every=self.log_every,
+            validation_fraction=0.1, hidden=tuple(self.hidden), state_dependent_std=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+def find_checkpoints(experts_dir: str, task: str) -> list[str]:
+    """Every PPO checkpoint for ``task``: ``<dir>/<task>/**/*.npz`` plus ``<dir>/<task>.npz``."""
+    paths = sorted(glob.glob(os.path.join(experts_dir, task, "**", "*.npz"), recursive=True))
+    single = os.path.join(experts_dir, f"{task}.npz")
+    if os.path.exists(single):
+        paths.append(single)
+    return paths
+
+
+def _progress(header: dict[str, Any]) -> float:
+    progress = header.get("progress") or {}
+    return float(progress.get("env_steps", progress.get("update", 0)) or 0)
+
+
+def collect_dataset(config: CPLBenchConfig, task: str, path: Path) -> dict[str, Any]:
+    """Roll out every checkpoint, segment, label (regret + partial return); save to ``path``."""
+    from prefrl import checkpoint
+    from prefrl.commands.label import LabelConfig, label_pool
+    from prefrl.data import dataset as dataset_io
+    from prefrl.data.segments import segment
+    from prefrl.envs.tasks import make_task, task_from_header
+    from prefrl.rollout import BatchedEnv
+
+    paths = find_checkpoints(config.experts_dir, task)
+    if not paths:
+        raise FileNotFoundError(
+            f"no PPO checkpoints for task {task!r} under {config.experts_dir}/{task}/ "
+            f"(or {config.experts_dir}/{task}.npz); pass --experts-dir or --datasets"
+        )
+    headers = [checkpoint.load(p)[1] for p in paths]
+    # One checkpoint per training progress: final/last copies of the same policy would
+    # otherwise over-weight the expert in the "mixed-quality" data.
+    unique: dict[float, int] = {}
+    for i, header in enumerate(headers):
+        unique.setdefault(_progress(header), i)
+    paths = [paths[i] for i in sorted(unique.values())]
+    headers = [headers[i] for i in sorted(unique.values())]
+    critic = paths[int(np.argmax([_progress(h) for h in headers]))]
+    spec = task_from_header(headers[0]) if "task" in headers[0] else make_task(task)
+    pools, sources = [], []
+    for i, (p, header) in enumerate(zip(paths, headers, strict=True)):
+        policy_fn, _ = checkpoint.load_policy(p, deterministic=False)
+        with BatchedEnv(spec, config.envs_per_policy, seed=10_000 + i) as env:
+            traj = env.rollout(policy_fn, config.steps_per_policy, jax.random.key(10_000 + i))
+        pool = segment(traj, config.segment_length, config.stride)
+        pools.append(pool)
+        returns = np.asarray(traj.reward).sum(0)
+        sources.append({"checkpoint": p, "progress": _progress(header),
+                        "segments": int(pool.obs.shape[0]),
+                        "mean_step_reward": float(np.asarray(traj.reward).mean()),
+                        "mean_return_over_steps": float(returns.mean())})
+    pool = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *pools)
+    discount = config.regret_discount or float(
+        headers[paths.index(critic)].get("discount", 0.99))
+    label_config = LabelConfig(
+        segment_length=config.segment_length, stride=config.stride, budget=config.budget,
+        seed=0, oracles=("partial_return", "regret"), regret_discount=discount, expert=critic)
+    dataset, stats = label_pool(label_config, pool, checkpoint.load_value_fn(critic))
+    dataset_io.save(path, dataset, task=spec.name,
+                    oracles={n: config_lib.to_dict(label_config.oracle(n))
+                             for n in label_config.oracles},
+                    seeds={"seed": 0},
+                    meta={"task_params": spec.params_dict, "expert": critic,
+                          "checkpoints": sources, "bench": "cpl"})
+    return {"checkpoints": sources, "critic": critic, "regret_discount": discount,
+            "label_stats": stats}
+
+
+# ---------------------------------------------------------------- methods
+
+
+def implicit_advantage(network: Any, params: Any, alpha: float) -> Any:
+    """CPL's learned advantage ``Â(s, a) = α log π(a|s)``: ``[B, obs], [B, act] -> [B]``."""
+
+    def score_fn(obs: jax.Array, action: jax.Array) -> jax.Array:
+        mean, log_std = network.apply(params, obs)
+        return alpha * tanh_gaussian_log_prob(mean, log_std, action)
+
+    return score_fn
+
+
+def _evaluate(spec: Any, policy: Any, config: CPLBenchConfig, seed: int) -> float:
+    result = offline.evaluate_return(spec, policy, num_envs=config.eval_envs,
+                                     num_steps=config.eval_steps, seed=5000 + seed)
+    return result["return_mean"]
+
+
+def _summary(returns: list[float]) -> dict[str, Any]:
+    arr = np.asarray(returns, np.float64)
+    return {"returns": [float(x) for x in arr], "mean": float(arr.mean()),
+            "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
+
+
+def run_task(config: CPLBenchConfig, task: str, dataset_path: Path) -> dict[str, Any]:
+    from prefrl.data import dataset as dataset_io
+    from prefrl.envs.tasks import make_task
+
+    dataset, header = dataset_io.load(dataset_path)
+    spec = make_task(header["task"], **(header.get("meta", {}).get("task_params") or {}))
+    seeds = list(config.seeds)
+    out: dict[str, Any] = {"dataset": str(dataset_path), "task": spec.to_header(),
+                           "segments": int(dataset.segments.obs.shape[0]),
+                           "queries": int(dataset.first.shape[0]), "methods": {}}
+    pr, rg = (np.asarray(dataset.labels[n]) for n in ("partial_return", "regret"))
+    out["label_agreement_regret_vs_partial_return"] = float(np.mean(pr == rg))
+    seg_return = np.asarray(dataset.segments.reward).sum(-1)
+    out["segment_return_mean"] = float(seg_return.mean())
+    out["segment_return_max"] = float(seg_return.max())
+
+    def evaluate_seeds(result: offline.OfflineResult) -> list[float]:
+        return [_evaluate(spec, offline.policy_fn(result.network,
+                                                  offline.select_seed(result.params, i)),
+                          config, s) for i, s in enumerate(seeds)]
+
+    def run_method(name: str, algo: str, learner_config: Any, label: str, steps: int,
+                   pretrain: int, **kw: Any) -> offline.OfflineResult:
+        start = time.perf_counter()
+        result = offline.train(algo, dataset, label_name=label,
+                               config=config.train_config(steps, pretrain),
+                               learner_config=learner_config, seeds=seeds, **kw)
+        seconds = time.perf_counter() - start
+        phase = "pref" if "pref" in result.history else "bc"
+        out["methods"][name] = {
+            **_summary(evaluate_seeds(result)), "label": label,
+            "val_accuracy": [float(v) for v in result.history[phase]["val_accuracy"][:, -1]],
+            "train_seconds": round(seconds, 1)}
+        print(json.dumps({"task": task, "method": name, **out["methods"][name]}), flush=True)
+        return result
+
+    cpl_config = cpl.CPLConfig(alpha=config.alpha, bias=config.bias)
+    bc_result = run_method("bc", "bc", bc.BCConfig(), "regret", config.bc_steps, 0)
+    # Every method of seed s starts from (CPL: BC pre-training) or refers to (DPO: π_ref)
+    # seed s's BC policy, so the BC phase is trained once and shared.
+    from_bc = {"init_params": bc_result.params, "per_seed_params": True}
+    cpl_result = run_method("cpl", "cpl", cpl_config, "regret", config.num_steps, 0, **from_bc)
+    run_method("cpl_bc", "cpl_bc", dataclasses.replace(cpl_config, bc_weight=config.bc_weight),
+               "regret", config.num_steps, 0, **from_bc)
+    run_method("dpo", "dpo", cpl.DPOConfig(beta=config.beta), "regret", config.num_steps, 0,
+               ref_params=bc_result.params, per_seed_params=True)
+    run_method("cpl_partial_return", "cpl", cpl_config, "partial_return", config.num_steps, 0,
+               **from_bc)
+
+    # Best-of-n from π_ref (BC) under CPL's implicit advantage Â = α log π_CPL (same seed);
+    # n = 1 is π_ref's own stochastic behaviour, the baseline best-of-n improves on.
+    network = cpl_result.network
+    for n in sorted({1, config.best_of}):
+        returns = []
+        for i, s in enumerate(seeds):
+            score_fn = implicit_advantage(network, offline.select_seed(cpl_result.params, i),
+                                          config.alpha)
+            policy = jax.jit(best_of_n.make_policy_fn(
+                bc_result.network, offline.select_seed(bc_result.params, i), score_fn, n))
+            returns.append(_evaluate(spec, policy, config, s))
+        name = f"best_of_{n}"
+        out["methods"][name] = {
+            **_summary(returns), "label": "regret", "reference": "bc",
+            "score": "alpha * log pi_CPL(a|s), CPL's implicit advantage"}
+        if n == 1:
+            out["methods"][name]["note"] = "sampled pi_ref (BC) actions; score unused"
+        print(json.dumps({"task": task, "method": name, **out["methods"][name]}), flush=True)
+    return out
+
+
+_PER_RUN_FIELDS = ("tasks", "datasets", "merge", "out")
+
+
+def _merge(config: CPLBenchConfig, results: dict[str, Any]) -> dict[str, Any]:
+    """Add the tasks of an earlier run in ``config.out`` that this run did not redo.
+
+    Only when every setting except the task list agrees, so one file never
+    mixes methods trained differently; each task keeps its own ``seconds``.
+    """
+    path = Path(config.out)
+    if not path.exists():
+        return results
+    old = json.loads(path.read_text())
+    mine = {k: v for k, v in results["config"].items() if k not in _PER_RUN_FIELDS}
+    theirs = {k: v for k, v in old.get("config", {}).items() if k not in _PER_RUN_FIELDS}
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise ValueError(f"--merge: {path} was made with different settings {diff}")
+    for task, value in old.get("tasks", {}).items():
+        if task not in results["tasks"]:
+            value.setdefault("seconds", old.get("seconds"))
+            results["tasks"][task] = value
+    results["merged_runs"] = old.get("merged_runs", 1) + 1
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="prefrl bench cpl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_lib.add_dataclass_args(parser, CPLBenchConfig)
+    config = config_lib.from_args(CPLBenchConfig, parser.parse_args(argv))
+    given = dict(entry.split("=", 1) for entry in config.datasets)
+    start = time.perf_counter()
+    results: dict[str, Any] = {"bench": "cpl", "config": config_lib.to_dict(config),
+                               "device": jax.devices()[0].platform, "tasks": {}}
+    for task in config.tasks:
+        if task in given:
+            path, collection = Path(given[task]), {"reused": True}
+        else:
+            path = Path(config.data_dir) / f"cpl_{task}.npz"
+            collection = collect_dataset(config, task, path)
+        task_start = time.perf_counter()
+        results["tasks"][task] = {"collection": collection, **run_task(config, task, path),
+                                  "seconds": round(time.perf_counter() - task_start, 1)}
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    if config.merge:
+        results = _merge(config, results)
+    atomic_write_json(config.out, results)
+    final = {"bench": "cpl", "out": config.out,
+             "mean_return": {t: {m: round(v["mean"], 1) for m, v in r["methods"].items()}
+                             for t, r in results["tasks"].items()},
+             "seconds": results["seconds"]}
+    print(json.dumps(final))
+    return 0

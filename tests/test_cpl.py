@@ -1,0 +1,301 @@
+"""CPL, contrastive DPO, best-of-n and the offline training loop."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.integrate
+import scipy.stats
+
+from prefrl.learners import best_of_n, cpl
+from prefrl.networks import ACTION_EPS, GaussianPolicy, tanh_gaussian_log_prob
+from prefrl.preference import bt_loss
+
+
+def _softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+# ------------------------------------------------------------ known answers
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_cpl_loss_known_answer(jit):
+    logp_1 = jnp.array([-1.0, -2.0])
+    logp_2 = jnp.array([-3.0, -0.5])
+    kw = dict(alpha=0.5, bias=0.5, discount=0.9)
+    fn = jax.jit(cpl.cpl_loss, static_argnames=()) if jit else cpl.cpl_loss
+    # S_1 = 0.5 (−1 + 0.9·(−2)) = −1.4;  S_2 = 0.5 (−3 + 0.9·(−0.5)) = −1.725
+    # label 1: −log σ(S_1 − 0.5 S_2) = −log σ(−0.5375) = softplus(0.5375) = 0.997584
+    assert fn(logp_1, logp_2, jnp.array(1.0), **kw) == pytest.approx(0.9975839, abs=1e-5)
+    assert _softplus(0.5375) == pytest.approx(0.9975839, abs=1e-6)
+    # tie: ½ softplus(0.5375) + ½ softplus(−(S_2 − 0.5 S_1) = 1.025) = ½(0.997584 + 1.331600)
+    assert fn(logp_1, logp_2, jnp.array(0.5), **kw) == pytest.approx(1.1645916, abs=1e-5)
+    # label 0 swaps the roles: softplus(1.025) = 1.331600
+    assert fn(logp_1, logp_2, jnp.array(0.0), **kw) == pytest.approx(_softplus(1.025), abs=1e-5)
+    # segment 2 ends after one step: S_2 = 0.5·(−3) = −1.5; softplus(1.4 − 0.75) = 1.070055
+    got = fn(logp_1, logp_2, jnp.array(1.0), mask_1_t=jnp.ones(2),
+             mask_2_t=jnp.array([1.0, 0.0]), **kw)
+    assert got == pytest.approx(1.0700553, abs=1e-5)
+
+
+def test_masked_step_may_hold_minus_inf():
+    # Padding after an episode ended can have log π = −inf; it must not poison the loss.
+    logp_2 = jnp.array([-3.0, -jnp.inf])
+    loss, grad = jax.value_and_grad(cpl.cpl_loss, argnums=1)(
+        jnp.array([-1.0, -2.0]), logp_2, jnp.array(1.0), alpha=0.5, bias=0.5, discount=0.9,
+        mask_2_t=jnp.array([1.0, 0.0]))
+    assert loss == pytest.approx(1.0700553, abs=1e-5)
+    assert np.all(np.isfinite(grad)) and grad[1] == 0.0
+
+
+@pytest.mark.parametrize("bias", [1.0, np.float32(1.0), "array"])
+def test_bias_one_is_bradley_terry(rng, bias):
+    # A Python 1.0 takes the bt_loss shortcut; an array λ = 1 (as a sweep passes it)
+    # goes through the general two-logit formula, which must agree.
+    bias = jnp.array(1.0) if bias == "array" else bias
+    logp = jnp.asarray(rng.normal(size=(2, 16, 5)), jnp.float32)
+    label = jnp.asarray(rng.choice([0.0, 0.5, 1.0], size=16), jnp.float32)
+    alpha, gamma = 0.3, 0.95
+    got = jax.vmap(lambda a, b, y: cpl.cpl_loss(a, b, y, alpha=alpha, bias=bias,
+                                                discount=gamma))(logp[0], logp[1], label)
+    w = gamma ** np.arange(5)
+    s_1 = alpha * np.sum(w * np.asarray(logp[0]), axis=-1)
+    s_2 = alpha * np.sum(w * np.asarray(logp[1]), axis=-1)
+    np.testing.assert_allclose(got, bt_loss(jnp.asarray(s_1 - s_2), label), rtol=1e-5, atol=1e-6)
+
+
+def test_dpo_is_bradley_terry_over_log_ratios(rng):
+    lp_1, lp_2, ref_1, ref_2 = (jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
+                                for _ in range(4))
+    label = jnp.asarray(rng.choice([0.0, 0.5, 1.0], size=8), jnp.float32)
+    beta = 0.7
+    got = jax.vmap(lambda a, b, c, d, y: cpl.dpo_loss(a, b, c, d, y, beta=beta))(
+        lp_1, lp_2, ref_1, ref_2, label)
+    s_1 = beta * np.sum(np.asarray(lp_1 - ref_1), -1)
+    s_2 = beta * np.sum(np.asarray(lp_2 - ref_2), -1)
+    np.testing.assert_allclose(got, bt_loss(jnp.asarray(s_1 - s_2), label), rtol=1e-5, atol=1e-6)
+
+
+def test_dpo_common_shift_has_zero_gradient():
+    lp_1, lp_2 = jnp.array([-1.0, -0.2, 0.3]), jnp.array([0.5, -2.0, 1.0])
+    ref_1, ref_2 = jnp.array([-0.5, 0.1, 0.0]), jnp.array([0.2, -1.0, 0.4])
+
+    def shifted(c, bias):
+        # c/3 per step on both segments shifts both scores S_i by β·c.
+        return cpl.dpo_loss(lp_1 + c / 3, lp_2 + c / 3, ref_1, ref_2, jnp.array(1.0),
+                            beta=0.5, bias=bias)
+
+    assert jax.grad(shifted)(0.0, 1.0) == pytest.approx(0.0, abs=1e-7)
+    assert float(shifted(5.0, 1.0)) == pytest.approx(float(shifted(0.0, 1.0)), abs=1e-6)
+    # λ < 1 is conservative: raising the likelihood of both segments lowers the loss.
+    assert jax.grad(shifted)(0.0, 0.5) < -1e-3
+
+
+def test_tanh_gaussian_density_matches_scipy_and_integrates_to_one():
+    mu, log_std = 0.3, math.log(0.8)
+
+    def density(a: float) -> float:
+        return float(jnp.exp(tanh_gaussian_log_prob(jnp.array([mu]), jnp.array([log_std]),
+                                                    jnp.array([a]))))
+
+    # a = tanh(u): p(a) = N(atanh a; μ, σ) / (1 − a²) — change of variables.
+    for a in (-0.95, -0.3, 0.0, 0.5, 0.99):
+        expected = scipy.stats.norm.pdf(np.arctanh(a), mu, 0.8) / (1 - a * a)
+        assert density(a) == pytest.approx(expected, rel=1e-4)
+    total, _ = scipy.integrate.quad(density, -1.0, 1.0, limit=200, epsabs=1e-5)
+    assert total == pytest.approx(1.0, abs=1e-4)
+    # Product over dimensions: the 2-D log-density is the sum of the 1-D ones.
+    two = tanh_gaussian_log_prob(jnp.array([mu, -1.0]), jnp.array([log_std, 0.2]),
+                                 jnp.array([0.4, -0.7]))
+    one = (tanh_gaussian_log_prob(jnp.array([mu]), jnp.array([log_std]), jnp.array([0.4]))
+           + tanh_gaussian_log_prob(jnp.array([-1.0]), jnp.array([0.2]), jnp.array([-0.7])))
+    assert float(two) == pytest.approx(float(one), rel=1e-5)
+    # Clipped data at the bound stays finite (pulled in by ACTION_EPS).
+    at_bound = tanh_gaussian_log_prob(jnp.array([2.0]), jnp.array([0.0]), jnp.array([1.0]))
+    inside = tanh_gaussian_log_prob(jnp.array([2.0]), jnp.array([0.0]),
+                                    jnp.array([1.0 - ACTION_EPS]))
+    assert np.isfinite(at_bound) and float(at_bound) == pytest.approx(float(inside))
+
+
+# ------------------------------------------------------------ use from foreign JAX code
+
+README_EXAMPLE = """
+import jax
+import jax.numpy as jnp
+import optax
+
+from prefrl.learners import cpl
+from prefrl.networks import GaussianPolicy
+
+# 8 queries of two 10-step segments, 3-D observations, 2-D actions in [-1, 1].
+k_obs1, k_obs2, k_act1, k_act2, k_label, k_init = jax.random.split(jax.random.key(0), 6)
+batch = cpl.PairBatch(
+    obs_1=jax.random.normal(k_obs1, (8, 10, 3)),
+    action_1=jax.random.uniform(k_act1, (8, 10, 2), minval=-1.0, maxval=1.0),
+    mask_1=jnp.ones((8, 10)),
+    obs_2=jax.random.normal(k_obs2, (8, 10, 3)),
+    action_2=jax.random.uniform(k_act2, (8, 10, 2), minval=-1.0, maxval=1.0),
+    mask_2=jnp.ones((8, 10)),
+    label=jax.random.bernoulli(k_label, 0.5, (8,)).astype(jnp.float32),  # 1: first preferred
+)
+
+policy = GaussianPolicy(action_dim=2, hidden=(32, 32), state_dependent_std=True)
+my_optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-4, weight_decay=1e-4))
+learner = cpl.make(cpl.CPLConfig(alpha=0.1, bias=0.5), policy, my_optimizer)
+
+seeds = jax.random.split(k_init, 4)  # 4 independent runs, trained in one jitted call
+states = jax.vmap(learner.init, in_axes=(0, None))(seeds, batch)
+update = jax.jit(jax.vmap(learner.update, in_axes=(0, None)))
+for _ in range(20):
+    states, metrics = update(states, batch)
+print(metrics["loss"])  # shape [4]: one loss per seed
+"""
+
+
+def test_readme_example_runs_under_user_jit_and_vmap(capsys):
+    namespace: dict = {}
+    exec(compile(README_EXAMPLE, "README_EXAMPLE", "exec"), namespace)  # noqa: S102
+    metrics, states = namespace["metrics"], namespace["states"]
+    assert metrics["loss"].shape == (4,) and np.all(np.isfinite(metrics["loss"]))
+    assert np.all(np.asarray(states.step) == 20)
+    # The seeds differ, so the four runs differ.
+    assert len(set(np.round(np.asarray(metrics["loss"]), 6))) == 4
+    # 20 steps of a training run lower the loss of every seed from its initial value.
+    first = jax.vmap(namespace["learner"].init, in_axes=(0, None))(
+        namespace["seeds"], namespace["batch"])
+    _, m0 = namespace["update"](first, namespace["batch"])  # already compiled
+    assert np.all(np.asarray(metrics["loss"]) < np.asarray(m0["loss"]))
+
+
+# ------------------------------------------------------------ learners
+
+
+def _pairs(key, num, length, target_fn, noise=0.0):
+    """Queries on a 1-D problem: s ~ U(−1, 1), a ~ U(−0.95, 0.95); the segment whose
+    actions are closer to target_fn(s) (squared error) is preferred."""
+    k_o, k_a, k_n = jax.random.split(key, 3)
+    obs = jax.random.uniform(k_o, (2, num, length, 1), minval=-1.0, maxval=1.0)
+    act = jax.random.uniform(k_a, (2, num, length, 1), minval=-0.95, maxval=0.95)
+    score = -jnp.sum((act - target_fn(obs)) ** 2, axis=(-1, -2))  # [2, num]
+    score = score + noise * jax.random.normal(k_n, score.shape)
+    label = (score[0] > score[1]).astype(jnp.float32)
+    ones = jnp.ones((num, length))
+    return cpl.PairBatch(obs[0], act[0], ones, obs[1], act[1], ones, label)
+
+
+def test_dpo_starts_at_reference_with_loss_log2():
+    batch = _pairs(jax.random.key(1), 6, 5, lambda s: 0.5 * s)
+    policy = GaussianPolicy(action_dim=1, hidden=(8,), state_dependent_std=True)
+    ref = policy.init(jax.random.key(2), batch.obs_1[0, 0])
+    learner = cpl.make_dpo(cpl.DPOConfig(beta=0.5, bias=1.0), policy, optax.sgd(0.1))
+    state = learner.init(jax.random.key(3), batch, ref_params=ref)
+    _, metrics = jax.jit(learner.update)(state, batch)
+    # π = π_ref ⇒ every score is 0 ⇒ loss = −log σ(0) = log 2 for any label.
+    assert float(metrics["pref_loss"]) == pytest.approx(math.log(2.0), abs=1e-6)
+    with pytest.raises(ValueError, match="ref_params"):
+        learner.init(jax.random.key(3), batch)
+
+
+def test_cpl_learns_preferred_action_function():
+    target = lambda s: 0.6 * s  # noqa: E731
+    batch = _pairs(jax.random.key(0), 512, 8, target)
+    policy = GaussianPolicy(action_dim=1, hidden=(32, 32), state_dependent_std=True)
+    learner = cpl.make(cpl.CPLConfig(alpha=0.1, bias=0.5), policy, optax.adam(3e-3))
+    state = learner.init(jax.random.key(1), batch)
+
+    def step(state, key):
+        idx = jax.random.randint(key, (64,), 0, 512)
+        return learner.update(state, jax.tree.map(lambda x: x[idx], batch))
+
+    state, metrics = jax.jit(lambda s: jax.lax.scan(step, s, jax.random.split(
+        jax.random.key(2), 600)))(state)
+    grid = jnp.linspace(-0.9, 0.9, 19)[:, None]
+    mean, _ = policy.apply(state.params, grid)
+    err = np.abs(np.tanh(np.asarray(mean[:, 0])) - np.asarray(target(grid[:, 0])))
+    # The initial policy has mean ≈ 0, i.e. error up to 0.54 at the ends of the grid.
+    assert err.max() < 0.15, err
+    assert float(metrics["accuracy"][-50:].mean()) > 0.8
+
+
+def test_best_of_n_picks_highest_scoring_sample():
+    policy = GaussianPolicy(action_dim=2, hidden=(8,), state_dependent_std=True)
+    obs = jnp.zeros((32, 3))
+    params = policy.init(jax.random.key(0), obs[0])
+    target = jnp.array([0.4, -0.3])
+    score_fn = lambda o, a: -jnp.sum((a - target[None]) ** 2, axis=-1)  # noqa: E731
+    mean, log_std = policy.apply(params, obs)
+    key = jax.random.key(5)
+    action, score = best_of_n.select(key, mean, log_std, obs, score_fn, 16)
+    # Recompute the candidates with the same key: the choice is their argmax.
+    from prefrl.networks import tanh_gaussian_sample
+
+    cands = jnp.stack([tanh_gaussian_sample(k, mean, log_std)[0]
+                       for k in jax.random.split(key, 16)])
+    all_scores = jax.vmap(lambda a: score_fn(obs, a))(cands)
+    np.testing.assert_allclose(score, all_scores.max(0), rtol=1e-6)
+    np.testing.assert_allclose(score_fn(obs, action), score, rtol=1e-6)
+    policy_fn = jax.jit(best_of_n.make_policy_fn(policy, params, score_fn, 16))
+    one = jax.jit(best_of_n.make_policy_fn(policy, params, score_fn, 1))
+    a16, a1 = policy_fn(np.zeros((32, 3), np.float32), key), one(obs, key)
+    assert a16.shape == (32, 2)
+    assert float(score_fn(obs, a16).mean()) > float(score_fn(obs, a1).mean())
+    np.testing.assert_array_equal(a16, policy_fn(obs, key))  # same key, same actions
+    with pytest.raises(ValueError, match="n >= 1"):
+        best_of_n.make_policy_fn(policy, params, score_fn, 0)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="bias"):
+        cpl.CPLConfig(bias=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        cpl.CPLConfig(alpha=-1.0)
+    with pytest.raises(ValueError, match="beta"):
+        cpl.DPOConfig(beta=0.0)
+
+
+# ------------------------------------------------------------ the benchmark, end to end
+
+
+@pytest.mark.slow
+def test_bench_cpl_smoke(tmp_path, capsys):
+    """`prefrl bench cpl` on two untrained PPO checkpoints with tiny budgets, then --merge."""
+    import json
+
+    from prefrl.envs.tasks import make_task
+
+    from prefrl import checkpoint
+    from prefrl.bench import cpl as bench
+    from prefrl.learners import ppo
+
+    config = ppo.PPOConfig(policy_hidden=(8,), value_hidden=(8,))
+    learner = ppo.make(config, 17, 6, num_updates=1)
+    for i, steps in enumerate((1000, 2000, 2000)):  # the last two: same progress, one is kept
+        checkpoint.save(tmp_path / "experts" / "run" / f"c{i}.npz",
+                        learner.init(jax.random.key(i)), config=config, obs_dim=17, act_dim=6,
+                        num_updates=1, task=make_task("run").to_header(),
+                        progress={"env_steps": steps})
+    assert len(bench.find_checkpoints(str(tmp_path / "experts"), "run")) == 3
+    out = tmp_path / "cpl.json"
+    args = ["--experts-dir", str(tmp_path / "experts"), "--tasks", "run", "--data-dir",
+            str(tmp_path / "data"), "--out", str(out), "--seeds", "0", "1",
+            "--envs-per-policy", "2", "--steps-per-policy", "100", "--segment-length", "16",
+            "--stride", "16", "--budget", "40", "--num-steps", "20", "--bc-steps", "20",
+            "--log-every", "10", "--hidden", "8", "--eval-envs", "1", "--eval-steps", "20",
+            "--best-of", "3"]
+    assert bench.main(args) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last["mean_return"]["run"]) == {"bc", "cpl", "cpl_bc", "dpo",
+                                              "cpl_partial_return", "best_of_1", "best_of_3"}
+    result = json.loads(out.read_text())
+    assert len(result["tasks"]["run"]["collection"]["checkpoints"]) == 2  # duplicates dropped
+    assert result["tasks"]["run"]["segments"] > 0
+    # Re-running the same task with --merge reuses the dataset and keeps one entry per task.
+    data = tmp_path / "data" / "cpl_run.npz"
+    assert bench.main([*args, "--datasets", f"run={data}", "--merge", "true"]) == 0
+    assert json.loads(out.read_text())["merged_runs"] == 2
