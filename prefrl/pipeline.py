@@ -1,0 +1,777 @@
+"""The end-to-end demo pipeline (``prefrl demo``): experts → preferences → policies → table.
+
+One run on one task (``target-speed`` by default, where partial return and
+regret disagree — DESIGN.md §5):
+
+1. **experts**: find the shipped PPO checkpoints of the task (final and
+   intermediate, :func:`find_experts`); the final one's critic V_E is the
+   regret oracle's stand-in for V* (DESIGN.md §3).
+2. **behaviour data**: roll out every chosen checkpoint (stochastic actions),
+   checkpoints of a faster expert (``run``: past v*, so the labels can say
+   that faster is worse) and a uniform random policy with
+   :class:`prefrl.rollout.BatchedEnv`; cut segments
+   (:func:`prefrl.data.segments.segment`) — a pool from poor to expert to
+   overshooting behaviour.
+3. **labels**: one query set labelled by *both* oracles
+   (:func:`prefrl.commands.label.label_pool`: partial return Σ r, and regret
+   Σ γ^t r_t + γ^k V_E(s_k) − V_E(s_0)); queries split into train / valid /
+   held-out test.
+4. **reward models**: r̂ fitted under the partial-return assumption on the
+   partial-return labels, Â under the regret assumption on the regret labels
+   (:func:`prefrl.learners.reward_model.fit`), each scored on the held-out
+   queries against *both* oracles' labels.
+5. **offline**: BC on the training segments, then CPL from the BC policy on
+   each label set (:func:`prefrl.offline.train`).
+6. **PPO** from scratch on each learned reward (:func:`prefrl.training.train`
+   with ``reward_fn`` = the standardised r̂ / Â).
+7. **evaluation**: true return (mean ± std over episodes) and mean speed
+   error |v_x − v*| of every policy (:func:`prefrl.training.evaluate_policy`),
+   with the expert, BC and a random policy for reference.
+
+Everything is driven by the frozen :class:`DemoConfig`; :func:`run_demo`
+returns a JSON-able result, :func:`format_table` prints it,
+:func:`save_plot` draws it and :func:`write_results` stores it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prefrl import config as config_lib
+from prefrl.config import field
+from prefrl.types import PreferenceDataset, Segments
+
+Array = jax.Array
+Log = Callable[[str], None]
+LABELS = ("partial_return", "regret")
+EXPERTS_ENV_HINT = "pass --experts DIR (a folder of PPO checkpoints, e.g. experiments/experts/TASK)"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Every knob of ``prefrl demo``; the defaults finish in ≤ 10 min on 2 CPU cores."""
+
+    task: str = field("target-speed", "task name (run, run-backward, target-speed)")
+    experts: str = field(
+        "", "folder of the task's PPO checkpoints ('' = the shipped experiments/experts/<task>)"
+    )
+    out_dir: str = field("runs/demo", "output folder (results.json, demo.png, PPO runs)")
+    seed: int = field(0, "seed of every stage (data, labels, fits, PPO, evaluation)")
+    # behaviour data
+    max_checkpoints: int = field(
+        6, "behaviour policies: the final expert plus up to this many − 1 earlier checkpoints"
+    )
+    random_policy: bool = field(True, "add a uniform random behaviour policy to the pool")
+    overshoot_experts: str = field(
+        "", "folder of a faster expert (e.g. run) whose checkpoints join the pool, so labels "
+        "show that faster than v* is worse; '' = the 'run' folder beside --experts if present, "
+        "'none' = skip"
+    )
+    overshoot_checkpoints: int = field(
+        2, "checkpoints of the overshoot expert to roll out (its earliest and final first)"
+    )
+    num_envs: int = field(8, "environments per behaviour policy")
+    steps_per_checkpoint: int = field(400, "steps each environment runs per behaviour policy")
+    segment_length: int = field(25, "segment length k (steps)")
+    stride: int = field(25, "steps between segment starts")
+    # labels
+    num_queries: int = field(2000, "queries, each labelled by both oracles")
+    test_fraction: float = field(0.2, "fraction of queries held out for preference accuracy")
+    valid_fraction: float = field(0.1, "fraction of the rest used for early stopping")
+    # reward models
+    rm_steps: int = field(400, "reward-model updates")
+    rm_ensemble: int = field(3, "reward-model ensemble size")
+    rm_hidden: tuple[int, ...] = field((64, 64), "reward-model hidden widths")
+    rm_batch_size: int = field(64, "queries per reward-model update")
+    rm_learning_rate: float = field(1e-3, "reward-model Adam step size")
+    # PPO on the learned rewards
+    ppo_steps: int = field(500_000, "environment steps of each PPO run (one per learned reward)")
+    ppo_envs: int = field(32, "PPO parallel environments")
+    ppo_rollout_steps: int = field(64, "PPO steps per environment per update")
+    ppo_epochs: int = field(5, "PPO epochs per update")
+    # offline
+    bc_steps: int = field(1000, "behaviour-cloning steps (also CPL's initial policy)")
+    cpl_steps: int = field(1000, "CPL steps per label set")
+    cpl_labels: tuple[str, ...] = field(LABELS, "label sets CPL learns from")
+    offline_hidden: tuple[int, ...] = field((128, 128), "BC / CPL policy hidden widths")
+    # evaluation
+    eval_episodes: int = field(8, "evaluation episodes per policy (1000 steps each)")
+    progress: bool = field(True, "show PPO progress bars")
+
+    def __post_init__(self) -> None:
+        positive = ("max_checkpoints", "overshoot_checkpoints", "num_envs",
+                    "steps_per_checkpoint", "segment_length", "stride", "num_queries",
+                    "rm_steps", "rm_ensemble", "rm_batch_size",
+                    "ppo_steps", "ppo_envs", "ppo_rollout_steps", "ppo_epochs", "bc_steps",
+                    "cpl_steps", "eval_episodes")
+        bad = {n: getattr(self, n) for n in positive if int(getattr(self, n)) < 1}
+        if bad:
+            raise ValueError(f"these DemoConfig values must be >= 1: {bad}")
+        if self.segment_length > self.steps_per_checkpoint:
+            raise ValueError(
+                f"segment_length {self.segment_length} exceeds steps_per_checkpoint "
+                f"{self.steps_per_checkpoint}: no segment fits in a rollout"
+            )
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if not self.rm_learning_rate > 0:
+            raise ValueError(f"rm_learning_rate must be > 0, got {self.rm_learning_rate}")
+        unknown = [n for n in self.cpl_labels if n not in LABELS]
+        if unknown or len(set(self.cpl_labels)) != len(self.cpl_labels):
+            raise ValueError(f"cpl_labels must be distinct names from {LABELS}, got "
+                             f"{list(self.cpl_labels)}")
+        if not self.rm_hidden or min(self.rm_hidden) < 1:
+            raise ValueError(f"rm_hidden must be positive widths, got {self.rm_hidden}")
+        if not self.offline_hidden or min(self.offline_hidden) < 1:
+            raise ValueError(f"offline_hidden must be positive widths, got {self.offline_hidden}")
+        if self.ppo_envs * self.ppo_rollout_steps % 4:
+            raise ValueError("ppo_envs × ppo_rollout_steps must be divisible by 4 (minibatches)")
+        from prefrl.envs.tasks import make_task
+
+        make_task(self.task)  # unknown task names fail here, listing the valid ones
+
+
+# Every budget shrunk so the whole pipeline is a smoke test: about a minute of CPU,
+# almost all of it compiling each stage once.
+QUICK: dict[str, Any] = {
+    "max_checkpoints": 2,
+    "overshoot_checkpoints": 1,
+    "num_envs": 2,
+    "steps_per_checkpoint": 60,
+    "segment_length": 10,
+    "stride": 10,
+    "num_queries": 60,
+    "rm_steps": 20,
+    "rm_ensemble": 2,
+    "rm_hidden": (16,),
+    "rm_batch_size": 16,
+    "ppo_steps": 512,
+    "ppo_envs": 4,
+    "ppo_rollout_steps": 64,
+    "ppo_epochs": 1,
+    "bc_steps": 20,
+    "cpl_steps": 20,
+    "offline_hidden": (16,),
+    "eval_episodes": 2,
+    "progress": False,
+}
+
+
+def quick_config(**overrides: Any) -> DemoConfig:
+    """:data:`QUICK` budgets (a smoke test of every stage), with ``overrides`` on top."""
+    return DemoConfig(**{**QUICK, **overrides})
+
+
+# --------------------------------------------------------------------------- experts
+
+
+@dataclasses.dataclass(frozen=True)
+class Experts:
+    """The task's PPO checkpoints: ``checkpoints`` sorted by training progress, last = final."""
+
+    directory: Path
+    checkpoints: tuple[Path, ...]
+    progress: tuple[float, ...]  # env steps of each checkpoint
+    headers: tuple[dict[str, Any], ...]
+
+    @property
+    def final(self) -> Path:
+        return self.checkpoints[-1]
+
+    @property
+    def final_header(self) -> dict[str, Any]:
+        return self.headers[-1]
+
+
+def default_experts_dir(task: str) -> Path:
+    """``<repository>/experiments/experts/<task>``, found from the installed package.
+
+    The package lives in ``<repository>/prefrl`` for an editable install
+    (``pip install -e .``), so the shipped experts are one level up.
+    """
+    import prefrl
+
+    return Path(prefrl.__file__).resolve().parent.parent / "experiments" / "experts" / task
+
+
+def _progress(header: Mapping[str, Any]) -> float:
+    progress = header.get("progress") or {}
+    return float(progress.get("env_steps", progress.get("update", 0)) or 0)
+
+
+def find_experts(directory: str | Path | None, task: str | None) -> Experts:
+    """Every PPO checkpoint (``*.npz``, recursively) under ``directory`` trained on ``task``.
+
+    ``directory`` ``None``/``""`` means :func:`default_experts_dir` (``task``
+    required); ``task=None`` accepts checkpoints of any task. Checkpoints
+    at the same training progress (``last.npz`` and ``final.npz`` of one run)
+    are kept once, preferring ``final.npz``. Raises ``FileNotFoundError`` when
+    the folder or its checkpoints are missing, ``ValueError`` when a
+    checkpoint was trained on another task or on a learned reward.
+    """
+    from prefrl import checkpoint
+    from prefrl.io import FileFormatError, load_npz
+
+    if not directory and task is None:
+        raise ValueError("find_experts needs a directory or a task name")
+    folder = Path(directory) if directory else default_experts_dir(str(task))
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"expert folder {folder} not found; {EXPERTS_ENV_HINT}, or run from a checkout "
+            "installed with `pip install -e .` that ships experiments/experts"
+        )
+    found: dict[float, tuple[Path, dict[str, Any]]] = {}
+    skipped = []
+    for path in sorted(folder.rglob("*.npz")):
+        try:
+            _, header = load_npz(path, kind=checkpoint.KIND)
+        except FileFormatError as err:
+            skipped.append(str(err))  # another kind of file, or unreadable
+            continue
+        if task is not None and header.get("task") not in (None, task):
+            raise ValueError(f"{path}: checkpoint was trained on task {header.get('task')!r}, "
+                             f"the demo runs {task!r}")
+        if header.get("reward", "true") != "true":
+            raise ValueError(f"{path}: not an expert (trained on reward {header['reward']!r})")
+        step = _progress(header)
+        if step not in found or path.name == "final.npz":
+            found[step] = (path, header)
+    if not found:
+        why = f" (skipped: {'; '.join(skipped[:3])})" if skipped else ""
+        raise FileNotFoundError(
+            f"no PPO checkpoints (*.npz) under {folder}{why}; {EXPERTS_ENV_HINT}")
+    steps = sorted(found)
+    return Experts(folder, tuple(found[s][0] for s in steps), tuple(steps),
+                   tuple(found[s][1] for s in steps))
+
+
+def behaviour_checkpoints(experts: Experts, count: int) -> list[int]:
+    """Indices of ``count`` checkpoints evenly spread over training, always the final one."""
+    n = len(experts.checkpoints)
+    if count >= n:
+        return list(range(n))
+    picks = np.unique(np.round(np.linspace(n - 1, 0, count)).astype(int))
+    return sorted(int(i) for i in picks)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def overshoot_folder(config: DemoConfig, experts: Experts) -> Path | None:
+    """The folder of ``config.overshoot_experts`` (``None``: skip; see :class:`DemoConfig`)."""
+    if config.overshoot_experts == "none":
+        return None
+    if config.overshoot_experts:
+        return Path(config.overshoot_experts)
+    beside = experts.directory.parent / "run"
+    return beside if beside.is_dir() and beside.resolve() != experts.directory.resolve() else None
+
+
+def collect_pool(
+    config: DemoConfig, task: Any, experts: Experts, overshoot: Experts | None = None
+) -> tuple[Segments, list[dict[str, Any]]]:
+    """Roll out the behaviour policies and cut one segment pool ``[N, k, …]``.
+
+    Behaviour policies: the checkpoints of :func:`behaviour_checkpoints`
+    (stochastic actions), ``overshoot_checkpoints`` checkpoints of
+    ``overshoot`` (an expert of another task, e.g. ``run``, rolled out under
+    *this* task's reward: on target-speed it runs past v*, so the labels say
+    that faster is not better) and, with ``config.random_policy``, uniform
+    random actions. Each runs ``num_envs`` environments for ``steps_per_checkpoint``
+    steps from fresh resets (environment seed ``seed·1000 + i``).
+    """
+    from prefrl import checkpoint
+    from prefrl.data.segments import segment
+    from prefrl.rollout import BatchedEnv, random_policy
+
+    behaviours: list[tuple[str, Any]] = []
+    for i in behaviour_checkpoints(experts, config.max_checkpoints):
+        policy, _ = checkpoint.load_policy(experts.checkpoints[i], deterministic=False,
+                                           obs_dim=task.obs_dim)
+        behaviours.append((f"{experts.checkpoints[i].name}@{int(experts.progress[i])}", policy))
+    if overshoot is not None:
+        for i in behaviour_checkpoints(overshoot, config.overshoot_checkpoints):
+            policy, _ = checkpoint.load_policy(overshoot.checkpoints[i], deterministic=False,
+                                               obs_dim=task.obs_dim)
+            name = overshoot.headers[i].get("task", overshoot.directory.name)
+            behaviours.append((f"{name}:{overshoot.checkpoints[i].name}@"
+                               f"{int(overshoot.progress[i])}", policy))
+    if config.random_policy:
+        behaviours.append(("random", random_policy(task.act_dim)))
+    pools, stats = [], []
+    for i, (name, policy) in enumerate(behaviours):
+        env_seed = config.seed * 1000 + i
+        with BatchedEnv(task, config.num_envs, seed=env_seed) as env:
+            traj = env.rollout(policy, config.steps_per_checkpoint, jax.random.key(env_seed))
+        pool = segment(traj, config.segment_length, config.stride)
+        pools.append(pool)
+        stats.append({"policy": name, "segments": int(pool.obs.shape[0]),
+                      "mean_reward": float(np.mean(traj.reward)),
+                      "mean_speed": float(np.mean(traj.x_velocity))})
+    pool = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *pools)
+    return pool, stats
+
+
+def split_queries(num: int, test_fraction: float, valid_fraction: float, seed: int
+                  ) -> dict[str, np.ndarray]:
+    """A seeded permutation of ``range(num)`` cut into ``test``, ``valid`` and ``train``.
+
+    ``test`` has ``round(test_fraction · num)`` queries (at least 1), ``valid``
+    ``round(valid_fraction · rest)``; ``train`` keeps the remainder (at least 2).
+    """
+    num_test = max(1, int(round(test_fraction * num)))
+    num_valid = int(round(valid_fraction * (num - num_test)))
+    if num - num_test - num_valid < 2:
+        raise ValueError(f"{num} queries leave fewer than 2 for training after {num_test} "
+                         f"test and {num_valid} validation queries; raise num_queries")
+    order = np.random.default_rng(seed).permutation(num)
+    return {"test": np.sort(order[:num_test]),
+            "valid": np.sort(order[num_test:num_test + num_valid]),
+            "train": np.sort(order[num_test + num_valid:])}
+
+
+def subset(dataset: PreferenceDataset, indices: np.ndarray) -> PreferenceDataset:
+    """The queries ``indices`` of ``dataset`` over the same segment pool."""
+    idx = np.asarray(indices)
+    return PreferenceDataset(
+        segments=dataset.segments,
+        first=np.asarray(dataset.first)[idx],
+        second=np.asarray(dataset.second)[idx],
+        labels={k: np.asarray(v)[idx] for k, v in dataset.labels.items()},
+        label_mask={k: np.asarray(v)[idx] for k, v in dataset.label_mask.items()},
+    )
+
+
+def label_both(config: DemoConfig, pool: Segments, value_fn: Callable[[Any], Any],
+               discount: float) -> tuple[PreferenceDataset, dict[str, Any]]:
+    """``num_queries`` uniform pairs labelled by both oracles (rational, deterministic)."""
+    from prefrl.commands.label import LabelConfig, label_pool
+
+    label_config = LabelConfig(segment_length=config.segment_length, stride=config.stride,
+                               budget=config.num_queries, seed=config.seed, oracles=LABELS,
+                               regret_discount=discount)
+    return label_pool(label_config, pool, value_fn)
+
+
+# --------------------------------------------------------------------------- reward models
+
+
+def fit_reward_model(config: DemoConfig, dataset: PreferenceDataset, assumption: str,
+                     split: Mapping[str, np.ndarray], discount: float, key: Array) -> Any:
+    """Fit r̂ (``partial_return``, γ = 1) or Â (``regret``, γ = ``discount``) on its own labels.
+
+    Returns the fitted :class:`prefrl.learners.reward_model.RewardModelState`
+    (best-by-validation members, output standardised on the training segments).
+    """
+    from prefrl.learners import reward_model as rm
+
+    rm_config = rm.RewardModelConfig(
+        assumption=assumption,  # type: ignore[arg-type]
+        hidden=tuple(config.rm_hidden), ensemble_size=config.rm_ensemble,
+        learning_rate=config.rm_learning_rate, batch_size=config.rm_batch_size,
+        num_steps=config.rm_steps, eval_every=max(1, min(50, config.rm_steps)),
+        discount=discount if assumption == "regret" else 1.0,
+    )
+    train = rm.pair_batch_from_dataset(dataset, assumption, split["train"])
+    rm.validate_pairs(train, what=f"{assumption} training labels")
+    valid = None
+    if len(split["valid"]):
+        valid = rm.pair_batch_from_dataset(dataset, assumption, split["valid"])
+    # Data as arguments, not closed-over constants: XLA would fold megabytes of
+    # constants into the program and compile far longer.
+    result = jax.jit(rm.fit, static_argnums=1)(key, rm_config, train, valid)
+    rm.check_finite(result.metrics)
+    return result.state
+
+
+def reward_model_accuracy(state: Any, dataset: PreferenceDataset, indices: np.ndarray
+                          ) -> dict[str, float]:
+    """Held-out accuracy of a reward model's segment scores under every label set (ties out)."""
+    from prefrl import evaluation
+    from prefrl.study import score_segments
+
+    seg = dataset.segments
+    scores = np.asarray(score_segments(state, jnp.asarray(seg.obs, jnp.float32),
+                                       jnp.asarray(seg.action, jnp.float32),
+                                       jnp.asarray(seg.mask, jnp.float32)))
+    first, second = np.asarray(dataset.first)[indices], np.asarray(dataset.second)[indices]
+    return {name: evaluation.preference_accuracy(
+        scores[first], scores[second], np.asarray(dataset.labels[name])[indices],
+        weight=np.asarray(dataset.label_mask[name])[indices]) for name in dataset.labels}
+
+
+def implicit_accuracy(network: Any, params: Any, dataset: PreferenceDataset,
+                      indices: np.ndarray, discount: float = 1.0) -> dict[str, float]:
+    """Held-out accuracy of a policy's implicit preference ``Σ γ^t log π`` (CPL's view)."""
+    from prefrl import evaluation
+    from prefrl.learners import cpl as cpl_lib
+
+    seg = dataset.segments
+    obs, action, mask = (jnp.asarray(x, jnp.float32) for x in (seg.obs, seg.action, seg.mask))
+    first, second = np.asarray(dataset.first)[indices], np.asarray(dataset.second)[indices]
+    batch = cpl_lib.PairBatch(obs[first], action[first], mask[first], obs[second],
+                              action[second], mask[second], jnp.zeros(len(first)))
+    logp_1, logp_2 = cpl_lib.pair_log_probs(network, params, batch)
+    s_1, s_2 = jax.vmap(lambda a, b, m1, m2: cpl_lib.cpl_scores(
+        a, b, alpha=1.0, discount=discount, mask_1_t=m1, mask_2_t=m2))(
+        logp_1, logp_2, batch.mask_1, batch.mask_2)
+    return {name: evaluation.preference_accuracy(
+        np.asarray(s_1), np.asarray(s_2), np.asarray(dataset.labels[name])[indices],
+        weight=np.asarray(dataset.label_mask[name])[indices]) for name in dataset.labels}
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def train_ppo_on(config: DemoConfig, task: Any, reward_state: Any, name: str,
+                 log: Log | None = None) -> Any:
+    """PPO from scratch on the standardised learned reward; returns ``training.TrainResult``."""
+    from prefrl import training
+    from prefrl.learners import ppo
+    from prefrl.learners import reward_model as rm
+
+    learned = rm.reward_fn(reward_state)
+
+    def reward_fn(obs: Array, action: Array, next_obs: Array, extras: Any) -> Array:
+        del next_obs, extras
+        return learned(obs, action)
+
+    train_config = training.TrainConfig(
+        task=task.name, total_steps=config.ppo_steps, num_envs=config.ppo_envs,
+        rollout_steps=config.ppo_rollout_steps, seed=config.seed, eval_every=0, eval_episodes=1,
+        checkpoint_every=0, snapshots=(), out_dir=str(Path(config.out_dir) / f"ppo_{name}"),
+        resume=False, progress=config.progress,
+    )
+    ppo_config = ppo.PPOConfig(num_epochs=config.ppo_epochs)
+    return training.train(
+        train_config, ppo_config,
+        env_factory=lambda n, s: _make_env(task, n, s), task_header=task.to_header(),
+        target_speed=task.params_dict.get("target_speed"), reward_fn=reward_fn,
+        reward_name=f"learned:{name}", log=log,
+    ), ppo_config
+
+
+def _make_env(task: Any, num_envs: int, seed: int) -> Any:
+    from prefrl.rollout import BatchedEnv
+
+    return BatchedEnv(task, num_envs=num_envs, seed=seed, dtype=np.float32)
+
+
+def train_offline(config: DemoConfig, dataset: PreferenceDataset) -> dict[str, tuple[Any, Any]]:
+    """BC on the training segments, then CPL from the BC policy per label set.
+
+    Returns ``{"bc": (network, params), "cpl:<label>": (network, params), …}``.
+    """
+    from prefrl import offline
+    from prefrl.learners import bc as bc_lib
+    from prefrl.learners import cpl as cpl_lib
+
+    def train_config(steps: int) -> offline.TrainConfig:
+        return offline.TrainConfig(num_steps=steps, log_every=_divisor(steps, 100),
+                                   hidden=tuple(config.offline_hidden))
+
+    any_label = config.cpl_labels[0] if config.cpl_labels else LABELS[0]
+    bc = offline.train("bc", dataset, label_name=any_label, config=train_config(config.bc_steps),
+                       learner_config=bc_lib.BCConfig(), seeds=(config.seed,))
+    bc_params = offline.select_seed(bc.params, 0)
+    out = {"bc": (bc.network, bc_params)}
+    for label in config.cpl_labels:
+        cpl = offline.train("cpl", dataset, label_name=label, config=train_config(config.cpl_steps),
+                            learner_config=cpl_lib.CPLConfig(), seeds=(config.seed,),
+                            network=bc.network, init_params=bc_params)
+        out[f"cpl:{label}"] = (cpl.network, offline.select_seed(cpl.params, 0))
+    return out
+
+
+def _divisor(steps: int, at_most: int) -> int:
+    """The largest divisor of ``steps`` that is ≤ ``at_most`` (offline logging chunk)."""
+    return max(d for d in range(1, min(steps, at_most) + 1) if steps % d == 0)
+
+
+def evaluate(config: DemoConfig, task: Any, policy: Callable[[Any, Array], Any]
+             ) -> dict[str, Any]:
+    """True return and speed error over ``eval_episodes`` full episodes (same resets for all)."""
+    from prefrl import training
+
+    with _make_env(task, config.eval_episodes, 10_000 + config.seed) as env:
+        result = training.evaluate_policy(
+            env, policy, jax.random.key(10_000 + config.seed),
+            target_speed=task.params_dict.get("target_speed"))
+    return {k: result[k] for k in ("mean_return", "std_return", "returns", "mean_speed",
+                                   "mean_speed_error") if k in result}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Stages:
+    """Stage lines ``[  12.3 s] 3/8 fitting reward models`` with elapsed seconds."""
+
+    def __init__(self, total: int, log: Log | None):
+        self.total, self.log, self.index = total, log, 0
+        self.start = time.perf_counter()
+        self.times: dict[str, float] = {}
+        self._name: str | None = None
+        self._t0 = self.start
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        if self._name is not None:
+            self.times[self._name] = now - self._t0
+        self.index += 1
+        self._name, self._t0 = name, now
+        if self.log:
+            self.log(f"[{now - self.start:7.1f} s] {self.index}/{self.total} {name}")
+
+    def done(self) -> float:
+        now = time.perf_counter()
+        if self._name is not None:
+            self.times[self._name] = now - self._t0
+        if self.log:
+            self.log(f"[{now - self.start:7.1f} s] done")
+        return now - self.start
+
+
+def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
+    """Run the whole pipeline; returns the JSON-able results (see the module docstring).
+
+    Writes PPO runs under ``config.out_dir`` (``ppo_partial_return/``,
+    ``ppo_regret/``); the command writes ``results.json`` and the plot.
+    """
+    from prefrl import checkpoint, offline
+    from prefrl.envs.tasks import make_task, task_from_header
+    from prefrl.learners import ppo
+    from prefrl.rollout import policy_from_params, random_policy
+
+    stage = _Stages(8, log)
+    stage("finding experts")
+    experts = find_experts(config.experts, config.task)
+    header = experts.final_header
+    task = task_from_header(header) if "task" in header else make_task(config.task)
+    discount = float(header.get("discount", 0.99))
+    if log:
+        log(f"  {len(experts.checkpoints)} checkpoint(s) in {experts.directory}; "
+            f"critic: {experts.final.name} (γ = {discount})")
+
+    stage("collecting behaviour data")
+    folder = overshoot_folder(config, experts)
+    overshoot = None if folder is None else find_experts(folder, None)
+    pool, behaviour = collect_pool(config, task, experts, overshoot)
+    if log:
+        log("  " + ", ".join(f"{b['policy']}: v={b['mean_speed']:.2f}" for b in behaviour))
+
+    stage("labelling one query set with both oracles")
+    value_fn = checkpoint.load_value_fn(experts.final, obs_dim=task.obs_dim)
+    dataset, label_stats = label_both(config, pool, value_fn, discount)
+    split = split_queries(dataset.num_queries, config.test_fraction, config.valid_fraction,
+                          config.seed)
+    agreement = float(np.mean(np.asarray(dataset.labels["partial_return"])
+                              == np.asarray(dataset.labels["regret"])))
+
+    stage("fitting reward models (partial return, regret)")
+    key = jax.random.key(config.seed)
+    key_pr, key_regret = jax.random.split(key)
+    models = {"partial_return": fit_reward_model(config, dataset, "partial_return", split,
+                                                 discount, key_pr),
+              "regret": fit_reward_model(config, dataset, "regret", split, discount, key_regret)}
+    accuracy = {name: reward_model_accuracy(state, dataset, split["test"])
+                for name, state in models.items()}
+
+    stage("offline: BC and CPL")
+    train_val = subset(dataset, np.sort(np.concatenate([split["train"], split["valid"]])))
+    policies = train_offline(config, train_val)
+
+    rows: list[dict[str, Any]] = []
+    ppo_curves: dict[str, dict[str, list[float]]] = {}
+    for i, name in enumerate(LABELS):
+        what = "r̂ (partial return)" if name == "partial_return" else "Â (regret)"
+        stage(f"PPO on the learned {what} ({i + 1}/2)")
+        result, ppo_config = train_ppo_on(config, task, models[name], name, log=None)
+        apply = ppo.make_policy_apply(ppo_config, task.act_dim)
+        policy = policy_from_params(apply, ppo.policy_bundle(result.state), deterministic=True)
+        method = "PPO on learned r̂" if name == "partial_return" else "PPO on learned Â"
+        rows.append({"method": method, "labels": name, **evaluate(config, task, policy),
+                     "heldout_accuracy": accuracy[name], "train_wall_s": result.wall_s})
+        ppo_curves[name] = {
+            "env_steps": [float(h["env_steps"]) for h in result.history],
+            "true_reward": [float(h["true_reward"]) for h in result.history],
+            "proxy_reward": [float(h["proxy_reward"]) for h in result.history],
+        }
+
+    stage("evaluating expert, BC, CPL and random policies")
+    expert_policy, _ = checkpoint.load_policy(experts.final, deterministic=True,
+                                              obs_dim=task.obs_dim)
+    heldout = split["test"]
+    reference = [{"method": "expert (PPO, true reward)", "labels": "-",
+                  **evaluate(config, task, expert_policy)}]
+    network, params = policies["bc"]
+    reference.append({"method": "BC", "labels": "-",
+                      **evaluate(config, task, offline.policy_fn(network, params))})
+    for label in config.cpl_labels:
+        network, params = policies[f"cpl:{label}"]
+        rows.append({"method": "CPL", "labels": label,
+                     **evaluate(config, task, offline.policy_fn(network, params)),
+                     "heldout_accuracy": implicit_accuracy(network, params, dataset, heldout)})
+    reference.append({"method": "random", "labels": "-",
+                      **evaluate(config, task, random_policy(task.act_dim))})
+    wall = stage.done()
+    return {
+        "task": task.to_header(),
+        "config": config_lib.to_dict(config),
+        "experts": {"directory": str(experts.directory), "critic": str(experts.final),
+                    "checkpoints": [str(p) for p in experts.checkpoints],
+                    "overshoot": None if overshoot is None else str(overshoot.directory),
+                    "discount": discount},
+        "data": {"behaviour": behaviour, "segments": int(dataset.segments.obs.shape[0]),
+                 "queries": dataset.num_queries,
+                 "split": {k: int(len(v)) for k, v in split.items()},
+                 "label_stats": label_stats, "label_agreement": agreement},
+        "rows": reference[:1] + reference[1:2] + rows + reference[2:],
+        "ppo_curves": ppo_curves,
+        "stage_seconds": stage.times,
+        "wall_s": wall,
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """The table: method, labels, true return mean ± std, mean speed v_x, speed error
+    mean |v_x − v*|, and held-out preference accuracy under each oracle's labels."""
+    header = ("method", "labels", "true return", "speed", "speed err", "acc (PR labels)",
+              "acc (regret labels)")
+    lines = []
+    for row in results["rows"]:
+        acc = row.get("heldout_accuracy") or {}
+        lines.append((
+            row["method"], row["labels"],
+            f"{_fmt(row['mean_return'], '.1f')} ± {_fmt(row['std_return'], '.1f')}",
+            _fmt(row.get("mean_speed"), ".2f"), _fmt(row.get("mean_speed_error"), ".3f"),
+            _fmt(acc.get("partial_return"), ".3f"), _fmt(acc.get("regret"), ".3f"),
+        ))
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), sep, *(fmt(r) for r in lines)])
+
+
+def save_plot(results: Mapping[str, Any], path: str | Path) -> Path:
+    """Bar charts of true return and speed error, and PPO's true/proxy reward curves (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prefrl.io import atomic_write_bytes
+
+    rows = results["rows"]
+    names = [r["method"] if r["labels"] == "-" else f"{r['method']}\n[{r['labels']}]"
+             for r in rows]
+    names = [n.replace(" (PPO, true reward)", "") for n in names]
+    has_speed = any(r.get("mean_speed_error") is not None for r in rows)
+    fig, axes = plt.subplots(1, 3 if has_speed else 2, figsize=(16 if has_speed else 11, 4.8))
+    y = np.arange(len(rows))
+    axes[0].barh(y, [r["mean_return"] for r in rows], xerr=[r["std_return"] for r in rows],
+                 color="tab:blue", alpha=0.8)
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("true episode return (mean ± std)")
+    axes[0].set_title(f"{results['task']['task']}: true return")
+    ax = axes[1]
+    if has_speed:
+        axes[1].barh(y, [r.get("mean_speed_error") or 0.0 for r in rows], color="tab:orange",
+                     alpha=0.8)
+        axes[1].set_yticks(y, names, fontsize=8)
+        axes[1].invert_yaxis()
+        axes[1].set_xlabel("mean |v_x − v*| (m/s)")
+        axes[1].set_title("speed error")
+        ax = axes[2]
+    for name, curve in results["ppo_curves"].items():
+        ax.plot(curve["env_steps"], curve["true_reward"], label=f"{name}: true r")
+        ax.plot(curve["env_steps"], curve["proxy_reward"], "--", label=f"{name}: learned (std.)")
+    ax.set_xlabel("PPO environment steps")
+    ax.set_ylabel("mean reward per step (rollouts)")
+    ax.set_title("PPO on learned rewards")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_results(results: Mapping[str, Any], path: str | Path) -> Path:
+    """``results`` as indented JSON, atomically (NaN written as null)."""
+    from prefrl.io import atomic_write_json
+
+    return atomic_write_json(path, _finite_or_none(results))
+
+
+def _finite_or_none(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, Sequence) and not isinstance(x, str):
+        return [_finite_or_none(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def summary_line(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """The one-line JSON summary: true return per row, held-out accuracies, wall time."""
+    out = {"task": results["task"]["task"], "wall_s": round(float(results["wall_s"]), 1),
+           "out_dir": str(out_dir), "label_agreement": results["data"]["label_agreement"]}
+    for row in results["rows"]:
+        key = row["method"] if row["labels"] == "-" else f"{row['method']} [{row['labels']}]"
+        entry = {"return": round(row["mean_return"], 2), "speed": round(row["mean_speed"], 3)}
+        if row.get("mean_speed_error") is not None:
+            entry["speed_error"] = round(row["mean_speed_error"], 4)
+        for label, acc in (row.get("heldout_accuracy") or {}).items():
+            entry[f"acc_{label}"] = None if not math.isfinite(acc) else round(acc, 4)
+        out[key] = entry
+    return _finite_or_none(out)
+
+
+__all__ = [
+    "QUICK",
+    "DemoConfig",
+    "Experts",
+    "behaviour_checkpoints",
+    "collect_pool",
+    "default_experts_dir",
+    "evaluate",
+    "find_experts",
+    "fit_reward_model",
+    "format_table",
+    "implicit_accuracy",
+    "label_both",
+    "quick_config",
+    "reward_model_accuracy",
+    "run_demo",
+    "save_plot",
+    "split_queries",
+    "subset",
+    "summary_line",
+    "train_offline",
+    "train_ppo_on",
+    "write_results",
+]
