@@ -23,8 +23,15 @@ _SUBMODULES = (
     "rollout",
     "evaluation",
     "sweep",
+    "report",
     "config",
     "checkpoint",
+    "io",
+    "training",
+    "offline",
+    "pipeline",
+    "study",
+    "active",
     "envs",
 )
 

@@ -1,0 +1,950 @@
+"""Reward fitting from preferences: r̂(s, a) (partial return) or Â(s, a) (regret).
+
+Both learning assumptions fit one scalar function ``f_θ(s, a)`` of a state and
+an action by the Bradley–Terry loss on its discounted sum over each segment
+(DESIGN.md §2, §4):
+
+    score(σ) = Σ_t γ^t m_t f_θ(s_t, a_t)
+    P_θ(σ¹ ≻ σ²) = sigmoid((score(σ¹) − score(σ²)) / β)
+    L(θ) = −[μ log P_θ + (1 − μ) log(1 − P_θ)]
+
+* ``assumption="partial_return"`` (Christiano et al. 2017, "Deep RL from
+  human preferences"): f is a reward r̂ and the score is its partial return
+  (:func:`prefrl.preference.partial_return`, usually γ = 1).
+* ``assumption="regret"`` (Knox et al. 2023, "Learning optimal advantage from
+  preferences and mistaking it for reward"): f is the optimal advantage Â and
+  the score is −regret (:func:`prefrl.preference.regret_score`, γ the MDP's
+  discount). Since A* is r shaped by the potential V*, a policy that
+  maximises Â as its reward has the same optimum as one maximising r.
+
+Given the same γ the two assumptions are the same optimisation; what differs
+is what the fitted function *is* (and so what it is compared with: r or A*),
+and the discount that belongs with it.
+
+Practice from Christiano 2017, B-Pref (Lee et al. 2021) and imitation: an
+ensemble of M members trained in one step (members are one batched network,
+each with its own bootstrap weights), L2 penalty and/or AdamW weight decay,
+label smoothing, a held-out split with best-by-validation parameters,
+output standardisation (so the learned function has unit scale before PPO
+uses it), and weight averaging of the members (WARM, Ramé et al. 2024).
+
+Speed on CPU: the members' parameters are stacked ``[M, …]`` and applied with
+``vmap``, which XLA turns into one batched matmul over members × pairs × time;
+the gradient is accumulated over chunks of ``chunk_pairs`` pairs with
+``lax.scan`` so that each chunk's activations stay in cache (measured here:
+about 2× faster than one pass over 1024 pairs).
+
+Public API:
+  ``RewardModelConfig``, ``PairBatch``, ``RewardModelState``,
+  ``make(config, optimizer=None, *, network=None) -> Learner(init, update)``,
+  ``fit(key, config, train, valid=None, *, optimizer=None, network=None)``,
+  ``reward_fn(state)``, ``member_outputs(state, obs, action)``,
+  ``ensemble_preferences(state, batch)``, ``pool_score_fn(state, segments)``,
+  ``normalize(state, batch)``, ``pair_batch_from_dataset(dataset, label)``,
+  ``validate_pairs(batch)``, ``check_finite(metrics)``, ``save(path, state)``,
+  ``load(path)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct, traverse_util
+
+from prefrl import preference
+from prefrl.config import field
+from prefrl.learners import Learner
+from prefrl.networks import MLP
+
+Array = jax.Array
+PRNGKey = jax.Array
+
+MODEL_KIND = "reward_model"
+SCHEMA_VERSION = 1
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "leaky_relu": nn.leaky_relu,
+    "tanh": nn.tanh,
+}
+
+
+class NonFiniteError(ValueError):
+    """Training produced NaN/inf; the message names the step and the metric."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModelConfig:
+    """Reward-model fitting options (one frozen, hashable value).
+
+    ``assumption`` picks the preference model the learner assumes; all other
+    options are shared.
+    """
+
+    assumption: Literal["partial_return", "regret"] = field(
+        "partial_return", "preference model the learner assumes: fit r̂ or the advantage Â")
+    hidden: tuple[int, ...] = field((256, 256), "hidden widths of each member's MLP")
+    activation: Literal["relu", "leaky_relu", "tanh"] = field("leaky_relu", "hidden activation")
+    use_action: bool = field(True, "input (s, a); False: r̂(s) from the state alone")
+    ensemble_size: int = field(3, "ensemble members M (trained together, bootstrapped)")
+    combine: Literal["mean", "warm"] = field(
+        "mean", "reward_fn combines members by output mean or weight averaging (WARM)")
+    bootstrap: bool = field(True, "each member trains on its own bootstrap resample")
+    learning_rate: float = field(3e-4, "Adam(W) step size of the default optimizer")
+    weight_decay: float = field(0.0, "AdamW decoupled weight decay (default optimizer)")
+    l2: float = field(0.0, "L2 penalty l2/2 ||θ||² added to each member's loss")
+    label_smoothing: float = field(0.0, "ε: targets μ(1-ε) + ε/2")
+    temperature: float = field(1.0, "Boltzmann β of the preference model")
+    discount: float = field(1.0, "γ inside a segment: 1 for partial return, the MDP γ for regret")
+    batch_size: int = field(128, "queries per update (fit)")
+    num_steps: int = field(1000, "updates (fit)")
+    eval_every: int = field(50, "updates between validation checks (fit)")
+    chunk_pairs: int = field(32, "queries per gradient chunk (cache-sized work on CPU)")
+    normalize: bool = field(True, "standardise the output over the training steps after fit")
+
+    def __post_init__(self) -> None:
+        if self.assumption not in ("partial_return", "regret"):
+            raise ValueError(
+                f"assumption must be 'partial_return' or 'regret', got {self.assumption!r}"
+            )
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}")
+        if self.combine not in ("mean", "warm"):
+            raise ValueError(f"combine must be 'mean' or 'warm', got {self.combine!r}")
+        if any(int(h) < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
+        for name in ("ensemble_size", "batch_size", "num_steps", "eval_every", "chunk_pairs"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0 or self.l2 < 0:
+            raise ValueError("weight_decay and l2 must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+
+    @property
+    def score_fn(self) -> Callable[..., Array]:
+        """The segment score of the assumed preference model (one segment)."""
+        if self.assumption == "partial_return":
+            return preference.partial_return
+        return preference.regret_score
+
+
+class PairBatch(NamedTuple):
+    """Labelled queries as two stacks of segments (batch axis B first).
+
+    ``label`` = P(σ¹ ≻ σ²) ∈ [0, 1] (1 first preferred, ½ tie). ``weight``
+    is an optional per-query weight: ``[B]`` (e.g. 0 for a query the oracle
+    skipped) or ``[M, B]`` per ensemble member (bootstrap counts).
+    """
+
+    obs_1: Array  # [B, k, obs_dim]
+    action_1: Array  # [B, k, act_dim]
+    mask_1: Array  # [B, k]
+    obs_2: Array  # [B, k, obs_dim]
+    action_2: Array  # [B, k, act_dim]
+    mask_2: Array  # [B, k]
+    label: Array  # [B]
+    weight: Array | None = None  # [B] or [M, B]
+
+    @property
+    def size(self) -> int:
+        return self.label.shape[0]
+
+
+@struct.dataclass
+class RewardModelState:
+    """Training state. ``params`` leaves are stacked ``[M, …]`` over members.
+
+    ``reward_mean``/``reward_std`` standardise the combined output (set by
+    :func:`normalize`; 0 and 1 before). Static fields fix what the state
+    was built for, so :func:`reward_fn` needs nothing else.
+    """
+
+    params: Any
+    opt_state: Any
+    step: Array  # int32 scalar: updates applied
+    reward_mean: Array  # float32 scalar
+    reward_std: Array  # float32 scalar
+    config: RewardModelConfig = struct.field(pytree_node=False)
+    network: nn.Module = struct.field(pytree_node=False)
+    obs_dim: int = struct.field(pytree_node=False)
+    act_dim: int = struct.field(pytree_node=False)
+    segment_length: int = struct.field(pytree_node=False)
+
+
+def default_network(config: RewardModelConfig) -> nn.Module:
+    """``[..., in] -> [..., 1]``: the MLP of one member."""
+    return MLP(tuple(int(h) for h in config.hidden), 1, _ACTIVATIONS[config.activation])
+
+
+def default_optimizer(config: RewardModelConfig) -> optax.GradientTransformation:
+    """Adam, or AdamW when ``weight_decay > 0`` (decoupled decay, Loshchilov & Hutter)."""
+    if config.weight_decay > 0:
+        return optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+    return optax.adam(config.learning_rate)
+
+
+# --------------------------------------------------------------------------- #
+# Shapes and validation
+# --------------------------------------------------------------------------- #
+
+
+def _batch_dims(batch: PairBatch) -> tuple[int, int, int]:
+    """(segment length, obs_dim, act_dim) of a batch; shape errors are ValueErrors."""
+    if batch.obs_1.ndim != 3 or batch.obs_2.ndim != 3:
+        raise ValueError(
+            f"obs_1/obs_2 must be [B, k, obs_dim], got {batch.obs_1.shape} and {batch.obs_2.shape}"
+        )
+    if batch.obs_1.shape != batch.obs_2.shape:
+        raise ValueError(f"obs_1 {batch.obs_1.shape} and obs_2 {batch.obs_2.shape} differ")
+    if batch.action_1.shape != batch.action_2.shape or batch.action_1.ndim != 3:
+        raise ValueError(
+            f"action_1/action_2 must be equal [B, k, act_dim], got {batch.action_1.shape} "
+            f"and {batch.action_2.shape}"
+        )
+    size, length, obs_dim = batch.obs_1.shape
+    if batch.action_1.shape[:2] != (size, length):
+        raise ValueError(
+            f"actions {batch.action_1.shape} do not match observations {batch.obs_1.shape}"
+        )
+    for name in ("mask_1", "mask_2"):
+        if getattr(batch, name).shape != (size, length):
+            raise ValueError(f"{name} must be [B, k] = {(size, length)}, got "
+                             f"{getattr(batch, name).shape}")
+    if batch.label.shape != (size,):
+        raise ValueError(f"label must be [B] = ({size},), got {batch.label.shape}")
+    if batch.weight is not None and batch.weight.shape[-1:] != (size,):
+        raise ValueError(f"weight must be [B] or [M, B] with B = {size}, got {batch.weight.shape}")
+    return length, obs_dim, batch.action_1.shape[2]
+
+
+def check_compatible(state: RewardModelState, batch: PairBatch) -> None:
+    """Raise ``ValueError`` naming the mismatch when ``batch`` does not fit the model.
+
+    Compares the observation size, action size and segment length the model
+    was built for with the batch's.
+    """
+    _check_compatible(state, batch)
+
+
+def _check_compatible(state: RewardModelState, batch: PairBatch) -> None:
+    length, obs_dim, act_dim = _batch_dims(batch)
+    if obs_dim != state.obs_dim:
+        raise ValueError(
+            f"observation size mismatch: the batch has obs_dim {obs_dim}, the reward model "
+            f"was built for {state.obs_dim}"
+        )
+    if act_dim != state.act_dim:
+        raise ValueError(
+            f"action size mismatch: the batch has act_dim {act_dim}, the reward model "
+            f"was built for {state.act_dim}"
+        )
+    if length != state.segment_length:
+        raise ValueError(
+            f"segment length mismatch: the batch has segments of length {length}, the reward "
+            f"model was built for length {state.segment_length} (pad with mask 0 to mix lengths)"
+        )
+
+
+def validate_pairs(batch: PairBatch, *, what: str = "dataset") -> None:
+    """Host-side value checks where data enters (not jittable).
+
+    Raises ``ValueError`` for an empty set, non-finite observations/actions,
+    labels outside [0, 1], or a single-class label set (every label equal:
+    the BT model has no finite optimum and learns nothing about the reward).
+    """
+    _batch_dims(batch)
+    if batch.size == 0:
+        raise ValueError(f"{what}: no labelled queries (empty label set)")
+    label = np.asarray(batch.label, np.float64)
+    if batch.weight is not None:
+        keep = np.asarray(batch.weight).reshape(-1, batch.size).max(axis=0) > 0
+        label = label[keep]
+        if label.size == 0:
+            raise ValueError(f"{what}: every query has weight 0 (empty label set)")
+    if not np.all(np.isfinite(label)) or label.min() < 0 or label.max() > 1:
+        raise ValueError(f"{what}: labels must be finite values in [0, 1] (P(first ≻ second))")
+    if np.unique(label).size < 2:
+        raise ValueError(
+            f"{what}: single-class label set (all {label.size} labels are {label[0]:g}); "
+            "preferences need at least two different labels"
+        )
+    for name in ("obs_1", "action_1", "obs_2", "action_2"):
+        if not np.all(np.isfinite(np.asarray(getattr(batch, name)))):
+            raise ValueError(f"{what}: {name} contains NaN or inf")
+
+
+def pair_batch_from_dataset(
+    dataset: Any, label: str, indices: Array | np.ndarray | None = None
+) -> PairBatch:
+    """A :class:`PairBatch` from a ``prefrl.types.PreferenceDataset``.
+
+    Args:
+      dataset: ``segments`` pool ``[N, k, …]``, ``first``/``second`` ``[Q]``,
+        ``labels``/``label_mask`` dicts of ``[Q]``.
+      label: which oracle's labels to use (a key of ``dataset.labels``).
+      indices: optional ``[B]`` query indices (default: all queries).
+
+    Queries the oracle skipped (``label_mask`` False) get weight 0.
+    """
+    if label not in dataset.labels:
+        raise ValueError(
+            f"dataset has no labels named {label!r}; it has {sorted(dataset.labels)}"
+        )
+    seg = dataset.segments
+    first, second = np.asarray(dataset.first), np.asarray(dataset.second)
+    labels = np.asarray(dataset.labels[label], np.float32)
+    mask = dataset.label_mask.get(label) if dataset.label_mask else None
+    weight = np.ones_like(labels) if mask is None else np.asarray(mask, np.float32)
+    if indices is not None:
+        indices = np.asarray(indices)
+        first, second, labels, weight = first[indices], second[indices], labels[indices], weight[
+            indices
+        ]
+    obs, action, seg_mask = (np.asarray(x, np.float32) for x in (seg.obs, seg.action, seg.mask))
+    return PairBatch(
+        obs_1=jnp.asarray(obs[first]),
+        action_1=jnp.asarray(action[first]),
+        mask_1=jnp.asarray(seg_mask[first]),
+        obs_2=jnp.asarray(obs[second]),
+        action_2=jnp.asarray(action[second]),
+        mask_2=jnp.asarray(seg_mask[second]),
+        label=jnp.asarray(labels),
+        weight=jnp.asarray(weight),
+    )
+
+
+def take(batch: PairBatch, indices: Array) -> PairBatch:
+    """Rows ``indices`` of a batch (``weight`` [M, B] is indexed on its last axis)."""
+    weight = None if batch.weight is None else jnp.take(batch.weight, indices, axis=-1)
+    rows = [jnp.take(x, indices, axis=0) for x in batch[:7]]
+    return PairBatch(*rows, weight=weight)
+
+
+# --------------------------------------------------------------------------- #
+# Network application
+# --------------------------------------------------------------------------- #
+
+
+def _inputs(config: RewardModelConfig, obs: Array, action: Array) -> Array:
+    if config.use_action:
+        return jnp.concatenate([obs, action.astype(obs.dtype)], axis=-1)
+    return obs
+
+
+def _apply_members(network: nn.Module, params: Any, x: Array) -> Array:
+    """``x [N, d]`` shared by all members -> ``[M, N]``: one batched matmul per layer."""
+    return jax.vmap(lambda p: network.apply(p, x)[..., 0])(params)
+
+
+def member_outputs(state: RewardModelState, obs: Array, action: Array) -> Array:
+    """Raw outputs of every member: ``obs [..., obs], action [..., act] -> [M, ...]``."""
+    x = _inputs(state.config, obs, action)
+    lead = x.shape[:-1]
+    out = _apply_members(state.network, state.params, x.reshape(-1, x.shape[-1]))
+    return out.reshape((out.shape[0], *lead))
+
+
+def combined_params(state: RewardModelState) -> Any:
+    """Member-averaged parameters ``[1, …]`` (WARM, Ramé et al. 2024)."""
+    return jax.tree.map(lambda p: jnp.mean(p, axis=0, keepdims=True), state.params)
+
+
+def _combined_raw(state: RewardModelState, obs: Array, action: Array) -> Array:
+    """Combined raw output ``[...]``: the ensemble mean, or the weight-averaged member."""
+    if state.config.combine == "warm":
+        state = state.replace(params=combined_params(state))
+    return jnp.mean(member_outputs(state, obs, action), axis=0)
+
+
+def reward_fn(state: RewardModelState) -> Callable[[Array, Array], Array]:
+    """A pure ``(obs [..., obs], action [..., act]) -> r̂ [...]`` for PPO.
+
+    r̂ = (combine(f_1 … f_M)(s, a) − mean) / std: the ensemble mean (or the
+    weight-averaged network when ``combine="warm"``), standardised by the
+    statistics :func:`normalize` stored in the state.
+    """
+
+    def fn(obs: Array, action: Array) -> Array:
+        return (_combined_raw(state, obs, action) - state.reward_mean) / state.reward_std
+
+    return fn
+
+
+def _segment_scores(config: RewardModelConfig, values_nt: Array, mask_nt: Array) -> Array:
+    """``[..., N, k]`` per-step values -> ``[..., N]`` scores of the assumed model."""
+    score = lambda v_t, m_t: config.score_fn(v_t, discount=config.discount, mask_t=m_t)
+    per_segment = jax.vmap(score)
+    for _ in range(values_nt.ndim - 2):
+        per_segment = jax.vmap(per_segment, in_axes=(0, None))
+    return per_segment(values_nt, mask_nt)
+
+
+def _pair_logits(
+    config: RewardModelConfig, network: nn.Module, params: Any, batch: PairBatch
+) -> Array:
+    """``[M, B]`` preference logits of every member for every query."""
+    size, length, _ = batch.obs_1.shape
+    obs = jnp.concatenate([batch.obs_1, batch.obs_2], axis=0)
+    action = jnp.concatenate([batch.action_1, batch.action_2], axis=0)
+    x = _inputs(config, obs, action)
+    out = _apply_members(network, params, x.reshape(2 * size * length, -1))
+    out = out.reshape(out.shape[0], 2 * size, length)
+    mask = jnp.concatenate([batch.mask_1, batch.mask_2], axis=0).astype(out.dtype)
+    scores = _segment_scores(config, out, mask)  # [M, 2B]
+    logit = lambda s1, s2: preference.logit(s1, s2, temperature=config.temperature)
+    return jax.vmap(jax.vmap(logit))(scores[:, :size], scores[:, size:])
+
+
+def ensemble_preferences(state: RewardModelState, batch: PairBatch) -> Array:
+    """``[M, B]``: each member's P(σ¹ ≻ σ²) for every query (for active selection)."""
+    _check_compatible(state, batch)
+    return jax.nn.sigmoid(_pair_logits(state.config, state.network, state.params, batch))
+
+
+@jax.jit
+def _pool_probs(state: RewardModelState, obs: Array, action: Array, mask: Array, first: Array,
+                second: Array) -> Array:
+    # A module-level jit with the state as an argument: refits reuse one compilation.
+    batch = PairBatch(obs[first], action[first], mask[first], obs[second], action[second],
+                      mask[second], jnp.zeros(first.shape, jnp.float32))
+    return jax.nn.sigmoid(_pair_logits(state.config, state.network, state.params, batch))
+
+
+def pool_score_fn(
+    state: RewardModelState, segments: Any, chunk: int = 1024
+) -> Callable[[Array, Array], Array]:
+    """``score_fn(first [C], second [C]) -> P [M, C]`` over a segment pool.
+
+    The form ``prefrl.data.queries.select_queries`` takes. Queries are scored
+    ``chunk`` at a time to bound memory.
+    """
+    obs, action, mask = (jnp.asarray(x, jnp.float32) for x in (segments.obs, segments.action,
+                                                               segments.mask))
+    _probs = lambda first, second: _pool_probs(state, obs, action, mask, first, second)
+
+    def score_fn(first: Array, second: Array) -> Array:
+        first, second = jnp.asarray(first), jnp.asarray(second)
+        parts = [_probs(first[i:i + chunk], second[i:i + chunk])
+                 for i in range(0, first.shape[0], chunk)]
+        return jnp.concatenate(parts, axis=1)
+
+    return score_fn
+
+
+# --------------------------------------------------------------------------- #
+# The learner
+# --------------------------------------------------------------------------- #
+
+
+def _smoothed(label: Array, smoothing: float) -> Array:
+    # Label smoothing towards ½: μ' = (1 − ε) μ + ε/2 (B-Pref / imitation practice).
+    return label * (1.0 - smoothing) + 0.5 * smoothing
+
+
+def _member_weights(batch: PairBatch, num_members: int) -> Array:
+    if batch.weight is None:
+        return jnp.ones((num_members, batch.size), jnp.float32)
+    w = batch.weight.astype(jnp.float32)
+    if w.ndim == 1:
+        w = w[None, :]
+    return jnp.broadcast_to(w, (num_members, batch.size))
+
+
+def _loss_sums(
+    config: RewardModelConfig, network: nn.Module, params: Any, batch: PairBatch, w_mb: Array
+) -> tuple[Array, Array]:
+    """Weighted sums over the batch, per member: (Σ w ℓ, Σ w 1[correct]) ``[M]`` each."""
+    logits = _pair_logits(config, network, params, batch)  # [M, B]
+    target = _smoothed(batch.label.astype(logits.dtype), config.label_smoothing)
+    loss_mb = preference.bt_loss(logits, jnp.broadcast_to(target, logits.shape))
+    # Accuracy on decisive labels; ties count ½ whatever is predicted.
+    label = jnp.broadcast_to(batch.label, logits.shape)
+    correct = jnp.where(
+        label == 0.5, 0.5, ((logits > 0) == (label > 0.5)).astype(logits.dtype)
+    )
+    return jnp.sum(w_mb * loss_mb, axis=1), jnp.sum(w_mb * correct, axis=1)
+
+
+def _pad_to_multiple(batch: PairBatch, w_mb: Array, chunk: int) -> tuple[PairBatch, Array]:
+    size = batch.size
+    pad = (-size) % chunk
+    if pad == 0:
+        return batch, w_mb
+    padded = [jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) for x in batch[:7]]
+    # Padding rows carry weight 0, so they change neither the loss nor the gradient.
+    w_mb = jnp.concatenate([w_mb, jnp.zeros((w_mb.shape[0], pad), w_mb.dtype)], axis=1)
+    return PairBatch(*padded), w_mb
+
+
+def make(
+    config: RewardModelConfig,
+    optimizer: optax.GradientTransformation | None = None,
+    *,
+    network: nn.Module | None = None,
+) -> Learner:
+    """Build the reward-model learner.
+
+    Args:
+      config: :class:`RewardModelConfig`.
+      optimizer: any optax transform; applied to each member separately
+        (``vmap``-ed), so a coupling transform such as global-norm clipping
+        acts per member. Default: :func:`default_optimizer`.
+      network: a flax module ``[..., in] -> [..., 1]`` for one member
+        (``in = obs_dim + act_dim``, or ``obs_dim`` without actions).
+        Default: :func:`default_network`.
+
+    Returns:
+      ``Learner(init, update)``:
+        ``init(key, example_batch) -> RewardModelState`` (M members; with
+        ``combine="warm"`` every member starts from the same parameters, as
+        weight averaging needs a shared initialisation);
+        ``update(state, batch) -> (state, metrics)``: one optimiser step on
+        the per-member mean loss ``Σ_b w_mb ℓ_mb / Σ_b w_mb`` (+ ``l2/2 ‖θ_m‖²``).
+        ``metrics``: ``loss``, ``accuracy``, ``grad_norm`` — each ``[M]``.
+    """
+    optimizer = default_optimizer(config) if optimizer is None else optimizer
+    network = default_network(config) if network is None else network
+    num_members = int(config.ensemble_size)
+
+    def init(key: PRNGKey, example_batch: PairBatch) -> RewardModelState:
+        length, obs_dim, act_dim = _batch_dims(example_batch)
+        in_dim = obs_dim + act_dim if config.use_action else obs_dim
+        dummy = jnp.zeros((1, in_dim), jnp.float32)
+        keys = jax.random.split(key, num_members)
+        if config.combine == "warm":
+            keys = jnp.broadcast_to(keys[:1], keys.shape)
+        params = jax.vmap(lambda k: network.init(k, dummy))(keys)
+        return RewardModelState(
+            params=params,
+            opt_state=jax.vmap(optimizer.init)(params),
+            step=jnp.zeros((), jnp.int32),
+            reward_mean=jnp.zeros((), jnp.float32),
+            reward_std=jnp.ones((), jnp.float32),
+            config=config,
+            network=network,
+            obs_dim=obs_dim,
+            act_dim=act_dim,
+            segment_length=length,
+        )
+
+    def update(state: RewardModelState, batch: PairBatch) -> tuple[RewardModelState, dict]:
+        _check_compatible(state, batch)
+        members = jax.tree.leaves(state.params)[0].shape[0]
+        w_mb = _member_weights(batch, members)
+        w_total = jnp.maximum(jnp.sum(w_mb, axis=1), 1e-8)  # [M]
+        chunks = _chunks(batch, w_mb, int(config.chunk_pairs))
+        num_chunks = chunks[1].shape[0]
+
+        def chunk_loss(params: Any, rows: PairBatch, w_rows: Array) -> tuple[Array, Array]:
+            loss_sum, correct_sum = _loss_sums(config, network, params, rows, w_rows)
+            # Members are independent: the sum of their losses has per-member gradients.
+            return jnp.sum(loss_sum / w_total), (loss_sum, correct_sum)
+
+        grad_fn = jax.grad(chunk_loss, has_aux=True)
+
+        def body(carry, inputs):
+            grads, loss_sum, correct_sum = carry
+            rows, w_rows = inputs
+            g, (l_sum, c_sum) = grad_fn(state.params, rows, w_rows)
+            return (jax.tree.map(jnp.add, grads, g), loss_sum + l_sum, correct_sum + c_sum), None
+
+        zeros_m = jnp.zeros((members,), jnp.float32)
+        init_carry = (jax.tree.map(jnp.zeros_like, state.params), zeros_m, zeros_m)
+        if num_chunks == 1:
+            (grads, loss_sum, correct_sum), _ = body(
+                init_carry, (jax.tree.map(lambda x: x[0], chunks[0]), chunks[1][0])
+            )
+        else:
+            (grads, loss_sum, correct_sum), _ = jax.lax.scan(body, init_carry, chunks)
+        loss_m = loss_sum / w_total
+        if config.l2 > 0:
+            # Coupled L2 penalty l2/2 ‖θ_m‖² per member (its gradient is l2 θ).
+            sq = jax.tree.map(lambda p: jnp.sum(p.reshape(members, -1) ** 2, axis=1),
+                              state.params)
+            loss_m = loss_m + 0.5 * config.l2 * sum(jax.tree.leaves(sq))
+            grads = jax.tree.map(lambda g, p: g + config.l2 * p, grads, state.params)
+        updates, opt_state = jax.vmap(optimizer.update)(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = jnp.sqrt(sum(
+            jnp.sum(g.reshape(members, -1) ** 2, axis=1) for g in jax.tree.leaves(grads)
+        ))
+        metrics = {"loss": loss_m, "accuracy": correct_sum / w_total, "grad_norm": grad_norm}
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
+        return new_state, metrics
+
+    return Learner(init=init, update=update)
+
+
+def _chunks(batch: PairBatch, w_mb: Array, chunk: int) -> tuple[PairBatch, Array]:
+    """Pad to a multiple of ``chunk`` (weight 0) and split: ``[C, chunk, …]``, ``[C, M, chunk]``."""
+    chunk = min(chunk, batch.size)
+    padded, w_pad = _pad_to_multiple(batch, w_mb, chunk)
+    num = padded.size // chunk
+    split = lambda x: x.reshape(num, chunk, *x.shape[1:])
+    w_c = jnp.moveaxis(w_pad.reshape(w_pad.shape[0], num, chunk), 1, 0)
+    return PairBatch(*(split(x) for x in padded[:7])), w_c
+
+
+def evaluate(state: RewardModelState, batch: PairBatch, chunk: int = 256) -> dict[str, Array]:
+    """Per-member weighted mean loss and accuracy ``[M]`` on a batch (no update).
+
+    Scans over ``chunk`` queries at a time so a large validation set does not
+    materialise all its activations at once.
+    """
+    _check_compatible(state, batch)
+    members = jax.tree.leaves(state.params)[0].shape[0]
+    w_mb = _member_weights(batch, members)
+    rows, w_rows = _chunks(batch, w_mb, chunk)
+
+    def body(carry, inputs):
+        l_sum, c_sum = _loss_sums(state.config, state.network, state.params, *inputs)
+        return (carry[0] + l_sum, carry[1] + c_sum), None
+
+    zeros_m = jnp.zeros((members,), jnp.float32)
+    (loss_sum, correct_sum), _ = jax.lax.scan(body, (zeros_m, zeros_m), (rows, w_rows))
+    w_total = jnp.maximum(jnp.sum(w_mb, axis=1), 1e-8)
+    return {"loss": loss_sum / w_total, "accuracy": correct_sum / w_total}
+
+
+def normalize(state: RewardModelState, batch: PairBatch, chunk: int = 512) -> RewardModelState:
+    """Store mean and std of the combined output over the batch's (masked) steps.
+
+    Rows of weight 0 are left out. After this, :func:`reward_fn` has mean 0
+    and std 1 over those states —
+    a fixed scale for PPO whatever scale the BT fit happened to find (the
+    preference model only identifies f up to the temperature).
+    """
+    obs = jnp.concatenate([batch.obs_1, batch.obs_2], axis=0)
+    action = jnp.concatenate([batch.action_1, batch.action_2], axis=0)
+    mask = jnp.concatenate([batch.mask_1, batch.mask_2], axis=0).astype(jnp.float32)
+    if batch.weight is not None:
+        # Rows of weight 0 (skipped / not yet labelled) do not set the scale.
+        keep = jnp.any(batch.weight.reshape(-1, batch.size) > 0, axis=0).astype(jnp.float32)
+        mask = mask * jnp.concatenate([keep, keep])[:, None]
+    num = obs.shape[0]
+    pad = (-num) % min(chunk, num)
+    pad_rows = lambda x: jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+    obs, action, mask = pad_rows(obs), pad_rows(action), pad_rows(mask)
+    split = lambda x: x.reshape(-1, min(chunk, num), *x.shape[1:])
+    # Segments a chunk at a time: one pass for Σ m f and Σ m f², in float32.
+    value = jax.lax.map(lambda xs: _combined_raw(state, xs[0], xs[1]), (split(obs), split(action)))
+    value = value.reshape(mask.shape)
+    count = jnp.maximum(jnp.sum(mask), 1.0)
+    mean = jnp.sum(mask * value) / count
+    var = jnp.sum(mask * (value - mean) ** 2) / count
+    return state.replace(reward_mean=mean, reward_std=jnp.sqrt(var) + 1e-8)
+
+
+# --------------------------------------------------------------------------- #
+# Whole fits as one scan
+# --------------------------------------------------------------------------- #
+
+
+class FitResult(NamedTuple):
+    """``state``: best-by-validation parameters (per member), normalised.
+
+    ``metrics``: ``train_loss``/``train_accuracy``/``grad_norm`` ``[S, M]``
+    per step; ``valid_loss``/``valid_accuracy`` ``[E, M]`` per evaluation
+    (E = num_steps / eval_every); ``best_step`` ``[M]``; ``skipped`` ``[S]``
+    (1 where a non-finite update was not applied).
+    """
+
+    state: RewardModelState
+    metrics: dict[str, Array]
+
+
+def bootstrap_weights(key: PRNGKey, num_members: int, include: Array) -> Array:
+    """``[M, N]`` bootstrap counts over the rows where ``include [N]`` is True.
+
+    The classic bootstrap (Efron) of each member's training set, as in
+    Christiano 2017 / B-Pref ensembles: member m draws n = Σ include rows
+    with replacement from the included rows; count c_mi is how often row i
+    was drawn (Σ_i c_mi = n, c_mi = 0 for excluded rows). n may be traced:
+    N draws are made and only the first n kept, so shapes stay static.
+    """
+    num = include.shape[0]
+    n = jnp.sum(include)
+    p = include.astype(jnp.float32) / jnp.maximum(n, 1)
+    draws = jax.random.choice(key, num, (num_members, num), p=p)
+    keep = (jnp.arange(num) < n).astype(jnp.float32)
+    counts = jax.vmap(lambda d: jnp.zeros((num,), jnp.float32).at[d].add(keep))(draws)
+    return counts
+
+
+def fit(
+    key: PRNGKey,
+    config: RewardModelConfig,
+    train: PairBatch,
+    valid: PairBatch | None = None,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    network: nn.Module | None = None,
+    init_params: Any | None = None,
+) -> FitResult:
+    """Fit a reward model: ``config.num_steps`` updates in one ``lax.scan``.
+
+    Pure and jittable; ``jax.vmap(lambda k: fit(k, cfg, train, valid))(keys)``
+    fits many seeds in one compiled call. Each step draws ``batch_size``
+    queries uniformly (with replacement) from the rows of ``train`` with
+    positive weight (rows of weight 0 — skipped or not yet labelled — are
+    never drawn, so a fixed-size, partly filled ``train`` compiles once);
+    member m weights them by its bootstrap counts (``config.bootstrap``)
+    times the row's own weight. Every ``eval_every`` steps the validation loss of each member is
+    computed and that member's best parameters are kept (early stopping
+    without leaving the scan). A step whose loss or update is non-finite is
+    not applied and is recorded in ``metrics["skipped"]``; call
+    :func:`check_finite` on the host to turn that into an error.
+
+    ``init_params`` (stacked ``[M, …]``, e.g. a loaded model's) warm-starts
+    the members instead of a fresh initialisation.
+
+    Host-side value checks (:func:`validate_pairs`) are the caller's job.
+    """
+    learner = make(config, optimizer, network=network)
+    num_train = train.size
+    num_evals = max(int(config.num_steps) // int(config.eval_every), 1)
+    inner = int(config.num_steps) // num_evals
+    members = int(config.ensemble_size)
+    key_init, key_boot, key_steps = jax.random.split(key, 3)
+    del key
+
+    if train.weight is None:
+        base_w = jnp.ones((members, num_train), jnp.float32)
+    else:
+        base_w = jnp.broadcast_to(train.weight, (members, num_train)).astype(jnp.float32)
+    include = jnp.any(base_w > 0, axis=0)
+    # Sampling distribution over rows: uniform over the included ones.
+    row_p = include.astype(jnp.float32) / jnp.maximum(jnp.sum(include), 1)
+    if config.bootstrap and members > 1:
+        train_w = base_w * bootstrap_weights(key_boot, members, include)
+    else:
+        train_w = base_w
+    state = learner.init(key_init, train)
+    if init_params is not None:
+        shapes = jax.tree.map(jnp.shape, state.params)
+        if jax.tree.map(jnp.shape, init_params) != shapes:
+            raise ValueError(
+                "init_params do not match this config's network "
+                f"(expected shapes {shapes}, got {jax.tree.map(jnp.shape, init_params)})"
+            )
+        state = state.replace(params=init_params, opt_state=jax.vmap(
+            (default_optimizer(config) if optimizer is None else optimizer).init)(init_params))
+
+    def step(state: RewardModelState, step_key: PRNGKey):
+        idx = jax.random.choice(step_key, num_train, (int(config.batch_size),), p=row_p)
+        batch = take(train._replace(weight=train_w), idx)
+        new_state, m = learner.update(state, batch)
+        finite = jnp.all(jnp.isfinite(m["loss"])) & jnp.all(jnp.isfinite(m["grad_norm"]))
+        finite = finite & jnp.all(jnp.array(
+            [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state.params)]
+        ))
+        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        return state, {
+            "train_loss": m["loss"],
+            "train_accuracy": m["accuracy"],
+            "grad_norm": m["grad_norm"],
+            "skipped": 1.0 - finite.astype(jnp.float32),
+        }
+
+    def select(better: Array, new: Any, old: Any) -> Any:
+        # better [M]: per-member choice between two stacked parameter trees.
+        return jax.tree.map(
+            lambda n, o: jnp.where(better.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old
+        )
+
+    def block(carry, block_index: Array):
+        state, best_params, best_loss, best_step = carry
+        step_keys = jax.random.split(jax.random.fold_in(key_steps, block_index), inner)
+        state, hist = jax.lax.scan(step, state, step_keys)
+        if valid is not None:
+            v = evaluate(state, valid)
+            better = v["loss"] < best_loss
+            best_params = select(better, state.params, best_params)
+            best_loss = jnp.where(better, v["loss"], best_loss)
+            best_step = jnp.where(better, state.step, best_step)
+        else:
+            v = {"loss": jnp.full((members,), jnp.nan), "accuracy": jnp.full((members,), jnp.nan)}
+            best_params, best_step = state.params, jnp.broadcast_to(state.step, (members,))
+        return (state, best_params, best_loss, best_step), (hist, v)
+
+    init_carry = (state, state.params, jnp.full((members,), jnp.inf),
+                  jnp.zeros((members,), jnp.int32))
+    (state, best_params, _, best_step), (hist, v) = jax.lax.scan(
+        block, init_carry, jnp.arange(num_evals)
+    )
+    state = state.replace(params=best_params)
+    if config.normalize:
+        state = normalize(state, train)
+    metrics = {k: x.reshape(num_evals * inner, *x.shape[2:]) for k, x in hist.items()}
+    metrics.update(valid_loss=v["loss"], valid_accuracy=v["accuracy"], best_step=best_step)
+    return FitResult(state, metrics)
+
+
+def check_finite(metrics: Mapping[str, Any]) -> None:
+    """Raise :class:`NonFiniteError` naming the first step and metric that went non-finite.
+
+    Works on :func:`fit`'s metrics (per-step arrays ``[S, …]``); the step is
+    the 0-based index of the update.
+    """
+    first: tuple[int, str] | None = None
+    skipped = np.asarray(metrics.get("skipped", np.zeros(0)))
+    if skipped.size and skipped.reshape(skipped.shape[0], -1).max() > 0:
+        s = int(np.argmax(skipped.reshape(skipped.shape[0], -1).max(axis=1) > 0))
+        first = (s, "update (non-finite parameters)")
+    for name in ("train_loss", "grad_norm"):
+        values = np.asarray(metrics.get(name, np.zeros(0)))
+        if values.size == 0:
+            continue
+        bad = ~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+        if bad.any():
+            s = int(np.argmax(bad))
+            if first is None or s <= first[0]:
+                first = (s, name)
+    if first is not None:
+        step, name = first
+        raise NonFiniteError(
+            f"training diverged: metric {name!r} became non-finite at step {step}; "
+            "no model saved (lower the learning rate or check the data)"
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Files
+# --------------------------------------------------------------------------- #
+
+
+def _flat_params(params: Any) -> dict[str, np.ndarray]:
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return {f"params/{k}": np.asarray(v) for k, v in flat.items()}
+
+
+def save(path: Any, state: RewardModelState, extra: Mapping[str, Any] | None = None) -> Any:
+    """Write a fitted model atomically to an ``.npz`` (no pickle).
+
+    Arrays: ``params/<layer>/<name>`` ``[M, …]``, ``reward_mean``,
+    ``reward_std``; the header holds the config, the input sizes, the
+    segment length and ``extra`` (e.g. metrics). Refuses non-finite params.
+    """
+    from prefrl import config as config_mod
+    from prefrl import io
+
+    arrays = _flat_params(jax.device_get(state.params))
+    arrays["reward_mean"] = np.asarray(state.reward_mean)
+    arrays["reward_std"] = np.asarray(state.reward_std)
+    for name, value in arrays.items():
+        if not np.all(np.isfinite(value)):
+            raise NonFiniteError(f"refusing to save a model with non-finite {name!r}")
+    header = {
+        "kind": MODEL_KIND,
+        "schema_version": SCHEMA_VERSION,
+        "config": config_mod.to_dict(state.config),
+        "obs_dim": state.obs_dim,
+        "act_dim": state.act_dim,
+        "segment_length": state.segment_length,
+        "extra": dict(extra or {}),
+    }
+    return io.save_npz(path, arrays, header)
+
+
+def load(path: Any) -> tuple[RewardModelState, dict[str, Any]]:
+    """Read a model written by :func:`save`; returns ``(state, header)``.
+
+    The state has the default optimizer's fresh ``opt_state``. Raises
+    ``prefrl.io.FileFormatError`` naming the problem for a wrong kind,
+    missing or mis-shaped arrays or non-finite values.
+    """
+    from prefrl import config as config_mod
+    from prefrl import io
+
+    arrays, header = io.load_npz(path, kind=MODEL_KIND, required=("reward_mean", "reward_std"))
+    try:
+        config = config_mod.from_mapping(RewardModelConfig, header["config"], where=str(path))
+        obs_dim, act_dim = int(header["obs_dim"]), int(header["act_dim"])
+        length = int(header["segment_length"])
+    except KeyError as err:
+        raise io.FileFormatError(f"{path}: header lacks {err}") from err
+    example = PairBatch(
+        jnp.zeros((1, length, obs_dim)), jnp.zeros((1, length, act_dim)), jnp.ones((1, length)),
+        jnp.zeros((1, length, obs_dim)), jnp.zeros((1, length, act_dim)), jnp.ones((1, length)),
+        jnp.zeros((1,)),
+    )
+    state = make(config).init(jax.random.key(0), example)
+    expected = _flat_params(state.params)
+    for name, template in expected.items():
+        if name not in arrays:
+            raise io.FileFormatError(f"{path}: missing array {name!r}")
+        if arrays[name].shape != template.shape:
+            raise io.FileFormatError(
+                f"{path}: array {name!r} has shape {arrays[name].shape}, expected {template.shape}"
+            )
+    for name, value in arrays.items():
+        if not np.all(np.isfinite(value)):
+            raise io.FileFormatError(f"{path}: array {name!r} contains NaN or inf")
+    flat = {k[len("params/"):]: jnp.asarray(arrays[k], jnp.float32) for k in expected}
+    params = traverse_util.unflatten_dict(flat, sep="/")
+    params = jax.tree.map(lambda a, b: a.astype(b.dtype), params, state.params)
+    state = state.replace(
+        params=params,
+        reward_mean=jnp.asarray(arrays["reward_mean"], jnp.float32),
+        reward_std=jnp.asarray(arrays["reward_std"], jnp.float32),
+    )
+    return state, header
+
+
+def analytic_update_flops(config: RewardModelConfig, in_dim: int, num_pairs: int,
+                          length: int) -> float:
+    """FLOPs of one :func:`make` ``update`` counted from the matmuls (2 per MAC).
+
+    Forward: Σ_layers 2 n_in n_out per row; backward: the weight gradient of
+    every layer (same count) plus the input gradient of every layer but the
+    first (inputs are data). Rows = M × pairs × 2 segments × k steps.
+    Elementwise work (activations, Adam) is not counted.
+    """
+    sizes = [in_dim, *(int(h) for h in config.hidden), 1]
+    macs = [a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    per_row = 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
+    rows = int(config.ensemble_size) * num_pairs * 2 * length
+    return float(per_row * rows)
+
+
+__all__ = [
+    "FitResult",
+    "NonFiniteError",
+    "PairBatch",
+    "RewardModelConfig",
+    "RewardModelState",
+    "analytic_update_flops",
+    "bootstrap_weights",
+    "check_compatible",
+    "check_finite",
+    "combined_params",
+    "default_network",
+    "default_optimizer",
+    "ensemble_preferences",
+    "evaluate",
+    "fit",
+    "load",
+    "make",
+    "member_outputs",
+    "normalize",
+    "pair_batch_from_dataset",
+    "pool_score_fn",
+    "reward_fn",
+    "save",
+    "take",
+    "validate_pairs",
+]

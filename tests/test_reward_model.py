@@ -1,0 +1,445 @@
+"""Reward-model learner: equivalences, determinism, learning, files and bad input."""
+
+from __future__ import annotations
+
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from prefrl import evaluation, study
+from prefrl.learners import reward_model as rm
+
+OBS, ACT, K = 3, 2, 4
+
+
+def random_batch(key, size=12, obs=OBS, act=ACT, length=K, label=None):
+    ks = jax.random.split(key, 5)
+    if label is None:
+        label = jax.random.bernoulli(ks[4], 0.5, (size,)).astype(jnp.float32)
+    return rm.PairBatch(
+        obs_1=jax.random.normal(ks[0], (size, length, obs)),
+        action_1=jax.random.uniform(ks[1], (size, length, act), minval=-1, maxval=1),
+        mask_1=jnp.ones((size, length)),
+        obs_2=jax.random.normal(ks[2], (size, length, obs)),
+        action_2=jax.random.uniform(ks[3], (size, length, act), minval=-1, maxval=1),
+        mask_2=jnp.ones((size, length)),
+        label=label,
+    )
+
+
+def small_config(**kw):
+    base = dict(hidden=(16, 16), ensemble_size=3, chunk_pairs=4, learning_rate=1e-2)
+    base.update(kw)
+    return rm.RewardModelConfig(**base)
+
+
+def member(tree, m):
+    return jax.tree.map(lambda x: x[m: m + 1], tree)
+
+
+EQ_CFG = small_config(l2=0.01, label_smoothing=0.1)
+# A coupling transform (global-norm clipping) must still act per member.
+EQ_OPT = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(1e-2))
+EQ_LEARNER = rm.make(EQ_CFG, EQ_OPT)
+EQ_UPDATE = jax.jit(EQ_LEARNER.update)
+
+
+def eq_batch(size=10):
+    # Chunks of 4 pairs: with 10 pairs the last chunk is padded with weight-0 rows.
+    batch = random_batch(jax.random.key(1), size=size)
+    weight = jax.random.poisson(jax.random.key(2), 1.0, (3, size)).astype(jnp.float32)
+    return batch._replace(weight=weight)
+
+
+def test_ensemble_update_equals_separate_member_updates():
+    batch = eq_batch()
+    single = rm.make(dataclass_replace(EQ_CFG, ensemble_size=1), EQ_OPT)
+    single_update = jax.jit(single.update)
+    state = EQ_LEARNER.init(jax.random.key(0), batch)
+    for _ in range(2):  # two steps, so Adam's moments matter too
+        new_state, metrics = EQ_UPDATE(state, batch)
+        for m in range(3):
+            s_m = state.replace(params=member(state.params, m),
+                                opt_state=member(state.opt_state, m))
+            out_m, met_m = single_update(s_m, batch._replace(weight=batch.weight[m: m + 1]))
+            chex_close(out_m.params, member(new_state.params, m))
+            np.testing.assert_allclose(met_m["loss"][0], metrics["loss"][m], rtol=1e-5)
+        state = new_state
+
+
+def test_update_same_with_and_without_jit():
+    batch = eq_batch()
+    state = EQ_LEARNER.init(jax.random.key(0), batch)
+    eager, m_eager = EQ_LEARNER.update(state, batch)
+    jitted, m_jit = EQ_UPDATE(state, batch)
+    chex_close(eager.params, jitted.params)
+    np.testing.assert_allclose(m_eager["loss"], m_jit["loss"], rtol=1e-6)
+
+
+def dataclass_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def chex_close(a, b, rtol=1e-5, atol=1e-6):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+def test_known_loss_with_label_smoothing_and_custom_network():
+    # f(s) = Σ_i s_i (a Dense(1) with unit kernel, no actions). Segment 1: two
+    # steps with s = 1 -> score 2; segment 2: zeros -> score 0; logit 2, label 1.
+    # No smoothing: −log σ(2) = log(1 + e^−2) = 0.126928.
+    # Smoothing ε = 0.2: μ' = 0.9 -> 0.9·0.126928 + 0.1·(2 + 0.126928) = 0.326928.
+    net = nn.Dense(1, kernel_init=nn.initializers.ones, bias_init=nn.initializers.zeros)
+    batch = rm.PairBatch(jnp.ones((1, 2, 1)), jnp.zeros((1, 2, 1)), jnp.ones((1, 2)),
+                         jnp.zeros((1, 2, 1)), jnp.zeros((1, 2, 1)), jnp.ones((1, 2)),
+                         jnp.ones((1,)))
+    for eps, expected in ((0.0, 0.126928), (0.2, 0.326928)):
+        cfg = rm.RewardModelConfig(use_action=False, ensemble_size=2, label_smoothing=eps)
+        learner = rm.make(cfg, network=net)
+        _, metrics = jax.jit(learner.update)(learner.init(jax.random.key(0), batch), batch)
+        np.testing.assert_allclose(metrics["loss"], [expected, expected], rtol=1e-5)
+        np.testing.assert_allclose(metrics["accuracy"], [1.0, 1.0])
+
+
+def test_regret_assumption_discounts_the_advantage_sum():
+    # f(s) = s (1-d). Steps 1, 1: under regret with γ = 0.5 the score is
+    # 1 + 0.5 = 1.5, under partial return (γ = 1) 2; the other segment scores 0.
+    # loss = log(1 + e^{−score}): 0.201413 (1.5) and 0.126928 (2).
+    net = nn.Dense(1, kernel_init=nn.initializers.ones, bias_init=nn.initializers.zeros)
+    batch = rm.PairBatch(jnp.ones((1, 2, 1)), jnp.zeros((1, 2, 1)), jnp.ones((1, 2)),
+                         jnp.zeros((1, 2, 1)), jnp.zeros((1, 2, 1)), jnp.ones((1, 2)),
+                         jnp.ones((1,)))
+    for assumption, gamma, expected in (("regret", 0.5, 0.201413),
+                                        ("partial_return", 1.0, 0.126928)):
+        cfg = rm.RewardModelConfig(assumption=assumption, discount=gamma, use_action=False,
+                                   ensemble_size=1)
+        learner = rm.make(cfg, network=net)
+        _, metrics = jax.jit(learner.update)(learner.init(jax.random.key(0), batch), batch)
+        np.testing.assert_allclose(metrics["loss"], [expected], rtol=1e-5)
+
+
+def synthetic_train(num_train=2000, seed=0, label="partial_return", length=10):
+    cfg = study.StudyConfig(num_segments=1000, num_train=num_train, num_test=200,
+                            segment_length=length, seed=seed)
+    data = study.synthetic_data(cfg)
+    return data, study.pair_batch(data, "train", label), study.pair_batch(data, "test", label)
+
+
+def fast_fit_config(**kw):
+    base = dict(hidden=(64, 64), ensemble_size=2, num_steps=500, batch_size=64,
+                learning_rate=3e-3, eval_every=100, chunk_pairs=64)
+    base.update(kw)
+    return rm.RewardModelConfig(**base)
+
+
+# One compiled fit shared by the tests below (compiling is the slow part on CPU).
+FIT_CFG = fast_fit_config()
+_FIT = jax.jit(lambda key, train, valid: rm.fit(key, FIT_CFG, train, valid))
+TINY_CFG = fast_fit_config(num_steps=10, eval_every=5, hidden=(8,), ensemble_size=3)
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return synthetic_train(num_train=2000)
+
+
+@pytest.fixture(scope="module")
+def fitted(synth):
+    _, train, test = synth
+    return _FIT(jax.random.key(0), train, test)
+
+
+def test_same_key_identical_parameters_and_different_key_differs(synth, fitted):
+    _, train, test = synth
+    again = _FIT(jax.random.key(0), train, test)
+    jax.tree.map(np.testing.assert_array_equal, fitted.state.params, again.state.params)
+    other = _FIT(jax.random.key(1), train, test)
+    assert not np.array_equal(fitted.state.params["params"]["Dense_0"]["kernel"],
+                              other.state.params["params"]["Dense_0"]["kernel"])
+
+
+def test_learns_true_reward_from_2000_labels(synth, fitted):
+    data, train, test = synth
+    rm.check_finite(fitted.metrics)
+    state = fitted.state
+    on = np.asarray(data.mask) > 0
+    learned = rm.reward_fn(state)(jnp.asarray(data.obs), jnp.asarray(data.action))
+    rho = evaluation.pearson(np.asarray(learned)[on], data.reward[on])
+    assert rho > 0.95, rho
+    # Output normalisation: r̂ has mean 0, std 1 over the training steps.
+    train_vals = np.asarray(rm.reward_fn(state)(
+        jnp.concatenate([train.obs_1, train.obs_2]), jnp.concatenate([train.action_1,
+                                                                       train.action_2])))
+    np.testing.assert_allclose([train_vals.mean(), train_vals.std()], [0.0, 1.0], atol=1e-3)
+    # Early stopping kept each member's best validation loss.
+    best = np.asarray(fitted.metrics["valid_loss"]).min(axis=0)
+    np.testing.assert_allclose(rm.evaluate(state, test)["loss"], best, rtol=1e-4)
+    assert np.all(np.asarray(fitted.metrics["best_step"]) % FIT_CFG.eval_every == 0)
+
+
+def _tiny_fit(key, train, learning_rate):
+    # SGD, not Adam: Adam turns float-rounding differences in near-zero
+    # gradients into full-size steps, so batched and single runs would drift.
+    return rm.fit(key, TINY_CFG, train, optimizer=optax.sgd(learning_rate))
+
+
+_TINY_FIT = jax.jit(_tiny_fit)
+
+
+@pytest.mark.slow
+def test_fit_vmaps_over_seeds(synth):
+    _, train, _ = synth
+    keys = jax.random.split(jax.random.key(0), 4)
+    many = jax.jit(jax.vmap(_tiny_fit, in_axes=(0, None, None)))(keys, train, 1e-2)
+    one = _TINY_FIT(keys[2], train, 1e-2)
+    chex_close(jax.tree.map(lambda x: x[2], many.state.params), one.state.params,
+               rtol=1e-4, atol=1e-5)
+    assert many.metrics["train_loss"].shape == (4, 10, 3)
+
+
+def test_warm_members_share_init_and_reward_fn_uses_averaged_weights():
+    batch = random_batch(jax.random.key(4))
+    cfg = small_config(combine="warm")
+    state = rm.make(cfg).init(jax.random.key(0), batch)
+    k0 = state.params["params"]["Dense_0"]["kernel"]
+    np.testing.assert_array_equal(k0[0], k0[2])
+    # Members drift apart in training; emulate that with a member-specific shift.
+    shift = jnp.array([0.3, -0.1, 0.5])
+    params = jax.tree.map(lambda p: p + shift.reshape((3,) + (1,) * (p.ndim - 1)), state.params)
+    state = state.replace(params=params)
+    averaged = state.replace(params=rm.combined_params(state))
+    expected = rm.member_outputs(averaged, batch.obs_1, batch.action_1)[0]
+    np.testing.assert_allclose(rm.reward_fn(state)(batch.obs_1, batch.action_1), expected,
+                               rtol=1e-5, atol=1e-6)
+    # …which is not the mean of the members' outputs (the network is nonlinear).
+    mean_of_members = rm.member_outputs(state, batch.obs_1, batch.action_1).mean(0)
+    assert not np.allclose(expected, mean_of_members, atol=1e-3)
+
+
+def test_ensemble_preferences_feed_select_queries(synth, fitted):
+    from prefrl.data.queries import select_queries
+
+    data, train, _ = synth
+    state = fitted.state
+    probs = rm.ensemble_preferences(state, train)
+    assert probs.shape == (2, 2000) and np.all((probs >= 0) & (probs <= 1))
+    segs = type("Pool", (), dict(obs=data.obs, action=data.action, mask=data.mask))
+    first, second = data.train
+    score_fn = rm.pool_score_fn(state, segs, chunk=1000)
+    np.testing.assert_allclose(score_fn(first, second), probs, rtol=1e-5, atol=1e-6)
+    f, s = select_queries(jax.random.key(1), (first, second), 10, score_fn, "disagreement")
+    var = np.var(np.asarray(probs), axis=0)
+    chosen = [int(np.flatnonzero((first == a) & (second == b))[0]) for a, b in zip(
+        np.asarray(f), np.asarray(s), strict=True)]
+    # The 10 chosen queries are the 10 of largest variance across members.
+    np.testing.assert_allclose(np.sort(var[chosen]), np.sort(var)[-10:], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_active_rounds_ask_each_query_once():
+    from prefrl.active import active_rounds
+
+    data, _, _ = synthetic_train(num_train=600)
+    cfg = TINY_CFG
+    segs = type("Pool", (), dict(obs=data.obs, action=data.action, mask=data.mask))
+    labels = data.labels["train"]["partial_return"]
+    lookup = {(int(a), int(b)): lab for a, b, lab in zip(*data.train, labels, strict=True)}
+    label_fn = lambda f, s: np.array([lookup[(int(a), int(b))] for a, b in zip(f, s,
+                                                                                 strict=True)])
+    out = active_rounds(jax.random.key(0), cfg, segs, data.train, label_fn, rounds=3,
+                        per_round=50, method="disagreement")
+    assert out.first.shape == (150,) and np.bincount(out.round).tolist() == [50, 50, 50]
+    pairs = set(zip(out.first.tolist(), out.second.tolist(), strict=True))
+    assert len(pairs) == len({(int(a), int(b)) for a, b in zip(*data.train, strict=True)} & pairs)
+    np.testing.assert_array_equal(out.label, label_fn(out.first, out.second))
+
+
+def test_save_load_roundtrip(tmp_path, synth, fitted):
+    _, _, batch = synth
+    state = fitted.state
+    path = rm.save(tmp_path / "model.npz", state, {"note": "x"})
+    loaded, header = rm.load(path)
+    assert header["extra"] == {"note": "x"} and header["segment_length"] == 10
+    np.testing.assert_allclose(rm.reward_fn(loaded)(batch.obs_2, batch.action_2),
+                               rm.reward_fn(state)(batch.obs_2, batch.action_2), rtol=1e-6)
+    from prefrl.io import FileFormatError
+
+    (tmp_path / "bad.npz").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(FileFormatError, match="not a readable"):
+        rm.load(tmp_path / "bad.npz")
+
+
+# --------------------------------------------------------------------------- #
+# Bad input
+# --------------------------------------------------------------------------- #
+
+
+def test_dataset_model_mismatch_errors():
+    learner = rm.make(small_config())
+    state = learner.init(jax.random.key(0), random_batch(jax.random.key(1)))
+    with pytest.raises(ValueError, match="observation size mismatch.*obs_dim 5.*built for 3"):
+        learner.update(state, random_batch(jax.random.key(1), obs=5))
+    with pytest.raises(ValueError, match="segment length mismatch.*length 7.*length 4"):
+        learner.update(state, random_batch(jax.random.key(1), length=7))
+    with pytest.raises(ValueError, match="action size mismatch"):
+        rm.ensemble_preferences(state, random_batch(jax.random.key(1), act=1))
+
+
+def test_empty_and_single_class_labels_error():
+    with pytest.raises(ValueError, match="empty label set"):
+        rm.validate_pairs(random_batch(jax.random.key(0), size=0))
+    with pytest.raises(ValueError, match="single-class label set.*all 12 labels are 1"):
+        rm.validate_pairs(random_batch(jax.random.key(0), label=jnp.ones(12)))
+    with pytest.raises(ValueError, match=r"labels must be finite values in \[0, 1\]"):
+        rm.validate_pairs(random_batch(jax.random.key(0), label=jnp.full(12, 2.0)))
+    skipped = random_batch(jax.random.key(0))._replace(weight=jnp.zeros(12))
+    with pytest.raises(ValueError, match="weight 0"):
+        rm.validate_pairs(skipped)
+    rm.validate_pairs(random_batch(jax.random.key(0)))  # a good batch passes
+
+
+def test_nan_run_names_step_and_metric(synth):
+    _, train, _ = synth
+    result = jax.jit(lambda k: rm.fit(k, TINY_CFG, train, optimizer=optax.sgd(1e30)))(
+        jax.random.key(0))
+    with pytest.raises(rm.NonFiniteError, match=r"metric '.*' became non-finite at step \d+"):
+        rm.check_finite(result.metrics)
+    # The skipped updates left finite parameters behind (nothing NaN to save by accident).
+    assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(result.state.params))
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="assumption"):
+        rm.RewardModelConfig(assumption="return")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="label_smoothing"):
+        rm.RewardModelConfig(label_smoothing=1.0)
+
+
+def test_analytic_flops_count():
+    # in 5 -> 4 -> 1, M = 2, 3 pairs, k = 2: MACs/row 20 + 4 = 24; per row
+    # fwd 48 + weight grads 48 + input grad of layer 2: 8 = 104; rows 2·3·2·2 = 24.
+    cfg = rm.RewardModelConfig(hidden=(4,), ensemble_size=2)
+    assert rm.analytic_update_flops(cfg, 5, 3, 2) == 104 * 24
+
+
+README_EXAMPLE = textwrap.dedent("""
+    import jax, jax.numpy as jnp, optax
+    from prefrl.learners import reward_model
+
+    # 64 labelled queries of length-25 segments; obs 17, action 6 (half-cheetah sizes).
+    k = jax.random.split(jax.random.key(0), 5)
+    batch = reward_model.PairBatch(
+        obs_1=jax.random.normal(k[0], (64, 25, 17)), action_1=jnp.zeros((64, 25, 6)),
+        mask_1=jnp.ones((64, 25)),
+        obs_2=jax.random.normal(k[1], (64, 25, 17)), action_2=jnp.zeros((64, 25, 6)),
+        mask_2=jnp.ones((64, 25)),
+        label=jax.random.bernoulli(k[2], 0.5, (64,)).astype(jnp.float32))
+
+    config = reward_model.RewardModelConfig(assumption="regret", discount=0.99,
+                                            hidden=(64, 64), ensemble_size=3)
+    my_optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+    learner = reward_model.make(config, my_optimizer)
+
+    # 8 seeds at once: vmap init over keys, jit the vmapped update.
+    seeds = jax.random.split(jax.random.key(42), 8)
+    states = jax.vmap(learner.init, in_axes=(0, None))(seeds, batch)
+    update = jax.jit(jax.vmap(learner.update, in_axes=(0, None)))
+    for _ in range(10):
+        states, metrics = update(states, batch)
+    print(metrics["loss"].shape)          # (8, 3): seeds × ensemble members
+
+    # One seed's learned advantage as a reward PPO can call:
+    state = jax.tree.map(lambda x: x[0], states)
+    r_hat = jax.jit(reward_model.reward_fn(state))
+    print(r_hat(jnp.zeros((5, 17)), jnp.zeros((5, 6))).shape)   # (5,)
+""")
+
+
+def test_readme_example_runs(capsys):
+    # Executes exactly the README snippet (under the suite's strict rank promotion).
+    exec(compile(README_EXAMPLE, "README example", "exec"), {})
+    assert capsys.readouterr().out.split() == ["(8,", "3)", "(5,)"]
+
+
+
+# --------------------------------------------------------------------------- #
+# prefrl fit
+# --------------------------------------------------------------------------- #
+
+CLI_MODEL = ["--hidden", "8", "--ensemble-size", "2", "--num-steps", "4", "--eval-every", "2",
+             "--batch-size", "16", "--chunk-pairs", "16"]
+
+
+def write_dataset(path, *, length=10, obs_dim=6, num_queries=200, single_class=False,
+                  obs_scale=1.0):
+    from prefrl.data import dataset as dataset_io
+    from prefrl.types import PreferenceDataset, Segments
+
+    cfg = study.StudyConfig(num_segments=200, num_train=num_queries, num_test=10,
+                            segment_length=length)
+    data = study.synthetic_data(cfg, study.SyntheticTask(obs_dim=obs_dim))
+    n, k = data.obs.shape[:2]
+    zeros = np.zeros((n, k, 1), np.float32)
+    seg = Segments(obs=data.obs * obs_scale, action=data.action, reward=data.reward,
+                   next_obs=data.next_obs, mask=data.mask, x_velocity=zeros[..., 0],
+                   qpos=zeros, qvel=zeros, source=np.zeros((n, 2), np.int32))
+    labels = {name: np.ones(num_queries, np.float32) if single_class else v
+              for name, v in data.labels["train"].items()}
+    ds = PreferenceDataset(segments=seg, first=data.train[0].astype(np.int32),
+                           second=data.train[1].astype(np.int32), labels=labels,
+                           label_mask={name: np.ones(num_queries, bool) for name in labels})
+    return dataset_io.save(path, ds, task="run")
+
+
+def test_fit_command_writes_model_and_json(tmp_path, capsys):
+    import json
+
+    from prefrl.cli import main
+
+    data = write_dataset(tmp_path / "d.npz")
+    out, metrics = tmp_path / "m.npz", tmp_path / "m.json"
+    code = main(["fit", "--dataset", str(data), "--label", "regret", "--assumption", "regret",
+                 "--discount", "0.9", "--out", str(out), "--metrics", str(metrics), *CLI_MODEL])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["assumption"] == "regret" and summary["num_train"] == 180
+    assert summary["num_valid"] == 20 and len(summary["valid_accuracy"]) == 2
+    assert json.loads(metrics.read_text()) == summary
+    state, header = rm.load(out)
+    assert state.config.assumption == "regret" and header["obs_dim"] == 6
+
+
+def test_fit_command_errors(tmp_path, capsys):
+    from prefrl.cli import main
+
+    # A model for obs 6, length 10 (as `prefrl fit` on such data would write; no fit needed).
+    example = rm.PairBatch(jnp.zeros((1, 10, 6)), jnp.zeros((1, 10, 2)), jnp.ones((1, 10)),
+                           jnp.zeros((1, 10, 6)), jnp.zeros((1, 10, 2)), jnp.ones((1, 10)),
+                           jnp.ones((1,)))
+    cfg = rm.RewardModelConfig(hidden=(8,), ensemble_size=2)
+    model = rm.save(tmp_path / "m.npz", rm.make(cfg).init(jax.random.key(0), example))
+    # Warm-starting from a model built for another observation size / segment length.
+    for name, kw, message in (("obs", dict(obs_dim=4), "observation size mismatch"),
+                              ("len", dict(length=7), "segment length mismatch")):
+        other = write_dataset(tmp_path / f"{name}.npz", **kw)
+        code = main(["fit", "--dataset", str(other), "--init", str(model),
+                     "--out", str(tmp_path / "x.npz"), *CLI_MODEL])
+        assert code == 2 and message in capsys.readouterr().err
+    single = write_dataset(tmp_path / "single.npz", single_class=True)
+    assert main(["fit", "--dataset", str(single), "--out", str(tmp_path / "s.npz"),
+                 *CLI_MODEL]) == 2
+    assert "single-class label set" in capsys.readouterr().err
+    # A diverging run names step and metric and leaves no model file behind
+    # (observations of size 1e30 overflow float32 in the first layer).
+    huge = write_dataset(tmp_path / "huge.npz", obs_scale=1e30)
+    diverge = tmp_path / "nan.npz"
+    assert main(["fit", "--dataset", str(huge), "--out", str(diverge), *CLI_MODEL]) == 2
+    err = capsys.readouterr().err
+    assert "became non-finite at step" in err and not diverge.exists()
