@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import prefrl
 from prefrl.data import dataset as ds
 from prefrl.io import FileFormatError, save_npz
 from prefrl.types import PreferenceDataset, Segments
@@ -344,6 +345,9 @@ def test_label_command_end_to_end(tmp_path, monkeypatch, capsys):
     fake = types.ModuleType("prefrl.checkpoint")
     fake.load_value_fn = lambda path, obs_dim=None: fake_value_fn
     monkeypatch.setitem(sys.modules, "prefrl.checkpoint", fake)
+    # `from prefrl import checkpoint` reads the package attribute once the real
+    # module has been imported by an earlier test, so patch that too.
+    monkeypatch.setattr(prefrl, "checkpoint", fake, raising=False)
     write_tiny_trajectory(tmp_path / "traj.npz")
     out = tmp_path / "prefs.npz"
     rc = cli.main([
