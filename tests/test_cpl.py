@@ -11,6 +11,7 @@ import optax
 import pytest
 import scipy.integrate
 import scipy.stats
+from _readme import readme_example
 
 from prefrl.learners import best_of_n, cpl
 from prefrl.networks import ACTION_EPS, GaussianPolicy, tanh_gaussian_log_prob
@@ -125,37 +126,7 @@ def test_tanh_gaussian_density_matches_scipy_and_integrates_to_one():
 
 # ------------------------------------------------------------ use from foreign JAX code
 
-README_EXAMPLE = """
-import jax
-import jax.numpy as jnp
-import optax
-
-from prefrl.learners import cpl
-from prefrl.networks import GaussianPolicy
-
-# 8 queries of two 10-step segments, 3-D observations, 2-D actions in [-1, 1].
-k_obs1, k_obs2, k_act1, k_act2, k_label, k_init = jax.random.split(jax.random.key(0), 6)
-batch = cpl.PairBatch(
-    obs_1=jax.random.normal(k_obs1, (8, 10, 3)),
-    action_1=jax.random.uniform(k_act1, (8, 10, 2), minval=-1.0, maxval=1.0),
-    mask_1=jnp.ones((8, 10)),
-    obs_2=jax.random.normal(k_obs2, (8, 10, 3)),
-    action_2=jax.random.uniform(k_act2, (8, 10, 2), minval=-1.0, maxval=1.0),
-    mask_2=jnp.ones((8, 10)),
-    label=jax.random.bernoulli(k_label, 0.5, (8,)).astype(jnp.float32),  # 1: first preferred
-)
-
-policy = GaussianPolicy(action_dim=2, hidden=(32, 32), state_dependent_std=True)
-my_optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-4, weight_decay=1e-4))
-learner = cpl.make(cpl.CPLConfig(alpha=0.1, bias=0.5), policy, my_optimizer)
-
-seeds = jax.random.split(k_init, 4)  # 4 independent runs, trained in one jitted call
-states = jax.vmap(learner.init, in_axes=(0, None))(seeds, batch)
-update = jax.jit(jax.vmap(learner.update, in_axes=(0, None)))
-for _ in range(20):
-    states, metrics = update(states, batch)
-print(metrics["loss"])  # shape [4]: one loss per seed
-"""
+README_EXAMPLE = readme_example("cpl")
 
 
 def test_readme_example_runs_under_user_jit_and_vmap(capsys):

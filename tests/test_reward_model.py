@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _readme import readme_example
 
 from prefrl import evaluation, study
 from prefrl.learners import reward_model as rm
@@ -329,37 +328,7 @@ def test_analytic_flops_count():
     assert rm.analytic_update_flops(cfg, 5, 3, 2) == 104 * 24
 
 
-README_EXAMPLE = textwrap.dedent("""
-    import jax, jax.numpy as jnp, optax
-    from prefrl.learners import reward_model
-
-    # 64 labelled queries of length-25 segments; obs 17, action 6 (half-cheetah sizes).
-    k = jax.random.split(jax.random.key(0), 5)
-    batch = reward_model.PairBatch(
-        obs_1=jax.random.normal(k[0], (64, 25, 17)), action_1=jnp.zeros((64, 25, 6)),
-        mask_1=jnp.ones((64, 25)),
-        obs_2=jax.random.normal(k[1], (64, 25, 17)), action_2=jnp.zeros((64, 25, 6)),
-        mask_2=jnp.ones((64, 25)),
-        label=jax.random.bernoulli(k[2], 0.5, (64,)).astype(jnp.float32))
-
-    config = reward_model.RewardModelConfig(assumption="regret", discount=0.99,
-                                            hidden=(64, 64), ensemble_size=3)
-    my_optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
-    learner = reward_model.make(config, my_optimizer)
-
-    # 8 seeds at once: vmap init over keys, jit the vmapped update.
-    seeds = jax.random.split(jax.random.key(42), 8)
-    states = jax.vmap(learner.init, in_axes=(0, None))(seeds, batch)
-    update = jax.jit(jax.vmap(learner.update, in_axes=(0, None)))
-    for _ in range(10):
-        states, metrics = update(states, batch)
-    print(metrics["loss"].shape)          # (8, 3): seeds × ensemble members
-
-    # One seed's learned advantage as a reward PPO can call:
-    state = jax.tree.map(lambda x: x[0], states)
-    r_hat = jax.jit(reward_model.reward_fn(state))
-    print(r_hat(jnp.zeros((5, 17)), jnp.zeros((5, 6))).shape)   # (5,)
-""")
+README_EXAMPLE = readme_example("reward_model")
 
 
 def test_readme_example_runs(capsys):
