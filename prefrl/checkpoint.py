@@ -194,7 +194,30 @@ def load_policy(
     tanh-Gaussian. ``info`` is the header plus ``"apply"`` and ``"params"``:
     ``apply(params, obs) -> (mean, log_std)`` on raw observations (the
     normaliser is inside), usable as a frozen reference policy π_ref.
+    Offline policy files (``prefrl train bc|cpl|dpo``, kind ``"policy"``) load
+    through the same call, so ``prefrl eval``/``collect`` take either.
     """
+    from prefrl.io import read_kind
+
+    if read_kind(path) == "policy":
+        from prefrl import offline
+
+        policy_fn, info = offline.load_policy_fn(path, deterministic=deterministic)
+        from flax import traverse_util
+
+        first = [
+            v for k, v in traverse_util.flatten_dict(info["params"]).items()
+            if k[-1] == "kernel" and "Dense_0" in k
+        ]
+        file_obs = first[0].shape[0] if first else None
+        if obs_dim is not None and file_obs is not None and int(file_obs) != obs_dim:
+            raise ValueError(
+                f"{path}: policy expects observations of size {file_obs}, "
+                f"but the task's observations have size {obs_dim}"
+            )
+        info.setdefault("obs_dim", file_obs)
+        info.setdefault("act_dim", int(info["network"]["action_dim"]))
+        return policy_fn, info
     state, header = load(path, obs_dim=obs_dim)
     config = _config_from_header(header, str(path))
     apply = ppo.make_policy_apply(config, int(header["act_dim"]))

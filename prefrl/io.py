@@ -115,3 +115,28 @@ def load_npz(
     if missing:
         raise FileFormatError(f"{path}: missing array(s) {missing} in {kind!r} file")
     return arrays, header
+
+
+def read_kind(path: str | os.PathLike) -> str | None:
+    """The ``kind`` in a prefrl ``.npz`` file's header, or ``None`` if it has none.
+
+    Lets a loader dispatch between file kinds (e.g. a PPO checkpoint and an
+    offline policy file) before validating with :func:`load_npz`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if HEADER_KEY not in npz.files:
+                return None
+            raw = npz[HEADER_KEY]
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise FileFormatError(
+            f"{path}: not a readable .npz file (truncated or corrupt?): {err}"
+        ) from err
+    try:
+        kind = json.loads(raw.tobytes().decode("utf-8")).get("kind")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise FileFormatError(f"{path}: corrupt header: {err}") from err
+    return kind if isinstance(kind, str) else None

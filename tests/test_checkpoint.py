@@ -233,3 +233,21 @@ def test_init_checkpoint_and_reference_policy_for_rlhf(trained, tmp_path):
     assert "reference" in kwargs and "reward_name" not in kwargs
     kwargs = training.rlhf_kwargs(None, str(out / "final.npz"), ppo.PPOConfig(kl_ref_coef=0.1))
     assert kwargs["reward_name"].startswith("true-kl0.1:")
+
+
+def test_load_policy_reads_offline_policy_files(tmp_path):
+    # `prefrl train bc|cpl|dpo` write kind "policy" files; load_policy takes them too,
+    # so eval/collect/π_ref accept either kind, and the observation size is checked.
+    import jax
+    import numpy as np
+
+    from prefrl import checkpoint, offline
+
+    network = offline.make_network(6, (8,), True)
+    params = network.init(jax.random.key(0), np.zeros((1, 17), np.float32))
+    path = offline.save_policy(tmp_path / "bc.npz", network, params, algo="bc")
+    policy_fn, info = checkpoint.load_policy(path, obs_dim=17)
+    assert policy_fn(np.zeros((3, 17), np.float32), jax.random.key(1)).shape == (3, 6)
+    assert info["act_dim"] == 6 and info["obs_dim"] == 17
+    with pytest.raises(ValueError, match="observations of size 17.*size 5"):
+        checkpoint.load_policy(path, obs_dim=5)
