@@ -3,22 +3,28 @@
     python experiments/two_by_two.py                        # synthetic task, 5 seeds
     python experiments/two_by_two.py --seeds 10 --num-steps 1000
     python experiments/two_by_two.py --task half_cheetah \\
-        --dataset data/target_speed_labels.npz \\
+        --dataset experiments/data/target-speed.npz \\
         --expert experiments/experts/target-speed/final.npz \\
-        --discount 0.99 --hidden 256 256
+        --discount 0.99 --seeds 3 --num-train 2000 --num-test 2000 \\
+        --out experiments/results/two_by_two_target_speed.json \\
+        --markdown experiments/results/two_by_two_target_speed.md
 
 Prints a table of held-out accuracy (against both oracles), Pearson /
 Spearman correlation with r and with A_E, and EPIC distance to r, each as
 IQM [95 % bootstrap CI] across seeds; ``--out FILE`` also saves the full
-per-seed results as JSON. All logic lives in ``prefrl.study``.
+per-seed results as JSON and ``--markdown FILE`` the table with the command
+line. The half-cheetah dataset is built by ``experiments/make_dataset.py``
+(see its docstring). All logic lives in ``prefrl.study``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from prefrl import config, study
-from prefrl.io import atomic_write_json
+from prefrl.io import atomic_write_json, atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +32,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_dataclass_args(parser, study.StudyConfig)
     parser.add_argument("--out", default="", help="optional JSON file for the full results")
+    parser.add_argument("--markdown", default="",
+                        help="optional Markdown file for the table (with this command line)")
     args = parser.parse_args(argv)
     result = study.main(config.from_args(study.StudyConfig, args))
     if args.out:
         atomic_write_json(args.out, result)
+    if args.markdown:
+        command = "python experiments/two_by_two.py " + " ".join(
+            shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        atomic_write_text(args.markdown, study.format_markdown(result, command))
     return 0
 
 

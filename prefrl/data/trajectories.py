@@ -146,3 +146,29 @@ def load_trajectory(path: str | os.PathLike) -> tuple[Trajectory, dict[str, Any]
                 f"{path}: header says {key}={header[key]}, arrays have {arrays['obs'].shape[axis]}"
             )
     return Trajectory(**{name: arrays[name] for name in FIELDS}), header
+
+
+def concatenate_trajectories(trajs: list[Trajectory] | tuple[Trajectory, ...]) -> Trajectory:
+    """Join rollouts ``[T, B_i, …]`` of several policies along the batch axis: ``[T, Σ B_i, …]``.
+
+    Every trajectory must have the same number of steps ``T`` and the same
+    trailing sizes (they come from one task); a segment never spans a batch
+    column, so segments of the result are exactly the segments of the parts.
+    Raises ``ValueError`` naming the first mismatch.
+    """
+    trajs = list(trajs)
+    if not trajs:
+        raise ValueError("concatenate_trajectories needs at least one trajectory")
+    ref = {name: np.shape(getattr(trajs[0], name)) for name in FIELDS}
+    for i, traj in enumerate(trajs[1:], start=1):
+        for name in FIELDS:
+            shape = np.shape(getattr(traj, name))
+            if shape[:1] != ref[name][:1] or shape[2:] != ref[name][2:]:
+                raise ValueError(
+                    f"trajectory {i}: {name} has shape {shape}, trajectory 0 has {ref[name]} "
+                    "(need the same T and trailing sizes; only B may differ)"
+                )
+    return Trajectory(**{
+        name: np.concatenate([np.asarray(getattr(t, name)) for t in trajs], axis=1)
+        for name in FIELDS
+    })
