@@ -296,8 +296,12 @@ def _scan_phase(update: Callable, state: Any, sample: Callable[[Array], Any],
 
 
 def _evaluate(network: nn.Module, params: Params, ref_params: Params, val: PairData,
-              discount: float) -> dict[str, Array]:
-    """Held-out metrics: implicit-preference accuracy (and BC's −log π when no π_ref)."""
+              discount: float, squash_jacobian: bool = True) -> dict[str, Array]:
+    """Held-out metrics: implicit-preference accuracy (and BC's −log π when no π_ref).
+
+    The accuracy scores segments as the learner does (``squash_jacobian`` as in
+    :class:`prefrl.learners.cpl.CPLConfig`); ``val_nll`` is always the box density's.
+    """
     if val.first.shape[0] == 0:
         return {}
     batch = val.gather(jnp.arange(val.first.shape[0]))
@@ -305,9 +309,13 @@ def _evaluate(network: nn.Module, params: Params, ref_params: Params, val: PairD
     if ref_params is not None:
         ref_1, ref_2 = cpl_lib.pair_log_probs(network, ref_params, batch)
         logp_1, logp_2 = logp_1 - ref_1, logp_2 - ref_2
+    score_1, score_2 = logp_1, logp_2
+    if ref_params is None and not squash_jacobian:
+        score_1 = logp_1 + cpl_lib.squash_log_det(batch.action_1)
+        score_2 = logp_2 + cpl_lib.squash_log_det(batch.action_2)
     s_1, s_2 = jax.vmap(lambda a, b, m1, m2: cpl_lib.cpl_scores(
         a, b, alpha=1.0, discount=discount, mask_1_t=m1, mask_2_t=m2))(
-        logp_1, logp_2, batch.mask_1, batch.mask_2)
+        score_1, score_2, batch.mask_1, batch.mask_2)
     out = {"val_accuracy": cpl_lib.preference_metrics(s_1, s_2, batch.label)["accuracy"]}
     if ref_params is None:
         # Held-out BC fit: mean −log π over every step of both segments.
@@ -343,6 +351,7 @@ def _make_core(algo: str, config: TrainConfig, learner_config: Any, network: nn.
     """
     optimizer = config.optimizer()
     discount = getattr(learner_config, "discount", 1.0)
+    jacobian = getattr(learner_config, "squash_jacobian", True)
     bc_steps = config.num_steps if algo == "bc" else config.bc_pretrain_steps
     if has_ref or (has_init and algo != "bc"):
         bc_steps = 0  # the given policy replaces the BC phase
@@ -375,7 +384,8 @@ def _make_core(algo: str, config: TrainConfig, learner_config: Any, network: nn.
                                       opt_state=optimizer.init(init_params))
             state, history["bc"], history["bc_bad_step"] = _scan_phase(
                 bc_learner.update, state, sample_segments,
-                lambda s: _evaluate(network, s.params, None, val, discount), k_bc, bc_steps,
+                lambda s: _evaluate(network, s.params, None, val, discount, jacobian), k_bc,
+                bc_steps,
                 config.log_every)
             bc_params = state.params
         if algo == "bc":
@@ -387,7 +397,8 @@ def _make_core(algo: str, config: TrainConfig, learner_config: Any, network: nn.
             state = learner.init(k_init, example, init_params=bc_params)
         state, history["pref"], history["pref_bad_step"] = _scan_phase(
             learner.update, state, sample_pairs,
-            lambda s: _evaluate(network, s.params, s.ref_params, val, discount), k_pref,
+            lambda s: _evaluate(network, s.params, s.ref_params, val, discount, jacobian),
+            k_pref,
             config.num_steps, config.log_every)
         return TrainOutput(state.params, bc_params), history
 

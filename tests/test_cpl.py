@@ -124,6 +124,52 @@ def test_tanh_gaussian_density_matches_scipy_and_integrates_to_one():
     assert np.isfinite(at_bound) and float(at_bound) == pytest.approx(float(inside))
 
 
+def test_pre_squash_score_drops_only_the_jacobian():
+    """``squash_jacobian=False`` scores log N(atanh a; μ, σ): the box density plus
+    Σ log(1 − a²) — a parameter-free term, so both give the same gradient."""
+    net = GaussianPolicy(action_dim=2, hidden=(8,), state_dependent_std=True)
+    obs = jax.random.normal(jax.random.key(0), (5, 3))
+    action = jnp.array([[0.9, -0.2], [0.0, 0.5], [-0.99, 0.3], [0.4, 0.4], [1.0, -1.0]])
+    params = net.init(jax.random.key(1), obs[0])
+    mean, log_std = net.apply(params, obs)
+    box = cpl.policy_log_prob(net, params, obs, action)
+    pre = cpl.policy_log_prob(net, params, obs, action, squash_jacobian=False)
+    # Independent formula: Gaussian log-density of u = atanh(a), per dimension, summed.
+    # Clip in float32 as the library does (1 − 1e-6 rounds in float32; atanh is steep there).
+    a = np.clip(np.asarray(action, np.float32), np.float32(-1 + ACTION_EPS),
+                np.float32(1 - ACTION_EPS)).astype(np.float64)
+    expected = scipy.stats.norm.logpdf(np.arctanh(a), np.asarray(mean, np.float64),
+                                       np.exp(np.asarray(log_std, np.float64))).sum(-1)
+    np.testing.assert_allclose(pre, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pre - box, np.log1p(-(a**2)).sum(-1), rtol=1e-4, atol=1e-4)
+    # Row 0: log(1 − 0.81) + log(1 − 0.04) = log 0.19 + log 0.96 ≈ −1.6607 − 0.0408.
+    assert float(pre[0] - box[0]) == pytest.approx(math.log(0.19) + math.log(0.96), abs=1e-4)
+    grads = [jax.grad(lambda p, j=j: jnp.sum(cpl.policy_log_prob(
+        net, p, obs, action, squash_jacobian=j)))(params) for j in (True, False)]
+    for g_box, g_pre in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
+        np.testing.assert_allclose(g_box, g_pre, rtol=1e-5, atol=1e-6)
+
+
+def test_pre_squash_score_changes_the_cpl_loss_by_the_jacobian_offset():
+    """The learner's loss uses the configured score: with λ = 1 (Bradley–Terry) the two
+    losses are bt_loss(α ΔS) with ΔS differing by α Σ_t [J(a¹_t) − J(a²_t)]."""
+    net = GaussianPolicy(action_dim=1, hidden=(4,), state_dependent_std=False)
+    batch = _pairs(jax.random.key(2), 3, 4, lambda s: 0.5 * s)
+    params = net.init(jax.random.key(3), batch.obs_1[0, 0])
+    losses = {}
+    for jac in (True, False):
+        config = cpl.CPLConfig(alpha=0.5, bias=1.0, squash_jacobian=jac)
+        learner = cpl.make(config, net, optax.sgd(0.0))
+        state = learner.init(jax.random.key(0), batch, init_params=params)
+        _, metrics = learner.update(state, batch)
+        losses[jac] = float(metrics["pref_loss"])
+    l1, l2 = cpl.pair_log_probs(net, params, batch, squash_jacobian=False)
+    gap = 0.5 * (l1.sum(-1) - l2.sum(-1))
+    expected = float(jnp.mean(jax.vmap(bt_loss)(gap, batch.label)))
+    assert losses[False] == pytest.approx(expected, rel=1e-5)
+    assert losses[True] != pytest.approx(losses[False], rel=1e-3)
+
+
 # ------------------------------------------------------------ use from foreign JAX code
 
 README_EXAMPLE = readme_example("cpl")

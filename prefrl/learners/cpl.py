@@ -31,6 +31,18 @@ on the box including the Jacobian of the squashing,
 exactly ±1 are pulled inside by ``prefrl.networks.ACTION_EPS`` so their
 log-density stays finite. CPL's usual choice is ``state_dependent_std=True``.
 
+**Which density scores a segment** (``CPLConfig.squash_jacobian``). The box
+density is ``log N(atanh a; μ, σ) + J(a)`` with ``J(a) = −Σ_i log(1 − a_i²)``,
+a term of the action alone. It has no gradient, but in CPL's score
+``S_i = α Σ_t γ^t log π`` it adds a fixed offset ``α Σ_t γ^t J(a_t)`` per
+segment — an implicit "reward" for large-magnitude actions that the labels do
+not contain and no policy can change, which the preference loss then has to
+fight by distorting the Gaussian part. ``squash_jacobian=False`` scores with
+``log N(atanh a; μ, σ)`` instead: the same policy, its max-ent advantage taken
+with entropy measured on the pre-squash action. Gradients of each ``S_i`` are
+identical; only the per-segment offsets go. (For DPO the term cancels in
+``log π − log π_ref``.) The default keeps the box density.
+
 Shapes: a :class:`PairBatch` holds ``B`` queries of two segments of length
 ``k``: ``obs_i [B, k, obs]``, ``action_i [B, k, act]``, ``mask_i [B, k]``,
 ``label [B]``. :func:`cpl_loss` and :func:`dpo_loss` take *one* query (time
@@ -51,7 +63,7 @@ from flax import struct
 
 from prefrl import config as config_lib
 from prefrl.learners import Learner
-from prefrl.networks import tanh_gaussian_log_prob
+from prefrl.networks import ACTION_EPS, tanh_gaussian_log_prob
 from prefrl.preference import bt_loss, regret_score
 
 Array = jax.Array
@@ -197,6 +209,10 @@ class CPLConfig:
     bc_weight: float = config_lib.field(
         0.0, "weight of the BC regulariser −mean log π over all steps (CPL-BC); 0 = plain CPL"
     )
+    squash_jacobian: bool = config_lib.field(
+        True, "score with the density on the box (incl. the tanh Jacobian); false = the "
+        "Gaussian density of the pre-squash action atanh(a)"
+    )
 
     def __post_init__(self) -> None:
         _check_common(self.bias, self.discount, self.bc_weight)
@@ -253,19 +269,40 @@ class CPLState:
     ref_params: Params = None
 
 
-def policy_log_prob(network: nn.Module, params: Params, obs: Array, action: Array) -> Array:
-    """``log π(a|s)`` of the tanh-Gaussian policy: ``[..., obs], [..., act] -> [...]``."""
+def policy_log_prob(network: nn.Module, params: Params, obs: Array, action: Array, *,
+                    squash_jacobian: bool = True) -> Array:
+    """``log π(a|s)`` of the tanh-Gaussian policy: ``[..., obs], [..., act] -> [...]``.
+
+    With ``squash_jacobian=False`` the density of the pre-squash action
+    ``u = atanh(a)``: ``log N(u; μ, σ)``, i.e. the box density plus
+    ``Σ_i log(1 − a_i²)``. The two differ by a term that depends on the
+    action only, so their gradients with respect to the parameters are equal.
+    """
     mean, log_std = network.apply(params, obs)
-    return tanh_gaussian_log_prob(mean, log_std, action)
+    log_prob = tanh_gaussian_log_prob(mean, log_std, action)
+    if squash_jacobian:
+        return log_prob
+    return log_prob + squash_log_det(action)
+
+
+def squash_log_det(action: Array) -> Array:
+    """``Σ_i log(1 − a_i²)`` (clipped as in the density): ``[..., act] -> [...]``.
+
+    ``log N(atanh a; μ, σ) = log π_box(a) + squash_log_det(a)``.
+    """
+    a = jnp.clip(action, -1.0 + ACTION_EPS, 1.0 - ACTION_EPS)
+    return jnp.sum(jnp.log1p(-(a**2)), axis=-1)
 
 
 def pair_log_probs(
-    network: nn.Module, params: Params, batch: PairBatch
+    network: nn.Module, params: Params, batch: PairBatch, *, squash_jacobian: bool = True
 ) -> tuple[Array, Array]:
     """Per-step log π of both segments of every query: ``([B, k], [B, k])``."""
     return (
-        policy_log_prob(network, params, batch.obs_1, batch.action_1),
-        policy_log_prob(network, params, batch.obs_2, batch.action_2),
+        policy_log_prob(network, params, batch.obs_1, batch.action_1,
+                        squash_jacobian=squash_jacobian),
+        policy_log_prob(network, params, batch.obs_2, batch.action_2,
+                        squash_jacobian=squash_jacobian),
     )
 
 
@@ -299,10 +336,12 @@ def _make(
     discount: float,
     bc_weight: float,
     use_reference: bool,
+    squash_jacobian: bool = True,
 ) -> Learner:
     def loss_fn(params: Params, ref_params: Params, batch: PairBatch) -> tuple[Array, dict]:
         chex.assert_rank([batch.obs_1, batch.action_1, batch.mask_1, batch.label], [3, 3, 2, 1])
-        logp_1, logp_2 = pair_log_probs(network, params, batch)
+        logp_1, logp_2 = pair_log_probs(network, params, batch,
+                                        squash_jacobian=squash_jacobian)
         if use_reference:
             ref_1, ref_2 = pair_log_probs(network, ref_params, batch)
             ref_1, ref_2 = jax.lax.stop_gradient(ref_1), jax.lax.stop_gradient(ref_2)
@@ -380,6 +419,7 @@ def make(config: CPLConfig, policy_network: nn.Module, optimizer: optax.Gradient
     return _make(
         policy_network, optimizer, temperature=config.alpha, bias=config.bias,
         discount=config.discount, bc_weight=config.bc_weight, use_reference=False,
+        squash_jacobian=config.squash_jacobian,
     )
 
 
