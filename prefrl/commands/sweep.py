@@ -33,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="validate and list the runs to do, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not share a JAX persistent compilation cache (OUT/.jax_cache) "
+                        "between workers; if a resumed sweep stalls with idle CPUs, delete "
+                        "OUT/.jax_cache or pass this")
     p.set_defaults(func=run)
 
 
@@ -70,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = sweep.run_sweep(
             spec, args.out, resume=args.resume, budget_scale=args.budget_scale,
             workers=args.workers, ray_address=args.ray, on_records=on_records, on_plan=on_plan,
+            compile_cache=not args.no_compile_cache,
         )
     finally:
         if bar is not None:
