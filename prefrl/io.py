@@ -73,6 +73,20 @@ def save_npz(
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def read_npz_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickle), with clear errors for a missing or corrupt file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise FileFormatError(
+            f"{path}: not a readable .npz file (truncated or corrupt?): {err}"
+        ) from err
+
+
 def load_npz(
     path: str | os.PathLike,
     *,
@@ -87,15 +101,7 @@ def load_npz(
     header, the wrong ``kind``, an unknown schema version or missing arrays.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise FileFormatError(
-            f"{path}: not a readable .npz file (truncated or corrupt?): {err}"
-        ) from err
+    arrays = read_npz_arrays(path)
     if HEADER_KEY not in arrays:
         raise FileFormatError(f"{path}: no {HEADER_KEY!r} entry; not a prefrl {kind} file")
     try:

@@ -337,16 +337,6 @@ def export_flat(path: str | os.PathLike, dataset: PreferenceDataset, label_name:
 
 def import_flat(path: str | os.PathLike) -> PreferenceDataset:
     """Read a CPL/CS234 flat ``.npz`` (label converted: ours = 1 − theirs)."""
-    import zipfile
+    from prefrl.io import read_npz_arrays
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise FileFormatError(
-            f"{path}: not a readable .npz file (truncated or corrupt?): {err}"
-        ) from err
-    return from_flat(arrays, where=str(path))
+    return from_flat(read_npz_arrays(path), where=str(path))
