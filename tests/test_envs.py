@@ -129,3 +129,24 @@ def test_run_backward_mirrors_run_forward_term():
         # run: v - c; backward: -v - c  =>  r_back = -(r_fwd + c) - c
         assert r_back == pytest.approx(-(r_fwd + ctrl) - ctrl, abs=1e-12)
         assert r_fwd + ctrl == pytest.approx(info["x_velocity"], abs=1e-12)
+
+
+def test_envs_import_from_outside_the_repository_despite_a_local_envs_folder(tmp_path):
+    # `envs/` installs as `prefrl.envs` (pyproject package-dir), so a user's own `envs/`
+    # folder in the working directory neither shadows it nor is shadowed by it.
+    import subprocess
+    import sys
+
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs" / "__init__.py").write_text("MINE = True\n")
+    code = (
+        "import envs, prefrl.envs, gymnasium as gym\n"
+        "assert envs.MINE\n"
+        "assert 'prefrl/HalfCheetahTargetSpeed-v0' in gym.registry\n"
+        "print(prefrl.envs.make_task('target-speed').params_dict['target_speed'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "2.0"
