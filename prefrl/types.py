@@ -7,7 +7,7 @@ Everything here is a frozen ``flax.struct.dataclass`` so it can cross ``jit``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from flax import struct
@@ -116,3 +116,27 @@ class PreferenceDataset:
     @property
     def label_names(self) -> tuple[str, ...]:
         return tuple(sorted(self.labels))
+
+
+class PairBatch(NamedTuple):
+    """Labelled queries as two stacks of segments, batch axis ``B`` first.
+
+    The batch every preference learner consumes (reward models, CPL, DPO).
+    ``label`` = P(σ¹ ≻ σ²) ∈ [0, 1] (1 first preferred, ½ tie). ``weight`` is
+    an optional per-query weight: ``[B]`` (e.g. 0 for a query the oracle
+    skipped) or, for reward-model ensembles, ``[M, B]`` per member (bootstrap
+    counts).
+    """
+
+    obs_1: Array  # [B, k, obs_dim]
+    action_1: Array  # [B, k, act_dim]
+    mask_1: Array  # [B, k]
+    obs_2: Array  # [B, k, obs_dim]
+    action_2: Array  # [B, k, act_dim]
+    mask_2: Array  # [B, k]
+    label: Array  # [B]
+    weight: Array | None = None  # [B] or [M, B]
+
+    @property
+    def size(self) -> int:
+        return self.label.shape[0]

@@ -316,3 +316,33 @@ def test_bench_cpl_smoke(tmp_path, capsys):
     data = tmp_path / "data" / "cpl_run.npz"
     assert bench.main([*args, "--datasets", f"run={data}", "--merge", "true"]) == 0
     assert json.loads(out.read_text())["merged_runs"] == 2
+
+
+def test_query_weights_drop_zero_weight_queries():
+    # One PairBatch type serves every learner (prefrl.types); CPL honours its
+    # optional per-query weight: weight 0 = the query is absent, weights of 1 = none.
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from prefrl.networks import GaussianPolicy
+
+    keys = jax.random.split(jax.random.key(3), 4)
+    batch = cpl.PairBatch(
+        obs_1=jax.random.normal(keys[0], (3, 4, 2)),
+        action_1=jax.random.uniform(keys[1], (3, 4, 1), minval=-0.9, maxval=0.9),
+        mask_1=jnp.ones((3, 4)),
+        obs_2=jax.random.normal(keys[2], (3, 4, 2)),
+        action_2=jax.random.uniform(keys[3], (3, 4, 1), minval=-0.9, maxval=0.9),
+        mask_2=jnp.ones((3, 4)),
+        label=jnp.array([1.0, 0.0, 1.0]),
+    )
+    learner = cpl.make(cpl.CPLConfig(), GaussianPolicy(1, (8,), state_dependent_std=True),
+                       optax.sgd(0.0))
+    state = learner.init(jax.random.key(0), batch)
+    first_two = jax.tree.map(lambda x: x[:2], batch)
+    _, plain = learner.update(state, first_two)
+    _, dropped = learner.update(state, batch._replace(weight=jnp.array([1.0, 1.0, 0.0])))
+    _, ones = learner.update(state, first_two._replace(weight=jnp.ones(2)))
+    np.testing.assert_allclose(dropped["pref_loss"], plain["pref_loss"], rtol=1e-6)
+    np.testing.assert_allclose(ones["pref_loss"], plain["pref_loss"], rtol=1e-6)

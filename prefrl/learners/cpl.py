@@ -52,7 +52,7 @@ axis ``_t`` only); callers ``jax.vmap``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import chex
 import flax.linen as nn
@@ -65,6 +65,7 @@ from prefrl import config as config_lib
 from prefrl.learners import Learner
 from prefrl.networks import ACTION_EPS, tanh_gaussian_log_prob
 from prefrl.preference import bt_loss, regret_score
+from prefrl.types import PairBatch
 
 Array = jax.Array
 Params = Any
@@ -247,16 +248,6 @@ def _check_common(bias: float, discount: float, bc_weight: float) -> None:
 # ---------------------------------------------------------------- data and state
 
 
-class PairBatch(NamedTuple):
-    """``B`` queries of two length-``k`` segments (see the module docstring)."""
-
-    obs_1: Array  # [B, k, obs]
-    action_1: Array  # [B, k, act]
-    mask_1: Array  # [B, k]
-    obs_2: Array  # [B, k, obs]
-    action_2: Array  # [B, k, act]
-    mask_2: Array  # [B, k]
-    label: Array  # [B]  μ = P(σ¹ ≻ σ²)
 
 
 @struct.dataclass
@@ -360,7 +351,12 @@ def _make(
                 l1, l2, alpha=temperature, discount=discount, mask_1_t=m1, mask_2_t=m2
             )
         )(score_1, score_2, batch.mask_1, batch.mask_2)
-        pref_loss = jnp.mean(per_query)
+        if batch.weight is None:
+            pref_loss = jnp.mean(per_query)
+        else:  # per-query weights [B] (e.g. 0 for queries an oracle skipped)
+            chex.assert_equal_shape([batch.weight, per_query])
+            w = batch.weight.astype(per_query.dtype)
+            pref_loss = jnp.sum(w * per_query) / jnp.maximum(jnp.sum(w), 1e-8)
         bc = _bc_nll(logp_1, logp_2, batch)
         loss = pref_loss + bc_weight * bc
         metrics = {"loss": loss, "pref_loss": pref_loss, "bc_nll": bc}

@@ -62,6 +62,7 @@ from prefrl import preference
 from prefrl.config import field
 from prefrl.learners import Learner
 from prefrl.networks import MLP
+from prefrl.types import PairBatch
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -142,26 +143,6 @@ class RewardModelConfig:
         return preference.regret_score
 
 
-class PairBatch(NamedTuple):
-    """Labelled queries as two stacks of segments (batch axis B first).
-
-    ``label`` = P(σ¹ ≻ σ²) ∈ [0, 1] (1 first preferred, ½ tie). ``weight``
-    is an optional per-query weight: ``[B]`` (e.g. 0 for a query the oracle
-    skipped) or ``[M, B]`` per ensemble member (bootstrap counts).
-    """
-
-    obs_1: Array  # [B, k, obs_dim]
-    action_1: Array  # [B, k, act_dim]
-    mask_1: Array  # [B, k]
-    obs_2: Array  # [B, k, obs_dim]
-    action_2: Array  # [B, k, act_dim]
-    mask_2: Array  # [B, k]
-    label: Array  # [B]
-    weight: Array | None = None  # [B] or [M, B]
-
-    @property
-    def size(self) -> int:
-        return self.label.shape[0]
 
 
 @struct.dataclass
