@@ -28,6 +28,55 @@ LOG_STD_MAX = 2.0
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def _gram_schmidt(a: Array) -> Array:
+    """Orthonormalise the columns of ``a [m, n]`` (m ≥ n) by Gram–Schmidt, applied twice.
+
+    The result is the ``Q`` of ``a = QR`` with ``diag(R) > 0`` (unique), i.e.
+    exactly what a LAPACK QR followed by the sign fix gives, but built from
+    matrix–vector products only. Re-orthogonalising each column once more
+    ("twice is enough") keeps ``QᵀQ = I`` to float precision.
+    """
+    n = a.shape[1]
+
+    def column(j: Array, q: Array) -> Array:
+        v = jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False)
+        for _ in range(2):  # columns ≥ j of q are still zero, so they project out nothing
+            v = v - q @ (q.T @ v)
+        v = v / jnp.sqrt(jnp.sum(v * v))
+        return jax.lax.dynamic_update_index_in_dim(q, v, j, axis=1)
+
+    return jax.lax.fori_loop(0, n, column, jnp.zeros_like(a))
+
+
+def orthogonal(scale: float = 1.0) -> Callable[..., Array]:
+    """Orthogonal initializer for ``[in, out]`` kernels, free of LAPACK calls.
+
+    Same distribution as ``flax.linen.initializers.orthogonal(scale)`` (and,
+    for the same key, the same matrix up to float rounding): a Gaussian matrix
+    made orthogonal with a positive-diagonal R. Why not flax's: its QR is a
+    LAPACK custom call, and under ``vmap`` (seeds, ensemble members) XLA:CPU
+    runs the batched QR through a parallel batch map on the intra-op thread
+    pool. Two such kernels running at once on a 2-thread pool each wait for
+    pool threads that are busy waiting themselves, and the process hangs at
+    0 % CPU (seen in sweeps that vmap reward models over seeds).
+    """
+
+    def init(key: Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> Array:
+        if len(shape) < 2:
+            raise ValueError(f"orthogonal init needs a kernel of rank >= 2, got shape {shape}")
+        n_cols = shape[-1]
+        n_rows = math.prod(shape) // n_cols
+        tall = n_rows >= n_cols
+        matrix_shape = (n_rows, n_cols) if tall else (n_cols, n_rows)
+        a = jax.random.normal(key, matrix_shape, jnp.float32)
+        q = _gram_schmidt(a)
+        if not tall:
+            q = q.T
+        return (scale * q).reshape(shape).astype(dtype)
+
+    return init
+
+
 class MLP(nn.Module):
     """``[..., in] -> [..., out]``: dense layers with ``activation`` between them."""
 
@@ -40,9 +89,9 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         for width in self.hidden:
-            x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(self.kernel_scale))(x)
+            x = nn.Dense(width, kernel_init=orthogonal(self.kernel_scale))(x)
             x = self.activation(x)
-        return nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(self.out_scale))(x)
+        return nn.Dense(self.out, kernel_init=orthogonal(self.out_scale))(x)
 
 
 class GaussianPolicy(nn.Module):
@@ -62,13 +111,13 @@ class GaussianPolicy(nn.Module):
     def __call__(self, obs: Array) -> tuple[Array, Array]:
         x = obs
         for width in self.hidden:
-            x = nn.Dense(width, kernel_init=nn.initializers.orthogonal(math.sqrt(2.0)))(x)
+            x = nn.Dense(width, kernel_init=orthogonal(math.sqrt(2.0)))(x)
             x = self.activation(x)
-        mean = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01))(x)
+        mean = nn.Dense(self.action_dim, kernel_init=orthogonal(0.01))(x)
         if self.state_dependent_std:
             log_std = nn.Dense(
                 self.action_dim,
-                kernel_init=nn.initializers.orthogonal(0.01),
+                kernel_init=orthogonal(0.01),
                 bias_init=nn.initializers.constant(self.init_log_std),
             )(x)
         else:

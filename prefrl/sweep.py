@@ -5,7 +5,11 @@ A sweep file (TOML) names a grid over
     task × label model × learner × oracle noise (β × ε) × label budget × segment length
 
 plus the seeds to run in every cell, the data files of each task and shared
-settings (training steps, network sizes …)::
+settings (training steps, network sizes …). A file may instead give several
+sub-grids as ``[[grid]]`` tables (e.g. every noise level for the cheap
+reward-fit cells, the clean labels only for the PPO cells); the sweep is the
+union of their points, each once. A ``--set grid.AXIS=…`` override then
+applies to every sub-grid::
 
     name = "tiny"
     seeds = [0, 1]                            # or a count: seeds = 5
@@ -303,28 +307,30 @@ class SweepSpec:
     settings: Settings
     description: str = ""
     source: str = ""
+    # Sub-grids of a ``[[grid]]`` file, each ``((axis, values), ...)``; the axis
+    # fields above are then the union of their values. Empty: one ``[grid]``.
+    grids: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...] = ()
 
     def files_of(self, task: str) -> TaskFiles:
         return dict(self.tasks)[task]
 
     def cells(self) -> list[CellConfig]:
-        """All grid points in a fixed order (task-major, then the axes as listed)."""
-        out = []
-        for task, label_model, learner, beta, eps, budget, seg in itertools.product(
-            self.task,
-            self.label_model,
-            self.learner,
-            self.beta,
-            self.epsilon,
-            self.label_budget,
-            self.segment_length,
-        ):
-            out.append(
-                CellConfig(
-                    task, label_model, learner, beta, eps, budget, seg,
-                    self.files_of(task), self.settings,
-                )
-            )
+        """All grid points in a fixed order (task-major, then the axes as listed).
+
+        With several sub-grids (``[[grid]]``) the union of their points, each
+        point once, in the order the sub-grids list them.
+        """
+        grids = self.grids or (tuple((k, getattr(self, k)) for k in _GRID_AXES),)
+        out: list[CellConfig] = []
+        seen: set[tuple] = set()
+        for grid in grids:
+            axes = dict(grid)
+            for point in itertools.product(*(axes[k] for k in _GRID_AXES)):
+                if point in seen:
+                    continue
+                seen.add(point)
+                task = point[0]
+                out.append(CellConfig(*point, self.files_of(task), self.settings))
         return out
 
     def runs(self, budget_scale: float = 1.0) -> list[tuple[CellConfig, int, str]]:
@@ -377,6 +383,11 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
     except tomllib.TOMLDecodeError:
         value = text
     parts = key.strip().split(".")
+    if parts[0] == "grid" and len(parts) == 2 and isinstance(data.get("grid"), list):
+        for table in data["grid"]:  # [[grid]]: the override applies to every sub-grid
+            if isinstance(table, dict):
+                table[parts[1]] = value
+        return
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})
@@ -417,18 +428,26 @@ def parse_sweep(
         raise SweepError(f"{source}: duplicate seeds {seeds}")
 
     grid = data.get("grid")
-    if not isinstance(grid, dict):
-        raise SweepError(f"{source}: missing [grid] table")
-    unknown = sorted(set(grid) - set(_GRID_AXES))
-    if unknown:
-        raise SweepError(
-            f"{source}: unknown key(s) {['grid.' + k for k in unknown]}; "
-            f"valid grid axes: {list(_GRID_AXES)}"
-        )
-    missing = [k for k in _GRID_AXES if k not in grid]
-    if missing:
-        raise SweepError(f"{source}: [grid] is missing axis/axes {missing}")
-    axes = {k: _check_axis(k, _as_list(grid[k], f"grid.{k}")) for k in _GRID_AXES}
+    if isinstance(grid, dict):
+        tables, where = [grid], ["grid"]
+    elif isinstance(grid, list) and grid and all(isinstance(g, dict) for g in grid):
+        tables, where = grid, [f"grid[{i}]" for i in range(len(grid))]
+    else:
+        raise SweepError(f"{source}: missing [grid] table (or a non-empty [[grid]] array)")
+    grids = []
+    for table, at in zip(tables, where, strict=True):
+        unknown = sorted(set(table) - set(_GRID_AXES))
+        if unknown:
+            raise SweepError(
+                f"{source}: unknown key(s) {[at + '.' + k for k in unknown]}; "
+                f"valid grid axes: {list(_GRID_AXES)}"
+            )
+        missing = [k for k in _GRID_AXES if k not in table]
+        if missing:
+            raise SweepError(f"{source}: [{at}] is missing axis/axes {missing}")
+        grids.append({k: _check_axis(k, _as_list(table[k], f"{at}.{k}")) for k in _GRID_AXES})
+    # The axis fields: every value any sub-grid uses, in first-seen order.
+    axes = {k: tuple(dict.fromkeys(v for g in grids for v in g[k])) for k in _GRID_AXES}
 
     settings_data = data.get("settings", {})
     if not isinstance(settings_data, dict):
@@ -465,6 +484,7 @@ def parse_sweep(
         settings=settings,
         description=description,
         source=source,
+        grids=(tuple(tuple(g.items()) for g in grids) if len(grids) > 1 else ()),
         **axes,
     )
     if check_files:

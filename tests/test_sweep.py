@@ -255,12 +255,24 @@ def test_records_are_written_atomically_and_checked(tmp_path, tiny_dataset):
         store.write({**record, "seed": 5})  # checksum no longer matches
 
 
-def test_benchmark_sweep_file_is_valid():
-    spec = sweep.load_sweep(BENCHMARK, check_files=False)
+@pytest.mark.parametrize("name, min_seeds", [("halfcheetah_benchmark", 3),
+                                             ("halfcheetah_benchmark_cluster", 5)])
+def test_benchmark_sweep_files_are_valid(name, min_seeds):
+    spec = sweep.load_sweep(BENCHMARK.parent / f"{name}.toml", check_files=False)
+    assert spec.name == name
     assert set(spec.label_model) == {"partial_return", "regret"}
     assert {"rm_pr+ppo", "rm_regret+ppo", "cpl", "dpo"} <= set(spec.learner)
     assert set(spec.task) == {"run", "target-speed"}
-    assert len(spec.label_budget) >= 3 and len(spec.seeds) >= 5
+    assert len(spec.label_budget) >= 3 and len(spec.seeds) >= min_seeds
+    cells = spec.cells()
+    assert len({(c.task, c.label_model, c.learner, c.beta, c.epsilon, c.label_budget,
+                 c.segment_length) for c in cells}) == len(cells)
+    # Both label models and both assumptions at every budget, on clean labels.
+    for budget in spec.label_budget:
+        fits = {(c.label_model, c.learner) for c in cells
+                if c.label_budget == budget and c.beta == 0 and c.epsilon == 0}
+        assert {(m, a) for m in ("partial_return", "regret")
+                for a in ("rm_pr", "rm_regret")} <= fits
 
 
 @pytest.mark.slow
@@ -291,3 +303,31 @@ def test_task_names_and_dims_match_the_environments():
     assert set(sweep.KNOWN_TASKS) == set(prefrl.envs.TASKS)
     assert (sweep.OBS_DIM, sweep.ACT_DIM) == (prefrl.envs.OBS_DIM, prefrl.envs.ACT_DIM)
     assert set(sweep.RUNNERS) == set(sweep.LEARNER_ASSUMPTION)
+
+
+def test_sub_grids_give_the_union_of_their_points(tiny_dataset, tmp_path):
+    text = TINY.read_text(encoding="utf-8")
+    start = text.index("[grid]")
+    end = text.index("\n[", start + 1)
+    grid = text[start:end]
+    # Two sub-grids that share one point (rm_pr, ε = 0): it must appear once.
+    first = grid.replace("[grid]", "[[grid]]")
+    second = (first.replace('learner = ["rm_pr"]', 'learner = ["rm_pr", "rm_regret"]')
+              .replace("epsilon = [0.0, 0.1]", "epsilon = [0.0]"))
+    assert second != first, "the tiny sweep file changed: update this test"
+    path = tmp_path / "sub.toml"
+    path.write_text(text[:start] + first + "\n" + second + text[end:], encoding="utf-8")
+    spec = sweep.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}"])
+    points = [(c.learner, c.epsilon) for c in spec.cells()]
+    assert spec.name == "tiny"
+    assert points == [("rm_pr", 0.0), ("rm_pr", 0.1), ("rm_regret", 0.0)]
+    assert spec.learner == ("rm_pr", "rm_regret") and spec.epsilon == (0.0, 0.1)
+    # An override of a grid axis applies to every sub-grid.
+    spec = sweep.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}",
+                                   "grid.epsilon=[0.2]"])
+    assert [(c.learner, c.epsilon) for c in spec.cells()] == [("rm_pr", 0.2), ("rm_regret", 0.2)]
+    # Each sub-grid is validated and named in the error.
+    path.write_text(text[:start] + first + "\n" + second.replace("label_budget", "label_budgt")
+                    + text[end:], encoding="utf-8")
+    with pytest.raises(sweep.SweepError, match=r"grid\[1\]\.label_budgt"):
+        sweep.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}"])

@@ -214,9 +214,15 @@ class CPLConfig:
         True, "score with the density on the box (incl. the tanh Jacobian); false = the "
         "Gaussian density of the pre-squash action atanh(a)"
     )
+    bc_data: str = config_lib.field(
+        "all", "steps the BC regulariser covers: 'all' (both segments) or 'preferred' "
+        "(each segment weighted by its preference probability: μ for σ¹, 1 − μ for σ²)"
+    )
 
     def __post_init__(self) -> None:
         _check_common(self.bias, self.discount, self.bc_weight)
+        if self.bc_data not in BC_DATA:
+            raise ValueError(f"bc_data must be one of {BC_DATA}, got {self.bc_data!r}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
 
@@ -234,6 +240,9 @@ class DPOConfig:
         _check_common(self.bias, self.discount, self.bc_weight)
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+
+
+BC_DATA = ("all", "preferred")
 
 
 def _check_common(bias: float, discount: float, bc_weight: float) -> None:
@@ -297,12 +306,25 @@ def pair_log_probs(
     )
 
 
-def _bc_nll(logp_1: Array, logp_2: Array, batch: PairBatch) -> Array:
-    # CPL's bc_data="all": −mean log π over every unmasked step of both segments.
+def _bc_nll(logp_1: Array, logp_2: Array, batch: PairBatch, bc_data: str = "all") -> Array:
+    """BC regulariser: −(weighted) mean log π over the unmasked steps.
+
+    ``bc_data="all"`` (CPL's default) covers every step of both segments;
+    ``"preferred"`` weights segment 1's steps by μ and segment 2's by 1 − μ, so
+    it clones the preferred behaviour only (ties: both at ½). Per-query
+    weights, when present, multiply in.
+    """
     m_1 = batch.mask_1.astype(logp_1.dtype)
     m_2 = batch.mask_2.astype(logp_2.dtype)
-    total = jnp.sum(jnp.where(m_1 > 0, logp_1, 0.0)) + jnp.sum(jnp.where(m_2 > 0, logp_2, 0.0))
-    return -total / jnp.maximum(jnp.sum(m_1) + jnp.sum(m_2), 1.0)
+    if bc_data == "preferred":
+        mu = batch.label.astype(logp_1.dtype)[:, None]
+        m_1, m_2 = m_1 * mu, m_2 * (1.0 - mu)
+    if batch.weight is not None:
+        w = batch.weight.astype(logp_1.dtype)[:, None]
+        m_1, m_2 = m_1 * w, m_2 * w
+    total = (jnp.sum(jnp.where(m_1 > 0, logp_1 * m_1, 0.0))
+             + jnp.sum(jnp.where(m_2 > 0, logp_2 * m_2, 0.0)))
+    return -total / jnp.maximum(jnp.sum(m_1) + jnp.sum(m_2), 1e-8)
 
 
 def preference_metrics(s_1: Array, s_2: Array, label: Array) -> dict[str, Array]:
@@ -328,6 +350,7 @@ def _make(
     bc_weight: float,
     use_reference: bool,
     squash_jacobian: bool = True,
+    bc_data: str = "all",
 ) -> Learner:
     def loss_fn(params: Params, ref_params: Params, batch: PairBatch) -> tuple[Array, dict]:
         chex.assert_rank([batch.obs_1, batch.action_1, batch.mask_1, batch.label], [3, 3, 2, 1])
@@ -357,7 +380,7 @@ def _make(
             chex.assert_equal_shape([batch.weight, per_query])
             w = batch.weight.astype(per_query.dtype)
             pref_loss = jnp.sum(w * per_query) / jnp.maximum(jnp.sum(w), 1e-8)
-        bc = _bc_nll(logp_1, logp_2, batch)
+        bc = _bc_nll(logp_1, logp_2, batch, bc_data)
         loss = pref_loss + bc_weight * bc
         metrics = {"loss": loss, "pref_loss": pref_loss, "bc_nll": bc}
         metrics.update(preference_metrics(s_1, s_2, batch.label))
@@ -415,7 +438,7 @@ def make(config: CPLConfig, policy_network: nn.Module, optimizer: optax.Gradient
     return _make(
         policy_network, optimizer, temperature=config.alpha, bias=config.bias,
         discount=config.discount, bc_weight=config.bc_weight, use_reference=False,
-        squash_jacobian=config.squash_jacobian,
+        squash_jacobian=config.squash_jacobian, bc_data=config.bc_data,
     )
 
 
