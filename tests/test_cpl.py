@@ -267,6 +267,43 @@ def test_best_of_n_picks_highest_scoring_sample():
         best_of_n.make_policy_fn(policy, params, score_fn, 0)
 
 
+def test_bc_regulariser_on_preferred_segments_known_answer():
+    # logp [B=3, k=2]; segment 2 of query 0 has one masked step.
+    logp_1 = jnp.array([[-1.0, -3.0], [-2.0, -2.0], [-5.0, -1.0]])
+    logp_2 = jnp.array([[-4.0, -8.0], [-6.0, -2.0], [-1.0, -1.0]])
+    mask_2 = jnp.array([[1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    batch = cpl.PairBatch(jnp.zeros((3, 2, 1)), jnp.zeros((3, 2, 1)), jnp.ones((3, 2)),
+                          jnp.zeros((3, 2, 1)), jnp.zeros((3, 2, 1)), mask_2,
+                          label=jnp.array([1.0, 0.0, 0.5]))
+    # 'all': every unmasked step of both sides: (−4 −4 −6 | −4 −8 −2) over 11 steps.
+    all_steps = -(-1 - 3 - 2 - 2 - 5 - 1 - 4 - 6 - 2 - 1 - 1) / 11
+    np.testing.assert_allclose(cpl._bc_nll(logp_1, logp_2, batch, "all"), all_steps, rtol=1e-6)
+    # 'preferred': query 0 -> side 1 (−1, −3), query 1 -> side 2 (−6, −2), tie -> both at ½.
+    num = (-1 - 3) + (-6 - 2) + 0.5 * (-5 - 1) + 0.5 * (-1 - 1)
+    np.testing.assert_allclose(cpl._bc_nll(logp_1, logp_2, batch, "preferred"), -num / 6,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="bc_data"):
+        cpl.CPLConfig(bc_data="positive")
+
+
+def test_filtered_bc_keeps_each_queries_preferred_segment():
+    from prefrl.bench.cpl import preferred_segments
+    from prefrl.types import PreferenceDataset, Segments
+
+    n, k = 4, 3
+    seg = Segments(obs=np.arange(n, dtype=np.float32)[:, None, None] * np.ones((n, k, 2)),
+                   action=np.zeros((n, k, 1)), reward=np.zeros((n, k)),
+                   next_obs=np.zeros((n, k, 2)), mask=np.ones((n, k)),
+                   x_velocity=np.zeros((n, k)), qpos=np.zeros((n, k, 9)),
+                   qvel=np.zeros((n, k, 9)), source=np.zeros((n, 2), np.int64))
+    data = PreferenceDataset(seg, first=np.array([0, 1, 2, 3]), second=np.array([1, 2, 3, 0]),
+                             labels={"regret": np.array([1.0, 0.0, 0.5, 1.0])},
+                             label_mask={"regret": np.array([True, True, True, False])})
+    kept = preferred_segments(data, "regret")
+    # Query 0 keeps 0, query 1 keeps 2, the tie keeps 2 and 3, the skipped query nothing.
+    assert sorted(np.asarray(kept.segments.obs)[:, 0, 0].tolist()) == [0.0, 2.0, 2.0, 3.0]
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="bias"):
         cpl.CPLConfig(bias=0.0)
@@ -304,10 +341,10 @@ def test_bench_cpl_smoke(tmp_path, capsys):
             "--envs-per-policy", "2", "--steps-per-policy", "100", "--segment-length", "16",
             "--stride", "16", "--budget", "40", "--num-steps", "20", "--bc-steps", "20",
             "--log-every", "10", "--hidden", "8", "--eval-envs", "1", "--eval-steps", "20",
-            "--best-of", "3"]
+            "--best-of", "3", "--max-progress", "1.0"]
     assert bench.main(args) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(last["mean_return"]["run"]) == {"bc", "cpl", "cpl_bc", "dpo",
+    assert set(last["mean_return"]["run"]) == {"bc", "filtered_bc", "cpl", "cpl_bc", "dpo",
                                               "cpl_partial_return", "best_of_1", "best_of_3"}
     result = json.loads(out.read_text())
     assert len(result["tasks"]["run"]["collection"]["checkpoints"]) == 2  # duplicates dropped

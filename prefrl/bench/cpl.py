@@ -104,14 +104,17 @@ class CPLBenchConfig:
         "experiments/bench/data", "where collected datasets are written"
     )
     out: str = config_lib.field("experiments/bench/results/cpl.json", "results file")
-    seeds: tuple[int, ...] = config_lib.field((0, 1, 2), "training seeds per method")
+    seeds: tuple[int, ...] = config_lib.field((0, 1, 2, 3, 4), "training seeds per method")
     segment_length: int = config_lib.field(64, "segment length k (CPL: 64)")
     stride: int = config_lib.field(32, "steps between segment starts")
+    max_progress: float = config_lib.field(
+        0.25, "use checkpoints whose training progress is at most this fraction of the "
+        "most-trained one (1 = all; 0.5 = the first half of training, no expert-level data)")
     envs_per_policy: int = config_lib.field(16, "environments rolled out per checkpoint")
     steps_per_policy: int = config_lib.field(1000, "steps per environment per checkpoint")
-    budget: int = config_lib.field(4000, "labelled queries")
+    budget: int = config_lib.field(8000, "labelled queries")
     regret_discount: float = config_lib.field(0.0, "γ of the regret oracle; 0 = the critic's")
-    num_steps: int = config_lib.field(2000, "preference-learning steps (CPL, CPL-BC, DPO)")
+    num_steps: int = config_lib.field(5000, "preference-learning steps (CPL, CPL-BC, DPO)")
     bc_steps: int = config_lib.field(5000, "BC steps (BC alone, and pre-training for CPL/DPO)")
     batch_size: int = config_lib.field(32, "queries (BC: segments) per step")
     learning_rate: float = config_lib.field(3e-4, "Adam learning rate of BC")
@@ -127,6 +130,9 @@ class CPLBenchConfig:
         False, "CPL scores with the box density incl. the tanh Jacobian (false: density of "
         "atanh(a); see the module docstring)")
     bc_weight: float = config_lib.field(1.0, "CPL-BC regulariser weight")
+    bc_data: str = config_lib.field(
+        "preferred", "CPL-BC's BC term: 'preferred' (the preferred segment of each query) "
+        "or 'all' (both)")
     beta: float = config_lib.field(0.1, "contrastive DPO temperature β")
     best_of: int = config_lib.field(16, "n of best-of-n")
     eval_envs: int = config_lib.field(8, "evaluation episodes per seed")
@@ -192,6 +198,13 @@ def collect_dataset(config: CPLBenchConfig, task: str, path: Path) -> dict[str, 
     paths = [paths[i] for i in sorted(unique.values())]
     headers = [headers[i] for i in sorted(unique.values())]
     critic = paths[int(np.argmax([_progress(h) for h in headers]))]
+    # The critic (V_E of the most-trained checkpoint) labels; the behaviour data may
+    # stop earlier in training (``max_progress``), as in CPL's suboptimal datasets.
+    top = max(_progress(h) for h in headers)
+    keep = [i for i, h in enumerate(headers) if _progress(h) <= config.max_progress * top]
+    if not keep:
+        raise ValueError(f"max_progress={config.max_progress} leaves no checkpoint of {task!r}")
+    paths, headers = [paths[i] for i in keep], [headers[i] for i in keep]
     spec = task_from_header(headers[0]) if "task" in headers[0] else make_task(task)
     pools, sources = [], []
     for i, (p, header) in enumerate(zip(paths, headers, strict=True)):
@@ -207,7 +220,7 @@ def collect_dataset(config: CPLBenchConfig, task: str, path: Path) -> dict[str, 
                         "mean_return_over_steps": float(returns.mean())})
     pool = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *pools)
     discount = config.regret_discount or float(
-        headers[paths.index(critic)].get("discount", 0.99))
+        checkpoint.load(critic)[1].get("discount", 0.99))
     label_config = LabelConfig(
         segment_length=config.segment_length, stride=config.stride, budget=config.budget,
         seed=0, oracles=("partial_return", "regret"), regret_discount=discount, expert=critic)
@@ -238,6 +251,30 @@ def implicit_advantage(network: Any, params: Any, alpha: float, squash_jacobian:
                                            squash_jacobian=squash_jacobian)
 
     return score_fn
+
+
+def preferred_segments(dataset: Any, label_name: str) -> Any:
+    """A BC dataset of the segments each query prefers (ties: both), one copy per win.
+
+    The CPL paper's filtered-BC baseline ("%BC") from pairwise labels: behaviour
+    cloning restricted to the preferred side of every comparison. Its queries are
+    placeholders (BC reads segments only).
+    """
+    from prefrl.types import PreferenceDataset
+
+    label = np.asarray(dataset.labels[label_name])
+    mask = np.asarray((getattr(dataset, "label_mask", None) or {}).get(
+        label_name, np.ones(label.shape, bool)), bool)
+    first, second = np.asarray(dataset.first), np.asarray(dataset.second)
+    winners = np.concatenate([first[mask & (label >= 0.5)], second[mask & (label <= 0.5)]])
+    if winners.size < 2:
+        raise ValueError(f"label {label_name!r} prefers fewer than 2 segments")
+    segments = jax.tree.map(lambda x: np.asarray(x)[winners], dataset.segments)
+    n = winners.size
+    idx = np.arange(n)
+    return PreferenceDataset(segments=segments, first=idx, second=(idx + 1) % n,
+                             labels={label_name: np.ones(n, np.float32)},
+                             label_mask={label_name: np.ones(n, bool)})
 
 
 def _evaluate(spec: Any, policy: Any, config: CPLBenchConfig, seed: int) -> float:
@@ -274,17 +311,18 @@ def run_task(config: CPLBenchConfig, task: str, dataset_path: Path) -> dict[str,
                           config, s) for i, s in enumerate(seeds)]
 
     def run_method(name: str, algo: str, learner_config: Any, label: str, steps: int,
-                   pretrain: int, **kw: Any) -> offline.OfflineResult:
+                   pretrain: int, data: Any = None, **kw: Any) -> offline.OfflineResult:
         start = time.perf_counter()
         lr = config.learning_rate if algo == "bc" else config.pref_learning_rate
-        result = offline.train(algo, dataset, label_name=label,
+        result = offline.train(algo, dataset if data is None else data, label_name=label,
                                config=config.train_config(steps, pretrain, lr),
                                learner_config=learner_config, seeds=seeds, **kw)
         seconds = time.perf_counter() - start
         phase = "pref" if "pref" in result.history else "bc"
         out["methods"][name] = {
             **_summary(evaluate_seeds(result)), "label": label,
-            "val_accuracy": [float(v) for v in result.history[phase]["val_accuracy"][:, -1]],
+            "val_accuracy": ([float(v) for v in result.history[phase]["val_accuracy"][:, -1]]
+                             if data is None else None),
             "train_seconds": round(seconds, 1)}
         print(json.dumps({"task": task, "method": name, **out["methods"][name]}), flush=True)
         return result
@@ -297,11 +335,15 @@ def run_task(config: CPLBenchConfig, task: str, dataset_path: Path) -> dict[str,
     cpl_config = cpl.CPLConfig(alpha=config.alpha, bias=config.bias, discount=cpl_discount,
                                squash_jacobian=config.squash_jacobian)
     bc_result = run_method("bc", "bc", bc.BCConfig(), "regret", config.bc_steps, 0)
+    # Filtered BC: the same BC, on the preferred side of every regret-labelled query.
+    run_method("filtered_bc", "bc", bc.BCConfig(), "regret", config.bc_steps, 0,
+               data=preferred_segments(dataset, "regret"))
     # Every method of seed s starts from (CPL: BC pre-training) or refers to (DPO: π_ref)
     # seed s's BC policy, so the BC phase is trained once and shared.
     from_bc = {"init_params": bc_result.params, "per_seed_params": True}
     cpl_result = run_method("cpl", "cpl", cpl_config, "regret", config.num_steps, 0, **from_bc)
-    run_method("cpl_bc", "cpl_bc", dataclasses.replace(cpl_config, bc_weight=config.bc_weight),
+    run_method("cpl_bc", "cpl_bc", dataclasses.replace(cpl_config, bc_weight=config.bc_weight,
+                                                       bc_data=config.bc_data),
                "regret", config.num_steps, 0, **from_bc)
     run_method("dpo", "dpo", cpl.DPOConfig(beta=config.beta, discount=cpl_discount), "regret",
                config.num_steps, 0,

@@ -35,8 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not share a JAX persistent compilation cache (OUT/.jax_cache) "
-                        "between workers; if a resumed sweep stalls with idle CPUs, delete "
-                        "OUT/.jax_cache or pass this")
+                        "between workers")
     p.set_defaults(func=run)
 
 

@@ -14,8 +14,10 @@ this is exactly the Bradley–Terry loss ``bt_loss(S_1 − S_2, μ)``; λ < 1
 (0.5 is typical) additionally rewards raising the likelihood of *both*
 segments, which keeps the optimum on in-distribution actions (CPL issue
 #12). Ties (μ = ½) train both directions with weight ½. **CPL-BC** adds
-``bc_weight × (−mean log π)`` over every step of both segments; BC
-pre-training (``prefrl.learners.bc``) gives the initial parameters.
+``bc_weight × (−mean log π)`` over every step of both segments
+(``bc_data="all"``, CPL's default) or over the preferred segment of each
+query only (``bc_data="preferred"``: σ¹'s steps weighted by μ, σ²'s by
+1 − μ); BC pre-training (``prefrl.learners.bc``) gives the initial parameters.
 
 **Contrastive DPO** (CPL's "CPL-KL"; DPO, Rafailov et al. 2023): replace
 ``α log π`` by ``β log(π/π_ref)`` with π_ref a frozen behaviour-cloned
