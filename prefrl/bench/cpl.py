@@ -1,24 +1,26 @@
-"""``prefrl bench cpl``: offline preference learning on half-cheetah — BC, CPL, CPL-BC,
-contrastive DPO and best-of-n, by true return.
+"""``prefrl bench cpl``: offline preference learning on half-cheetah — BC, filtered BC,
+CPL, CPL-BC, contrastive DPO and best-of-n, by true return.
 
 For each task (default ``target-speed`` and ``run``):
 
-1. **Data** (CPL's setting): roll out every PPO checkpoint found for the task
-   (intermediate and final, one per training progress: mixed-quality
-   behaviour, stochastic actions),
-   cut segments of length 64 (stride 32), draw uniform query pairs and label
-   them with the *regret* oracle (expert critic V_E of the most-trained
-   checkpoint, DESIGN.md §3) and with the partial-return oracle, both on the
-   same queries (``prefrl.commands.label.label_pool``). Or pass ``--datasets``
-   to reuse dataset files.
+1. **Data** (CPL's setting: suboptimal behaviour, an expert's advantage as the
+   labeller): roll out the PPO checkpoints from the first quarter of training
+   (``max_progress=0.25``: progress ≤ ¼ of the most-trained checkpoint, one
+   checkpoint per progress, sampled actions), cut segments of length 64
+   (stride 32), draw 8000 uniform query pairs (dense: each segment is in ~8–17
+   queries) and label them with the *regret* oracle (critic V_E of the
+   most-trained checkpoint, DESIGN.md §3) and with the partial-return oracle,
+   on the same queries (``prefrl.commands.label.label_pool``). Or pass
+   ``--datasets`` to reuse dataset files.
 2. **Methods**, each trained for every seed in one ``jit(vmap)`` call
-   (``prefrl.offline``): BC on all segments (π_ref; seed s's BC policy is
-   also the BC pre-training of seed s's CPL runs and its DPO reference); CPL
-   on regret labels; CPL-BC; contrastive DPO against the BC policy; CPL on
-   partial-return labels; and best-of-n: n actions from π_ref
-   per state, keeping the best under the learned advantage
-   ``Â(s, a) = α log π_CPL(a|s)`` (CPL's implicit advantage, seed-matched);
-   best-of-1 is π_ref's own sampled behaviour.
+   (``prefrl.offline``): BC on all segments (π_ref); filtered BC (BC on the
+   preferred segment of every regret-labelled query: the CPL paper's %BC
+   baseline, which uses the labels without any preference model); CPL on
+   regret labels; CPL-BC (BC term on the preferred segments,
+   ``bc_data="preferred"``); contrastive DPO against the BC policy; CPL on
+   partial-return labels; and best-of-n: n actions from π_ref per state,
+   keeping the best under CPL's implicit advantage ``Â(s, a) = α log π_CPL(a|s)``
+   (seed-matched); best-of-1 is π_ref's own sampled behaviour.
 3. **Evaluation**: true return of one 1000-step episode in ``eval_envs``
    environments per seed (deterministic ``tanh(mean)`` for trained policies;
    best-of-n samples), plus held-out implicit-preference accuracy.
@@ -29,41 +31,51 @@ BC pre-training of the CPL runs and DPO's π_ref.
 **Defaults, and why** (CPL: Hejna et al. 2023, α = 0.1, λ = 0.5, BC
 pre-training, Adam 1e-4, deterministic-mean evaluation):
 
-* ``bc_steps=5000`` at lr 3e-4: BC must have converged before CPL is compared
-  with it, or "CPL beats BC" only measures extra training. On ``run`` one
-  seed of BC gave true return 1234 after 2000 steps and 5027 after 5000
-  (64×64 MLP, batch 32); CPL starts from exactly this BC policy.
-* ``pref_learning_rate=1e-4`` (CPL's), ``num_steps=2000``: fine-tuning the
-  converged BC policy; at 3e-4 CPL drifted off the data faster.
+* ``max_progress=0.25``: with every checkpoint in the data (expert included),
+  BC on `target-speed` already matched the expert (−180 vs −190), so nothing
+  could beat it; CPL's own datasets hold no expert behaviour either. The same
+  rule for both tasks: `target-speed` keeps its 2/5/10/25 % snapshots, `run`
+  (whose snapshots start at 10 %) its 10/25 % ones.
+* ``bc_steps=5000`` at lr 3e-4 (BC converged before CPL is compared with it);
+  ``num_steps=5000`` preference steps at CPL's 1e-4 from that BC policy.
+* ``budget=8000`` queries over ~1000–2000 segments: dense comparisons, as in
+  CPL's strongest setting.
+* ``bc_data="preferred"`` for CPL-BC: tuning (seeds 100–103, never a reported
+  seed) on the `target-speed` first-quarter data gave BC −707, CPL-BC with the
+  BC term on all segments (2000 steps) −378, on the preferred ones (5000 steps)
+  −315, plain CPL (5000 steps) −441 (mean of 4 seeds). On `run` (same data
+  rule): BC 5261, filtered BC 5180, CPL-BC 5212 — level.
 * ``cpl_discount`` = the regret oracle's γ (0.99): the label is
   ``Σ_t γ^t A(s_t, a_t)``, so CPL's score ``Σ_t γ^t α log π`` uses the same γ.
 * ``squash_jacobian=false``: score with the Gaussian density of ``atanh(a)``
-  (``prefrl.learners.cpl``, "Which density scores a segment"). On these
-  datasets the Jacobian offset ``α Σ_t J(a_t)`` ranges over 5–48 nats across
-  segments (α = 0.1, γ = 1); dropping it raised BC's held-out implicit-preference accuracy
-  on ``run`` from 0.75 to 0.80.
-* ``hidden=(64, 64)``, batch 32 (not CPL's 256×256): 256×256 was ~9× slower
-  on the shared 2-core CPU this bench was tuned on, with a similar BC in one
-  test (target-speed −161 vs −166 after 2000 steps, 4 episodes).
-* ``bc_weight=1.0`` (CPL-BC) and ``eval_envs=8`` episodes per seed.
+  (``prefrl.learners.cpl``, "Which density scores a segment"): the Jacobian
+  offset ``α Σ_t J(a_t)`` ranges over 5–48 nats across segments and only
+  favours large actions; dropping it raised BC's held-out implicit-preference
+  accuracy on ``run`` from 0.75 to 0.80 (all-checkpoint data).
+* ``hidden=(64, 64)``, batch 32 (not CPL's 256×256, ~9× slower on 2 CPU cores).
+* 5 seeds (0–4), ``eval_envs=8`` episodes per seed.
 
-Tuning used training seed 0 only (evaluation seeds 7000+, not the
-5000 + seed used here), 1 seed × 8 episodes per setting, on the same
-datasets: target-speed BC −176, CPL −805, CPL-BC −159; run BC 5027, CPL
-5286, CPL-BC 5009. With the box density instead, CPL-BC was −392 / 3548
-and CPL −1506 / 4530 (target-speed / run). Pure CPL (no BC term) moves
-off the data on target-speed in every setting tried.
+Result with these defaults (mean ± std over seeds 0–4, 8 episodes each;
+``experiments/bench/results/cpl.json``; 1664 s on the 2-core CPU machine,
+sharing it with a sweep):
 
-Result with these defaults (seeds 0, 1, 2; 8 episodes each; mean true
-return): target-speed BC −179.7, CPL −723.1, CPL-BC −184.4; run BC 4528.3,
-CPL 4286.5, CPL-BC 4614.1 (``experiments/bench/results/cpl.json``). CPL-BC
-is within seed noise of the converged BC it starts from on both tasks: it
-does *not* beat BC on target-speed (worse on every seed, by 0.4–8), and is
-ahead on run by 86 on average (2 of 3 seeds). Plain CPL is below BC on both.
-A replicate on target-speed with fresh seeds 3, 4, 5 (``--tasks target-speed
---seeds 3 4 5``, same data) gave BC −162.9 / −1439.9 / −190.2 and CPL-BC
-−189.6 / −682.4 / −184.8: BC itself can fail on a seed, and CPL-BC then
-recovers part of it, but on seeds where BC works CPL-BC is not reliably better.
+============================  ==============  ===========
+method                        target-speed    run
+============================  ==============  ===========
+BC                            −836 ± 497      5201 ± 662
+filtered BC                   −404 ± 247      5368 ± 527
+CPL                           −509 ± 112      4889 ± 736
+CPL-BC                        −373 ± 91       5088 ± 1138
+contrastive DPO               −291 ± 37       2141 ± 970
+CPL on partial-return labels  −488 ± 107      3862 ± 2179
+best-of-1 (sampled π_ref)     −1400 ± 51      2938 ± 465
+best-of-16 under α log π_CPL  −475 ± 30       4752 ± 343
+============================  ==============  ===========
+
+On `target-speed` every preference method beats BC on the same data (CPL by
+326, CPL-BC by 463; DPO is best) and is far less seed-sensitive. On `run`,
+whose two behaviour policies differ little (10 % and 25 % snapshots), no
+method beats BC beyond seed noise.
 
 Writes ``experiments/bench/results/cpl.json`` atomically; the last line
 printed is one JSON object.
