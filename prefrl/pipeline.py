@@ -20,8 +20,9 @@ regret disagree — DESIGN.md §5):
    partial-return labels, Â under the regret assumption on the regret labels
    (:func:`prefrl.learners.reward_model.fit`), each scored on the held-out
    queries against *both* oracles' labels.
-5. **offline**: BC on the training segments, then CPL from the BC policy on
-   each label set (:func:`prefrl.offline.train`).
+5. **offline**: BC on the training segments, then CPL-BC (CPL with a BC term
+   on the preferred segments, ``cpl_bc_weight``; 0 = plain CPL) from the BC
+   policy on each label set (:func:`prefrl.offline.train`).
 6. **PPO** from scratch on each learned reward (:func:`prefrl.training.train`
    with ``reward_fn`` = the standardised r̂ / Â).
 7. **evaluation**: true return (mean ± std over episodes) and mean speed
@@ -100,9 +101,12 @@ class DemoConfig:
     ppo_rollout_steps: int = field(64, "PPO steps per environment per update")
     ppo_epochs: int = field(5, "PPO epochs per update")
     # offline
-    bc_steps: int = field(1000, "behaviour-cloning steps (also CPL's initial policy)")
-    cpl_steps: int = field(1000, "CPL steps per label set")
+    bc_steps: int = field(2000, "behaviour-cloning steps (also CPL's initial policy)")
+    cpl_steps: int = field(4000, "CPL steps per label set")
     cpl_labels: tuple[str, ...] = field(LABELS, "label sets CPL learns from")
+    cpl_bc_weight: float = field(
+        1.0, "CPL-BC's BC term (0 = plain CPL); on the preferred segments, as in "
+        "`prefrl bench cpl`")
     offline_hidden: tuple[int, ...] = field((128, 128), "BC / CPL policy hidden widths")
     # evaluation
     eval_episodes: int = field(8, "evaluation episodes per policy (1000 steps each)")
@@ -469,8 +473,11 @@ def _make_env(task: Any, num_envs: int, seed: int) -> Any:
     return BatchedEnv(task, num_envs=num_envs, seed=seed, dtype=np.float32)
 
 
-def train_offline(config: DemoConfig, dataset: PreferenceDataset) -> dict[str, tuple[Any, Any]]:
-    """BC on the training segments, then CPL from the BC policy per label set.
+def train_offline(config: DemoConfig, dataset: PreferenceDataset, discount: float = 0.99
+                  ) -> dict[str, tuple[Any, Any]]:
+    """BC on the training segments, then CPL(-BC) from the BC policy per label set.
+
+    ``discount``: γ of CPL's score, the regret oracle's (the label is Σ γ^t A).
 
     Returns ``{"bc": (network, params), "cpl:<label>": (network, params), …}``.
     """
@@ -488,8 +495,14 @@ def train_offline(config: DemoConfig, dataset: PreferenceDataset) -> dict[str, t
     bc_params = offline.select_seed(bc.params, 0)
     out = {"bc": (bc.network, bc_params)}
     for label in config.cpl_labels:
-        cpl = offline.train("cpl", dataset, label_name=label, config=train_config(config.cpl_steps),
-                            learner_config=cpl_lib.CPLConfig(), seeds=(config.seed,),
+        # CPL's score uses the oracle's discount (the label is Σ γ^t A) and the
+        # Gaussian density of atanh(a) (see prefrl.learners.cpl); settings of
+        # `prefrl bench cpl`, where CPL-BC beat BC on target-speed.
+        learner_config = cpl_lib.CPLConfig(discount=discount, squash_jacobian=False,
+                                           bc_weight=config.cpl_bc_weight, bc_data="preferred")
+        algo = "cpl_bc" if config.cpl_bc_weight > 0 else "cpl"
+        cpl = offline.train(algo, dataset, label_name=label, config=train_config(config.cpl_steps),
+                            learner_config=learner_config, seeds=(config.seed,),
                             network=bc.network, init_params=bc_params)
         out[f"cpl:{label}"] = (cpl.network, offline.select_seed(cpl.params, 0))
     return out
@@ -591,7 +604,7 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
 
     stage("offline: BC and CPL")
     train_val = subset(dataset, np.sort(np.concatenate([split["train"], split["valid"]])))
-    policies = train_offline(config, train_val)
+    policies = train_offline(config, train_val, discount)
 
     rows: list[dict[str, Any]] = []
     ppo_curves: dict[str, dict[str, list[float]]] = {}
