@@ -634,7 +634,7 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
                       **evaluate(config, task, offline.policy_fn(network, params))})
     for label in config.cpl_labels:
         network, params = policies[f"cpl:{label}"]
-        rows.append({"method": "CPL", "labels": label,
+        rows.append({"method": "CPL-BC" if config.cpl_bc_weight > 0 else "CPL", "labels": label,
                      **evaluate(config, task, offline.policy_fn(network, params)),
                      "heldout_accuracy": implicit_accuracy(network, params, dataset, heldout)})
     reference.append({"method": "random", "labels": "-",

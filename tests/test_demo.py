@@ -28,7 +28,7 @@ EXPECTED_ROWS = [
     ("BC", "-"),
     ("PPO on learned r̂", "partial_return"),
     ("PPO on learned Â", "regret"),
-    ("CPL", "regret"),
+    ("CPL-BC", "regret"),
     ("random", "-"),
 ]
 
