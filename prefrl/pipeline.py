@@ -473,7 +473,7 @@ def _make_env(task: Any, num_envs: int, seed: int) -> Any:
     return BatchedEnv(task, num_envs=num_envs, seed=seed, dtype=np.float32)
 
 
-def train_offline(config: DemoConfig, dataset: PreferenceDataset, discount: float = 0.99
+def train_offline(config: DemoConfig, dataset: PreferenceDataset, discount: float
                   ) -> dict[str, tuple[Any, Any]]:
     """BC on the training segments, then CPL(-BC) from the BC policy per label set.
 

@@ -307,8 +307,9 @@ class SweepSpec:
     settings: Settings
     description: str = ""
     source: str = ""
-    # Sub-grids of a ``[[grid]]`` file, each ``((axis, values), ...)``; the axis
-    # fields above are then the union of their values. Empty: one ``[grid]``.
+    # The grid(s) as parsed, each ``((axis, values), ...)`` (several for a
+    # ``[[grid]]`` file); the axis fields above are the union of their values.
+    # Empty (a spec built by hand): the product of the axis fields.
     grids: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...] = ()
 
     def files_of(self, task: str) -> TaskFiles:
@@ -484,7 +485,7 @@ def parse_sweep(
         settings=settings,
         description=description,
         source=source,
-        grids=(tuple(tuple(g.items()) for g in grids) if len(grids) > 1 else ()),
+        grids=tuple(tuple(g.items()) for g in grids),
         **axes,
     )
     if check_files:

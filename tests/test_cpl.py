@@ -311,6 +311,12 @@ def test_config_checks():
         cpl.CPLConfig(alpha=-1.0)
     with pytest.raises(ValueError, match="beta"):
         cpl.DPOConfig(beta=0.0)
+    from prefrl.bench.cpl import CPLBenchConfig
+
+    with pytest.raises(ValueError, match="max_progress"):
+        CPLBenchConfig(max_progress=0.0)
+    with pytest.raises(ValueError, match="bc_data"):
+        CPLBenchConfig(bc_data="pos")
 
 
 # ------------------------------------------------------------ the benchmark, end to end

@@ -156,6 +156,10 @@ class CPLBenchConfig:
     def __post_init__(self) -> None:
         if not self.tasks or not self.seeds:
             raise ValueError("need at least one task and one seed")
+        if not 0.0 < self.max_progress <= 1.0:
+            raise ValueError(f"max_progress must be in (0, 1], got {self.max_progress}")
+        if self.bc_data not in cpl.BC_DATA:
+            raise ValueError(f"bc_data must be one of {cpl.BC_DATA}, got {self.bc_data!r}")
         for entry in self.datasets:
             if "=" not in entry:
                 raise ValueError(f"--datasets entries are TASK=PATH, got {entry!r}")
@@ -209,10 +213,11 @@ def collect_dataset(config: CPLBenchConfig, task: str, path: Path) -> dict[str, 
         unique.setdefault(_progress(header), i)
     paths = [paths[i] for i in sorted(unique.values())]
     headers = [headers[i] for i in sorted(unique.values())]
-    critic = paths[int(np.argmax([_progress(h) for h in headers]))]
+    top_i = int(np.argmax([_progress(h) for h in headers]))
+    critic, critic_header = paths[top_i], headers[top_i]
     # The critic (V_E of the most-trained checkpoint) labels; the behaviour data may
     # stop earlier in training (``max_progress``), as in CPL's suboptimal datasets.
-    top = max(_progress(h) for h in headers)
+    top = _progress(critic_header)
     keep = [i for i, h in enumerate(headers) if _progress(h) <= config.max_progress * top]
     if not keep:
         raise ValueError(f"max_progress={config.max_progress} leaves no checkpoint of {task!r}")
@@ -232,7 +237,7 @@ def collect_dataset(config: CPLBenchConfig, task: str, path: Path) -> dict[str, 
                         "mean_return_over_steps": float(returns.mean())})
     pool = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *pools)
     discount = config.regret_discount or float(
-        checkpoint.load(critic)[1].get("discount", 0.99))
+        critic_header.get("discount", 0.99))
     label_config = LabelConfig(
         segment_length=config.segment_length, stride=config.stride, budget=config.budget,
         seed=0, oracles=("partial_return", "regret"), regret_discount=discount, expert=critic)
