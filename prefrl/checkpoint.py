@@ -102,7 +102,8 @@ def save(
     ``task`` is ``TaskSpec.to_header()`` (``{"task": name, "task_params": {...}}``).
     ``reward`` says what PPO optimised: ``"true"`` for the task's reward.
     """
-    state = jax.device_get(state)
+    # A learned reward's and π_ref's parameters have files of their own.
+    state = jax.device_get(state.replace(reward_params=None, ref_params=None))
     arrays = flatten_tree(state, _STATE)
     header: dict[str, Any] = {
         "kind": KIND,
@@ -178,7 +179,8 @@ def load(
             else np.zeros(s.shape, s.dtype),
             template,
         )
-    state = unflatten_tree(template, arrays, _STATE, where)
+    state = unflatten_tree(template.replace(reward_params=None, ref_params=None), arrays, _STATE,
+                           where)
     for name, tree in (("policy", state.policy_params), ("value", state.value_params)):
         if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)):
             raise FileFormatError(f"{where}: non-finite {name} parameters")

@@ -50,6 +50,7 @@ import numpy as np
 
 from prefrl import config as config_lib
 from prefrl.config import field
+from prefrl.data import pairs
 from prefrl.types import PreferenceDataset, Segments
 
 Array = jax.Array
@@ -332,30 +333,13 @@ def split_queries(num: int, test_fraction: float, valid_fraction: float, seed: i
                   ) -> dict[str, np.ndarray]:
     """A seeded permutation of ``range(num)`` cut into ``test``, ``valid`` and ``train``.
 
-    ``test`` has ``round(test_fraction · num)`` queries (at least 1), ``valid``
+    ``test`` has ``round(test_fraction · num)`` queries, ``valid``
     ``round(valid_fraction · rest)``; ``train`` keeps the remainder (at least 2).
     """
-    num_test = max(1, int(round(test_fraction * num)))
-    num_valid = int(round(valid_fraction * (num - num_test)))
-    if num - num_test - num_valid < 2:
-        raise ValueError(f"{num} queries leave fewer than 2 for training after {num_test} "
-                         f"test and {num_valid} validation queries; raise num_queries")
-    order = np.random.default_rng(seed).permutation(num)
-    return {"test": np.sort(order[:num_test]),
-            "valid": np.sort(order[num_test:num_test + num_valid]),
-            "train": np.sort(order[num_test + num_valid:])}
+    return pairs.split(num, {"test": test_fraction, "valid": valid_fraction}, seed, min_rest=2)
 
 
-def subset(dataset: PreferenceDataset, indices: np.ndarray) -> PreferenceDataset:
-    """The queries ``indices`` of ``dataset`` over the same segment pool."""
-    idx = np.asarray(indices)
-    return PreferenceDataset(
-        segments=dataset.segments,
-        first=np.asarray(dataset.first)[idx],
-        second=np.asarray(dataset.second)[idx],
-        labels={k: np.asarray(v)[idx] for k, v in dataset.labels.items()},
-        label_mask={k: np.asarray(v)[idx] for k, v in dataset.label_mask.items()},
-    )
+subset = pairs.subset
 
 
 def label_both(config: DemoConfig, pool: Segments, value_fn: Callable[[Any], Any],

@@ -22,7 +22,6 @@ so nothing downstream knows which backend ran.
 
 from __future__ import annotations
 
-import functools
 import os
 import weakref
 from collections.abc import Callable
@@ -33,10 +32,10 @@ import jax
 import mujoco
 import numpy as np
 
+from prefrl import policies
 from prefrl.envs.tasks import TaskSpec, as_task, model_path
+from prefrl.policies import PolicyFn
 from prefrl.types import Trajectory
-
-PolicyFn = Callable[[Any, jax.Array], Any]
 
 
 def reset_rng(seed: int, index: int) -> np.random.Generator:
@@ -338,22 +337,6 @@ class BatchedEnv:
 
 
 # --------------------------------------------------------------------- policies
-@functools.lru_cache(maxsize=64)
-def _jitted_act(apply_fn: Callable[..., Any], deterministic: bool) -> Callable[..., Any]:
-    # Cached per (apply_fn, deterministic), with params as an argument: new
-    # parameters each PPO iteration reuse the compiled function.
-    from prefrl.networks import tanh_gaussian_mode, tanh_gaussian_sample
-
-    def act(params: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
-        mean, log_std = apply_fn(params, obs)
-        if deterministic:
-            return tanh_gaussian_mode(mean)
-        action, _ = tanh_gaussian_sample(key, mean, log_std)
-        return action
-
-    return jax.jit(act)
-
-
 def policy_from_params(
     apply_fn: Callable[..., Any], params: Any, deterministic: bool = False
 ) -> PolicyFn:
@@ -361,24 +344,87 @@ def policy_from_params(
 
     ``apply_fn(params, obs) -> (mean, log_std)`` (e.g. ``GaussianPolicy(...).apply``);
     samples ``tanh(N(mean, σ))``, or ``tanh(mean)`` when ``deterministic``.
-    The jitted function is cached per ``apply_fn``, so changing ``params`` does
-    not recompile.
+    The same as :func:`prefrl.policies.policy_fn` of ``Policy(apply_fn, params)``.
     """
-    try:
-        act = _jitted_act(apply_fn, bool(deterministic))
-    except TypeError:  # an unhashable apply_fn cannot be cached: compile per call site
-        act = _jitted_act.__wrapped__(apply_fn, bool(deterministic))
-    return lambda obs, key: act(params, obs, key)
+    return policies.policy_fn(policies.Policy(apply_fn, params), deterministic=deterministic)
 
 
-def random_policy(act_dim: int) -> PolicyFn:
-    """Uniform random actions on ``[-1, 1]^act_dim`` (a jitted ``policy_fn``)."""
+random_policy = policies.random_policy
 
-    @jax.jit
-    def policy(obs: jax.Array, key: jax.Array) -> jax.Array:
-        return jax.random.uniform(key, (obs.shape[0], act_dim), minval=-1.0, maxval=1.0)
 
-    return policy
+# --------------------------------------------------------------------- evaluation
+def evaluate_policy(
+    env: Any,
+    policy_fn: PolicyFn,
+    key: jax.Array,
+    *,
+    target_speed: float | None = None,
+    discount: float | None = None,
+    num_steps: int | None = None,
+) -> dict[str, Any]:
+    """The project's one evaluator: one episode in each of ``env``'s B environments.
+
+    Resets ``env``, runs ``num_steps`` (default: the task's episode length)
+    and returns ``mean_return``/``std_return``/``returns`` (undiscounted sum of
+    the task reward per environment), ``episodes``, ``episode_length``,
+    ``mean_speed`` (mean v_x) and, with ``target_speed``, ``mean_speed_error``
+    (mean |v_x − v*| over all steps); with ``discount``,
+    ``mean_discounted_return`` from the initial states. Raises ``ValueError``
+    on a non-finite reward.
+    """
+    env.reset()
+    length = int(num_steps) if num_steps is not None else episode_length_of(env)
+    traj = env.rollout(policy_fn, length, key)
+    reward = np.asarray(traj.reward, np.float64)
+    if not np.all(np.isfinite(reward)):
+        t, b = np.argwhere(~np.isfinite(reward))[0][:2]
+        raise ValueError(f"non-finite evaluation reward (first at step {t}, env {b})")
+    returns = reward.sum(axis=0)
+    speed = np.asarray(traj.x_velocity, np.float64)
+    out: dict[str, Any] = {
+        "mean_return": float(returns.mean()),
+        "std_return": float(returns.std()),
+        "returns": [float(r) for r in returns],
+        "episodes": int(returns.shape[0]),
+        "episode_length": length,
+        "mean_speed": float(np.mean(speed)),
+    }
+    if target_speed is not None:
+        out["mean_speed_error"] = float(np.mean(np.abs(speed - target_speed)))
+    if discount is not None:
+        weights = discount ** np.arange(length)
+        out["mean_discounted_return"] = float((weights[:, None] * reward).sum(0).mean())
+    return out
+
+
+def evaluate_on_task(
+    task: str | TaskSpec,
+    policy_fn: PolicyFn,
+    *,
+    episodes: int,
+    seed: int,
+    num_steps: int | None = None,
+    num_threads: int | None = None,
+    discount: float | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_policy` on fresh environments of ``task`` seeded by ``seed``.
+
+    The environments' resets and the policy's key both derive from ``seed``,
+    so two policies evaluated with the same seed meet the same start states.
+    """
+    spec = as_task(task)
+    with BatchedEnv(spec, num_envs=int(episodes), seed=int(seed), num_threads=num_threads,
+                    dtype=np.float32) as env:
+        return evaluate_policy(env, policy_fn, jax.random.key(int(seed)),
+                               target_speed=spec.params_dict.get("target_speed"),
+                               discount=discount, num_steps=num_steps)
+
+
+def episode_length_of(env: Any) -> int:
+    """The episode length of a ``BatchedEnv`` (or any env with ``task.episode_length``)."""
+    if hasattr(env, "episode_length"):
+        return int(env.episode_length)
+    return int(env.task.episode_length)
 
 
 def stack_trajectories(trajs: list[Trajectory], axis: int = 0) -> Trajectory:
@@ -412,6 +458,8 @@ def mjx_rollout(
 
 __all__ = [
     "BatchedEnv",
+    "evaluate_on_task",
+    "evaluate_policy",
     "mjx_rollout",
     "observation",
     "policy_from_params",

@@ -34,6 +34,8 @@ from prefrl import checkpoint
 from prefrl import config as config_lib
 from prefrl.config import field
 from prefrl.learners import ppo
+from prefrl.policies import Policy, policy_fn
+from prefrl.rollout import episode_length_of, evaluate_policy  # noqa: F401 (re-exported)
 
 EnvFactory = Callable[[int, int], Any]  # (num_envs, seed) -> env with reset/rollout
 
@@ -96,49 +98,6 @@ def _default_env_factory(task: Any, num_threads: int | None) -> EnvFactory:
     return make_env
 
 
-def episode_length_of(env: Any) -> int:
-    if hasattr(env, "episode_length"):
-        return int(env.episode_length)
-    return int(env.task.episode_length)
-
-
-def evaluate_policy(
-    env: Any,
-    policy_fn: Callable[[Any, jax.Array], Any],
-    key: jax.Array,
-    *,
-    target_speed: float | None = None,
-    discount: float | None = None,
-) -> dict[str, Any]:
-    """Run one full episode in each of ``env``'s B environments from a fresh reset.
-
-    Returns ``mean_return``/``std_return``/``returns`` (undiscounted sum of the
-    task reward), ``mean_speed`` (mean v_x) and, with ``target_speed``,
-    ``mean_speed_error`` (mean |v_x − v*| over all steps of all episodes);
-    with ``discount``, ``mean_discounted_return`` from the initial states.
-    """
-    env.reset()
-    length = episode_length_of(env)
-    traj = env.rollout(policy_fn, length, key)
-    reward = np.asarray(traj.reward, np.float64)
-    _check_finite(reward, "evaluation reward")
-    returns = reward.sum(axis=0)
-    out: dict[str, Any] = {
-        "mean_return": float(returns.mean()),
-        "std_return": float(returns.std()),
-        "returns": [float(r) for r in returns],
-        "episodes": int(returns.shape[0]),
-        "episode_length": length,
-        "mean_speed": float(np.mean(traj.x_velocity)),
-    }
-    if target_speed is not None:
-        out["mean_speed_error"] = float(np.mean(np.abs(np.asarray(traj.x_velocity) - target_speed)))
-    if discount is not None:
-        weights = discount ** np.arange(length)
-        out["mean_discounted_return"] = float((weights[:, None] * reward).sum(0).mean())
-    return out
-
-
 def _check_finite(x: np.ndarray, what: str) -> None:
     if not np.all(np.isfinite(x)):
         t, b = np.argwhere(~np.isfinite(x))[0][:2]
@@ -187,29 +146,11 @@ def _jitted_learner(
     act_dim: int,
     num_updates: int,
     reward_fn: ppo.RewardFn,
+    reference_apply: ppo.PolicyApply | None,
 ) -> tuple[Any, Callable[..., Any]]:
-    learner = ppo.make(ppo_config, obs_dim, act_dim, num_updates=num_updates, reward_fn=reward_fn)
+    learner = ppo.make(ppo_config, obs_dim, act_dim, num_updates=num_updates,
+                       reward_fn=reward_fn, reference_apply=reference_apply)
     return learner, jax.jit(learner.update)
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_acting(ppo_config: ppo.PPOConfig, act_dim: int) -> tuple[Any, Any]:
-    """Jitted ``act(bundle, obs, key)`` (sampling) and ``act_mode`` (``tanh(mean)``)."""
-    from prefrl.networks import tanh_gaussian_sample
-
-    apply = ppo.make_policy_apply(ppo_config, act_dim)
-
-    @jax.jit
-    def act(bundle: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
-        mean, log_std = apply(bundle, obs)
-        return tanh_gaussian_sample(key, mean, log_std)[0]
-
-    @jax.jit
-    def act_mode(bundle: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
-        del key
-        return jnp.tanh(apply(bundle, obs)[0])
-
-    return act, act_mode
 
 
 def train(
@@ -255,24 +196,22 @@ def train(
         env.act_dim if hasattr(env, "act_dim") else env.task.act_dim
     )
     num_updates = tc.num_updates
-    if reference is None:
-        # Cached: runs with the same settings (seeds of a bench, resumed runs) compile once.
-        learner, update = _jitted_learner(ppo_config, obs_dim, act_dim, num_updates, reward_fn)
-    else:
-        learner = ppo.make(
-            ppo_config,
-            obs_dim,
-            act_dim,
-            num_updates=num_updates,
-            reward_fn=reward_fn,
-            reference=reference,
-        )
-        update = jax.jit(learner.update)
-    act, act_mode = _jitted_acting(ppo_config, act_dim)
+    ref_params, ref_apply = (None, None) if reference is None else reference
+    # Cached: runs with the same settings (seeds of a bench, resumed runs) compile once;
+    # the reward's and π_ref's parameters travel in the state, not in the compiled code.
+    try:
+        learner, update = _jitted_learner(ppo_config, obs_dim, act_dim, num_updates, reward_fn,
+                                          ref_apply)
+    except TypeError:  # an unhashable reward_fn / apply: compile for this run only
+        learner, update = _jitted_learner.__wrapped__(ppo_config, obs_dim, act_dim, num_updates,
+                                                      reward_fn, ref_apply)
+    policy_apply = ppo.make_policy_apply(ppo_config, act_dim)
 
     out_dir = Path(tc.out_dir) if tc.out_dir else None
     train_header = config_lib.to_dict(tc)
     state = learner.init(jax.random.key(tc.seed))
+    inputs = {"reward_params": reward_params, "ref_params": ref_params}
+    state = state.replace(**inputs)
     if init_checkpoint is not None:
         loaded, header = checkpoint.load(init_checkpoint, obs_dim=obs_dim)
         shapes = jax.tree.map(jnp.shape, (state.policy_params, state.value_params))
@@ -294,6 +233,7 @@ def train(
         last = out_dir / "last.npz"
         if tc.resume and last.exists():
             state, header = checkpoint.load(last, obs_dim=obs_dim, template=state)
+            state = state.replace(**inputs)
             _check_same_run(header, ppo_config, tc, last)
             start_update = int(header["progress"]["update"])
             env.close() if hasattr(env, "close") else None
@@ -326,10 +266,9 @@ def train(
 
     def run_eval(update_idx: int) -> dict[str, Any]:
         key = jax.random.fold_in(jax.random.key(tc.seed + 2), update_idx)
-        bundle = ppo.policy_bundle(state)
         result = evaluate_policy(
             eval_env,
-            lambda obs, k: act_mode(bundle, obs, k),
+            policy_fn(Policy(policy_apply, ppo.policy_bundle(state)), deterministic=True),
             key,
             target_speed=target_speed,
             discount=ppo_config.discount,
@@ -357,15 +296,15 @@ def train(
                 update_idx -= 1
                 break
             key = jax.random.fold_in(jax.random.key(tc.seed + 1), update_idx)
-            bundle = ppo.policy_bundle(state)
+            behaviour = policy_fn(Policy(policy_apply, ppo.policy_bundle(state)))
             t0 = time.perf_counter()
-            traj = env.rollout(lambda obs, k, b=bundle: act(b, obs, k), tc.rollout_steps, key)
+            traj = env.rollout(behaviour, tc.rollout_steps, key)
             t1 = time.perf_counter()
             reward_np = np.asarray(traj.reward)
             _check_finite(reward_np, f"reward in the rollout of update {update_idx}")
             tracker.add(reward_np, np.asarray(traj.terminated) | np.asarray(traj.truncated))
             batch = jax.tree.map(jnp.asarray, traj)
-            state, metrics = update(state, batch, reward_params)
+            state, metrics = update(state, batch)
             metrics = jax.device_get(metrics)
             t2 = time.perf_counter()
             rollout_s += t1 - t0

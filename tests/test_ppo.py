@@ -229,10 +229,12 @@ def test_kl_reference_penalty_enters_the_reward():
         mean, log_std = nets.policy.apply(ref[0], obs)
         return mean + ref[1], log_std
 
-    @jax.jit
+    learner = ppo.make(config, OBS_DIM, ACT_DIM, num_updates=1, reference_apply=ref_apply)
+    jitted = jax.jit(learner.update)
+
     def update(state, traj, ref):
-        learner = ppo.make(config, OBS_DIM, ACT_DIM, num_updates=1, reference=(ref, ref_apply))
-        return learner.update(state, traj)
+        # π_ref's parameters travel in the state: a new π_ref does not recompile.
+        return jitted(state.replace(ref_params=ref), traj)
 
     traj = _toy_batch(state, jax.random.key(1))
     _, m = update(state, traj, (state.policy_params, jnp.array(0.0)))
@@ -244,6 +246,9 @@ def test_kl_reference_penalty_enters_the_reward():
     assert float(m["ref_kl"]) > 0.1
     want = float(m["proxy_reward"]) - 0.5 * float(m["ref_kl"])
     assert float(m["learning_reward"]) == pytest.approx(want, rel=1e-4)
+    assert jitted._cache_size() == 1
+    with pytest.raises(ValueError, match="ref_params"):
+        learner.update(state, traj)
 
 
 def test_custom_reward_fn_is_used():
@@ -253,8 +258,13 @@ def test_custom_reward_fn_is_used():
     learner = ppo.make(SMALL, OBS_DIM, ACT_DIM, num_updates=1, reward_fn=doubled)
     state = learner.init(jax.random.key(0))
     traj = _toy_batch(state, jax.random.key(1))
-    _, m = jax.jit(learner.update)(state, traj, jnp.array(1.0))
+    update = jax.jit(learner.update)
+    _, m = update(state.replace(reward_params=jnp.array(1.0)), traj)
     assert float(m["proxy_reward"]) == pytest.approx(2 * float(m["true_reward"]) + 1.0, rel=1e-5)
+    # New reward parameters reach the update without a recompile.
+    _, m = update(state.replace(reward_params=jnp.array(3.0)), traj)
+    assert float(m["proxy_reward"]) == pytest.approx(2 * float(m["true_reward"]) + 3.0, rel=1e-5)
+    assert update._cache_size() == 1
 
 
 def test_bad_inputs_raise_clear_errors():

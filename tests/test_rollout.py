@@ -170,12 +170,12 @@ def test_policy_from_params(small_policy):
     a1, a2 = sto(obs, jax.random.key(0)), sto(obs, jax.random.key(1))
     assert np.all(np.abs(a1) < 1) and not np.allclose(a1, a2)
     # New parameters reuse the same compiled function (no retrace per PPO iteration).
-    jitted = prefrl.rollout._jitted_act(net.apply, False)
-    assert jitted is prefrl.rollout._jitted_act(net.apply, False)
-    compiled = jitted._cache_size()
+    from prefrl import policies
+
+    compiled = policies._act_jit._cache_size()
     params2 = jax.tree.map(lambda x: x + 0.1, params)
     a3 = policy_from_params(net.apply, params2)(obs, jax.random.key(0))
-    assert jitted._cache_size() == compiled
+    assert policies._act_jit._cache_size() == compiled
     assert not np.allclose(a3, a1)
 
 

@@ -1,25 +1,39 @@
 """Learners: each a factory ``make(config, …) -> Learner`` of pure functions.
 
-A ``Learner`` is a pair ``(init, update)`` in the style of optax: another JAX
+The contract every learner keeps (optax's, applied to learning):
+
+- ``init(key, example_batch) -> state``: the example fixes shapes only;
+- ``update(state, batch) -> (state, metrics)``: one learning step, pure and
+  ``jit``-able; ``metrics`` is a dict of arrays, returned, never printed.
+
+The state is a pytree of arrays (a ``flax.struct.dataclass``): another JAX
 program can ``jax.jit(learner.update)``, ``jax.vmap`` it over seeds and pass
-its own optax transform. Learners see arrays only; none imports an
-environment.
+its own optax transform to ``make``. Anything that changes between updates
+without changing the computation (a learned reward's parameters, π_ref's
+parameters) lives in the state, so replacing it never recompiles. Learners see
+arrays only; none imports an environment, a loop or a file format.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
+
+import jax
+
+State = TypeVar("State")
+Batch = TypeVar("Batch")
+Metrics = dict[str, jax.Array]
 
 
-class Learner(NamedTuple):
+class Learner(NamedTuple, Generic[State, Batch]):
     """``init(key, example_batch) -> state``; ``update(state, batch) -> (state, metrics)``."""
 
-    init: Callable[..., Any]
-    update: Callable[..., tuple[Any, dict[str, Any]]]
+    init: Callable[[jax.Array, Batch], State]
+    update: Callable[[State, Batch], tuple[State, Metrics]]
 
 
-_SUBMODULES = ("reward_model", "cpl", "ppo", "bc")
+_SUBMODULES = ("reward_model", "cpl", "ppo", "bc", "best_of_n")
 
 
 def __getattr__(name: str) -> Any:

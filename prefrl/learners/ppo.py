@@ -279,6 +279,14 @@ class PPOState:
     kl_coef: Array  # [] adaptive-KL β (unused by the clip loss)
     step: Array  # [] int32: number of updates done
     key: PRNGKey
+    # Inputs that change between updates without changing the computation:
+    # a learned reward's parameters (read by ``reward_fn`` as
+    # ``extras["reward_params"]``) and π_ref's parameters (for the KL
+    # penalty). They live in the state, never in a closure, so a reward refit
+    # does not recompile ``update`` and seeds with different π_ref vmap.
+    # Replace them with ``state.replace(reward_params=…, ref_params=…)``.
+    reward_params: Any = None
+    ref_params: Any = None
 
 
 class PPONetworks(NamedTuple):
@@ -337,8 +345,10 @@ class Acting(NamedTuple):
     value: Callable[[PPOState, Array], Array]
 
 
-def make_acting(config: PPOConfig, action_dim: int) -> Acting:
-    nets = make_networks(config, action_dim)
+def make_acting(
+    config: PPOConfig, action_dim: int, networks: PPONetworks | None = None
+) -> Acting:
+    nets = make_networks(config, action_dim) if networks is None else networks
 
     def norm(state: PPOState, obs: Array) -> Array:
         if not config.normalize_obs:
@@ -371,21 +381,28 @@ def policy_bundle(state: PPOState) -> dict[str, Any]:
     return {"policy": state.policy_params, "obs_stats": state.obs_stats}
 
 
+@dataclasses.dataclass(frozen=True)
+class _PolicyApply:
+    # A value (hashable by config), not a closure: jitted acting keyed on it
+    # compiles once per configuration, however many times it is rebuilt.
+    config: PPOConfig
+    action_dim: int
+
+    def __call__(self, bundle: Mapping[str, Any], obs: Array) -> tuple[Array, Array]:
+        nets = make_networks(self.config, self.action_dim)
+        if self.config.normalize_obs:
+            obs = normalize(bundle["obs_stats"], obs, self.config.obs_clip)
+        return nets.policy.apply(bundle["policy"], obs)
+
+
 def make_policy_apply(config: PPOConfig, action_dim: int) -> PolicyApply:
     """``apply(bundle, obs [..., obs]) -> (mean, log_std)`` on *raw* observations.
 
     ``bundle`` is :func:`policy_bundle` of a state; the observation
-    normalisation is inside, so ``(bundle, apply)`` is a self-contained policy
-    (e.g. π_ref for the KL penalty, or ``prefrl.rollout.policy_from_params``).
+    normalisation is inside, so ``Policy(apply, bundle)`` is a self-contained
+    policy (e.g. π_ref for the KL penalty, or ``prefrl.policies.policy_fn``).
     """
-    nets = make_networks(config, action_dim)
-
-    def apply(bundle: Mapping[str, Any], obs: Array) -> tuple[Array, Array]:
-        if config.normalize_obs:
-            obs = normalize(bundle["obs_stats"], obs, config.obs_clip)
-        return nets.policy.apply(bundle["policy"], obs)
-
-    return apply
+    return _PolicyApply(config, int(action_dim))
 
 
 def true_reward(obs: Array, action: Array, next_obs: Array, extras: Mapping[str, Any]) -> Array:
@@ -416,9 +433,10 @@ def make(
     *,
     num_updates: int | None = None,
     reward_fn: RewardFn = true_reward,
-    reference: tuple[Params, PolicyApply] | None = None,
+    reference_apply: PolicyApply | None = None,
     optimizer: optax.GradientTransformation | None = None,
-) -> Learner:
+    networks: PPONetworks | None = None,
+) -> Learner[PPOState, Trajectory]:
     """Build PPO's ``init`` and ``update``.
 
     Args:
@@ -429,30 +447,40 @@ def make(
       reward_fn: ``reward_fn(obs, action, next_obs, extras) -> reward`` on
         ``[T, B, …]`` arrays, pure. ``extras`` holds ``"reward"`` (the
         trajectory's true reward ``[T, B]``), ``"x_velocity"``,
-        ``"terminated"``, ``"truncated"`` and ``"reward_params"`` (whatever
-        the caller passed to ``update``, e.g. a learned reward model's
-        parameters). Default: the true reward.
-      reference: ``(ref_params, ref_apply)`` of a frozen policy π_ref with
-        ``ref_apply(ref_params, obs) -> (mean, log_std)`` of its pre-tanh
-        Gaussian on *raw* observations. With ``config.kl_ref_coef = β_KL > 0``
-        the learning reward becomes ``r − β_KL (log π(a|s) − log π_ref(a|s))``
-        (the KL-regularised RLHF objective; behaviour log-probs).
+        ``"terminated"``, ``"truncated"`` and ``"reward_params"``
+        (``state.reward_params``, e.g. a learned reward model's parameters).
+        Default: the true reward.
+      reference_apply: ``ref_apply(ref_params, obs) -> (mean, log_std)`` of
+        a frozen policy π_ref's pre-tanh Gaussian on *raw* observations; its
+        parameters travel in ``state.ref_params``. With
+        ``config.kl_ref_coef = β_KL > 0`` the learning reward becomes
+        ``r − β_KL (log π(a|s) − log π_ref(a|s))`` (the KL-regularised RLHF
+        objective; behaviour log-probs).
       optimizer: an optax transform replacing :func:`make_optimizer`.
+      networks: policy and value modules replacing :func:`make_networks`.
 
     Returns:
-      ``Learner(init, update)`` with ``init(key) -> PPOState`` and
-      ``update(state, trajectory, reward_params=None) -> (state, metrics)``
-      where ``trajectory`` is a :class:`prefrl.types.Trajectory` ``[T, B, …]``
+      ``Learner(init, update)`` with ``init(key, example=None) -> PPOState``
+      and ``update(state, trajectory) -> (state, metrics)`` where
+      ``trajectory`` is a :class:`prefrl.types.Trajectory` ``[T, B, …]``
       collected with ``state``'s policy. ``T·B`` must be divisible by
       ``config.num_minibatches``.
     """
-    if config.kl_ref_coef > 0 and reference is None:
-        raise ValueError("kl_ref_coef > 0 needs a reference policy (reference=(params, apply))")
-    nets = make_networks(config, action_dim)
-    acting = make_acting(config, action_dim)
+    if config.kl_ref_coef > 0 and reference_apply is None:
+        raise ValueError("kl_ref_coef > 0 needs a reference policy (reference_apply=…, "
+                         "and its parameters in state.ref_params)")
+    nets = make_networks(config, action_dim) if networks is None else networks
+    acting = make_acting(config, action_dim, nets)
     opt = optimizer if optimizer is not None else make_optimizer(config, num_updates)
 
-    def init(key: PRNGKey) -> PPOState:
+    def init(key: PRNGKey, example: Trajectory | None = None) -> PPOState:
+        """A fresh state; ``example`` (optional) is checked against ``obs_dim``/``action_dim``."""
+        if example is not None and (example.obs.shape[-1] != obs_dim
+                                    or example.action.shape[-1] != action_dim):
+            raise ValueError(
+                f"example trajectory has obs/action sizes {example.obs.shape[-1]}/"
+                f"{example.action.shape[-1]}, PPO was made for {obs_dim}/{action_dim}"
+            )
         policy_key, value_key, state_key = jax.random.split(key, 3)
         dummy = jnp.zeros((1, obs_dim), jnp.float32)
         policy_params = nets.policy.init(policy_key, dummy)
@@ -504,9 +532,7 @@ def make(
         }
         return total, metrics
 
-    def update(
-        state: PPOState, traj: Trajectory, reward_params: Any = None
-    ) -> tuple[PPOState, dict[str, Array]]:
+    def update(state: PPOState, traj: Trajectory) -> tuple[PPOState, dict[str, Array]]:
         chex.assert_rank(traj.reward, 2)
         num_steps, num_envs = traj.reward.shape
         n = num_steps * num_envs
@@ -546,15 +572,17 @@ def make(
             "x_velocity": traj.x_velocity,
             "terminated": traj.terminated,
             "truncated": traj.truncated,
-            "reward_params": reward_params,
+            "reward_params": state.reward_params,
         }
         proxy_reward = reward_fn(traj.obs, traj.action, traj.next_obs, extras)
         chex.assert_equal_shape([proxy_reward, traj.reward])
         reward = proxy_reward
         ref_kl = jnp.zeros_like(reward)
-        if reference is not None:
-            ref_params, ref_apply = reference
-            ref_mean, ref_log_std = ref_apply(ref_params, traj.obs)
+        if reference_apply is not None:
+            if state.ref_params is None:
+                raise ValueError("PPO was made with reference_apply but state.ref_params is "
+                                 "None: set it with state.replace(ref_params=…)")
+            ref_mean, ref_log_std = reference_apply(state.ref_params, traj.obs)
             ref_log_prob = tanh_gaussian_log_prob(ref_mean, ref_log_std, traj.action)
             ref_kl = old_log_prob - ref_log_prob
             reward = reward - config.kl_ref_coef * ref_kl
@@ -623,11 +651,10 @@ def make(
         if config.loss == "kl":
             kl_coef = adapt_kl_coef(kl_coef, kl, config.kl_target)
 
-        new_state = PPOState(
+        new_state = state.replace(
             policy_params=params["policy"],
             value_params=params["value"],
             opt_state=opt_state,
-            obs_stats=state.obs_stats,
             return_stats=return_stats,
             kl_coef=kl_coef,
             step=state.step + 1,

@@ -60,6 +60,7 @@ from flax import struct, traverse_util
 
 from prefrl import preference
 from prefrl.config import field
+from prefrl.data import pairs
 from prefrl.learners import Learner
 from prefrl.networks import MLP
 from prefrl.types import PairBatch
@@ -241,78 +242,14 @@ def _check_compatible(state: RewardModelState, batch: PairBatch) -> None:
 
 
 def validate_pairs(batch: PairBatch, *, what: str = "dataset") -> None:
-    """Host-side value checks where data enters (not jittable).
-
-    Raises ``ValueError`` for an empty set, non-finite observations/actions,
-    labels outside [0, 1], or a single-class label set (every label equal:
-    the BT model has no finite optimum and learns nothing about the reward).
-    """
+    """Shape checks, then :func:`prefrl.data.pairs.validate` (host-side value checks)."""
     _batch_dims(batch)
-    if batch.size == 0:
-        raise ValueError(f"{what}: no labelled queries (empty label set)")
-    label = np.asarray(batch.label, np.float64)
-    if batch.weight is not None:
-        keep = np.asarray(batch.weight).reshape(-1, batch.size).max(axis=0) > 0
-        label = label[keep]
-        if label.size == 0:
-            raise ValueError(f"{what}: every query has weight 0 (empty label set)")
-    if not np.all(np.isfinite(label)) or label.min() < 0 or label.max() > 1:
-        raise ValueError(f"{what}: labels must be finite values in [0, 1] (P(first ≻ second))")
-    if np.unique(label).size < 2:
-        raise ValueError(
-            f"{what}: single-class label set (all {label.size} labels are {label[0]:g}); "
-            "preferences need at least two different labels"
-        )
-    for name in ("obs_1", "action_1", "obs_2", "action_2"):
-        if not np.all(np.isfinite(np.asarray(getattr(batch, name)))):
-            raise ValueError(f"{what}: {name} contains NaN or inf")
+    pairs.validate(batch, what=what)
 
 
-def pair_batch_from_dataset(
-    dataset: Any, label: str, indices: Array | np.ndarray | None = None
-) -> PairBatch:
-    """A :class:`PairBatch` from a ``prefrl.types.PreferenceDataset``.
-
-    Args:
-      dataset: ``segments`` pool ``[N, k, …]``, ``first``/``second`` ``[Q]``,
-        ``labels``/``label_mask`` dicts of ``[Q]``.
-      label: which oracle's labels to use (a key of ``dataset.labels``).
-      indices: optional ``[B]`` query indices (default: all queries).
-
-    Queries the oracle skipped (``label_mask`` False) get weight 0.
-    """
-    if label not in dataset.labels:
-        raise ValueError(
-            f"dataset has no labels named {label!r}; it has {sorted(dataset.labels)}"
-        )
-    seg = dataset.segments
-    first, second = np.asarray(dataset.first), np.asarray(dataset.second)
-    labels = np.asarray(dataset.labels[label], np.float32)
-    mask = dataset.label_mask.get(label) if dataset.label_mask else None
-    weight = np.ones_like(labels) if mask is None else np.asarray(mask, np.float32)
-    if indices is not None:
-        indices = np.asarray(indices)
-        first, second, labels, weight = first[indices], second[indices], labels[indices], weight[
-            indices
-        ]
-    obs, action, seg_mask = (np.asarray(x, np.float32) for x in (seg.obs, seg.action, seg.mask))
-    return PairBatch(
-        obs_1=jnp.asarray(obs[first]),
-        action_1=jnp.asarray(action[first]),
-        mask_1=jnp.asarray(seg_mask[first]),
-        obs_2=jnp.asarray(obs[second]),
-        action_2=jnp.asarray(action[second]),
-        mask_2=jnp.asarray(seg_mask[second]),
-        label=jnp.asarray(labels),
-        weight=jnp.asarray(weight),
-    )
-
-
-def take(batch: PairBatch, indices: Array) -> PairBatch:
-    """Rows ``indices`` of a batch (``weight`` [M, B] is indexed on its last axis)."""
-    weight = None if batch.weight is None else jnp.take(batch.weight, indices, axis=-1)
-    rows = [jnp.take(x, indices, axis=0) for x in batch[:7]]
-    return PairBatch(*rows, weight=weight)
+# The one gather and row selection live in prefrl.data.pairs; these names stay for callers.
+pair_batch_from_dataset = pairs.from_dataset
+take = pairs.take
 
 
 # --------------------------------------------------------------------------- #

@@ -1,0 +1,147 @@
+"""Labelled queries as pair batches: the one gather, the one split, the one validation.
+
+A query is a pair of indices into a segment pool ``[N, k, …]``; learners
+consume :class:`prefrl.types.PairBatch` (two stacks of segments plus labels).
+Every place that turns a pool and indices into a batch, splits queries into
+train/validation/test, or checks labelled pairs on the host calls this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prefrl.types import PairBatch, PreferenceDataset
+
+Array = jax.Array
+
+
+def gather(
+    segments: Any,
+    first: Any,
+    second: Any,
+    label: Any,
+    weight: Any | None = None,
+) -> PairBatch:
+    """``PairBatch`` of queries ``(segments[first[q]], segments[second[q]])``.
+
+    ``segments`` needs ``obs [N, k, obs]``, ``action [N, k, act]`` and
+    ``mask [N, k]`` (a :class:`prefrl.types.Segments`, or any object with
+    them); ``first``/``second``/``label`` are ``[Q]``. Works on NumPy arrays
+    (host) and on traced arrays inside ``jit`` alike; the result is float32.
+    """
+    xp = jnp if any(isinstance(x, jax.Array) for x in (first, second, segments.obs)) else np
+    obs = xp.asarray(segments.obs, np.float32)
+    action = xp.asarray(segments.action, np.float32)
+    mask = xp.asarray(segments.mask, np.float32)
+    first, second = xp.asarray(first), xp.asarray(second)
+    return PairBatch(
+        obs_1=jnp.asarray(obs[first]), action_1=jnp.asarray(action[first]),
+        mask_1=jnp.asarray(mask[first]),
+        obs_2=jnp.asarray(obs[second]), action_2=jnp.asarray(action[second]),
+        mask_2=jnp.asarray(mask[second]),
+        label=jnp.asarray(xp.asarray(label, np.float32)),
+        weight=None if weight is None else jnp.asarray(xp.asarray(weight, np.float32)),
+    )
+
+
+def from_dataset(
+    dataset: PreferenceDataset, label: str, indices: Any | None = None
+) -> PairBatch:
+    """A :class:`PairBatch` of a dataset's queries under one oracle's labels.
+
+    ``indices`` (optional ``[B]``) selects queries; queries the oracle skipped
+    (``label_mask`` False) get weight 0, every other query weight 1.
+    """
+    if label not in dataset.labels:
+        raise ValueError(f"dataset has no labels named {label!r}; it has {sorted(dataset.labels)}")
+    first, second = np.asarray(dataset.first), np.asarray(dataset.second)
+    labels = np.asarray(dataset.labels[label], np.float32)
+    mask = dataset.label_mask.get(label) if dataset.label_mask else None
+    weight = np.ones_like(labels) if mask is None else np.asarray(mask, np.float32)
+    if indices is not None:
+        idx = np.asarray(indices)
+        first, second, labels, weight = first[idx], second[idx], labels[idx], weight[idx]
+    return gather(dataset.segments, first, second, labels, weight)
+
+
+def take(batch: PairBatch, indices: Array) -> PairBatch:
+    """Rows ``indices`` of a batch (a ``[M, B]`` weight is indexed on its last axis)."""
+    weight = None if batch.weight is None else jnp.take(batch.weight, indices, axis=-1)
+    rows = [jnp.take(x, indices, axis=0) for x in batch[:7]]
+    return PairBatch(*rows, weight=weight)
+
+
+def subset(dataset: PreferenceDataset, indices: Any) -> PreferenceDataset:
+    """The queries ``indices`` of ``dataset`` over the same segment pool."""
+    idx = np.asarray(indices)
+    return PreferenceDataset(
+        segments=dataset.segments,
+        first=np.asarray(dataset.first)[idx],
+        second=np.asarray(dataset.second)[idx],
+        labels={k: np.asarray(v)[idx] for k, v in dataset.labels.items()},
+        label_mask={k: np.asarray(v)[idx] for k, v in (dataset.label_mask or {}).items()},
+    )
+
+
+def split(
+    num: int, fractions: Mapping[str, float], seed: int, *, rest: str = "train",
+    min_rest: int = 1,
+) -> dict[str, np.ndarray]:
+    """A seeded permutation of ``range(num)`` cut into named parts.
+
+    Parts are cut in the order given: part ``name`` gets
+    ``round(fraction · remaining)`` indices of what earlier parts left, and
+    ``rest`` keeps the remainder (at least ``min_rest``). Each part is sorted.
+    ``split(100, {"test": 0.2, "valid": 0.1}, 0)`` gives 20 test, 8 valid, 72 train.
+    """
+    if num < 1:
+        raise ValueError(f"cannot split {num} queries")
+    order = np.random.default_rng(seed).permutation(num)
+    out: dict[str, np.ndarray] = {}
+    start = 0
+    for name, fraction in fractions.items():
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"fraction of {name!r} must be in [0, 1), got {fraction}")
+        count = int(round(fraction * (num - start)))
+        out[name] = np.sort(order[start:start + count])
+        start += count
+    if num - start < min_rest:
+        raise ValueError(f"{num} queries leave {num - start} (fewer than {min_rest}) for {rest!r} after "
+                         f"{ {k: len(v) for k, v in out.items()} }; need at least {min_rest}")
+    out[rest] = np.sort(order[start:])
+    return out
+
+
+def validate(batch: PairBatch, *, what: str = "dataset") -> None:
+    """Host-side value checks where data enters (not jittable).
+
+    Raises ``ValueError`` for an empty set, non-finite observations/actions,
+    labels outside [0, 1], or a single-class label set (every label equal:
+    the BT model has no finite optimum and learns nothing about the reward).
+    """
+    if batch.size == 0:
+        raise ValueError(f"{what}: no labelled queries (empty label set)")
+    label = np.asarray(batch.label, np.float64)
+    if batch.weight is not None:
+        keep = np.asarray(batch.weight).reshape(-1, batch.size).max(axis=0) > 0
+        label = label[keep]
+        if label.size == 0:
+            raise ValueError(f"{what}: every query has weight 0 (empty label set)")
+    if not np.all(np.isfinite(label)) or label.min() < 0 or label.max() > 1:
+        raise ValueError(f"{what}: labels must be finite values in [0, 1] (P(first ≻ second))")
+    if np.unique(label).size < 2:
+        raise ValueError(
+            f"{what}: single-class label set (all {label.size} labels are {label[0]:g}); "
+            "preferences need at least two different labels"
+        )
+    for name in ("obs_1", "action_1", "obs_2", "action_2"):
+        if not np.all(np.isfinite(np.asarray(getattr(batch, name)))):
+            raise ValueError(f"{what}: {name} contains NaN or inf")
+
+
+__all__ = ["from_dataset", "gather", "split", "subset", "take", "validate"]

@@ -1,0 +1,90 @@
+"""One policy type and one acting function for every policy the project makes.
+
+Every policy is the tanh-squashed Gaussian of :mod:`prefrl.networks`, given as
+``Policy(apply, params)`` with ``apply(params, obs [..., obs]) -> (mean,
+log_std)`` of the pre-tanh Gaussian on *raw* observations (any observation
+normaliser is inside ``apply``/``params``). PPO's, BC's, CPL's and DPO's
+policies, π_ref and the experts all take this form, so acting, evaluation,
+log-probabilities and KLs are written once.
+
+The jitted acting function takes the parameters as an *argument*: a new
+policy with the same ``apply`` (each PPO iteration, each seed) reuses the
+compiled code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from prefrl.networks import tanh_gaussian_log_prob, tanh_gaussian_mode, tanh_gaussian_sample
+
+Array = jax.Array
+Params = Any
+PolicyApply = Callable[[Params, Array], tuple[Array, Array]]
+# policy_fn(obs [B, obs], key) -> action [B, act]: what rollouts call each step.
+PolicyFn = Callable[[Any, Array], Array]
+
+
+class Policy(NamedTuple):
+    """A tanh-Gaussian policy: ``apply(params, obs) -> (mean, log_std)`` on raw observations."""
+
+    apply: PolicyApply
+    params: Params
+
+
+def _act(apply: PolicyApply, deterministic: bool, params: Params, obs: Array, key: Array
+         ) -> Array:
+    mean, log_std = apply(params, jnp.asarray(obs, jnp.float32))
+    if deterministic:
+        return tanh_gaussian_mode(mean)
+    return tanh_gaussian_sample(key, mean, log_std)[0]
+
+
+# ``apply`` and ``deterministic`` are static: JAX's own cache keys the compiled
+# code on them, so there is no module-level cache of closures to pin memory.
+_act_jit = jax.jit(_act, static_argnums=(0, 1))
+
+
+def act(policy: Policy, obs: Array, key: Array, *, deterministic: bool = False) -> Array:
+    """``action [..., act]``: a sample of ``tanh(N(mean, σ))``, or ``tanh(mean)``."""
+    try:
+        return _act_jit(policy.apply, bool(deterministic), policy.params, obs, key)
+    except TypeError as err:  # an unhashable apply: compile a closure instead
+        if "hashable" not in str(err):
+            raise
+        return jax.jit(functools.partial(_act, policy.apply, bool(deterministic)))(
+            policy.params, obs, key)
+
+
+def policy_fn(policy: Policy, *, deterministic: bool = False) -> PolicyFn:
+    """``policy_fn(obs, key) -> action`` for rollouts and evaluation (one jitted call a step)."""
+    try:
+        hash(policy.apply)
+    except TypeError:
+        jitted = jax.jit(functools.partial(_act, policy.apply, bool(deterministic)))
+        return lambda obs, key: jitted(policy.params, obs, key)
+    return lambda obs, key: _act_jit(policy.apply, bool(deterministic), policy.params, obs, key)
+
+
+def log_prob(policy: Policy, obs: Array, action: Array) -> Array:
+    """``log π(a|s)`` ``[...]`` of the squashed Gaussian (a density on the action box)."""
+    mean, log_std = policy.apply(policy.params, obs)
+    return tanh_gaussian_log_prob(mean, log_std, action)
+
+
+def random_policy(act_dim: int) -> PolicyFn:
+    """Uniform random actions on ``[-1, 1]^act_dim`` (a jitted ``policy_fn``)."""
+
+    @jax.jit
+    def policy(obs: Array, key: Array) -> Array:
+        return jax.random.uniform(key, (obs.shape[0], act_dim), minval=-1.0, maxval=1.0)
+
+    return policy
+
+
+__all__ = ["Policy", "PolicyApply", "PolicyFn", "act", "log_prob", "policy_fn", "random_policy"]
