@@ -111,8 +111,9 @@ def split(
         out[name] = np.sort(order[start:start + count])
         start += count
     if num - start < min_rest:
-        raise ValueError(f"{num} queries leave {num - start} (fewer than {min_rest}) for {rest!r} after "
-                         f"{ {k: len(v) for k, v in out.items()} }; need at least {min_rest}")
+        sizes = {k: len(v) for k, v in out.items()}
+        raise ValueError(f"{num} queries leave {num - start} (fewer than {min_rest}) for "
+                         f"{rest!r} after {sizes}")
     out[rest] = np.sort(order[start:])
     return out
 
