@@ -1,0 +1,1 @@
+"""Host loops around the jitted learners: PPO, offline learning, reward fits, online RLHF."""
