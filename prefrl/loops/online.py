@@ -94,6 +94,10 @@ class OnlineConfig:
     initial_fit_steps: int = field(600, "reward-fit updates after the first labels")
     initial_rollouts: int = field(
         1, "rollouts of the initial policy whose segments seed the pool (the first is PPO's)")
+    offline_dataset: str = field(
+        "", "label the whole budget from this dataset's queries at the start, none online "
+        "(the snapshot-pool ablation); '' = online")
+    offline_label: str = field("partial_return", "which labels of offline_dataset to use")
     heldout_queries: int = field(128, "fresh evaluation queries per round (not in the budget)")
     expert: str = field("", "expert PPO checkpoint whose critic V_E the regret oracle uses")
     eval_every: int = field(25, "evaluate the policy every this many updates (0: at the end)")
@@ -145,6 +149,8 @@ class OnlineConfig:
         """Labels per round (exactly ``label_budget`` in all)."""
         updates = self.round_updates()
         steps = (updates[1:] - 1) * self.steps_per_update
+        if self.offline_dataset:
+            return np.concatenate([[self.label_budget], np.zeros(len(steps), np.int64)])
         return label_schedule(self.label_budget, steps, kind=self.schedule,
                               initial_fraction=self.initial_fraction, tau=self.schedule_tau)
 
@@ -523,11 +529,14 @@ def _round(run: _Run, round_idx: int, update_idx: int, traj: Any, rows: np.ndarr
     t0 = time.perf_counter()
     record: dict[str, Any] = {"round": round_idx, "update": update_idx,
                               "env_steps": (update_idx - 1) * c.steps_per_update}
-    if n > 0:
+    if n > 0 and c.offline_dataset:
+        seg, first, second, lab = _dataset_labels(run, n)
+    elif n > 0:
         first, second = run.select(round_idx, n)
         seg = run.pool.segments()
         lab = run.label(jax.random.fold_in(run.keys["label"], round_idx), first, second,
                         run.oracle)
+    if n > 0:
         # Every 1/valid_fraction-th label (by position in the run) is held out.
         pos = run.labels.count + np.arange(n)
         every = int(round(1 / c.valid_fraction)) if c.valid_fraction > 0 else 0
@@ -546,6 +555,31 @@ def _round(run: _Run, round_idx: int, update_idx: int, traj: Any, rows: np.ndarr
     run.timing["select_label_s"] += time.perf_counter() - t0
     record["wall"] = dict(run.timing)
     return record
+
+
+def _dataset_labels(run: _Run, n: int) -> tuple[Any, np.ndarray, np.ndarray, oracles.Labels]:
+    """``n`` queries of ``offline_dataset`` (a seeded subset) with its stored labels."""
+    from prefrl.data import dataset as dataset_io
+
+    data, header = dataset_io.load(run.c.offline_dataset)
+    if header.get("task") not in (None, run.c.task):
+        raise ValueError(f"{run.c.offline_dataset}: dataset of task {header.get('task')!r}, "
+                         f"the run is on {run.c.task!r}")
+    if data.segments.length != run.c.segment_length:
+        raise ValueError(f"{run.c.offline_dataset}: segments of length {data.segments.length}; "
+                         f"set segment_length={data.segments.length}")
+    if run.c.offline_label not in data.labels:
+        raise ValueError(f"{run.c.offline_dataset} has no labels {run.c.offline_label!r}; "
+                         f"it has {sorted(data.labels)}")
+    if data.num_queries < n:
+        raise ValueError(f"{run.c.offline_dataset} has {data.num_queries} queries, the budget "
+                         f"is {n}")
+    rows = np.sort(np.random.default_rng(run.c.seed).permutation(data.num_queries)[:n])
+    label = np.asarray(data.labels[run.c.offline_label], np.float32)[rows]
+    mask = data.label_mask.get(run.c.offline_label) if data.label_mask else None
+    keep = np.ones(n, bool) if mask is None else np.asarray(mask, bool)[rows]
+    lab = oracles.Labels(label=label, keep=keep, score_1=np.zeros(n), score_2=np.zeros(n))
+    return data.segments, np.asarray(data.first)[rows], np.asarray(data.second)[rows], lab
 
 
 def _note_value_loss(rounds: list[dict[str, Any]], history: list[dict[str, Any]],

@@ -1,0 +1,254 @@
+"""``prefrl bench online``: online preference-based RL against PPO on the true reward.
+
+Every row trains PPO (default :class:`prefrl.learners.ppo.PPOConfig`, 64 envs
+× 64 steps) for the same environment steps; only the reward PPO optimises
+differs:
+
+* ``true``: the task's reward (``prefrl bench ppo``'s configuration);
+* ``online-pr-N``: the online loop (:mod:`prefrl.loops.online`) with ``N``
+  partial-return labels from the current policy's segments;
+* ``online-regret-1000``: the same with regret labels (true reward + the
+  shipped expert's critic V_E, γ = 0.99);
+* ``offline-initial-1000``: all 1000 labels before any RL, from a fixed pool
+  of the *initial* policy's rollouts (8 rollouts, 1024 segments), then PPO on
+  the frozen r̂ — Christiano et al.'s "no online queries" ablation;
+* ``offline-snapshot-1000``: 1000 labelled queries of the shipped snapshot
+  pool (``experiments/data/TASK.npz``: expert snapshots, other experts and
+  random), fitted once, then PPO on the frozen r̂ (today's offline pipeline).
+
+Each run is one JSON file under ``--out/runs/TASK/ROW/seedS.json``, written
+atomically when the run ends: the benchmark resumes where it stopped (runs
+already on disk are skipped) and can be spread over several sessions. The
+summary (``--out/summary.json``), a figure of true return against env steps
+per row (``--out/curves.png``) and one JSON line are written from whatever
+runs exist. Headline rows (true, online-pr-1000, offline-initial-1000) use
+seeds 0–4; the others seeds 0–2 on ``run``. The defaults were tuned on seed
+10 only (never on 0–4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path("experiments/bench/results/online")
+HEADLINE = ("true", "online-pr-1000", "offline-initial-1000")
+ROWS = {
+    "run": ("true", "online-pr-1000", "offline-initial-1000", "online-pr-500", "online-pr-250",
+            "online-pr-2000", "online-regret-1000", "offline-snapshot-1000"),
+    "target-speed": ("true", "online-pr-1000", "offline-initial-1000", "offline-snapshot-1000"),
+}
+HEADLINE_SEEDS = (0, 1, 2, 3, 4)
+OTHER_SEEDS = (0, 1, 2)
+
+
+def plan(tasks: Sequence[str]) -> list[tuple[str, str, int]]:
+    """``(task, row, seed)`` in the order they run: headline rows first, task by task."""
+    out = []
+    for task in tasks:
+        for row in ROWS[task]:
+            if row in HEADLINE:
+                out += [(task, row, s) for s in HEADLINE_SEEDS]
+    for task in tasks:
+        for row in ROWS[task]:
+            if row not in HEADLINE:
+                out += [(task, row, s) for s in OTHER_SEEDS]
+    return out
+
+
+def run_one(task: str, row: str, seed: int, total_steps: int) -> dict[str, Any]:
+    """One run of one row; returns its JSON record (final evaluation, curve, wall time)."""
+    from prefrl import oracles, training
+    from prefrl.learners import ppo
+    from prefrl.loops import online
+
+    expert = f"experiments/experts/{task}/final.npz"
+    t0 = time.perf_counter()
+    if row == "true":
+        tc = training.TrainConfig(task=task, total_steps=total_steps, seed=seed, eval_every=25,
+                                  checkpoint_every=0, progress=False)
+        result = training.train(tc, ppo.PPOConfig())
+        wall = time.perf_counter() - t0
+        curve = [(e["env_steps"], e["mean_return"]) for e in result.evaluations]
+        return {"final_return": result.evaluations[-1]["mean_return"], "wall_s": wall,
+                "curve": curve, "final": _strip(result.evaluations[-1]),
+                "rollout_s": sum(h["rollout_s"] for h in result.history),
+                "update_s": sum(h["update_s"] for h in result.history)}
+    kind, model, budget = row.split("-")
+    config = dict(task=task, total_steps=total_steps, seed=seed, label_budget=int(budget),
+                  expert=expert, progress=False)
+    oracle = oracles.OracleConfig()
+    if model == "regret":
+        oracle = oracles.OracleConfig(model="regret", discount=0.99)
+    if kind == "offline" and model == "initial":
+        config.update(initial_fraction=1.0, initial_rollouts=8)
+    elif kind == "offline" and model == "snapshot":
+        config.update(offline_dataset=f"experiments/data/{task}.npz", segment_length=50,
+                      segment_stride=50)
+    result = online.train(online.OnlineConfig(**config), ppo.PPOConfig(), oracle=oracle)
+    wall = time.perf_counter() - t0
+    curve = [(e["env_steps"], e["mean_return"]) for e in result["evaluations"]]
+    last = result["rounds"][-1] if result["rounds"] else {}
+    return {"final_return": result["final"]["mean_return"], "wall_s": wall, "curve": curve,
+            "final": _strip(result["final"]), "labels_used": result["labels_used"],
+            "timing": result["timing"], "last_round": last,
+            "rounds": [{k: r.get(k) for k in ("round", "env_steps", "labels_used",
+                                               "reward_pearson", "heldout_acc_partial_return",
+                                               "heldout_acc_regret")} for r in result["rounds"]]}
+
+
+def _strip(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "returns"}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_runs(out: Path) -> list[dict[str, Any]]:
+    runs = []
+    for path in sorted((out / "runs").glob("*/*/seed*.json")):
+        with open(path, encoding="utf-8") as f:
+            runs.append(json.load(f))
+    return runs
+
+
+def normaliser(task: str, seed: int = 12345) -> dict[str, float]:
+    """Random and expert returns of ``task`` (8 deterministic episodes each, same resets)."""
+    from prefrl import checkpoint
+    from prefrl.policies import random_policy
+    from prefrl.rollout import evaluate_on_task
+
+    expert_fn, _ = checkpoint.load_policy(f"experiments/experts/{task}/final.npz")
+    rand = evaluate_on_task(task, random_policy(6), episodes=8, seed=seed)["mean_return"]
+    exp = evaluate_on_task(task, expert_fn, episodes=8, seed=seed)["mean_return"]
+    return {"random": rand, "expert": exp}
+
+
+def summarize(runs: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """IQM and 95 % stratified-bootstrap intervals per (task, row); the figure; the JSON line."""
+    from prefrl.evaluation import bootstrap_ci
+
+    rows: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        rows.setdefault(r["task"], {}).setdefault(r["row"], []).append(r)
+    table: dict[str, dict[str, Any]] = {}
+    norms: dict[str, dict[str, float]] = {}
+    for task, by_row in rows.items():
+        norms[task] = normaliser(task)
+        rand, exp = norms[task]["random"], norms[task]["expert"]
+        for row, rs in by_row.items():
+            rs = sorted(rs, key=lambda r: r["seed"])
+            finals = np.array([r["final_return"] for r in rs])
+            point, low, high = bootstrap_ci(finals)
+            table.setdefault(task, {})[row] = {
+                "seeds": [r["seed"] for r in rs], "returns": [float(x) for x in finals],
+                "iqm": point, "ci95": [low, high],
+                "normalised_iqm": (point - rand) / (exp - rand),
+                "mean_wall_s": float(np.mean([r["wall_s"] for r in rs])),
+            }
+    _plot(rows, out / "curves.png")
+
+    def headline(row: str) -> dict[str, Any]:
+        return {task: {"iqm": t[row]["iqm"], "per_seed": dict(zip(t[row]["seeds"],
+                                                                   t[row]["returns"],
+                                                                   strict=True))}
+                for task, t in table.items() if row in t}
+
+    ppo_wall = [r["wall_s"] for r in runs if r["row"] == "true" and r["task"] == "run"]
+    online_wall = [r["wall_s"] for r in runs if r["row"] == "online-pr-1000"
+                   and r["task"] == "run"]
+    summary = {
+        "bench": "online", "table": table, "normaliser": norms,
+        "true_reward_return": headline("true"), "online_return": headline("online-pr-1000"),
+        "offline_return": headline("offline-initial-1000"),
+        "labels": 1000,
+        "online_wall_s": float(np.mean(online_wall)) if online_wall else None,
+        "ppo_wall_s": float(np.mean(ppo_wall)) if ppo_wall else None,
+        "runs": len(runs),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    return summary
+
+
+def _plot(rows: dict[str, dict[str, list]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(rows)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for row, rs in sorted(rows[task].items()):
+            steps = np.array([s for s, _ in rs[0]["curve"]])
+            ret = np.array([[v for _, v in r["curve"]] for r in rs
+                            if len(r["curve"]) == len(steps)])
+            mean = ret.mean(0)
+            ax.plot(steps / 1e6, mean, label=f"{row} (n={len(ret)})")
+            if len(ret) > 1:
+                ax.fill_between(steps / 1e6, ret.min(0), ret.max(0), alpha=0.15)
+        ax.set_title(task)
+        ax.set_xlabel("env steps (M)")
+        ax.set_ylabel("true return (8 episodes)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from prefrl.io import atomic_write_json
+
+    p = argparse.ArgumentParser(prog="prefrl bench online", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="*", default=["run", "target-speed"], choices=sorted(ROWS))
+    p.add_argument("--total-steps", type=int, default=1_000_000)
+    p.add_argument("--out", default=str(RESULTS), help="results folder (resumable)")
+    p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    p.add_argument("--only", nargs="*", default=None, help="rows to run (default: all)")
+    p.add_argument("--summary-only", action="store_true", help="only summarise existing runs")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    done = 0
+    if not args.summary_only:
+        for task, row, seed in plan(args.tasks):
+            if args.only and row not in args.only:
+                continue
+            path = out / "runs" / task / row / f"seed{seed}.json"
+            if path.exists():
+                continue
+            if args.max_runs is not None and done >= args.max_runs:
+                break
+            record = run_one(task, row, seed, args.total_steps)
+            record.update(task=task, row=row, seed=seed, total_steps=args.total_steps,
+                          commit=_commit(), machine=platform.node())
+            atomic_write_json(path, record)
+            done += 1
+            print(json.dumps({k: record[k] for k in ("task", "row", "seed", "final_return",
+                                                     "wall_s")}), flush=True)
+    summary = summarize(load_runs(out), out)
+    atomic_write_json(out / "summary.json", summary)
+    line = {k: summary[k] for k in ("bench", "true_reward_return", "online_return",
+                                    "offline_return", "labels", "online_wall_s", "ppo_wall_s",
+                                    "runs")}
+    print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
