@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-ALGOS = ("ppo", "cpl", "dpo", "bc")
+ALGOS = ("ppo", "online", "cpl", "dpo", "bc")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -100,6 +100,8 @@ class OnlineConfig:
     offline_label: str = field("partial_return", "which labels of offline_dataset to use")
     heldout_queries: int = field(128, "fresh evaluation queries per round (not in the budget)")
     expert: str = field("", "expert PPO checkpoint whose critic V_E the regret oracle uses")
+    reference: str = field("", "frozen π_ref (policy file or PPO checkpoint) for PPO's "
+                           "KL penalty (kl_ref_coef of the PPO config); '' = none")
     eval_every: int = field(25, "evaluate the policy every this many updates (0: at the end)")
     eval_episodes: int = field(8, "deterministic evaluation episodes")
     out_dir: str = field("", "output folder (rounds.jsonl, metrics.jsonl); '' = none")
@@ -235,11 +237,13 @@ class _Run:
         key = jax.random.key(config.seed)
         names = ("ppo", "rollout", "select", "label", "fit", "heldout", "eval", "initial")
         self.keys = dict(zip(names, jax.random.split(key, len(names)), strict=True))
+        ref_params, ref_apply = _reference(config, ppo_config)
         self.learner = ppo.make(ppo_config, self.obs_dim, self.act_dim,
-                                num_updates=config.num_updates, reward_fn=learned_reward)
+                                num_updates=config.num_updates, reward_fn=learned_reward,
+                                reference_apply=ref_apply)
         self.update = jax.jit(self.learner.update)
         self.policy_apply = ppo.make_policy_apply(ppo_config, self.act_dim)
-        self.ppo_state = self.learner.init(self.keys["ppo"])
+        self.ppo_state = self.learner.init(self.keys["ppo"]).replace(ref_params=ref_params)
         self.pool: SegmentPool | None = None
         self._pool_device: tuple[int, Any] | None = None
         self.labels = LabelBuffer(config.label_budget, config.segment_length, self.obs_dim,
@@ -401,6 +405,17 @@ def _batched_env(task: Any, num_threads: int | None, num_envs: int, seed: int) -
 
     return BatchedEnv(task, num_envs=num_envs, seed=seed, num_threads=num_threads,
                       dtype=np.float32)
+
+
+def _reference(config: OnlineConfig, ppo_config: ppo.PPOConfig) -> tuple[Any, Any]:
+    """``(params, apply)`` of π_ref, or ``(None, None)``."""
+    if not config.reference:
+        if ppo_config.kl_ref_coef > 0:
+            raise ValueError("kl_ref_coef > 0 needs a reference policy (reference / --reference)")
+        return None, None
+    from prefrl import training
+
+    return training.load_reference(config.reference)
 
 
 def _critic_discount(config: OnlineConfig) -> float:

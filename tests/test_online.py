@@ -1,0 +1,178 @@
+"""The online preference loop (prefrl.loops.online) on a 1-D point mass: no MuJoCo, tiny sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ppo_toy import PointMassBatchedEnv
+
+from prefrl import oracles
+from prefrl.learners import ppo
+from prefrl.learners import reward_model as rm
+from prefrl.loops import online
+
+
+class MarkerEnv(PointMassBatchedEnv):
+    """The point mass with a third observation: how many rollouts this env has made.
+
+    Every segment therefore carries the number of the rollout that produced it.
+    """
+
+    obs_dim = 3
+
+    def __init__(self, num_envs: int, seed: int):
+        super().__init__(num_envs, seed)
+        self.calls = 0
+
+    def rollout(self, policy_fn, num_steps, key):
+        self.calls += 1
+        marker = float(self.calls)
+        traj = super().rollout(lambda obs, k: policy_fn(_mark(obs, marker), k), num_steps, key)
+        return traj.replace(obs=_mark(traj.obs, marker), next_obs=_mark(traj.next_obs, marker))
+
+
+def _mark(obs, marker: float):
+    obs = np.asarray(obs)
+    return np.concatenate([obs, np.full((*obs.shape[:-1], 1), marker, obs.dtype)], -1)
+
+
+CONFIG = online.OnlineConfig(
+    task="run", total_steps=8 * 10 * 12, num_envs=8, rollout_steps=10, label_budget=40,
+    refit_every=3, segment_length=5, segment_stride=5, pool_capacity=64, initial_fit_steps=20,
+    heldout_queries=16, eval_every=0, eval_episodes=2, progress=False, oversample=4,
+)
+PPO = ppo.PPOConfig(num_minibatches=2, num_epochs=2, policy_hidden=(16,), value_hidden=(16,))
+REWARD = online.default_reward_config(hidden=(16,), ensemble_size=2, num_steps=10, eval_every=10,
+                                      batch_size=16, chunk_pairs=16)
+PROBE_OBS = jnp.asarray(np.random.default_rng(0).normal(size=(32, 3)), jnp.float32)
+PROBE_ACT = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, size=(32, 1)), jnp.float32)
+
+
+def _train(config=CONFIG, oracle=None, callback=None):
+    return online.train(config, PPO, REWARD, oracle, callback=callback,
+                        env_factory=lambda n, s: MarkerEnv(n, s))
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    seen = []
+
+    def callback(run, record):
+        pool = run.pool
+        filled = np.arange(pool.capacity) < pool.count
+        markers = pool.arrays["obs"][filled][:, :, 2]
+        seen.append({
+            "record": record,
+            "update": record["update"],
+            "tags": pool.tags[filled].copy(),
+            "markers": markers.copy(),
+            "newest_marker": float(pool.arrays["obs"][(pool.head - 1) % pool.capacity, 0, 2]),
+            "probe": np.asarray(rm.reward_fn(run.rm_state)(PROBE_OBS, PROBE_ACT)),
+            "cache": run.update._cache_size(),
+        })
+
+    result = _train(callback=callback)
+    return result, seen
+
+
+def test_schedule_of_the_run_spends_the_budget_exactly(recorded):
+    result, seen = recorded
+    assert sum(result["schedule"]) == CONFIG.label_budget
+    assert result["labels_used"] == CONFIG.label_budget == result["labels"].count
+    assert [s["record"]["labels"] for s in seen] == result["schedule"]
+    assert len(seen) == len(CONFIG.round_updates()) == 4
+
+
+def test_pool_segments_come_from_the_current_policys_rollouts(recorded):
+    _, seen = recorded
+    for s in seen:
+        # Every segment's marker is the rollout (= PPO update) that produced it …
+        np.testing.assert_array_equal(s["markers"], np.broadcast_to(
+            s["tags"][:, None].astype(np.float32), s["markers"].shape))
+        # … and the newest segments come from this round's rollout.
+        assert s["newest_marker"] == s["update"]
+
+
+def test_refits_reach_ppo_without_recompiling(recorded):
+    result, seen = recorded
+    # r̂ on a fixed batch changes at every refit …
+    for a, b in zip(seen, seen[1:], strict=False):
+        assert not np.allclose(a["probe"], b["probe"])
+    # … and PPO's jitted update compiled once for the whole run.
+    assert result["ppo_update"]._cache_size() == 1
+    assert all(s["cache"] <= 1 for s in seen)
+
+
+def test_round_records_hold_the_logged_quantities(recorded):
+    _, seen = recorded
+    last = seen[-1]["record"]
+    for key in ("labels_used", "true_reward", "reward_pearson", "heldout_acc_partial_return",
+                "fit_train_loss", "value_loss_after", "value_loss_before", "wall"):
+        assert key in last, key
+    assert set(last["wall"]) >= {"rollout_s", "ppo_s", "select_label_s", "fit_s"}
+
+
+def test_no_leak_true_rewards_reach_only_the_oracle(recorded, monkeypatch):
+    """Scramble the rewards PPO's batch carries: the run's results do not change."""
+    result, _ = recorded
+    original = online._Run.ppo_batch
+
+    def scrambled(self, traj):
+        batch = original(self, traj)
+        noise = jax.random.normal(jax.random.key(7), batch.reward.shape) * 100.0
+        return batch.replace(reward=noise)
+
+    monkeypatch.setattr(online._Run, "ppo_batch", scrambled)
+    other = _train()
+    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                        result["ppo_state"].policy_params, other["ppo_state"].policy_params)
+    assert all(jax.tree.leaves(same))
+    np.testing.assert_array_equal(result["labels"].arrays["label"], other["labels"].arrays["label"])
+
+
+def test_label_noise_is_the_offline_oracle_function(monkeypatch):
+    """Online labels come from prefrl.oracles.label_queries with the run's own oracle config."""
+    noisy = oracles.OracleConfig(mistake_prob=0.3, equal_threshold=0.05)
+    calls = []
+    real = oracles.label_queries
+
+    def spy(config, key, segments, first, second, value_fn=None):
+        out = real(config, key, segments, first, second, value_fn)
+        calls.append((config, out))
+        return out
+
+    monkeypatch.setattr(oracles, "label_queries", spy)
+    config = dataclasses.replace(CONFIG, total_steps=8 * 10 * 2, heldout_queries=0)
+    result = _train(config, oracle=noisy)
+    training_calls = [c for c in calls if c[0] is noisy]
+    assert len(training_calls) == 1  # one round: the initial labels
+    n = result["labels"].count
+    np.testing.assert_array_equal(result["labels"].arrays["label"][:n],
+                                  np.asarray(training_calls[0][1].label)[:n])
+    # The irrationalities acted: some ties (equal_threshold) among the labels.
+    assert set(np.unique(result["labels"].arrays["label"][:n])) <= {0.0, 0.5, 1.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"label_budget": 0}, "label_budget"),
+        ({"selection": "best"}, "selection"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"segment_length": 11}, "longer than the rollout"),
+        ({"initial_fraction": 1.5}, "initial_fraction"),
+        ({"valid_fraction": 0.7}, "valid_fraction"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(change, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(CONFIG, **change)
+
+
+def test_regret_oracle_without_an_expert_critic_is_refused():
+    with pytest.raises(ValueError, match="expert critic"):
+        _train(oracle=oracles.OracleConfig(model="regret", discount=0.99))
