@@ -143,5 +143,23 @@ class PointMassBatchedEnv:
             qvel=zeros[..., None],
         )
 
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue bit for bit (the RNG as JSON bytes)."""
+        import json
+
+        import numpy as np
+
+        rng = json.dumps(self._rng.bit_generator.state).encode()
+        return {"x": self._x.copy(), "t": self._t.copy(), "rng": np.frombuffer(rng, np.uint8)}
+
+    def load_state_dict(self, state: dict) -> None:
+        import json
+
+        import numpy as np
+
+        self._x = np.array(state["x"])
+        self._t = np.array(state["t"])
+        self._rng.bit_generator.state = json.loads(bytes(np.asarray(state["rng"])).decode())
+
     def close(self) -> None:
         pass

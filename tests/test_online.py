@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,24 @@ class MarkerEnv(PointMassBatchedEnv):
     def rollout(self, policy_fn, num_steps, key):
         self.calls += 1
         marker = float(self.calls)
+        # (the marker counts this env's rollouts; state_dict carries it across a resume)
         traj = super().rollout(lambda obs, k: policy_fn(_mark(obs, marker), k), num_steps, key)
         return traj.replace(obs=_mark(traj.obs, marker), next_obs=_mark(traj.next_obs, marker))
+
+
+    def state_dict(self):
+        return {**super().state_dict(), "calls": np.asarray(self.calls)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.calls = int(state["calls"])
+
+
+def _raw(x):
+    # Arrays as NumPy (PRNG keys as their key data) for bitwise comparisons.
+    if jnp.issubdtype(jnp.asarray(x).dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    return np.asarray(x)
 
 
 def _mark(obs, marker: float):
@@ -52,9 +69,9 @@ PROBE_OBS = jnp.asarray(np.random.default_rng(0).normal(size=(32, 3)), jnp.float
 PROBE_ACT = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, size=(32, 1)), jnp.float32)
 
 
-def _train(config=CONFIG, oracle=None, callback=None):
+def _train(config=CONFIG, oracle=None, callback=None, **kwargs):
     return online.train(config, PPO, REWARD, oracle, callback=callback,
-                        env_factory=lambda n, s: MarkerEnv(n, s))
+                        env_factory=lambda n, s: MarkerEnv(n, s), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +145,7 @@ def test_no_leak_true_rewards_reach_only_the_oracle(recorded, monkeypatch):
 
     monkeypatch.setattr(online._Run, "ppo_batch", scrambled)
     other = _train()
-    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+    same = jax.tree.map(lambda a, b: np.array_equal(_raw(a), _raw(b)),
                         result["ppo_state"].policy_params, other["ppo_state"].policy_params)
     assert all(jax.tree.leaves(same))
     np.testing.assert_array_equal(result["labels"].arrays["label"], other["labels"].arrays["label"])
@@ -176,3 +193,27 @@ def test_bad_options_are_refused_before_any_work(change, message):
 def test_regret_oracle_without_an_expert_critic_is_refused():
     with pytest.raises(ValueError, match="expert critic"):
         _train(oracle=oracles.OracleConfig(model="regret", discount=0.99))
+
+
+def test_killed_run_resumes_to_the_same_final_state(recorded, tmp_path):
+    """Stop after update 5 (checkpoint at 4), run again: equal to an uninterrupted run."""
+    result, _ = recorded
+    config = dataclasses.replace(CONFIG, out_dir=str(tmp_path), checkpoint_every=2)
+    partial = _train(config, stop_after_updates=5)
+    assert partial["updates"] == 5 and (tmp_path / "last.npz").exists()
+    assert not (tmp_path / "result.json").exists()
+    resumed = _train(config)
+    for a, b in ((result["ppo_state"], resumed["ppo_state"]),
+                 (result["reward_state"].params, resumed["reward_state"].params)):
+        same = jax.tree.map(lambda x, y: np.array_equal(_raw(x), _raw(y)), a, b)
+        assert all(jax.tree.leaves(same))
+    np.testing.assert_array_equal(result["labels"].arrays["label"],
+                                  resumed["labels"].arrays["label"])
+    lines = (tmp_path / "rounds.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [0, 1, 2, 3]  # none repeated
+    assert resumed["labels_used"] == CONFIG.label_budget
+    # Running a finished run again trains nothing and keeps its final evaluation.
+    again = _train(config)
+    assert again["final"]["mean_return"] == resumed["final"]["mean_return"]
+    assert json.loads((tmp_path / "result.json").read_text())["final"]["mean_return"] == (
+        resumed["final"]["mean_return"])

@@ -104,7 +104,9 @@ class OnlineConfig:
                            "KL penalty (kl_ref_coef of the PPO config); '' = none")
     eval_every: int = field(25, "evaluate the policy every this many updates (0: at the end)")
     eval_episodes: int = field(8, "deterministic evaluation episodes")
-    out_dir: str = field("", "output folder (rounds.jsonl, metrics.jsonl); '' = none")
+    out_dir: str = field("", "output folder (rounds.jsonl, evals.jsonl, last.npz); '' = none")
+    checkpoint_every: int = field(25, "write out_dir/last.npz every this many updates")
+    resume: bool = field(True, "resume from out_dir/last.npz when it exists")
     progress: bool = field(True, "progress bar on a terminal")
     num_threads: int | None = field(None, "physics threads (default: all cores)")
 
@@ -117,7 +119,7 @@ class OnlineConfig:
             raise ValueError(f"unknown selection {self.selection!r}; use one of {SELECTIONS}")
         for name in ("total_steps", "num_envs", "rollout_steps", "refit_every", "segment_length",
                      "segment_stride", "oversample", "initial_fit_steps", "eval_episodes",
-                     "initial_rollouts"):
+                     "initial_rollouts", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.segment_length > self.rollout_steps:
@@ -252,7 +254,17 @@ class _Run:
         self.labels_used = 0
         self.timing = {"rollout_s": 0.0, "ppo_s": 0.0, "select_label_s": 0.0, "fit_s": 0.0,
                        "eval_s": 0.0}
-        self.value_losses: list[float] = []
+        self.rounds: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self.round_at = {int(u): r for r, u in enumerate(self.round_updates)}
+        self.wall_before = 0.0
+
+    def start_fresh(self) -> None:
+        """Reset the environments and fill the pool with any extra initial rollouts."""
+        self.env.reset()
+        for extra in range(1, self.c.initial_rollouts):
+            self.rollout(0, extra=extra)
 
     # ----------------------------------------------------------------- pieces
 
@@ -460,80 +472,205 @@ def train(
     env_factory: Callable[[int, int], Any] | None = None,
     log: Callable[[str], None] | None = None,
     callback: Callable[[Any, dict[str, Any]], None] | None = None,
+    stop_after_updates: int | None = None,
 ) -> OnlineResult:
     """Run the online loop; returns the final evaluation, per-round records and timings.
 
     ``env_factory(num_envs, seed)`` builds environments (default: the C-engine
     :class:`prefrl.rollout.BatchedEnv` of ``config.task``). With
-    ``config.out_dir``, writes ``rounds.jsonl``, ``evals.jsonl`` and
-    ``result.json`` there. ``callback(run, record)`` is called after each
-    round with the run's host state (for tests and custom logging).
+    ``config.out_dir``, writes ``rounds.jsonl``, ``evals.jsonl``,
+    ``result.json`` and, every ``checkpoint_every`` updates, ``last.npz``:
+    the whole run (PPO and reward states, labelled pairs, pool, schedule
+    position, the environments' physics and RNG states), from which a killed
+    run resumes exactly (``config.resume``). ``callback(run, record)`` is
+    called after each round with the run's host state (tests, custom logs).
+    ``stop_after_updates`` stops early as if killed (for tests of resume).
     """
     ppo_config = ppo.PPOConfig() if ppo_config is None else ppo_config
     reward_config = default_reward_config() if reward_config is None else reward_config
     oracle = oracles.OracleConfig() if oracle is None else oracle
     run = _Run(config, ppo_config, reward_config, oracle, env_factory, log)
     out_dir = Path(config.out_dir) if config.out_dir else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("rounds.jsonl", "evals.jsonl"):
-            (out_dir / name).unlink(missing_ok=True)
-    bar = _progress_bar(config)
-    rounds: list[dict[str, Any]] = []
-    evals: list[dict[str, Any]] = []
-    history: list[dict[str, Any]] = []
-    round_at = {int(u): r for r, u in enumerate(run.round_updates)}
+    start = _start(run, out_dir)
+    bar = _progress_bar(config, start)
     t_start = time.perf_counter()
+    update_idx = start
     try:
-        run.env.reset()
-        for extra in range(1, config.initial_rollouts):
-            run.rollout(0, extra=extra)
-        for update_idx in range(1, config.num_updates + 1):
-            traj, rows = run.rollout(update_idx)
-            if update_idx in round_at:
-                record = _round(run, round_at[update_idx], update_idx, traj, rows)
-                rounds.append(record)
-                _write(out_dir, "rounds.jsonl", record, log)
-                if callback is not None:
-                    callback(run, record)
-            t0 = time.perf_counter()
-            run.ppo_state, metrics = run.update(run.ppo_state, run.ppo_batch(traj))
-            metrics = jax.device_get(metrics)
-            run.timing["ppo_s"] += time.perf_counter() - t0
-            if bool(metrics["nonfinite"]):
-                raise ValueError(f"PPO update {update_idx} produced non-finite values")
-            history.append({"update": update_idx, "value_loss": float(metrics["value_loss"]),
-                            "proxy_reward": float(metrics["proxy_reward"]),
-                            "true_reward": float(metrics["true_reward"])})
-            _note_value_loss(rounds, history, round_at, update_idx)
-            last = update_idx == config.num_updates
-            if last or (config.eval_every and update_idx % config.eval_every == 0):
-                result = run.evaluate(update_idx)
-                result["labels_used"] = run.labels_used
-                evals.append(result)
-                _write(out_dir, "evals.jsonl", {k: v for k, v in result.items() if k != "returns"},
-                       None)
+        for update_idx in range(start + 1, config.num_updates + 1):
+            if stop_after_updates is not None and update_idx > stop_after_updates:
+                update_idx -= 1
+                break
+            _iteration(run, update_idx, out_dir, callback)
+            if out_dir is not None and (update_idx % config.checkpoint_every == 0
+                                        or update_idx == config.num_updates):
+                _save(run, out_dir / "last.npz", update_idx, time.perf_counter() - t_start)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix({"labels": run.labels_used,
-                                 "eval": f"{evals[-1]['mean_return']:.0f}" if evals else "-"})
+                score = f"{run.evals[-1]['mean_return']:.0f}" if run.evals else "-"
+                bar.set_postfix({"labels": run.labels_used, "eval": score})
     finally:
         if bar is not None:
             bar.close()
         run.close()
-    wall = time.perf_counter() - t_start
+    wall = run.wall_before + time.perf_counter() - t_start
     result = OnlineResult(
-        final=evals[-1], rounds=rounds, evaluations=evals, history=history,
-        labels_used=run.labels_used, wall_s=wall, timing=dict(run.timing),
-        env_steps=config.num_updates * config.steps_per_update,
+        final=run.evals[-1] if run.evals else {}, rounds=run.rounds, evaluations=run.evals,
+        history=run.history, labels_used=run.labels_used, wall_s=wall, timing=dict(run.timing),
+        env_steps=update_idx * config.steps_per_update, updates=update_idx,
         schedule=[int(x) for x in run.counts], ppo_state=run.ppo_state, reward_state=run.rm_state,
         pool=run.pool, labels=run.labels, ppo_update=run.update,
     )
-    if out_dir is not None:
+    if out_dir is not None and update_idx == config.num_updates:
         from prefrl.io import atomic_write_json
 
         atomic_write_json(out_dir / "result.json", _summary(result))
     return result
+
+
+def _iteration(run: _Run, update_idx: int, out_dir: Path | None,
+               callback: Callable[[Any, dict[str, Any]], None] | None) -> None:
+    """One PPO update: rollout, a labelling round when due, the update, an evaluation when due."""
+    c = run.c
+    traj, rows = run.rollout(update_idx)
+    round_idx = run.round_at.get(update_idx)
+    if round_idx is not None:
+        record = _round(run, round_idx, update_idx, traj, rows)
+        run.rounds.append(record)
+        _write(out_dir, "rounds.jsonl", record, run.log)
+        if callback is not None:
+            callback(run, record)
+    t0 = time.perf_counter()
+    run.ppo_state, metrics = run.update(run.ppo_state, run.ppo_batch(traj))
+    metrics = jax.device_get(metrics)
+    run.timing["ppo_s"] += time.perf_counter() - t0
+    if bool(metrics["nonfinite"]):
+        raise ValueError(f"PPO update {update_idx} produced non-finite values")
+    run.history.append({"update": update_idx, "value_loss": float(metrics["value_loss"]),
+                        "proxy_reward": float(metrics["proxy_reward"]),
+                        "true_reward": float(metrics["true_reward"])})
+    _note_value_loss(run.rounds, run.history, run.round_at, update_idx)
+    if update_idx == c.num_updates or (c.eval_every and update_idx % c.eval_every == 0):
+        result = run.evaluate(update_idx)
+        result["labels_used"] = run.labels_used
+        run.evals.append(result)
+        _write(out_dir, "evals.jsonl", {k: v for k, v in result.items() if k != "returns"}, None)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+KIND = "online_checkpoint"
+
+
+def _start(run: _Run, out_dir: Path | None) -> int:
+    """Prepare the output folder; resume from ``last.npz`` when asked. Returns the update done."""
+    c = run.c
+    if out_dir is None:
+        run.start_fresh()
+        return 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = out_dir / "last.npz"
+    if c.resume and last.exists():
+        done = _load(run, last)
+        # The logs hold exactly what the checkpoint has seen: no repeated lines after resume.
+        from prefrl.io import atomic_write_text
+
+        for name, records in (("rounds.jsonl", run.rounds), ("evals.jsonl", run.evals)):
+            lines = [json.dumps(_jsonable({k: v for k, v in r.items() if k != "returns"}))
+                     for r in records]
+            atomic_write_text(out_dir / name, "".join(line + "\n" for line in lines))
+        if run.log:
+            run.log(f"resuming {last} at update {done}/{c.num_updates}")
+        return done
+    if (out_dir / "result.json").exists() and c.resume:
+        raise FileExistsError(f"{out_dir} holds a finished run (result.json); use another "
+                              "out_dir or resume=False to overwrite it")
+    for name in ("rounds.jsonl", "evals.jsonl", "result.json", "last.npz"):
+        (out_dir / name).unlink(missing_ok=True)
+    run.start_fresh()
+    return 0
+
+
+def _save(run: _Run, path: Path, update_idx: int, wall: float) -> None:
+    from prefrl import checkpoint
+    from prefrl.config import to_dict
+    from prefrl.io import save_npz
+
+    if not hasattr(run.env, "state_dict"):
+        raise TypeError("checkpoints of the online loop need environments with state_dict()")
+    arrays = checkpoint.flatten_tree(
+        jax.device_get(run.ppo_state.replace(reward_params=None, ref_params=None)), "ppo")
+    if run.rm_state is not None:
+        rm_part = {"params": run.rm_state.params, "mean": run.rm_state.reward_mean,
+                   "std": run.rm_state.reward_std}
+        arrays.update(checkpoint.flatten_tree(jax.device_get(rm_part), "reward"))
+    arrays.update(run.labels.state_dict())
+    arrays.update(run.pool.state_dict())
+    arrays.update({f"env.{k}": v for k, v in run.env.state_dict().items()})
+    arrays.update({f"eval_env.{k}": v for k, v in run.eval_env.state_dict().items()})
+    header = {
+        "kind": KIND, "schema_version": 1, "update": update_idx,
+        "config": to_dict(run.c), "ppo_config": to_dict(run.ppo_config),
+        "reward_config": to_dict(run.reward_config), "oracle": to_dict(run.oracle),
+        "labels_used": run.labels_used, "has_reward": run.rm_state is not None,
+        "rounds": _jsonable(run.rounds),
+        "evals": _jsonable(run.evals), "history": run.history, "timing": run.timing,
+        "wall_s": run.wall_before + wall,
+    }
+    save_npz(path, arrays, header)
+
+
+def _load(run: _Run, path: Path) -> int:
+    from prefrl import checkpoint
+    from prefrl.config import to_dict
+    from prefrl.io import load_npz
+
+    arrays, header = load_npz(path, kind=KIND)
+    now = {"config": to_dict(run.c), "ppo_config": to_dict(run.ppo_config),
+           "reward_config": to_dict(run.reward_config), "oracle": to_dict(run.oracle)}
+    ignore = {"progress", "out_dir", "resume", "checkpoint_every", "num_threads"}
+    diff = [f"{part}.{k}" for part, cfg in now.items() for k in cfg
+            if k not in ignore and _jsonable(cfg[k]) != header[part].get(k)]
+    if diff:
+        raise ValueError(f"{path}: cannot resume: the run's settings differ in {diff}; use "
+                         "another out_dir or resume=False")
+    template = run.ppo_state.replace(reward_params=None, ref_params=None)
+    ppo_state = checkpoint.unflatten_tree(template, arrays, "ppo", str(path))
+    run.ppo_state = ppo_state.replace(ref_params=run.ppo_state.ref_params)
+    run.labels.load_state_dict(arrays)
+    segs_example = {k[len("pool."):]: v[:1] for k, v in arrays.items()
+                    if k.startswith("pool.") and k[len("pool."):] in _segment_fields()}
+    from prefrl.types import Segments
+
+    run.pool = SegmentPool(run.c.pool_capacity, Segments(**segs_example))
+    run.pool.load_state_dict(arrays)
+    run.env.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("env.")})
+    run.eval_env.load_state_dict({k[9:]: v for k, v in arrays.items()
+                                  if k.startswith("eval_env.")})
+    run.labels_used = int(header["labels_used"])
+    run.rounds, run.evals, run.history = header["rounds"], header["evals"], header["history"]
+    run.timing = {k: float(v) for k, v in header["timing"].items()}
+    run.wall_before = float(header["wall_s"])
+    if header["has_reward"]:
+        state = _reward_template(run)
+        part = checkpoint.unflatten_tree(
+            {"params": state.params, "mean": state.reward_mean, "std": state.reward_std},
+            arrays, "reward", str(path))
+        run.rm_state = state.replace(params=part["params"], reward_mean=part["mean"],
+                                     reward_std=part["std"])
+        run.ppo_state = run.ppo_state.replace(reward_params=_for_ppo(run.rm_state))
+    return int(header["update"])
+
+
+def _segment_fields() -> tuple[str, ...]:
+    from prefrl.data.pool import SEGMENT_FIELDS
+
+    return SEGMENT_FIELDS
+
+
+def _reward_template(run: _Run) -> Any:
+    """A reward-model state of the run's shapes (its arrays are replaced on load)."""
+    batch = jax.tree.map(jnp.asarray, run.labels.batch(0))
+    return rm.make(run.fit_config).init(jax.random.key(0), batch)
 
 
 def _round(run: _Run, round_idx: int, update_idx: int, traj: Any, rows: np.ndarray
@@ -619,14 +756,14 @@ def default_reward_config(**overrides: Any) -> rm.RewardModelConfig:
     return rm.RewardModelConfig(**base)
 
 
-def _progress_bar(config: OnlineConfig) -> Any:
+def _progress_bar(config: OnlineConfig, start: int) -> Any:
     import sys
 
     if not config.progress or not sys.stderr.isatty():
-        return None
+        return None  # a bar only on a terminal: logs and CI stay free of its frames
     from tqdm import tqdm
 
-    return tqdm(total=config.num_updates, unit="upd", dynamic_ncols=True)
+    return tqdm(total=config.num_updates, initial=start, unit="upd", dynamic_ncols=True)
 
 
 def _write(out_dir: Path | None, name: str, record: Mapping[str, Any],
