@@ -217,3 +217,44 @@ def test_killed_run_resumes_to_the_same_final_state(recorded, tmp_path):
     assert again["final"]["mean_return"] == resumed["final"]["mean_return"]
     assert json.loads((tmp_path / "result.json").read_text())["final"]["mean_return"] == (
         resumed["final"]["mean_return"])
+
+
+class OvershootEnv(MarkerEnv):
+    """Start at x = 0, reward −|x′ − 1.5|: the target lies outside where a random policy goes.
+
+    A random policy stays within about ±1 of the start, where the reward only
+    rises with x; a reward fitted there keeps rising past 1.5, so PPO on it
+    overshoots. Segments from the improving policy reveal the peak.
+    """
+
+    obs_dim = 3
+
+    def reset(self):
+        out = super().reset()
+        self._x[:] = 0.0
+        return out
+
+    def rollout(self, policy_fn, num_steps, key):
+        traj = super().rollout(policy_fn, num_steps, key)
+        self._x[self._t == 0] = 0.0  # episodes restart at 0
+        x_next = np.asarray(traj.next_obs)[..., 0]
+        reward = -np.abs(x_next - 1.5).astype(np.float32)
+        return traj.replace(reward=reward)
+
+
+@pytest.mark.slow
+def test_online_labels_beat_a_fixed_random_policy_pool():
+    config = dataclasses.replace(
+        CONFIG, total_steps=16 * 10 * 60, num_envs=16, label_budget=60, refit_every=6,
+        pool_capacity=256, initial_fit_steps=200)
+    ppo_config = dataclasses.replace(PPO, num_epochs=4, learning_rate=1e-3)
+    reward = dataclasses.replace(REWARD, hidden=(32, 32), num_steps=50, eval_every=50)
+
+    def final_return(**changes):
+        result = online.train(dataclasses.replace(config, **changes), ppo_config, reward,
+                              env_factory=lambda n, s: OvershootEnv(n, s))
+        return result["history"][-1]["true_reward"]
+
+    online_return = final_return()
+    offline_return = final_return(initial_fraction=1.0, initial_rollouts=8)
+    assert online_return > offline_return + 0.1, (online_return, offline_return)

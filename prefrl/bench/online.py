@@ -161,6 +161,7 @@ def summarize(runs: list[dict[str, Any]], out: Path) -> dict[str, Any]:
                 "mean_wall_s": float(np.mean([r["wall_s"] for r in rs])),
             }
     _plot(rows, out / "curves.png")
+    _plot_budget(table, out / "label_budget.png")
 
     def headline(row: str) -> dict[str, Any]:
         return {task: {"iqm": t[row]["iqm"], "per_seed": dict(zip(t[row]["seeds"],
@@ -207,6 +208,38 @@ def _plot(rows: dict[str, dict[str, list]], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_budget(table: dict[str, dict[str, Any]], path: Path) -> None:
+    """Final true return against the label budget (Christiano et al. 2017, Fig. 2 analogue)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table.get("run", {})
+    points = sorted((int(name.rsplit("-", 1)[1]), row) for name, row in rows.items()
+                    if name.startswith("online-pr-"))
+    if not points:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    budgets = [b for b, _ in points]
+    iqm = np.array([r["iqm"] for _, r in points])
+    ci = np.array([r["ci95"] for _, r in points])
+    ax.errorbar(budgets, iqm, yerr=[iqm - ci[:, 0], ci[:, 1] - iqm], marker="o", capsize=3,
+                label="online, partial-return labels")
+    for name, style in (("true", "k--"), ("offline-initial-1000", "r:"),
+                        ("offline-snapshot-1000", "m-.")):
+        if name in rows:
+            ax.axhline(rows[name]["iqm"], linestyle=style[1:], color=style[0], label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("labels")
+    ax.set_ylabel("final true return (IQM, 95 % CI)")
+    ax.set_title("run, 1 M env steps")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
