@@ -19,7 +19,7 @@ class Learner(NamedTuple):
     update: Callable[..., tuple[Any, dict[str, Any]]]
 
 
-_SUBMODULES = ("reward_model", "cpl", "ppo", "bc")
+_SUBMODULES = ("reward_model", "cpl", "ppo", "bc", "regret_sf", "advantage_policy")
 
 
 def __getattr__(name: str) -> Any:
