@@ -54,13 +54,13 @@ def test_awr_policy_mode_moves_to_argmax_of_a_hat():
     learner = ap.make(cfg, network, a_hat=a_hat)
 
     @jax.jit
-    def train(key):
+    def train(key, batch):
         state = learner.init(key, batch)
         state, metrics = jax.lax.scan(lambda s, _: learner.update(s, batch), state, None,
                                       length=400)
         return state, metrics
 
-    state, metrics = train(jax.random.key(0))
+    state, metrics = train(jax.random.key(0), batch)
     test_obs = jnp.linspace(-0.8, 0.8, 9)[:, None]
     greedy = ap.greedy_action(network, state.params, test_obs)[:, 0]
     # argmax_a Â(s, a) = 0.5 s; data actions are uniform, so BC alone would give ≈ 0.

@@ -8,6 +8,7 @@ the linear solve ``(I − γ P_π) ψ = Φ_π``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import flax.linen as nn
@@ -183,6 +184,10 @@ def test_fitting_exact_regret_labels_recovers_regret_and_optimal_policy(x64, jit
     assert float(metrics["accuracy"]) > 0.95
 
 
+def test_x64_does_not_leak_out_of_the_fixture():
+    assert jnp.zeros(1).dtype == jnp.float32
+
+
 def test_partial_return_learner_on_regret_labels_learns_optimal_advantage():
     """Knox et al. 2023: BT on Σ γ^t f fitted to regret labels gives f = A* + c, greedy-optimal."""
     world = World(5, 4, 2, 2, policies=np.zeros((1, 4), np.int32))
@@ -244,9 +249,9 @@ def test_fit_successor_features_recovers_the_linear_solve(method, rounds, steps)
         jax.random.split(jax.random.key(0), len(library)))
     sf_cfg = rs.SFFitConfig(method=method, num_rounds=rounds, steps_per_round=steps,
                             learning_rate=0.1)
-    fit = jax.jit(lambda k, p: rs.fit_successor_features(
-        k, sf_cfg, psi_net, p, rollouts, phi_t, discount=GAMMA))
-    params, metrics = fit(jax.random.key(1), params)
+    fit = jax.jit(lambda k, p, ro, f: rs.fit_successor_features(
+        k, sf_cfg, psi_net, p, ro, f, discount=GAMMA))
+    params, metrics = fit(jax.random.key(1), params, rollouts, phi_t)
     assert metrics["loss"].shape == (rounds, len(library))
     got = jax.vmap(psi_net.apply, in_axes=(0, None))(params, jnp.eye(num_states))
     exact = np.stack([tabular.successor_features(transitions, p, feats, discount=GAMMA)
@@ -329,13 +334,22 @@ CONTRACT_SETUPS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CONTRACT_SETUPS))
-def test_contract_vmap_over_seeds_foreign_optimizer_compiles_once(name):
+@functools.cache
+def contract_learner(name: str):
+    """``(config, learner, jit(init), jit(update))``, shared by tests so each compiles once."""
     setup = CONTRACT_SETUPS[name]
     cfg = rs.RegretSFConfig(discount=0.95, num_policies=setup["num_policies"],
                             gpi_temperature=0.01, l2=1e-3, label_smoothing=0.1)
+    # A foreign optax transform (not the default Adam).
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.05, momentum=0.9))
     learner = rs.make(cfg, setup["phi"], opt, psi_network=setup["psi_network"])
+    return cfg, learner, jax.jit(learner.init), jax.jit(learner.update)
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT_SETUPS))
+def test_contract_vmap_over_seeds_foreign_optimizer_compiles_once(name):
+    setup = CONTRACT_SETUPS[name]
+    _, learner, init_one, update_one = contract_learner(name)
     batch = setup["batch"]
     keys = jax.random.split(jax.random.key(0), 3)
     states = jax.jit(jax.vmap(learner.init, in_axes=(0, None)))(keys, batch)
@@ -346,7 +360,6 @@ def test_contract_vmap_over_seeds_foreign_optimizer_compiles_once(name):
     assert metrics["loss"].shape == (3,)
     assert np.all(np.isfinite(np.asarray(metrics["loss"])))
     # One seed at a time (jitted on its own: eager flax ops would compile one by one).
-    init_one, update_one = jax.jit(learner.init), jax.jit(learner.update)
     for i in range(3):
         state = init_one(keys[i], batch)
         for _ in range(3):
@@ -363,30 +376,42 @@ def test_contract_vmap_over_seeds_foreign_optimizer_compiles_once(name):
         assert all(x.shape[0] == 3 for x in jax.tree.leaves(state.psi_params))
 
 
-def test_alternating_refit_with_learned_phi_runs_and_is_finite():
-    """Learned φ: ψ refitted on library rollouts between preference updates, all jitted."""
-    cfg = rs.RegretSFConfig(discount=0.9, num_policies=2, learning_rate=1e-2)
-    phi_net, psi_net = rs.default_phi_network(4, (8,)), rs.default_psi_network(4, (8,))
-    learner = rs.make(cfg, phi_net, psi_network=psi_net)
-    refit = jax.jit(rs.make_refit(cfg, rs.SFFitConfig(num_rounds=2, steps_per_round=5,
-                                                      batch_size=16), phi_net, psi_net))
-    batch = _network_batch(3)
+def test_alternating_refit_with_learned_phi_scan_equals_host_loop():
+    """Learned φ: ψ refitted on library rollouts between preference updates."""
+    cfg, learner, init, update = contract_learner("learned_phi_psi_network")
+    setup = CONTRACT_SETUPS["learned_phi_psi_network"]
+    phi_net, psi_net, batch = setup["phi"], setup["psi_network"], setup["batch"]
+    refit = rs.make_refit(cfg, rs.SFFitConfig(num_rounds=2, steps_per_round=5, batch_size=16),
+                          phi_net, psi_net)
     rng = np.random.default_rng(4)
-    truncated = np.zeros((2, 10, 3), bool)
+    truncated = np.zeros((3, 10, 3), bool)
     truncated[:, 4] = True
     rollouts = rs.LibraryRollouts(
-        obs=rng.normal(size=(2, 10, 3, 3)).astype(np.float32),
-        action=rng.uniform(-1, 1, (2, 10, 3, 2)).astype(np.float32),
-        next_obs=rng.normal(size=(2, 10, 3, 3)).astype(np.float32),
-        terminated=np.zeros((2, 10, 3), bool), truncated=truncated)
-    state = jax.jit(learner.init)(jax.random.key(0), batch)
-    update = jax.jit(learner.update)
-    losses = []
+        obs=rng.normal(size=(3, 10, 3, 3)).astype(np.float32),
+        action=rng.uniform(-1, 1, (3, 10, 3, 2)).astype(np.float32),
+        next_obs=rng.normal(size=(3, 10, 3, 3)).astype(np.float32),
+        terminated=np.zeros((3, 10, 3), bool), truncated=truncated)
+    state0 = init(jax.random.key(0), batch)
+    key = jax.random.key(5)
+
+    # The scan version. Data as arguments, not closed-over constants (XLA would
+    # constant-fold through them).
+    run = jax.jit(lambda st, ro, b: rs.alternate(learner.update, refit, st, key, ro, lambda k: b,
+                                                 num_updates=6, refit_every=3))
+    scanned, scan_metrics = run(state0, rollouts, batch)
+    psi_loss = np.asarray(scan_metrics["psi_loss"])
+    assert np.all(np.isfinite(psi_loss[[0, 3]])) and np.all(np.isnan(psi_loss[[1, 2, 4, 5]]))
+    assert np.all(np.isfinite(np.asarray(scan_metrics["loss"])))
+
+    # The host loop with the same keys.
+    key_refit, _ = jax.random.split(key)
+    refit_j = jax.jit(refit)
+    state = state0
     for i in range(6):
         if i % 3 == 0:
             old = state.psi_params
-            state, m = refit(state, jax.random.fold_in(jax.random.key(5), i), rollouts)
-            assert m["loss"].shape == (2, 2)
+            state, m = refit_j(state, jax.random.fold_in(key_refit, i), rollouts)
+            assert m["loss"].shape == (2, 3)
             assert not np.allclose(np.asarray(jax.tree.leaves(old)[0]),
                                    np.asarray(jax.tree.leaves(state.psi_params)[0]))
         psi_before = state.psi_params
@@ -395,12 +420,43 @@ def test_alternating_refit_with_learned_phi_runs_and_is_finite():
         for a, b in zip(jax.tree.leaves(psi_before), jax.tree.leaves(state.psi_params),
                         strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        losses.append(float(metrics["loss"]))
-    assert np.all(np.isfinite(losses))
-    assert update._cache_size() == 1 and refit._cache_size() == 1
+        assert float(metrics["loss"]) == pytest.approx(float(scan_metrics["loss"][i]), rel=1e-4)
+    for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(state), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert refit_j._cache_size() == 1
     r = jax.jit(lambda st, o, a: rs.reward_fn(st, phi_net)(o, a))(state, batch.obs_1,
                                                                    batch.action_1)
     assert r.shape == batch.mask_1.shape
+
+
+def test_psi_inputs_and_pair_batch_from_a_segment_pool():
+    from prefrl.types import Segments
+
+    rng = np.random.default_rng(0)
+    n, k = 5, 3
+    obs, next_obs = rng.normal(size=(n, k, 2)), rng.normal(size=(n, k, 2))
+    segs = Segments(obs=obs, action=rng.normal(size=(n, k, 1)), reward=np.zeros((n, k)),
+                    next_obs=next_obs, mask=np.ones((n, k)), x_velocity=np.zeros((n, k)),
+                    qpos=np.zeros((n, k, 0)), qvel=np.zeros((n, k, 0)),
+                    source=np.zeros((n, 2), np.int32))
+    psi_in = np.asarray(rs.psi_inputs(segs))
+    assert psi_in.shape == (n, 2, 2)
+    # ψ is needed at s_0 = obs[:, 0] and s_k = next_obs[:, -1].
+    np.testing.assert_allclose(psi_in[:, 0], obs[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(psi_in[:, 1], next_obs[:, -1], rtol=1e-6)
+    pool = rs.SFSegments(segs.obs, segs.action, segs.mask, psi_in)
+    pairs = rs.pair_batch(pool, np.array([0, 3]), np.array([4, 1]), np.array([1.0, 0.5]))
+    np.testing.assert_allclose(np.asarray(pairs.psi_in_2)[0], psi_in[4], rtol=1e-6)
+    assert pairs.size == 2 and pairs.terminal_1 is None
+    from prefrl.types import PairBatch
+
+    plain = PairBatch(*pairs[:7])
+    again = rs.from_pair_batch(plain, pairs.psi_in_1, pairs.psi_in_2)
+    assert again.psi_in_1 is pairs.psi_in_1 and again.obs_2 is pairs.obs_2
+    learner = rs.make(rs.RegretSFConfig(num_policies=2), _frozen_phi,
+                      psi_network=rs.default_psi_network(4, (4,)))
+    with pytest.raises(TypeError, match="from_pair_batch"):
+        learner.init(jax.random.key(0), plain)
 
 
 def test_reward_model_hidden_layer_as_frozen_features():

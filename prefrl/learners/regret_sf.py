@@ -45,7 +45,7 @@ is held fixed, and ψ is refitted to the current φ every N updates
 gradient through ψ is ignored (ψ is a constant of each update): the
 preference gradient reaches φ only through the Σ γ^t w·φ_t term.
 
-Alternation, on the host or inside a ``lax.scan``::
+Alternation, on the host (or in one ``lax.scan``: :func:`alternate`)::
 
     learner = regret_sf.make(cfg, phi_net, psi_network=psi_net)
     refit = regret_sf.make_refit(cfg, regret_sf.SFFitConfig(), phi_net, psi_net)
@@ -62,10 +62,12 @@ Public API:
   psi_k, *, discount, gpi_temperature, mask_t, terminal_k)``;
   ``make(config, phi, optimizer=None, *, psi_network=None) -> Learner``;
   ``make_regret_fn(config, phi, *, psi_network=None, chunk=None)``;
-  ``successor_targets(…)``, ``fit_successor_features(…)``, ``make_refit(…)``;
+  ``successor_targets(…)``, ``fit_successor_features(…)``, ``make_refit(…)``,
+  ``alternate(update, refit, state, key, rollouts, sample_batch, *, num_updates,
+  refit_every)``;
   ``pair_batch(pool, first, second, label, weight=None)``,
-  ``psi_inputs(segments)``, ``reward_fn(state, phi)``,
-  ``reward_model_features(state)``, ``default_optimizer(config)``,
+  ``from_pair_batch(batch, psi_in_1, psi_in_2)``, ``psi_inputs(segments)``,
+  ``reward_fn(state, phi)``, ``reward_model_features(state)``, ``default_optimizer(config)``,
   ``default_phi_network``, ``default_psi_network``.
 """
 
@@ -516,7 +518,8 @@ def make(
       config: :class:`RegretSFConfig`.
       phi: frozen features ``phi(obs [..., obs], action [..., act]) -> [..., d]``
         (only w is learned), or a flax module ``[..., obs + act] -> [..., d]``
-        (learned φ, trained with w; refit ψ with :func:`make_refit`).
+        (learned φ, trained with w; refit ψ with :func:`make_refit`). ψ is a
+        constant of every update (``stop_gradient``): no gradient reaches ψ.
       optimizer: any optax transform over ``{"w": [d], "phi": θ_φ}``;
         default :func:`default_optimizer`.
       psi_network: a flax module ``[..., obs] -> [..., d]`` for one policy's ψ
@@ -540,7 +543,7 @@ def make(
     def init(key: PRNGKey, example_batch: SFPairBatch) -> RegretSFState:
         key_w, key_phi, key_psi = jax.random.split(key, 3)
         del key
-        _check_batch_dims_only(example_batch)
+        _require_sf_batch(example_batch)
         obs0, act0 = example_batch.obs_1[0, 0], example_batch.action_1[0, 0]
         phi_params = model.phi_init(key_phi, obs0, act0)
         psi_params = model.psi_init(key_psi, example_batch.psi_in_1[0, 0])
@@ -578,7 +581,7 @@ def make(
         return loss, metrics
 
     def update(state: RegretSFState, batch: SFPairBatch) -> tuple[RegretSFState, dict]:
-        _check_batch_dims_only(batch)
+        _require_sf_batch(batch)
         width = _check_batch(model, (state.params["phi"], state.psi_params), batch)
         if state.params["w"].shape[-1:] != (width,):
             raise ValueError(f"feature width mismatch: the state's w has shape "
@@ -592,9 +595,10 @@ def make(
     return Learner(init=init, update=update)
 
 
-def _check_batch_dims_only(batch: SFPairBatch) -> None:
+def _require_sf_batch(batch: SFPairBatch) -> None:
     if not isinstance(batch, SFPairBatch):
-        raise TypeError(f"expected an SFPairBatch, got {type(batch).__name__}")
+        raise TypeError(f"expected an SFPairBatch, got {type(batch).__name__} "
+                        "(from_pair_batch adds the ψ-inputs to a PairBatch)")
 
 
 def make_regret_fn(
@@ -661,6 +665,12 @@ def pair_batch(pool: SFSegments, first: Array, second: Array, label: Array,
         psi_in_2=take(pool.psi_in, second), weight=None if weight is None else jnp.asarray(weight),
         terminal_1=take(pool.terminal, first), terminal_2=take(pool.terminal, second),
     )
+
+
+def from_pair_batch(batch: Any, psi_in_1: Array, psi_in_2: Array) -> SFPairBatch:
+    """An :class:`SFPairBatch` from a ``prefrl.types.PairBatch`` plus ψ-inputs ``[B, 2, …]``."""
+    return SFPairBatch(batch.obs_1, batch.action_1, batch.mask_1, batch.obs_2, batch.action_2,
+                       batch.mask_2, batch.label, psi_in_1, psi_in_2, weight=batch.weight)
 
 
 # --------------------------------------------------------------------------- #
@@ -785,6 +795,8 @@ def fit_successor_features(
       error at the end of each round, against that round's targets).
     """
     num_policies, steps, batch, obs_dim = _check_rollouts(psi_network, psi_params, rollouts, phi_t)
+    rollouts = LibraryRollouts(*(jnp.asarray(x) for x in rollouts))
+    phi_t = jnp.asarray(phi_t)
     optimizer = optax.adam(config.learning_rate) if optimizer is None else optimizer
     rows = steps * batch
     width = phi_t.shape[-1]
@@ -854,6 +866,51 @@ def make_refit(
     return refit
 
 
+def alternate(
+    update: Callable[[RegretSFState, SFPairBatch], tuple[RegretSFState, dict]],
+    refit: Callable[[RegretSFState, PRNGKey, LibraryRollouts], tuple[RegretSFState, dict]],
+    state: RegretSFState,
+    key: PRNGKey,
+    rollouts: LibraryRollouts,
+    sample_batch: Callable[[PRNGKey], SFPairBatch],
+    *,
+    num_updates: int,
+    refit_every: int,
+) -> tuple[RegretSFState, dict[str, Array]]:
+    """Learned φ and ψ in alternation: ``num_updates`` updates in one ``lax.scan``.
+
+    Before update i, when ``i % refit_every == 0``, ψ is refitted to the
+    current φ with key ``fold_in(key_refit, i)``; update i uses the batch
+    ``sample_batch(fold_in(key_batch, i))`` (``key_refit, key_batch =
+    split(key)``), so a host loop with the same keys gives the same result.
+    Between refits ψ is stale and the preference gradient ignores it.
+
+    Returns:
+      ``(state, metrics)``: the update's metrics stacked ``[num_updates]``
+      plus ``psi_loss`` (the refit's last-round mean squared error; NaN on
+      steps without a refit).
+    """
+    if int(refit_every) < 1 or int(num_updates) < 1:
+        raise ValueError(f"num_updates and refit_every must be >= 1, got {num_updates}, "
+                         f"{refit_every}")
+    key_refit, key_batch = jax.random.split(key)
+    del key
+
+    def do_refit(s: RegretSFState, i: Array) -> tuple[RegretSFState, Array]:
+        s, m = refit(s, jax.random.fold_in(key_refit, i), rollouts)
+        return s, jnp.mean(m["loss"][-1]).astype(jnp.float32)
+
+    def skip(s: RegretSFState, i: Array) -> tuple[RegretSFState, Array]:
+        return s, jnp.full((), jnp.nan, jnp.float32)
+
+    def body(s: RegretSFState, i: Array) -> tuple[RegretSFState, dict]:
+        s, psi_loss = jax.lax.cond(i % refit_every == 0, do_refit, skip, s, i)
+        s, metrics = update(s, sample_batch(jax.random.fold_in(key_batch, i)))
+        return s, {**metrics, "psi_loss": psi_loss}
+
+    return jax.lax.scan(body, state, jnp.arange(int(num_updates)))
+
+
 # --------------------------------------------------------------------------- #
 # Frozen features from a partial-return reward model
 # --------------------------------------------------------------------------- #
@@ -894,10 +951,12 @@ __all__ = [
     "SFFitConfig",
     "SFPairBatch",
     "SFSegments",
+    "alternate",
     "default_optimizer",
     "default_phi_network",
     "default_psi_network",
     "fit_successor_features",
+    "from_pair_batch",
     "gpi_value",
     "make",
     "make_refit",
