@@ -54,15 +54,14 @@ class World:
         feats = tabular.one_hot_features(num_states, num_actions)
         self.psi = np.stack([tabular.successor_features(self.P, p, feats, discount=GAMMA)
                              for p in policies])  # [Π, S, d]
-        starts, acts, paths = [], [], []
-        for s0 in range(num_states):
-            for a in itertools.product(range(num_actions), repeat=length):
-                states, _ = tabular.rollout(self.P, self.R, s0, jnp.asarray(a))
-                starts.append(s0)
-                acts.append(a)
-                paths.append(np.asarray(states))
-        self.states = np.stack(paths)  # [N, k + 1]
-        self.actions = np.asarray(acts)  # [N, k]
+        # Every start state × every action sequence; paths followed in numpy (as
+        # tabular.rollout does) to keep the test free of per-segment dispatches.
+        self.actions = np.array([a for _ in range(num_states)
+                                 for a in itertools.product(range(num_actions), repeat=length)])
+        states = [np.repeat(np.arange(num_states), num_actions**length)]
+        for t in range(length):
+            states.append(self.P[states[-1], self.actions[:, t]])
+        self.states = np.stack(states, axis=1)  # [N, k + 1]
         rewards = self.R[self.states[:, :-1], self.actions]
         disc = GAMMA ** np.arange(length)
         # regret(σ) = V*(s_0) − [Σ γ^t r_t + γ^k V*(s_k)] (Knox et al. 2022).
@@ -154,8 +153,6 @@ def test_gpi_lower_bounds_optimal_value_without_optimal_policy(x64, jit):
     state = world.state_with_w(learner, batch, world.R.reshape(-1))
     regret = np.asarray(maybe_jit(rs.make_regret_fn(cfg, one_hot_phi), jit)(state, pool))
     assert regret.min() < -1e-6
-    _, metrics = learner.update(state, batch)
-    assert 0.0 <= float(metrics["negative_regret_fraction"]) <= 1.0
 
 
 @pytest.mark.parametrize("jit", [True, False])
