@@ -33,7 +33,7 @@ class Learner(NamedTuple, Generic[State, Batch]):
     update: Callable[[State, Batch], tuple[State, Metrics]]
 
 
-_SUBMODULES = ("reward_model", "cpl", "ppo", "bc", "best_of_n")
+_SUBMODULES = ("reward_model", "cpl", "ppo", "bc", "best_of_n", "regret_sf", "advantage_policy")
 
 
 def __getattr__(name: str) -> Any:
