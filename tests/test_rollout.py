@@ -413,3 +413,27 @@ def test_mjx_reset_batch_distribution():
     np.testing.assert_array_equal(np.asarray(state.steps), np.zeros(64))
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         mjx_env.reset_batch(model, "run", jax.random.key(0), 0)
+
+
+def test_bench_rollout_smoke(tmp_path, capsys):
+    """`prefrl bench rollout` with tiny sizes: one JSON line, EnvPool columns when installed."""
+    import importlib.util
+    import json
+
+    from prefrl.bench import rollout as bench
+
+    out = tmp_path / "rollout.json"
+    args = ["--num-envs", "2", "4", "--steps", "3", "--repeats", "1", "--gym", "off"]
+    assert bench.main([*args, "--out", str(out)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line == json.loads(out.read_text())
+    assert [row["num_envs"] for row in line["results"]] == [2, 4]
+    assert line["prefrl_env_steps_per_s@4"] > 0 and line["ratio_vs_raw_mujoco@2"] > 0
+    if importlib.util.find_spec("envpool") is not None:
+        assert line["envpool_sync_env_steps_per_s@2"] > 0
+        assert line["envpool_async_env_steps_per_s@4"] > 0
+        assert set(line["meets_targets"]) == {"2", "4"}
+    else:
+        assert line["envpool"] is None and not any("envpool_sync" in k for k in line)
+    with pytest.raises(ValueError, match="--num-envs must be >= 1"):
+        bench.main(["--num-envs", "0"])
