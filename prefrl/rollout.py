@@ -1,17 +1,28 @@
 """Batched rollouts of the half-cheetah tasks on either backend (DESIGN §5).
 
-CPU backend — :class:`BatchedEnv`: ``B`` environments, each a persistent
-``mujoco.MjData`` stepped by MuJoCo's C engine (``mj_step`` with ``nstep = 5``,
-exactly Gymnasium HalfCheetah-v5's ``do_simulation``, solver warm-start
-included), split into one contiguous chunk per thread (``mj_step`` releases the
-GIL). The policy is one jitted call per control step for the whole batch.
-Because each environment keeps its own ``MjData`` and its own reset generator,
-the batched rollout reproduces Gymnasium's HalfCheetah-v5 bit for bit.
-(``mujoco.rollout`` with ``nstep = 5`` per control step was the alternative:
-its state vector omits the solver warm-start, so every control step would
-restart the solver cold and drift from Gymnasium (measured: max |Δqpos| 9e-9
-after 50 steps, 0.76 after 200 on random actions). ``prefrl bench rollout``
-compares this stepper with open-loop ``mujoco.rollout``.)
+CPU backend — :class:`BatchedEnv`: ``B`` environments as one
+``mujoco.batch.Batch`` (MuJoCo ≥ 4.0), a state row per environment
+(``mjSTATE_INTEGRATION``: time, qpos, qvel, act, the solver warm-start
+``qacc_warmstart``, ctrl, …) stepped by MuJoCo's C engine on a thread pool.
+One call per control step moves the whole batch through the ``frame_skip = 5``
+``mj_step`` substeps (Gymnasium HalfCheetah-v5's ``do_simulation``): no Python
+runs per environment per step. Observations, rewards and velocities are
+computed afterwards for the whole ``[T, B]`` block; only an environment that
+reaches the episode length runs Python (its reset draws, once per episode).
+The policy is one jitted call per control step for the whole batch. Because
+each row carries the warm-start and each environment keeps its own reset
+generator, rollouts reproduce Gymnasium's HalfCheetah-v5 bit for bit at any
+thread count, and :meth:`BatchedEnv.state_dict` resumes them bit for bit.
+
+Why ``mujoco.batch`` rather than ``mujoco.rollout.rollout(model, data, state,
+control, nstep=5, initial_warmstart=…, persistent_pool=True)`` once per control
+step: rollout takes a warm-start in but does not give the final one back (its
+state output is ``mjSTATE_FULLPHYSICS``), so from the second control step on
+the solver starts cold and drifts from Gymnasium (measured with random actions,
+B = 64: bit-equal for the first control step, max |Δqpos| 4e-8 after 50 steps,
+1.3 after 200). It was not faster either: ~69 k env-steps/s closed loop at
+B = 64 against ~85 k for ``Batch.step`` (physics only, 2 threads, idle box).
+A hand-written compiled stepping loop would be what ``Batch`` already is.
 
 MJX backend — :func:`mjx_rollout`: the same tasks in pure JAX
 (``prefrl.envs.mjx``), ``jit`` + ``vmap`` + ``lax.scan`` end to end, for GPUs.
@@ -23,14 +34,13 @@ so nothing downstream knows which backend ran.
 from __future__ import annotations
 
 import os
-import weakref
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import mujoco
 import numpy as np
+from mujoco import batch as mj_batch
 
 from prefrl import policies
 from prefrl.envs.tasks import TaskSpec, as_task, model_path
@@ -59,11 +69,41 @@ _KEY_BLOCK = 256
 
 
 @jax.jit
-def _key_block(key: jax.Array, block: int) -> jax.Array:
+def _key_block(key: jax.Array, block: int) -> tuple[jax.Array, ...]:
     # Step keys come in fixed-size blocks, key_t = split(fold_in(key, t // 256), 256)[t % 256],
     # so one compiled function serves every num_steps (splitting into T keys directly
-    # recompiles for each new T, which costs seconds on a loaded CPU).
-    return jax.random.split(jax.random.fold_in(key, block), _KEY_BLOCK)
+    # recompiles for each new T, which costs seconds on a loaded CPU). A tuple of 256
+    # outputs costs one dispatch; slicing a [256] key array costs one dispatch per key.
+    return tuple(jax.random.split(jax.random.fold_in(key, block), _KEY_BLOCK))
+
+
+# The components of MuJoCo's mjSTATE_INTEGRATION state row, in row order (mjtState bits),
+# named as the MjData fields. Together they are everything mj_step reads from one step to
+# the next (the solver warm-start qacc_warmstart included), so saving and restoring them
+# continues a simulation bit for bit.
+_STATE_FIELDS = (
+    "time",
+    "qpos",
+    "qvel",
+    "act",
+    "history",
+    "qacc_warmstart",
+    "ctrl",
+    "qfrc_applied",
+    "xfrc_applied",
+    "eq_active",
+    "mocap_pos",
+    "mocap_quat",
+    "userdata",
+    "plugin_state",
+    "plastic",
+)
+_STATE_DICT_VERSION = 1
+_MASK64 = (1 << 64) - 1
+
+
+def _split128(value: int) -> tuple[int, int]:
+    return value >> 64, value & _MASK64
 
 
 class BatchedEnv:
@@ -79,7 +119,9 @@ class BatchedEnv:
 
     ``rollout`` continues from the current state and auto-resets each
     environment after ``task.episode_length`` steps; the state persists
-    across calls. Call :meth:`close` (or use ``with``) to stop the threads.
+    across calls. :meth:`state_dict` / :meth:`load_state_dict` save and restore
+    that state exactly (physics, solver warm-start, episode steps, reset
+    generators). Call :meth:`close` (or use ``with``) to stop the threads.
     """
 
     def __init__(
@@ -117,36 +159,43 @@ class BatchedEnv:
         self._init_qvel = np.zeros(m.nv)
         self.action_low = m.actuator_ctrlrange[:, 0].copy()
         self.action_high = m.actuator_ctrlrange[:, 1].copy()
+        # qpos and qvel are adjacent in a state row (after time), so (qpos, qvel) and
+        # the observation (qpos[1:], qvel) are each one slice of the rows.
+        self._qpos_at = mujoco.mj_stateSize(m, mujoco.mjtState.mjSTATE_TIME)
 
-        self._datas = [mujoco.MjData(m) for _ in range(self.num_envs)]
-        # Cached array views into each MjData: re-creating them per step costs
-        # more Python time (under the GIL) than the bookkeeping itself.
-        self._views = [(d.ctrl, d.qpos, d.qvel) for d in self._datas]
+        self._bind(self._new_batch(self.num_threads))
         self._rngs = [reset_rng(self.seed, i) for i in range(self.num_envs)]
-        B = self.num_envs
-        self._qpos = np.zeros((B, m.nq))  # s_t of every env
-        self._qvel = np.zeros((B, m.nv))
-        self._next_qpos = np.zeros((B, m.nq))  # s_{t+1} before any reset
-        self._next_qvel = np.zeros((B, m.nv))
-        self._steps = np.zeros(B, np.int64)  # steps taken in the current episode
+        self._steps = np.zeros(self.num_envs, np.int64)  # steps taken in the current episode
         self._is_reset = False
 
-        bounds = np.linspace(0, B, self.num_threads + 1).astype(int)
-        self._chunks = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-        self._pool: ThreadPoolExecutor | None = None
-        if self.num_threads > 1:
-            # Chunk 0 runs on the calling thread, so the pool needs one thread fewer.
-            self._pool = ThreadPoolExecutor(
-                max_workers=self.num_threads - 1, thread_name_prefix="prefrl-physics"
-            )
-            self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False)
+    def _new_batch(self, num_threads: int) -> mj_batch.Batch:
+        # Not persistent: one MjData per thread, each step loads an env's state row and
+        # saves it back. persistent=True (one MjData per env) measured no faster here,
+        # and results are bit-identical either way.
+        return mj_batch.Batch(self.model, self.num_envs, nthread=num_threads)
+
+    def _bind(self, batch: mj_batch.Batch) -> None:
+        # Live [B, …] views of the batch's state rows: writes are the next call's state.
+        self._batch = batch
+        nq, nv, lo = self.model.nq, self.model.nv, self._qpos_at
+        self._rows = batch.state  # [B, nstate] mjSTATE_INTEGRATION rows
+        self._ctrl = batch.bind("ctrl")
+        self._qpos_view = batch.bind("qpos")
+        self._qvel_view = batch.bind("qvel")
+        self._qposvel = self._rows[:, lo : lo + nq + nv]  # [B, nq + nv]
+        self._obs_view = self._rows[:, lo + 1 : lo + nq + nv]  # [B, 17] = (qpos[1:], qvel)
+        if not (
+            np.shares_memory(self._qposvel[:, :nq], self._qpos_view)
+            and np.shares_memory(self._qposvel[:, nq:], self._qvel_view)
+        ):
+            raise RuntimeError("unexpected MuJoCo state layout: qpos, qvel not adjacent")
 
     # ------------------------------------------------------------------ state
     @property
     def obs(self) -> np.ndarray:
         """``[B, 17]`` current observations (resets first if never reset)."""
         self._ensure_reset()
-        return observation(self._qpos, self._qvel).astype(self.dtype)
+        return self._obs_view.astype(self.dtype)
 
     @property
     def obs_dim(self) -> int:
@@ -161,19 +210,24 @@ class BatchedEnv:
         """``[B]`` steps taken so far in each environment's current episode."""
         return self._steps.copy()
 
-    def _reset_one(self, i: int) -> None:
-        # Gymnasium MujocoEnv.reset + HalfCheetahEnv.reset_model, same draws in the same order.
-        m, d, rng = self.model, self._datas[i], self._rngs[i]
-        scale = self.task.reset_noise_scale
-        mujoco.mj_resetData(m, d)
-        qpos = self._init_qpos + rng.uniform(low=-scale, high=scale, size=m.nq)
-        qvel = self._init_qvel + scale * rng.standard_normal(m.nv)
-        d.qpos[:] = qpos
-        d.qvel[:] = qvel
-        mujoco.mj_forward(m, d)
-        self._qpos[i] = d.qpos
-        self._qvel[i] = d.qvel
-        self._steps[i] = 0
+    def _reset_envs(self, ids: np.ndarray | None) -> None:
+        # Gymnasium MujocoEnv.reset + HalfCheetahEnv.reset_model, same draws in the same
+        # order from each env's own generator (Python per *reset* env: once per episode).
+        m, scale = self.model, self.task.reset_noise_scale
+        index = range(self.num_envs) if ids is None else ids.tolist()
+        qpos = np.empty((len(index), m.nq))
+        qvel = np.empty((len(index), m.nv))
+        for j, i in enumerate(index):
+            rng = self._rngs[i]
+            qpos[j] = self._init_qpos + rng.uniform(low=-scale, high=scale, size=m.nq)
+            qvel[j] = self._init_qvel + scale * rng.standard_normal(m.nv)
+        sel = slice(None) if ids is None else ids
+        # mj_resetData, write (qpos, qvel), mj_forward: as MujocoEnv.set_state.
+        self._batch.reset(ids, stage=mujoco.mjtStage.mjSTAGE_NONE)
+        self._qpos_view[sel] = qpos
+        self._qvel_view[sel] = qvel
+        self._batch.forward(ids)
+        self._steps[sel] = 0
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Reset every environment; returns ``[B, 17]`` observations.
@@ -186,8 +240,7 @@ class BatchedEnv:
         if seed is not None:
             self.seed = int(seed)
             self._rngs = [reset_rng(self.seed, i) for i in range(self.num_envs)]
-        for i in range(self.num_envs):
-            self._reset_one(i)
+        self._reset_envs(None)
         self._is_reset = True
         return self.obs
 
@@ -198,42 +251,140 @@ class BatchedEnv:
     def get_state(self) -> dict[str, np.ndarray]:
         """Copy of the physics state ``{"qpos": [B, nq], "qvel": [B, nv], "steps": [B]}``."""
         self._ensure_reset()
-        return {"qpos": self._qpos.copy(), "qvel": self._qvel.copy(), "steps": self._steps.copy()}
+        return {
+            "qpos": self._qpos_view.copy(),
+            "qvel": self._qvel_view.copy(),
+            "steps": self._steps.copy(),
+        }
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue bit for bit, as numpy arrays (``np.savez``-able).
+
+        Keys: the MuJoCo state row of every environment by MjData field
+        (``time [B]``, ``qpos [B, nq]``, ``qvel [B, nv]``, ``act``, the solver
+        warm-start ``qacc_warmstart [B, nv]``, ``ctrl``, … — all of
+        ``mjSTATE_INTEGRATION``); ``episode_steps [B]``; each environment's
+        reset generator (PCG64) as ``rng_state [B, 2]`` and ``rng_inc [B, 2]``
+        (128-bit integers as uint64 ``(high, low)``), ``rng_has_uint32 [B]``,
+        ``rng_uinteger [B]``; ``seed`` and ``version`` (scalars). Resets first
+        if the env was never reset. Restore with :meth:`load_state_dict` on an
+        env of the same task and ``num_envs`` (any thread count or dtype).
+        """
+        self._ensure_reset()
+        out: dict[str, np.ndarray] = {"version": np.array(_STATE_DICT_VERSION, np.int64)}
+        size = 0
+        for name in _STATE_FIELDS:
+            view = self._batch.bind(name)
+            out[name] = view.copy()
+            size += view[0].size
+        if size != self._rows.shape[1]:  # a MuJoCo with state components unknown here
+            raise RuntimeError(
+                f"MuJoCo's state row has {self._rows.shape[1]} numbers, the named fields "
+                f"{size}: update prefrl.rollout._STATE_FIELDS"
+            )
+        out["episode_steps"] = self._steps.copy()
+        states = [rng.bit_generator.state for rng in self._rngs]
+        if any(s["bit_generator"] != "PCG64" for s in states):
+            raise RuntimeError("reset generators must be PCG64 (see reset_rng)")
+        out["rng_state"] = np.array([_split128(s["state"]["state"]) for s in states], np.uint64)
+        out["rng_inc"] = np.array([_split128(s["state"]["inc"]) for s in states], np.uint64)
+        out["rng_has_uint32"] = np.array([s["has_uint32"] for s in states], np.int64)
+        out["rng_uinteger"] = np.array([s["uinteger"] for s in states], np.uint64)
+        out["seed"] = np.array(self.seed, np.int64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; stepping then continues bit for bit.
+
+        ValueError if keys are missing or unexpected, or a shape does not
+        match this env (e.g. another ``num_envs``).
+        """
+        B = self.num_envs
+        expected = {
+            "version": (),
+            **{name: self._batch.bind(name).shape for name in _STATE_FIELDS},
+            "episode_steps": (B,),
+            "rng_state": (B, 2),
+            "rng_inc": (B, 2),
+            "rng_has_uint32": (B,),
+            "rng_uinteger": (B,),
+            "seed": (),
+        }
+        missing, extra = set(expected) - set(state), set(state) - set(expected)
+        if missing or extra:
+            raise ValueError(
+                f"state_dict keys do not match: missing {sorted(missing)}, "
+                f"unexpected {sorted(extra)}"
+            )
+        arrays = {name: np.asarray(state[name]) for name in expected}
+        for name, shape in expected.items():
+            if arrays[name].shape != shape:
+                raise ValueError(
+                    f"state_dict[{name!r}] has shape {arrays[name].shape}, expected {shape} "
+                    f"(num_envs={B})"
+                )
+        if int(arrays["version"]) != _STATE_DICT_VERSION:
+            raise ValueError(
+                f"state_dict version {int(arrays['version'])}, expected {_STATE_DICT_VERSION}"
+            )
+        steps = arrays["episode_steps"]
+        if not np.issubdtype(steps.dtype, np.integer) or (steps < 0).any():
+            raise ValueError("state_dict['episode_steps'] must be non-negative integers")
+        rngs = []
+        for i in range(B):
+            hi, lo = (int(x) for x in arrays["rng_state"][i])
+            inc_hi, inc_lo = (int(x) for x in arrays["rng_inc"][i])
+            bit_generator = np.random.PCG64(0)
+            bit_generator.state = {
+                "bit_generator": "PCG64",
+                "state": {"state": (hi << 64) | lo, "inc": (inc_hi << 64) | inc_lo},
+                "has_uint32": int(arrays["rng_has_uint32"][i]),
+                "uinteger": int(arrays["rng_uinteger"][i]),
+            }
+            rngs.append(np.random.Generator(bit_generator))
+        for name in _STATE_FIELDS:
+            self._batch.bind(name)[...] = arrays[name]
+        self._steps = steps.astype(np.int64)
+        self._rngs = rngs
+        self.seed = int(arrays["seed"])
+        self._is_reset = True
 
     # ----------------------------------------------------------------- stepping
-    def _physics_chunk(self, lo: int, hi: int, ctrl: np.ndarray, resets: frozenset[int]) -> None:
-        # Per-env Python work runs under the GIL, so it is kept to the minimum;
-        # the bookkeeping of the whole batch is vectorised in _physics.
-        m, nstep, datas, views = self.model, self._frame_skip, self._datas, self._views
-        next_qpos, next_qvel = self._next_qpos, self._next_qvel
-        for i in range(lo, hi):
-            d_ctrl, d_qpos, d_qvel = views[i]
-            d_ctrl[:] = ctrl[i]
-            mujoco.mj_step(m, datas[i], nstep=nstep)
-            next_qpos[i] = d_qpos
-            next_qvel[i] = d_qvel
-            if i in resets:
-                self._reset_one(i)  # only this env; the others keep stepping
+    def _advance(self, action: np.ndarray, next_qposvel: np.ndarray) -> np.ndarray | None:
+        """Step every env with validated ``action [B, act]``; ``[B]`` done mask or None.
 
-    def _physics(self, ctrl: np.ndarray) -> None:
-        steps = self._steps + 1
+        Writes s_{t+1} (before any reset) to ``next_qposvel [B, nq + nv]``, then
+        resets the envs that reached the episode length.
+        """
+        self._ctrl[...] = action
+        # One call: every env through frame_skip mj_step substeps on the batch's threads.
+        self._batch.step(nstep=self._frame_skip)
+        next_qposvel[...] = self._qposvel
+        steps = self._steps
+        steps += 1
+        if steps.max() < self.task.episode_length:
+            return None
         done = steps >= self.task.episode_length
-        resets = frozenset(np.flatnonzero(done).tolist())
-        if self._pool is None:
-            self._physics_chunk(0, self.num_envs, ctrl, resets)
-        else:
-            futures = [
-                self._pool.submit(self._physics_chunk, lo, hi, ctrl, resets)
-                for lo, hi in self._chunks[1:]
-            ]
-            self._physics_chunk(*self._chunks[0], ctrl, resets)
-            for f in futures:
-                f.result()
-        # s_{t+1} becomes the current state, except where _reset_one already wrote a reset state.
-        keep = ~done[:, None]
-        np.copyto(self._qpos, self._next_qpos, where=keep)
-        np.copyto(self._qvel, self._next_qvel, where=keep)
-        self._steps = np.where(done, 0, steps)
+        self._reset_envs(np.flatnonzero(done))
+        return done
+
+    def _fields(
+        self, s: np.ndarray, s_next: np.ndarray, action: np.ndarray, truncated: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Trajectory fields from ``[..., nq + nv]`` states s_t, s_{t+1} (vectorised)."""
+        nq = self.model.nq
+        x_velocity = (s_next[..., 0] - s[..., 0]) / self.dt
+        return {
+            "obs": s[..., 1:],
+            "action": action,
+            "reward": self.task.reward(x_velocity, action),
+            "next_obs": s_next[..., 1:],
+            "terminated": np.zeros(truncated.shape, bool),
+            "truncated": truncated,
+            "x_velocity": x_velocity,
+            "qpos": s[..., :nq],
+            "qvel": s[..., nq:],
+        }
 
     def validate_action(self, action: Any) -> np.ndarray:
         """``[B, act]`` -> float64 actions clipped to the box; ValueError on bad shape/values."""
@@ -252,25 +403,16 @@ class BatchedEnv:
     def step(self, action: Any) -> dict[str, np.ndarray]:
         """One control step for all envs with ``action [B, act]`` (validated, clipped).
 
-        Returns a dict of ``[B, …]`` arrays with the Trajectory fields for this step.
+        Returns a dict of ``[B, …]`` float64 arrays with the Trajectory fields for this step.
         """
         self._ensure_reset()
         a = self.validate_action(action)
-        qpos, qvel = self._qpos.copy(), self._qvel.copy()
-        self._physics(a)
-        truncated = self._steps == 0  # just reset after reaching the limit
-        x_velocity = (self._next_qpos[:, 0] - qpos[:, 0]) / self.dt
-        return {
-            "obs": observation(qpos, qvel),
-            "action": a,
-            "reward": self.task.reward(x_velocity, a),
-            "next_obs": observation(self._next_qpos, self._next_qvel),
-            "terminated": np.zeros(self.num_envs, bool),
-            "truncated": truncated,
-            "x_velocity": x_velocity,
-            "qpos": qpos,
-            "qvel": qvel,
-        }
+        s = self._qposvel.copy()
+        s_next = np.empty_like(s)
+        done = self._advance(a, s_next)
+        truncated = np.zeros(self.num_envs, bool) if done is None else done
+        fields = self._fields(s, s_next, a, truncated)
+        return {k: np.ascontiguousarray(v) for k, v in fields.items()}
 
     def rollout(self, policy_fn: PolicyFn, num_steps: int, key: jax.Array) -> Trajectory:
         """Run ``num_steps`` control steps from the current state; ``Trajectory [T, B, …]``.
@@ -290,38 +432,42 @@ class BatchedEnv:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self._ensure_reset()
         T, B, m = int(num_steps), self.num_envs, self.model
-        obs_dim, act_dim, f = self.task.obs_dim, self.task.act_dim, self.dtype
-        out = {
-            "obs": np.empty((T, B, obs_dim), f),
-            "action": np.empty((T, B, act_dim), f),
-            "reward": np.empty((T, B), f),
-            "next_obs": np.empty((T, B, obs_dim), f),
-            "terminated": np.zeros((T, B), bool),
-            "truncated": np.zeros((T, B), bool),
-            "x_velocity": np.empty((T, B), f),
-            "qpos": np.empty((T, B, m.nq), f),
-            "qvel": np.empty((T, B, m.nv), f),
-        }
-        keys: list[jax.Array] = []
+        # Per step only: the policy call, the action check, one physics call and two
+        # [B, 18] copies; observations, rewards and velocities are computed for the
+        # whole [T, B] block afterwards.
+        s = np.empty((T, B, m.nq + m.nv))
+        s_next = np.empty((T, B, m.nq + m.nv))
+        actions = np.empty((T, B, self.task.act_dim))
+        truncated = np.zeros((T, B), bool)
+        qposvel, obs_view = self._qposvel, self._obs_view
+        keys: tuple[jax.Array, ...] = ()
         for t in range(T):
             if t % _KEY_BLOCK == 0:
-                keys = list(_key_block(key, t // _KEY_BLOCK))
-            obs32 = observation(self._qpos, self._qvel).astype(np.float32)
-            action = policy_fn(obs32, keys[t % _KEY_BLOCK])
+                keys = _key_block(key, t // _KEY_BLOCK)
+            action = policy_fn(obs_view.astype(np.float32), keys[t % _KEY_BLOCK])
+            s[t] = qposvel  # while a jitted policy computes (JAX dispatches asynchronously)
             try:
-                step = self.step(action)
+                actions[t] = self.validate_action(action)
             except ValueError as err:
                 raise ValueError(f"policy at step {t}: {err}") from None
-            for name, value in step.items():
-                out[name][t] = value
-        return Trajectory(**out)
+            done = self._advance(actions[t], s_next[t])
+            if done is not None:
+                truncated[t] = done
+        fields = self._fields(s, s_next, actions, truncated)
+        return Trajectory(
+            **{
+                k: np.ascontiguousarray(v, dtype=self.dtype) if v.dtype.kind == "f" else v
+                for k, v in fields.items()
+            }
+        )
 
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:
-        """Stop the physics threads (idempotent)."""
-        if self._pool is not None:
-            self._finalizer()
-            self._pool = None
+        """Stop the physics threads (idempotent); the env stays usable on one thread."""
+        if self._batch.nthread > 1:
+            rows = self._rows.copy()
+            self._bind(self._new_batch(1))
+            self._rows[...] = rows
 
     def __enter__(self) -> BatchedEnv:
         return self

@@ -160,6 +160,70 @@ def test_state_persists_across_rollout_calls(small_policy):
     jax.tree.map(np.testing.assert_array_equal, joined, whole)
 
 
+def test_step_matches_rollout_and_close_keeps_the_state():
+    """``step`` gives a rollout's rows; after ``close`` the env continues on one thread."""
+    actions = np.random.default_rng(1).uniform(-1.0, 1.0, (6, 3, 6))
+    with BatchedEnv("run", num_envs=3, seed=5, num_threads=2) as env:
+        traj = env.rollout(ReplayPolicy(actions), 6, jax.random.key(0))
+    env = BatchedEnv("run", num_envs=3, seed=5, num_threads=2)
+    for t in range(6):
+        if t == 3:
+            env.close()  # the state moves to a one-thread batch mid-rollout
+        row = env.step(actions[t])
+        for name, value in row.items():
+            np.testing.assert_array_equal(value, getattr(traj, name)[t], err_msg=name)
+    env.close()  # idempotent
+
+
+def test_state_dict_resume_is_bit_identical(small_policy, tmp_path):
+    """30 steps, save, 40 more (A); a new env loads the save, 40 steps (B): A == B bitwise.
+
+    Episodes of 50 steps, so every env resets inside the window (the reset noise
+    comes from the restored generators), env 1 at a different step from the others.
+    """
+    net, params = small_policy
+    policy = policy_from_params(net.apply, params)  # stochastic: the step keys matter too
+    spec = dataclasses.replace(make_task("run"), episode_length=50)
+    with BatchedEnv(spec, num_envs=3, seed=4, num_threads=2) as env:
+        env.rollout(policy, 30, jax.random.key(0))
+        env._steps[1] = 40  # desynchronise env 1 (test-only poke at the step counter)
+        state = env.state_dict()
+        a = env.rollout(policy, 40, jax.random.key(1))
+    assert a.truncated[:, 1].tolist() == [t == 9 for t in range(40)]
+    assert a.truncated[:, 0].tolist() == [t == 19 for t in range(40)]
+    # Everything is a plain array: it survives a file.
+    np.savez(tmp_path / "env.npz", **state)
+    with np.load(tmp_path / "env.npz") as f:
+        loaded = dict(f)
+    assert {"qpos", "qvel", "act", "qacc_warmstart", "time", "episode_steps"} <= set(loaded)
+    # Another seed, thread count and dtype: the state overrides all that matters.
+    with BatchedEnv(spec, num_envs=3, seed=99, num_threads=1) as env2:
+        env2.load_state_dict(loaded)
+        np.testing.assert_array_equal(env2.episode_steps, [30, 40, 30])
+        jax.tree.map(np.testing.assert_array_equal, env2.state_dict(), state)
+        b = env2.rollout(policy, 40, jax.random.key(1))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    # The solver warm-start is part of the state: restoring without it drifts.
+    cold = dict(loaded, qacc_warmstart=np.zeros_like(loaded["qacc_warmstart"]))
+    with BatchedEnv(spec, num_envs=3, seed=4) as env3:
+        env3.load_state_dict(cold)
+        c = env3.rollout(policy, 40, jax.random.key(1))
+    assert not np.array_equal(c.next_obs, a.next_obs)
+
+
+def test_load_state_dict_rejects_a_mismatch():
+    with BatchedEnv("run", num_envs=2, seed=0, num_threads=1) as env:
+        state = env.state_dict()
+    with BatchedEnv("run", num_envs=3, seed=0, num_threads=1) as env:
+        with pytest.raises(ValueError, match=r"has shape \(2,\), expected \(3,\) \(num_envs=3\)"):
+            env.load_state_dict(state)
+    with BatchedEnv("run", num_envs=2, seed=0, num_threads=1) as env:
+        with pytest.raises(ValueError, match=r"missing \['qacc_warmstart'\]"):
+            env.load_state_dict({k: v for k, v in state.items() if k != "qacc_warmstart"})
+        with pytest.raises(ValueError, match=r"unexpected \['extra'\]"):
+            env.load_state_dict({**state, "extra": np.zeros(1)})
+
+
 def test_policy_from_params(small_policy):
     net, params = small_policy
     obs = np.random.default_rng(0).normal(size=(4, 17)).astype(np.float32)
@@ -349,3 +413,27 @@ def test_mjx_reset_batch_distribution():
     np.testing.assert_array_equal(np.asarray(state.steps), np.zeros(64))
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         mjx_env.reset_batch(model, "run", jax.random.key(0), 0)
+
+
+def test_bench_rollout_smoke(tmp_path, capsys):
+    """`prefrl bench rollout` with tiny sizes: one JSON line, EnvPool columns when installed."""
+    import importlib.util
+    import json
+
+    from prefrl.bench import rollout as bench
+
+    out = tmp_path / "rollout.json"
+    args = ["--num-envs", "2", "4", "--steps", "3", "--repeats", "1", "--gym", "off"]
+    assert bench.main([*args, "--out", str(out)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line == json.loads(out.read_text())
+    assert [row["num_envs"] for row in line["results"]] == [2, 4]
+    assert line["prefrl_env_steps_per_s@4"] > 0 and line["ratio_vs_raw_mujoco@2"] > 0
+    if importlib.util.find_spec("envpool") is not None:
+        assert line["envpool_sync_env_steps_per_s@2"] > 0
+        assert line["envpool_async_env_steps_per_s@4"] > 0
+        assert set(line["meets_targets"]) == {"2", "4"}
+    else:
+        assert line["envpool"] is None and not any("envpool_sync" in k for k in line)
+    with pytest.raises(ValueError, match="--num-envs must be >= 1"):
+        bench.main(["--num-envs", "0"])
