@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prefrl.data import pairs
 from prefrl.data.queries import select_queries
 from prefrl.learners import reward_model as rm
 
@@ -43,12 +44,7 @@ class ActiveResult(NamedTuple):
 
 def _pairs(segments: Any, first: np.ndarray, second: np.ndarray, label: np.ndarray
            ) -> rm.PairBatch:
-    obs, action, mask = (np.asarray(x, np.float32) for x in (segments.obs, segments.action,
-                                                           segments.mask))
-    return rm.PairBatch(
-        jnp.asarray(obs[first]), jnp.asarray(action[first]), jnp.asarray(mask[first]),
-        jnp.asarray(obs[second]), jnp.asarray(action[second]), jnp.asarray(mask[second]),
-        jnp.asarray(label, jnp.float32))
+    return pairs.gather(segments, np.asarray(first), np.asarray(second), label)
 
 
 def _positions_score_fn(pool_fn: Callable, first: np.ndarray, second: np.ndarray) -> Callable:

@@ -13,7 +13,7 @@ regret disagree — DESIGN.md §5):
    (:func:`prefrl.data.segments.segment`) — a pool from poor to expert to
    overshooting behaviour.
 3. **labels**: one query set labelled by *both* oracles
-   (:func:`prefrl.commands.label.label_pool`: partial return Σ r, and regret
+   (:func:`prefrl.data.labelling.label_pool`: partial return Σ r, and regret
    Σ γ^t r_t + γ^k V_E(s_k) − V_E(s_0)); queries split into train / valid /
    held-out test.
 4. **reward models**: r̂ fitted under the partial-return assumption on the
@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prefrl import config as config_lib
+from prefrl import evaluation
 from prefrl.config import field
 from prefrl.data import pairs
 from prefrl.types import PreferenceDataset, Segments
@@ -226,7 +227,7 @@ def find_experts(directory: str | Path | None, task: str | None) -> Experts:
     the folder or its checkpoints are missing, ``ValueError`` when a
     checkpoint was trained on another task or on a learned reward.
     """
-    from prefrl import checkpoint
+    from prefrl import checkpoints
     from prefrl.io import FileFormatError, load_npz
 
     if not directory and task is None:
@@ -241,7 +242,7 @@ def find_experts(directory: str | Path | None, task: str | None) -> Experts:
     skipped = []
     for path in sorted(folder.rglob("*.npz")):
         try:
-            _, header = load_npz(path, kind=checkpoint.KIND)
+            _, header = load_npz(path, kind=checkpoints.PPO_KIND)
         except FileFormatError as err:
             skipped.append(str(err))  # another kind of file, or unreadable
             continue
@@ -297,18 +298,18 @@ def collect_pool(
     random actions. Each runs ``num_envs`` environments for ``steps_per_checkpoint``
     steps from fresh resets (environment seed ``seed·1000 + i``).
     """
-    from prefrl import checkpoint
+    from prefrl import checkpoints
     from prefrl.data.segments import segment
     from prefrl.rollout import BatchedEnv, random_policy
 
     behaviours: list[tuple[str, Any]] = []
     for i in behaviour_checkpoints(experts, config.max_checkpoints):
-        policy, _ = checkpoint.load_policy(experts.checkpoints[i], deterministic=False,
+        policy, _ = checkpoints.load_policy(experts.checkpoints[i], deterministic=False,
                                            obs_dim=task.obs_dim)
         behaviours.append((f"{experts.checkpoints[i].name}@{int(experts.progress[i])}", policy))
     if overshoot is not None:
         for i in behaviour_checkpoints(overshoot, config.overshoot_checkpoints):
-            policy, _ = checkpoint.load_policy(overshoot.checkpoints[i], deterministic=False,
+            policy, _ = checkpoints.load_policy(overshoot.checkpoints[i], deterministic=False,
                                                obs_dim=task.obs_dim)
             name = overshoot.headers[i].get("task", overshoot.directory.name)
             behaviours.append((f"{name}:{overshoot.checkpoints[i].name}@"
@@ -345,7 +346,7 @@ subset = pairs.subset
 def label_both(config: DemoConfig, pool: Segments, value_fn: Callable[[Any], Any],
                discount: float) -> tuple[PreferenceDataset, dict[str, Any]]:
     """``num_queries`` uniform pairs labelled by both oracles (rational, deterministic)."""
-    from prefrl.commands.label import LabelConfig, label_pool
+    from prefrl.data.labelling import LabelConfig, label_pool
 
     label_config = LabelConfig(segment_length=config.segment_length, stride=config.stride,
                                budget=config.num_queries, seed=config.seed, oracles=LABELS,
@@ -384,40 +385,37 @@ def fit_reward_model(config: DemoConfig, dataset: PreferenceDataset, assumption:
     return result.state
 
 
+def _heldout_accuracy(dataset: PreferenceDataset, indices: np.ndarray, scores: Array
+                      ) -> dict[str, float]:
+    """Accuracy of per-segment ``scores [N]`` on the queries ``indices``, every label set."""
+    scores = np.asarray(scores)
+    first, second = np.asarray(dataset.first)[indices], np.asarray(dataset.second)[indices]
+    labels = {name: np.asarray(v)[indices] for name, v in dataset.labels.items()}
+    weights = {name: np.asarray(v)[indices] for name, v in dataset.label_mask.items()}
+    return evaluation.preference_accuracies(scores[first], scores[second], labels, weights)
+
+
 def reward_model_accuracy(state: Any, dataset: PreferenceDataset, indices: np.ndarray
                           ) -> dict[str, float]:
     """Held-out accuracy of a reward model's segment scores under every label set (ties out)."""
-    from prefrl import evaluation
-    from prefrl.study import score_segments
+    from prefrl.learners import reward_model as rm
 
     seg = dataset.segments
-    scores = np.asarray(score_segments(state, jnp.asarray(seg.obs, jnp.float32),
-                                       jnp.asarray(seg.action, jnp.float32),
-                                       jnp.asarray(seg.mask, jnp.float32)))
-    first, second = np.asarray(dataset.first)[indices], np.asarray(dataset.second)[indices]
-    return {name: evaluation.preference_accuracy(
-        scores[first], scores[second], np.asarray(dataset.labels[name])[indices],
-        weight=np.asarray(dataset.label_mask[name])[indices]) for name in dataset.labels}
+    scores = rm.segment_scores(state, *(jnp.asarray(x, jnp.float32)
+                                        for x in (seg.obs, seg.action, seg.mask)))
+    return _heldout_accuracy(dataset, indices, scores)
 
 
 def implicit_accuracy(network: Any, params: Any, dataset: PreferenceDataset,
                       indices: np.ndarray, discount: float = 1.0) -> dict[str, float]:
     """Held-out accuracy of a policy's implicit preference ``Σ γ^t log π`` (CPL's view)."""
-    from prefrl import evaluation
     from prefrl.learners import cpl as cpl_lib
 
     seg = dataset.segments
-    obs, action, mask = (jnp.asarray(x, jnp.float32) for x in (seg.obs, seg.action, seg.mask))
-    first, second = np.asarray(dataset.first)[indices], np.asarray(dataset.second)[indices]
-    batch = cpl_lib.PairBatch(obs[first], action[first], mask[first], obs[second],
-                              action[second], mask[second], jnp.zeros(len(first)))
-    logp_1, logp_2 = cpl_lib.pair_log_probs(network, params, batch)
-    s_1, s_2 = jax.vmap(lambda a, b, m1, m2: cpl_lib.cpl_scores(
-        a, b, alpha=1.0, discount=discount, mask_1_t=m1, mask_2_t=m2))(
-        logp_1, logp_2, batch.mask_1, batch.mask_2)
-    return {name: evaluation.preference_accuracy(
-        np.asarray(s_1), np.asarray(s_2), np.asarray(dataset.labels[name])[indices],
-        weight=np.asarray(dataset.label_mask[name])[indices]) for name in dataset.labels}
+    scores = cpl_lib.segment_scores(network, params, *(jnp.asarray(x, jnp.float32)
+                                                       for x in (seg.obs, seg.action, seg.mask)),
+                                    discount=discount)
+    return _heldout_accuracy(dataset, indices, scores)
 
 
 # --------------------------------------------------------------------------- policies
@@ -500,12 +498,10 @@ def _divisor(steps: int, at_most: int) -> int:
 def evaluate(config: DemoConfig, task: Any, policy: Callable[[Any, Array], Any]
              ) -> dict[str, Any]:
     """True return and speed error over ``eval_episodes`` full episodes (same resets for all)."""
-    from prefrl import training
+    from prefrl.rollout import evaluate_on_task
 
-    with _make_env(task, config.eval_episodes, 10_000 + config.seed) as env:
-        result = training.evaluate_policy(
-            env, policy, jax.random.key(10_000 + config.seed),
-            target_speed=task.params_dict.get("target_speed"))
+    result = evaluate_on_task(task, policy, episodes=config.eval_episodes,
+                              seed=10_000 + config.seed)
     return {k: result[k] for k in ("mean_return", "std_return", "returns", "mean_speed",
                                    "mean_speed_error") if k in result}
 
@@ -547,10 +543,10 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
     Writes PPO runs under ``config.out_dir`` (``ppo_partial_return/``,
     ``ppo_regret/``); the command writes ``results.json`` and the plot.
     """
-    from prefrl import checkpoint, offline
+    from prefrl import checkpoints
     from prefrl.envs.tasks import make_task, task_from_header
     from prefrl.learners import ppo
-    from prefrl.rollout import policy_from_params, random_policy
+    from prefrl.policies import Policy, policy_fn, random_policy
 
     stage = _Stages(8, log)
     stage("finding experts")
@@ -570,7 +566,7 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
         log("  " + ", ".join(f"{b['policy']}: v={b['mean_speed']:.2f}" for b in behaviour))
 
     stage("labelling one query set with both oracles")
-    value_fn = checkpoint.load_value_fn(experts.final, obs_dim=task.obs_dim)
+    value_fn = checkpoints.load_value_fn(experts.final, obs_dim=task.obs_dim)
     dataset, label_stats = label_both(config, pool, value_fn, discount)
     split = split_queries(dataset.num_queries, config.test_fraction, config.valid_fraction,
                           config.seed)
@@ -597,7 +593,7 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
         stage(f"PPO on the learned {what} ({i + 1}/2)")
         result, ppo_config = train_ppo_on(config, task, models[name], name, log=None)
         apply = ppo.make_policy_apply(ppo_config, task.act_dim)
-        policy = policy_from_params(apply, ppo.policy_bundle(result.state), deterministic=True)
+        policy = policy_fn(Policy(apply, ppo.policy_bundle(result.state)), deterministic=True)
         method = "PPO on learned r̂" if name == "partial_return" else "PPO on learned Â"
         rows.append({"method": method, "labels": name, **evaluate(config, task, policy),
                      "heldout_accuracy": accuracy[name], "train_wall_s": result.wall_s})
@@ -608,18 +604,19 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
         }
 
     stage("evaluating expert, BC, CPL and random policies")
-    expert_policy, _ = checkpoint.load_policy(experts.final, deterministic=True,
+    expert_policy, _ = checkpoints.load_policy(experts.final, deterministic=True,
                                               obs_dim=task.obs_dim)
     heldout = split["test"]
     reference = [{"method": "expert (PPO, true reward)", "labels": "-",
                   **evaluate(config, task, expert_policy)}]
     network, params = policies["bc"]
-    reference.append({"method": "BC", "labels": "-",
-                      **evaluate(config, task, offline.policy_fn(network, params))})
+    reference.append({"method": "BC", "labels": "-", **evaluate(
+        config, task, policy_fn(Policy(network.apply, params), deterministic=True))})
     for label in config.cpl_labels:
         network, params = policies[f"cpl:{label}"]
         rows.append({"method": "CPL-BC" if config.cpl_bc_weight > 0 else "CPL", "labels": label,
-                     **evaluate(config, task, offline.policy_fn(network, params)),
+                     **evaluate(config, task,
+                                policy_fn(Policy(network.apply, params), deterministic=True)),
                      "heldout_accuracy": implicit_accuracy(network, params, dataset, heldout)})
     reference.append({"method": "random", "labels": "-",
                       **evaluate(config, task, random_policy(task.act_dim))})

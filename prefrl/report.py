@@ -27,12 +27,13 @@ import csv
 import io
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from prefrl import evaluation
 from prefrl.io import atomic_write_bytes, atomic_write_text
 from prefrl.sweep import FIT_ONLY_LEARNERS, LABEL_MODELS, load_records
 
@@ -41,64 +42,6 @@ RETURN_METRIC = "true_return"
 ACCURACY_METRIC = "heldout_accuracy"
 AXES = ("task", "label_model", "learner", "beta", "epsilon", "label_budget", "segment_length")
 ASSUMPTIONS = ("partial_return", "regret")
-
-
-# --------------------------------------------------------------------------------------
-# Statistics (IQM and stratified percentile bootstrap, as rliable computes them)
-
-
-def iqm(scores: Sequence[float] | np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50 % of the scores (rliable's IQM).
-
-    ``prefrl.evaluation.iqm`` (``scipy.stats.trim_mean(x, 0.25)``: drop
-    ``floor(n / 4)`` scores from each end), refusing NaN: a run with no score
-    should not be averaged away.
-    """
-    from prefrl import evaluation
-
-    x = np.asarray(scores, np.float64)
-    if x.size and np.isnan(x).any():
-        raise ValueError("iqm: scores contain NaN")
-    return evaluation.iqm(x)
-
-
-def stratified_bootstrap_ci(
-    strata: Sequence[Sequence[float] | np.ndarray],
-    statistic: Callable[[np.ndarray], float] = iqm,
-    *,
-    reps: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """``(point, low, high)``: ``statistic`` of all scores and its percentile-bootstrap interval.
-
-    Each replicate resamples the runs of every stratum (e.g. every task)
-    with replacement, independently and with the stratum's own size, and
-    applies ``statistic`` to all of them; the interval is the
-    ``(1 ± confidence)/2`` percentiles of the replicates (rliable's
-    ``StratifiedBootstrap``, percentile method). Strata of equal size go to
-    ``prefrl.evaluation.bootstrap_ci`` (a ``[runs, tasks]`` matrix); ragged
-    strata (a task with fewer finished seeds) are resampled here the same way.
-    With one stratum this is the plain bootstrap over seeds.
-    """
-    from prefrl import evaluation
-
-    arrays = [np.asarray(s, np.float64).ravel() for s in strata]
-    arrays = [a for a in arrays if a.size]
-    if not arrays:
-        raise ValueError("bootstrap of no scores")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if len({a.size for a in arrays}) == 1:
-        return evaluation.bootstrap_ci(np.stack(arrays, axis=1), statistic, reps=reps,
-                                       confidence=confidence, seed=seed)
-    point = statistic(np.concatenate(arrays))
-    rng = np.random.default_rng(seed)
-    draws = [a[rng.integers(0, a.size, size=(reps, a.size))] for a in arrays]
-    replicates = np.array([statistic(np.concatenate([d[i] for d in draws])) for i in range(reps)])
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.percentile(replicates, [100 * alpha, 100 * (1 - alpha)])
-    return float(point), float(low), float(high)
 
 
 # --------------------------------------------------------------------------------------
@@ -165,7 +108,7 @@ def aggregate(
             parts = [[r[metric] for r in group]]
         else:
             parts = [[r[metric] for r in g] for g in _group(group, [strata]).values()]
-        point, low, high = stratified_bootstrap_ci(parts, iqm, reps=reps)
+        point, low, high = evaluation.stratified_bootstrap_ci(parts, evaluation.iqm, reps=reps)
         out.append(
             {**dict(zip(keys, key, strict=True)), "metric": metric, "n": len(group),
              "iqm": point, "ci_low": low, "ci_high": high}

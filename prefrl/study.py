@@ -22,7 +22,7 @@ Tasks:
   exactly (no approximation); runs anywhere in a minute.
 * ``half_cheetah`` — a labelled dataset file (``prefrl.data.dataset``)
   holding ``partial_return`` and ``regret`` labels of the same queries, plus
-  the expert critic (``prefrl.checkpoint.load_value_fn``) for A_E.
+  the expert critic (``prefrl.checkpoints.load_value_fn``) for A_E.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import numpy as np
 
 from prefrl import evaluation, preference
 from prefrl.config import field
+from prefrl.data import pairs
 from prefrl.learners import reward_model as rm
 
 Array = jax.Array
@@ -205,18 +206,18 @@ def oracle_labels(
     with β = temperature × std of that oracle's segment scores (imitation
     issue #821: raw score scales make fixed-β labels near-deterministic).
     """
+    from prefrl import oracles
+
     pr = jax.vmap(lambda r, m: preference.partial_return(r, mask_t=m))(reward, mask)
     rg = jax.vmap(lambda a, m: preference.regret_score(a, discount=discount, mask_t=m))(
         advantage, mask)
     out = {}
     for name, score, k in zip(LABELS, (pr, rg), jax.random.split(key, 2), strict=True):
-        s1, s2 = score[first], score[second]
-        if temperature > 0:
-            beta = temperature * float(jnp.std(score))
-            prob = jax.nn.sigmoid(preference.logit(s1, s2, temperature=beta))
-            out[name] = np.asarray(jax.random.bernoulli(k, prob), np.float32)
-        else:
-            out[name] = np.asarray(0.5 * (jnp.sign(s1 - s2) + 1.0), np.float32)
+        # β relative to the pool's score scale, in score units for the oracle.
+        beta = temperature * float(jnp.std(score)) if temperature > 0 else 0.0
+        oracle = oracles.OracleConfig(model=name, temperature=beta)  # type: ignore[arg-type]
+        labels = oracles.label_scores(oracle, k, score[first], score[second])
+        out[name] = np.asarray(labels.label, np.float32)
     return out
 
 
@@ -276,27 +277,7 @@ def check_discounts(config: StudyConfig, expert_header: dict[str, Any],
                          f"the regret labels in {config.dataset}")
 
 
-def split_by_segments(key: Array, num_segments: int, first: np.ndarray, second: np.ndarray,
-                      num_train: int, num_test: int) -> tuple[np.ndarray, np.ndarray]:
-    """Query indices ``(train [num_train], test [num_test])`` on disjoint segments.
-
-    A seeded random half of the segments is the test half; a training query
-    has both segments outside it, a test query both inside (queries that mix
-    the halves are dropped), so held-out accuracy is measured on segments no
-    model saw. Raises ``ValueError`` when either side has too few queries.
-    """
-    key_seg, key_q = jax.random.split(key)
-    is_test = np.zeros(num_segments, bool)
-    is_test[np.asarray(jax.random.permutation(key_seg, num_segments))[: num_segments // 2]] = True
-    order = np.asarray(jax.random.permutation(key_q, first.shape[0]))
-    tr = order[~is_test[first[order]] & ~is_test[second[order]]]
-    te = order[is_test[first[order]] & is_test[second[order]]]
-    if tr.shape[0] < num_train or te.shape[0] < num_test:
-        raise ValueError(
-            f"{first.shape[0]} queries give {tr.shape[0]} on training segments and {te.shape[0]} "
-            f"on held-out segments; the study asks for {num_train} and {num_test} (label more "
-            "queries, or lower --num-train/--num-test)")
-    return tr[:num_train], te[:num_test]
+split_by_segments = pairs.split_by_segments
 
 
 def half_cheetah_data(config: StudyConfig) -> StudyData:
@@ -310,12 +291,12 @@ def half_cheetah_data(config: StudyConfig) -> StudyData:
     which must be the critic's and the regret labels' γ
     (:func:`check_discounts`).
     """
-    from prefrl import checkpoint
+    from prefrl import checkpoints
     from prefrl.data import dataset as dataset_io
     from prefrl.envs import tasks
 
     ds, header = dataset_io.load(config.dataset)
-    _, expert_header = checkpoint.load(config.expert)
+    _, expert_header = checkpoints.load_ppo(config.expert)
     check_discounts(config, expert_header, header)
     # `prefrl label` records the reward parameters under meta.task_params.
     params = header.get("task_params") or dict(header.get("meta", {})).get("task_params") or {}
@@ -340,7 +321,7 @@ def half_cheetah_data(config: StudyConfig) -> StudyData:
                          f"oracles; skipped queries per oracle: {skipped}")
     seg = ds.segments
     obs, next_obs = np.asarray(seg.obs, np.float32), np.asarray(seg.next_obs, np.float32)
-    value_fn = checkpoint.load_value_fn(config.expert, obs_dim=obs.shape[-1])
+    value_fn = checkpoints.load_value_fn(config.expert, obs_dim=obs.shape[-1])
     values = np.asarray(value_fn(jnp.asarray(obs)))
     next_values = np.asarray(value_fn(jnp.asarray(next_obs)))
     adv = jax.vmap(lambda r, v, nv, m: preference.td_advantages(
@@ -369,17 +350,10 @@ def pair_batch(data: StudyData, split: str, label: str, rows: np.ndarray | None 
     lab = data.labels[split][label]
     if rows is not None:
         first, second, lab = first[rows], second[rows], lab[rows]
-    return rm.PairBatch(
-        jnp.asarray(data.obs[first]), jnp.asarray(data.action[first]),
-        jnp.asarray(data.mask[first]), jnp.asarray(data.obs[second]),
-        jnp.asarray(data.action[second]), jnp.asarray(data.mask[second]), jnp.asarray(lab))
+    return pairs.gather(data, first, second, lab)
 
 
-def score_segments(state: rm.RewardModelState, obs: Array, action: Array, mask: Array) -> Array:
-    """``[N]`` learned segment scores under the state's assumption (discounted sum)."""
-    values = rm.reward_fn(state)(obs, action)
-    cfg = state.config
-    return jax.vmap(lambda v, m: cfg.score_fn(v, discount=cfg.discount, mask_t=m))(values, mask)
+score_segments = rm.segment_scores
 
 
 class EvalSample(NamedTuple):
@@ -480,10 +454,9 @@ def run_cell(config: StudyConfig, data: StudyData, label: str, assumption: str,
     model_cfg = config.model_config(assumption)
     num_train = data.train[0].shape[0]
     # The same validation split in every cell (fixed by the base seed).
-    order = np.asarray(jax.random.permutation(jax.random.key(config.seed + 1), num_train))
-    num_valid = max(1, int(round(config.valid_fraction * num_train)))
-    train = pair_batch(data, "train", label, order[num_valid:])
-    valid = pair_batch(data, "train", label, order[:num_valid])
+    parts = pairs.split(num_train, {"valid": config.valid_fraction}, config.seed + 1, min_part=1)
+    train = pair_batch(data, "train", label, parts["train"])
+    valid = pair_batch(data, "train", label, parts["valid"])
     rm.validate_pairs(train, what=f"train labels {label!r}")
     keys = jax.random.split(jax.random.key(config.seed), config.seeds)
     fits = _fit_seeds(keys, model_cfg, train, valid)

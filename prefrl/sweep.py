@@ -1116,9 +1116,9 @@ def slice_segments(segments: Any, length: int) -> Any:
 
 def load_value_fn(path: str) -> Callable[[Any], Any]:
     """``V_E(obs [..., obs]) -> [...]`` of the expert file ``path`` (true-reward units)."""
-    from prefrl import checkpoint
+    from prefrl import checkpoints
 
-    return checkpoint.load_value_fn(path, obs_dim=OBS_DIM)
+    return checkpoints.load_value_fn(path, obs_dim=OBS_DIM)
 
 
 def load_cell_data(cell: CellConfig) -> CellData:
@@ -1128,7 +1128,7 @@ def load_cell_data(cell: CellConfig) -> CellData:
 
     from prefrl import oracles
     from prefrl.data import dataset as dataset_lib
-    from prefrl.data import queries
+    from prefrl.data import pairs, queries
 
     settings = cell.settings
     ds, _ = dataset_lib.load(cell.files.dataset)
@@ -1139,14 +1139,18 @@ def load_cell_data(cell: CellConfig) -> CellData:
             f"{cell.files.dataset}: segments have obs/act dims {obs_dim}/{pool.action.shape[-1]}, "
             f"the half-cheetah tasks have {OBS_DIM}/{ACT_DIM}"
         )
-    perm = np.random.default_rng(_HELDOUT_KEY).permutation(n)
-    n_held = int(round(n * settings.heldout_fraction))
-    if n_held < 2 or n - n_held < 2:
+    try:
+        parts = pairs.split(n, {"heldout": settings.heldout_fraction}, _HELDOUT_KEY,
+                            min_rest=2)
+    except ValueError:
+        parts = {"heldout": ()}
+    heldout_idx, train_idx = parts["heldout"], parts.get("train")
+    if len(heldout_idx) < 2:
         raise SweepError(
             f"{cell.files.dataset}: {n} segments are too few to hold out "
             f"{settings.heldout_fraction:g} of them (need >= 2 on each side)"
         )
-    heldout_idx, train_idx = np.sort(perm[:n_held]), np.sort(perm[n_held:])
+    n_held = len(heldout_idx)
     value_fn = load_value_fn(cell.files.expert) if cell.files.expert else None
 
     i, j = queries.uniform_pairs(jax.random.PRNGKey(_HELDOUT_KEY), n_held, settings.heldout_queries)
@@ -1219,16 +1223,10 @@ def sample_pairs(data: CellData, budget: int, keys: Any) -> Any:
     ``keys[s]`` and labels them with the cell's oracle (β, ε) from the
     precomputed scores (:func:`pair_indices`). Same key → same queries and labels.
     """
-    import jax.numpy as jnp
-
-    from prefrl.learners import reward_model
+    from prefrl.data import pairs
 
     first, second, label = pair_indices(data, budget, keys)
-    seg = data.segments
-    obs, action, mask = (jnp.asarray(x, jnp.float32) for x in (seg.obs, seg.action, seg.mask))
-    return reward_model.PairBatch(
-        obs[first], action[first], mask[first], obs[second], action[second], mask[second], label
-    )
+    return pairs.gather(data.segments, first, second, label)
 
 
 def _seed_keys(seeds: Sequence[int]) -> Any:
@@ -1247,19 +1245,22 @@ def _unstack(tree: Any, n: int) -> list[Any]:
 def heldout_accuracy(data: CellData, scores: Any) -> dict[str, float]:
     """Accuracy of ``score(σ¹) > score(σ²)`` against each oracle's noiseless held-out labels.
 
-    ``scores`` is ``[N]`` (one per pool segment). Ties in the label are left
-    out; a tie in the scores counts as wrong. ``heldout_accuracy`` is the one
-    under the cell's own label model.
+    ``scores`` is ``[N]`` (one per pool segment);
+    :func:`prefrl.evaluation.preference_accuracy` (tie labels left out, a tie
+    in the scores earns ½; 0.5 when every label is a tie).
+    ``heldout_accuracy`` is the one under the cell's own label model.
     """
+    import math
+
     import numpy as np
 
+    from prefrl import evaluation
+
     scores = np.asarray(scores, np.float64)
-    s1, s2 = scores[data.heldout_first], scores[data.heldout_second]
-    out = {}
-    for model, label in data.heldout_labels.items():
-        decided = label != 0.5
-        correct = np.where(label > 0.5, s1 > s2, s2 > s1)
-        out[f"heldout_accuracy_{model}"] = float(correct[decided].mean()) if decided.any() else 0.5
+    accuracy = evaluation.preference_accuracies(
+        scores[data.heldout_first], scores[data.heldout_second], data.heldout_labels)
+    out = {f"heldout_accuracy_{model}": acc if math.isfinite(acc) else 0.5
+           for model, acc in accuracy.items()}
     own = f"heldout_accuracy_{data.oracle.model}"
     if own in out:
         out["heldout_accuracy"] = out[own]
@@ -1325,8 +1326,7 @@ def _pool_values_fn(config: Any) -> Callable[..., Any]:
 
     def one(state, obs, action, mask):  # noqa: ANN001, ANN202
         r_hat = reward_model.reward_fn(state)(obs, action)
-        score = lambda v, m: config.score_fn(v, discount=config.discount, mask_t=m)
-        return r_hat, jax.vmap(score)(r_hat, mask)
+        return r_hat, reward_model.segment_scores(state, obs, action, mask)
 
     return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
 
@@ -1407,22 +1407,15 @@ def evaluate_policies(
     Every seed is evaluated from the same reset states (common random numbers:
     the environment seed is fixed, so seeds differ only by their policy).
     """
-    import jax
-    import numpy as np
+    from prefrl import offline
+    from prefrl.policies import Policy, policy_fn
+    from prefrl.rollout import evaluate_on_task
 
-    from prefrl import offline, training
-    from prefrl.envs import make_task
-    from prefrl.rollout import BatchedEnv
-
-    task = make_task(cell.task)
-    target = task.params_dict.get("target_speed")
     out = []
     for i in range(len(seeds)):
-        policy = offline.policy_fn(network, offline.select_seed(params, i), deterministic=True)
-        with BatchedEnv(task, cell.settings.eval_episodes, seed=1_000_003,
-                        dtype=np.float32) as env:
-            result = training.evaluate_policy(env, policy, jax.random.PRNGKey(0),
-                                              target_speed=target)
+        policy = Policy(network.apply, offline.select_seed(params, i))
+        result = evaluate_on_task(cell.task, policy_fn(policy, deterministic=True),
+                                  episodes=cell.settings.eval_episodes, seed=1_000_003)
         metrics = {"true_return": result["mean_return"], "true_return_std": result["std_return"],
                    "mean_speed": result["mean_speed"]}
         if "mean_speed_error" in result:
@@ -1481,11 +1474,12 @@ def _offline_fn(algo: str, config: Any, learner_config: Any, network: Any) -> Ca
 
 
 @functools.lru_cache(maxsize=16)
-def _implicit_scores_fn(network: Any, discount: float) -> Callable[..., Any]:
-    """``(params [S], ref [S] | None, obs, action, mask) -> (scores [S, N], kl [S])``.
+def _implicit_scores_fn(network: Any, use_ref: bool) -> Callable[..., Any]:
+    """``(params [S], ref [S], obs, action, mask) -> (scores [S, N], kl [S])``.
 
-    ``scores`` are the implicit segment scores ``Σ γ^t log π`` (``log π/π_ref``
-    with a reference), ``kl`` the mean KL(π ‖ π_ref) per step over the pool's
+    ``scores`` are the implicit segment scores ``Σ_t log π``
+    (:func:`prefrl.learners.cpl.segment_scores`; ``log π/π_ref`` with
+    ``use_ref``), ``kl`` the mean KL(π ‖ π_ref) per step over the pool's
     states (closed form on the pre-tanh Gaussians, equal to the KL of the
     squashed policies).
     """
@@ -1495,13 +1489,12 @@ def _implicit_scores_fn(network: Any, discount: float) -> Callable[..., Any]:
     from prefrl.learners import cpl, ppo
 
     def one(params, ref, obs, action, mask):  # noqa: ANN001, ANN202
-        logp = cpl.policy_log_prob(network, params, obs, action)  # [N, k]
+        scores = cpl.segment_scores(network, params, obs, action, mask,
+                                    ref_params=ref if use_ref else None)
         mean, log_std = network.apply(params, obs)
         ref_mean, ref_log_std = network.apply(ref, obs)
         kl = ppo.gaussian_kl(mean, log_std, ref_mean, ref_log_std)
-        kl = jnp.sum(kl * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-        logp_ref = cpl.policy_log_prob(network, ref, obs, action)
-        return logp, logp_ref, kl
+        return scores, jnp.sum(kl * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))
 
@@ -1547,12 +1540,10 @@ def _run_offline(cell: CellConfig, seeds: Sequence[int], budget_scale: float) ->
             raise offline.TrainingDivergedError(
                 f"{cell.label()}: non-finite loss in the {phase} phase (seeds {list(seeds)})"
             )
-    logp, logp_ref, kl = _implicit_scores_fn(network, 1.0)(output.params, output.ref_params,
-                                                           *pool)
-    logp, logp_ref = np.asarray(logp), np.asarray(logp_ref)
-    mask = np.asarray(seg.mask)
-    implicit = (logp - logp_ref) if algo == "dpo" else logp
-    scores = (implicit * mask).sum(axis=-1)  # [S, N]; α or β > 0 leaves the order unchanged
+    # α or β > 0 leaves the order of the scores unchanged: score with 1.
+    scores, kl = _implicit_scores_fn(network, algo == "dpo")(output.params, output.ref_params,
+                                                             *pool)
+    scores = np.asarray(scores)  # [S, N]
     returns = evaluate_policies(cell, network, output.params, seeds)
     out = []
     for s in range(len(seeds)):

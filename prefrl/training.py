@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prefrl import checkpoint
+from prefrl import checkpoints
 from prefrl import config as config_lib
 from prefrl.config import field
 from prefrl.learners import ppo
@@ -213,7 +213,7 @@ def train(
     inputs = {"reward_params": reward_params, "ref_params": ref_params}
     state = state.replace(**inputs)
     if init_checkpoint is not None:
-        loaded, header = checkpoint.load(init_checkpoint, obs_dim=obs_dim)
+        loaded, header = checkpoints.load_ppo(init_checkpoint, obs_dim=obs_dim)
         shapes = jax.tree.map(jnp.shape, (state.policy_params, state.value_params))
         if jax.tree.map(jnp.shape, (loaded.policy_params, loaded.value_params)) != shapes:
             raise ValueError(
@@ -232,7 +232,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         last = out_dir / "last.npz"
         if tc.resume and last.exists():
-            state, header = checkpoint.load(last, obs_dim=obs_dim, template=state)
+            state, header = checkpoints.load_ppo(last, obs_dim=obs_dim, template=state)
             state = state.replace(**inputs)
             _check_same_run(header, ppo_config, tc, last)
             start_update = int(header["progress"]["update"])
@@ -249,7 +249,7 @@ def train(
     snapshot_updates = {max(1, round(f * num_updates)): f for f in tc.snapshots}
 
     def save(path: Path, update_idx: int, extra: Mapping[str, Any] | None = None) -> None:
-        checkpoint.save(
+        checkpoints.save_ppo(
             path,
             state,
             config=ppo_config,
@@ -384,18 +384,8 @@ def train(
 
 def load_reference(path: str | Path) -> tuple[Any, ppo.PolicyApply]:
     """``(params, apply)`` of a frozen π_ref: a PPO checkpoint or a ``prefrl train bc`` policy."""
-    from prefrl.io import load_npz
-
-    try:
-        _, info = checkpoint.load_policy(path)
-    except checkpoint.FileFormatError as err:
-        if "expected a 'ppo_checkpoint' file" not in str(err):
-            raise
-        from prefrl import offline
-
-        load_npz(path, kind=offline.POLICY_KIND)  # a clear error if it is neither
-        _, info = offline.load_policy_fn(path)
-    return info["params"], info["apply"]
+    policy, _ = checkpoints.read_policy(path)
+    return policy.params, policy.apply
 
 
 def rlhf_kwargs(
@@ -406,7 +396,7 @@ def rlhf_kwargs(
     if reward_model_path:
         from prefrl.learners import reward_model
 
-        rm_state, _ = reward_model.load(reward_model_path)
+        rm_state, _ = checkpoints.load_reward_model(reward_model_path)
         r_hat = reward_model.reward_fn(rm_state)
 
         def learned_reward(obs: Any, action: Any, next_obs: Any, extras: Any) -> Any:

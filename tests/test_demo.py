@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from prefrl.envs.tasks import make_task
 
-from prefrl import checkpoint, cli, pipeline
+from prefrl import checkpoints, cli, pipeline
 from prefrl.commands import demo as demo_cmd
 from prefrl.learners import ppo
 
@@ -40,7 +40,7 @@ def _save_checkpoints(folder: Path, task: str = "target-speed", steps=(0, 1000))
     paths = []
     for i, env_steps in enumerate(steps):
         name = "final.npz" if i == len(steps) - 1 else f"snapshots/step_{env_steps:09d}.npz"
-        paths.append(checkpoint.save(
+        paths.append(checkpoints.save_ppo(
             folder / name, learner.init(jax.random.key(i)), config=config, obs_dim=17,
             act_dim=6, num_updates=1, task=make_task(task).to_header(),
             progress={"update": i, "env_steps": env_steps}))

@@ -10,55 +10,55 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from prefrl import report, sweep
+from prefrl import evaluation, report, sweep
 from prefrl.cli import main as cli_main
 
 
 def test_iqm_known_answers():
     # n = 8: drop floor(8/4) = 2 from each end -> mean(3, 4, 5, 6) = 4.5.
-    assert report.iqm([8, 1, 7, 2, 6, 3, 5, 4]) == 4.5
+    assert evaluation.iqm([8, 1, 7, 2, 6, 3, 5, 4]) == 4.5
     # n = 3: floor(0.75) = 0 dropped -> plain mean = (1 + 2 + 30) / 3.
-    assert report.iqm([1.0, 2.0, 30.0]) == pytest.approx(11.0)
+    assert evaluation.iqm([1.0, 2.0, 30.0]) == pytest.approx(11.0)
     # An outlier beyond the quartiles does not move the IQM: mean(2, 3) = 2.5 for n = 4.
-    assert report.iqm([1.0, 2.0, 3.0, 1e9]) == 2.5
+    assert evaluation.iqm([1.0, 2.0, 3.0, 1e9]) == 2.5
 
 
 def test_iqm_matches_scipy_trim_mean(rng):
     for n in (1, 2, 5, 10, 33):
         x = rng.normal(size=n)
-        assert report.iqm(x) == pytest.approx(scipy.stats.trim_mean(x, 0.25))
+        assert evaluation.iqm(x) == pytest.approx(scipy.stats.trim_mean(x, 0.25))
 
 
 def test_iqm_rejects_nan_and_empty():
     with pytest.raises(ValueError, match="NaN"):
-        report.iqm([1.0, float("nan")])
+        evaluation.iqm([1.0, float("nan")])
     with pytest.raises(ValueError, match="empty"):
-        report.iqm([])
+        evaluation.iqm([])
 
 
 def test_bootstrap_interval_properties(rng):
     x = rng.normal(loc=3.0, size=40)
-    point, low, high = report.stratified_bootstrap_ci([x], np.mean, reps=2000, seed=1)
+    point, low, high = evaluation.stratified_bootstrap_ci([x], np.mean, reps=2000, seed=1)
     assert point == pytest.approx(x.mean())
     assert low < point < high
     # The percentile interval of the mean is close to ±1.96 standard errors.
     se = x.std(ddof=1) / np.sqrt(x.size)
     assert high - low == pytest.approx(2 * 1.96 * se, rel=0.2)
     # Deterministic given the seed.
-    assert report.stratified_bootstrap_ci([x], np.mean, seed=1) == (point, low, high)
+    assert evaluation.stratified_bootstrap_ci([x], np.mean, seed=1) == (point, low, high)
     # One run: nothing to resample, a zero-width interval.
-    assert report.stratified_bootstrap_ci([[2.0]]) == (2.0, 2.0, 2.0)
+    assert evaluation.stratified_bootstrap_ci([[2.0]]) == (2.0, 2.0, 2.0)
 
 
 def test_bootstrap_is_stratified():
     # Stratum A is constant 0 (4 runs), stratum B constant 10 (4 runs). Resampling
     # within strata keeps 4 + 4 in every replicate, so the mean never moves
     # from 5; an unstratified bootstrap over the 8 pooled runs would.
-    point, low, high = report.stratified_bootstrap_ci([[0.0] * 4, [10.0] * 4], np.mean)
+    point, low, high = evaluation.stratified_bootstrap_ci([[0.0] * 4, [10.0] * 4], np.mean)
     assert (point, low, high) == (5.0, 5.0, 5.0)
     # Ragged strata (3 runs of one task, 1 of another): every replicate keeps
     # 3 zeros and one 10, so the mean is always (0 + 0 + 0 + 10) / 4 = 2.5.
-    assert report.stratified_bootstrap_ci([[0.0, 0.0, 0.0], [10.0]], np.mean) == (2.5, 2.5, 2.5)
+    assert evaluation.stratified_bootstrap_ci([[0.0, 0.0, 0.0], [10.0]], np.mean) == (2.5, 2.5, 2.5)
 
 
 def _synthetic_results(tmp_path, seeds=(0, 1, 2, 3, 4)):
@@ -127,7 +127,7 @@ def test_report_writes_tables_figures_and_summary(tmp_path):
         float(r["true_return"]) for r in rows
         if all(r[k] == c[k] for k in ("learner", "label_model", "label_budget"))
     ]
-    assert float(c["iqm"]) == pytest.approx(report.iqm(seeds_of_cell))
+    assert float(c["iqm"]) == pytest.approx(evaluation.iqm(seeds_of_cell))
 
     # The 2×2 table: the diagonal (learner assumes the labeller's model) wins by
     # construction of the synthetic data (+100 return).

@@ -10,7 +10,7 @@ import optax
 import pytest
 from _readme import readme_example
 
-from prefrl import evaluation, study
+from prefrl import checkpoints, evaluation, study
 from prefrl.learners import reward_model as rm
 
 OBS, ACT, K = 3, 2, 4
@@ -263,8 +263,8 @@ def test_active_rounds_ask_each_query_once():
 def test_save_load_roundtrip(tmp_path, synth, fitted):
     _, _, batch = synth
     state = fitted.state
-    path = rm.save(tmp_path / "model.npz", state, {"note": "x"})
-    loaded, header = rm.load(path)
+    path = checkpoints.save_reward_model(tmp_path / "model.npz", state, {"note": "x"})
+    loaded, header = checkpoints.load_reward_model(path)
     assert header["extra"] == {"note": "x"} and header["segment_length"] == 10
     np.testing.assert_allclose(rm.reward_fn(loaded)(batch.obs_2, batch.action_2),
                                rm.reward_fn(state)(batch.obs_2, batch.action_2), rtol=1e-6)
@@ -272,7 +272,7 @@ def test_save_load_roundtrip(tmp_path, synth, fitted):
 
     (tmp_path / "bad.npz").write_bytes(path.read_bytes()[:100])
     with pytest.raises(FileFormatError, match="not a readable"):
-        rm.load(tmp_path / "bad.npz")
+        checkpoints.load_reward_model(tmp_path / "bad.npz")
 
 
 # --------------------------------------------------------------------------- #
@@ -381,7 +381,7 @@ def test_fit_command_writes_model_and_json(tmp_path, capsys):
     assert summary["assumption"] == "regret" and summary["num_train"] == 180
     assert summary["num_valid"] == 20 and len(summary["valid_accuracy"]) == 2
     assert json.loads(metrics.read_text()) == summary
-    state, header = rm.load(out)
+    state, header = checkpoints.load_reward_model(out)
     assert state.config.assumption == "regret" and header["obs_dim"] == 6
 
 
@@ -393,7 +393,8 @@ def test_fit_command_errors(tmp_path, capsys):
                            jnp.zeros((1, 10, 6)), jnp.zeros((1, 10, 2)), jnp.ones((1, 10)),
                            jnp.ones((1,)))
     cfg = rm.RewardModelConfig(hidden=(8,), ensemble_size=2)
-    model = rm.save(tmp_path / "m.npz", rm.make(cfg).init(jax.random.key(0), example))
+    model = checkpoints.save_reward_model(tmp_path / "m.npz",
+                                          rm.make(cfg).init(jax.random.key(0), example))
     # Warm-starting from a model built for another observation size / segment length.
     for name, kw, message in (("obs", dict(obs_dim=4), "observation size mismatch"),
                               ("len", dict(length=7), "segment length mismatch")):

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from prefrl.envs import make_task
 
-from prefrl import checkpoint, preference, study
-from prefrl.commands.label import LabelConfig, label_pool
+from prefrl import checkpoints, preference, study
 from prefrl.data import dataset as dataset_io
+from prefrl.data.labelling import LabelConfig, label_pool
 from prefrl.data.segments import segment
 from prefrl.data.trajectories import concatenate_trajectories
 from prefrl.learners import ppo
@@ -50,7 +50,7 @@ def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     spec = make_task("target-speed")
     state = ppo.make(TINY_PPO, spec.obs_dim, spec.act_dim, num_updates=1).init(jax.random.key(0))
-    expert = checkpoint.save(tmp / "expert.npz", state, config=TINY_PPO, obs_dim=spec.obs_dim,
+    expert = checkpoints.save_ppo(tmp / "expert.npz", state, config=TINY_PPO, obs_dim=spec.obs_dim,
                              act_dim=spec.act_dim, num_updates=1, task=spec.to_header())
     rng = np.random.default_rng(0)
     parts = [_trajectory(rng, 48, envs, spec) for envs in (3, 3)]
@@ -59,7 +59,7 @@ def files(tmp_path_factory):
     pool = segment(traj, 6, 6)  # 8 segments per column × 6 columns
     label_cfg = LabelConfig(segment_length=6, stride=6, budget=400, seed=0,
                             oracles=("partial_return", "regret"), regret_discount=GAMMA)
-    value_fn = checkpoint.load_value_fn(expert, obs_dim=spec.obs_dim)
+    value_fn = checkpoints.load_value_fn(expert, obs_dim=spec.obs_dim)
     ds, _ = label_pool(label_cfg, pool, value_fn)
     path = dataset_io.save(
         tmp / "data.npz", ds, task=spec.name,

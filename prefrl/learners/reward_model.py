@@ -41,8 +41,8 @@ Public API:
   ``reward_fn(state)``, ``member_outputs(state, obs, action)``,
   ``ensemble_preferences(state, batch)``, ``pool_score_fn(state, segments)``,
   ``normalize(state, batch)``, ``pair_batch_from_dataset(dataset, label)``,
-  ``validate_pairs(batch)``, ``check_finite(metrics)``, ``save(path, state)``,
-  ``load(path)``.
+  ``validate_pairs(batch)``, ``check_finite(metrics)``; files:
+  ``prefrl.checkpoints.save_reward_model`` / ``load_reward_model``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct, traverse_util
+from flax import struct
 
 from prefrl import preference
 from prefrl.config import field
@@ -67,9 +67,6 @@ from prefrl.types import PairBatch
 
 Array = jax.Array
 PRNGKey = jax.Array
-
-MODEL_KIND = "reward_model"
-SCHEMA_VERSION = 1
 
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": nn.relu,
@@ -302,6 +299,16 @@ def reward_fn(state: RewardModelState) -> Callable[[Array, Array], Array]:
     return fn
 
 
+def segment_scores(state: RewardModelState, obs: Array, action: Array, mask: Array) -> Array:
+    """``[N]`` learned segment scores under the state's assumption (discounted sum of r̂/Â).
+
+    ``obs [N, k, obs]``, ``action [N, k, act]``, ``mask [N, k]``; the standardised
+    :func:`reward_fn` summed as the assumed preference model sums it.
+    """
+    values = reward_fn(state)(obs, action)
+    return _segment_scores(state.config, values, jnp.asarray(mask, values.dtype))
+
+
 def _segment_scores(config: RewardModelConfig, values_nt: Array, mask_nt: Array) -> Array:
     """``[..., N, k]`` per-step values -> ``[..., N]`` scores of the assumed model."""
     score = lambda v_t, m_t: config.score_fn(v_t, discount=config.discount, mask_t=m_t)
@@ -337,8 +344,8 @@ def ensemble_preferences(state: RewardModelState, batch: PairBatch) -> Array:
 def _pool_probs(state: RewardModelState, obs: Array, action: Array, mask: Array, first: Array,
                 second: Array) -> Array:
     # A module-level jit with the state as an argument: refits reuse one compilation.
-    batch = PairBatch(obs[first], action[first], mask[first], obs[second], action[second],
-                      mask[second], jnp.zeros(first.shape, jnp.float32))
+    batch = pairs.gather(pairs.Pool(obs, action, mask), first, second,
+                         jnp.zeros(first.shape, jnp.float32))
     return jax.nn.sigmoid(_pair_logits(state.config, state.network, state.params, batch))
 
 
@@ -740,89 +747,6 @@ def check_finite(metrics: Mapping[str, Any]) -> None:
         )
 
 
-# --------------------------------------------------------------------------- #
-# Files
-# --------------------------------------------------------------------------- #
-
-
-def _flat_params(params: Any) -> dict[str, np.ndarray]:
-    flat = traverse_util.flatten_dict(params, sep="/")
-    return {f"params/{k}": np.asarray(v) for k, v in flat.items()}
-
-
-def save(path: Any, state: RewardModelState, extra: Mapping[str, Any] | None = None) -> Any:
-    """Write a fitted model atomically to an ``.npz`` (no pickle).
-
-    Arrays: ``params/<layer>/<name>`` ``[M, …]``, ``reward_mean``,
-    ``reward_std``; the header holds the config, the input sizes, the
-    segment length and ``extra`` (e.g. metrics). Refuses non-finite params.
-    """
-    from prefrl import config as config_mod
-    from prefrl import io
-
-    arrays = _flat_params(jax.device_get(state.params))
-    arrays["reward_mean"] = np.asarray(state.reward_mean)
-    arrays["reward_std"] = np.asarray(state.reward_std)
-    for name, value in arrays.items():
-        if not np.all(np.isfinite(value)):
-            raise NonFiniteError(f"refusing to save a model with non-finite {name!r}")
-    header = {
-        "kind": MODEL_KIND,
-        "schema_version": SCHEMA_VERSION,
-        "config": config_mod.to_dict(state.config),
-        "obs_dim": state.obs_dim,
-        "act_dim": state.act_dim,
-        "segment_length": state.segment_length,
-        "extra": dict(extra or {}),
-    }
-    return io.save_npz(path, arrays, header)
-
-
-def load(path: Any) -> tuple[RewardModelState, dict[str, Any]]:
-    """Read a model written by :func:`save`; returns ``(state, header)``.
-
-    The state has the default optimizer's fresh ``opt_state``. Raises
-    ``prefrl.io.FileFormatError`` naming the problem for a wrong kind,
-    missing or mis-shaped arrays or non-finite values.
-    """
-    from prefrl import config as config_mod
-    from prefrl import io
-
-    arrays, header = io.load_npz(path, kind=MODEL_KIND, required=("reward_mean", "reward_std"))
-    try:
-        config = config_mod.from_mapping(RewardModelConfig, header["config"], where=str(path))
-        obs_dim, act_dim = int(header["obs_dim"]), int(header["act_dim"])
-        length = int(header["segment_length"])
-    except KeyError as err:
-        raise io.FileFormatError(f"{path}: header lacks {err}") from err
-    example = PairBatch(
-        jnp.zeros((1, length, obs_dim)), jnp.zeros((1, length, act_dim)), jnp.ones((1, length)),
-        jnp.zeros((1, length, obs_dim)), jnp.zeros((1, length, act_dim)), jnp.ones((1, length)),
-        jnp.zeros((1,)),
-    )
-    state = make(config).init(jax.random.key(0), example)
-    expected = _flat_params(state.params)
-    for name, template in expected.items():
-        if name not in arrays:
-            raise io.FileFormatError(f"{path}: missing array {name!r}")
-        if arrays[name].shape != template.shape:
-            raise io.FileFormatError(
-                f"{path}: array {name!r} has shape {arrays[name].shape}, expected {template.shape}"
-            )
-    for name, value in arrays.items():
-        if not np.all(np.isfinite(value)):
-            raise io.FileFormatError(f"{path}: array {name!r} contains NaN or inf")
-    flat = {k[len("params/"):]: jnp.asarray(arrays[k], jnp.float32) for k in expected}
-    params = traverse_util.unflatten_dict(flat, sep="/")
-    params = jax.tree.map(lambda a, b: a.astype(b.dtype), params, state.params)
-    state = state.replace(
-        params=params,
-        reward_mean=jnp.asarray(arrays["reward_mean"], jnp.float32),
-        reward_std=jnp.asarray(arrays["reward_std"], jnp.float32),
-    )
-    return state, header
-
-
 def analytic_update_flops(config: RewardModelConfig, in_dim: int, num_pairs: int,
                           length: int) -> float:
     """FLOPs of one :func:`make` ``update`` counted from the matmuls (2 per MAC).
@@ -855,14 +779,13 @@ __all__ = [
     "ensemble_preferences",
     "evaluate",
     "fit",
-    "load",
     "make",
     "member_outputs",
     "normalize",
     "pair_batch_from_dataset",
     "pool_score_fn",
     "reward_fn",
-    "save",
+    "segment_scores",
     "take",
     "validate_pairs",
 ]
