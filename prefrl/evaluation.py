@@ -1,4 +1,4 @@
-"""Reward-quality metrics and across-seed statistics (DESIGN.md §6).
+"""Reward-quality metrics and across-seed statistics (docs/design.md §6).
 
 * :func:`preference_accuracy` — held-out agreement of a learned function's
   preferences with an oracle's labels (ties: excluded or counted ½).

@@ -1,4 +1,4 @@
-"""Batched rollouts of the half-cheetah tasks on either backend (DESIGN §5).
+"""Batched rollouts of the half-cheetah tasks on either backend (docs/design.md §5).
 
 CPU backend — :class:`BatchedEnv`: ``B`` environments, each a persistent
 ``mujoco.MjData`` stepped by MuJoCo's C engine (``mj_step`` with ``nstep = 5``,

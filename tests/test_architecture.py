@@ -112,6 +112,25 @@ def test_no_import_cycle_between_layers():
             pytest.fail("import cycle: " + " -> ".join(cycle))
 
 
+def test_report_does_not_import_the_sweep_runners():
+    report = {m for n, i in IMPORTS.items() if n.startswith("prefrl.report") for m in i}
+    assert not {m for m in report
+                if m.startswith(("prefrl.sweeps.execute", "prefrl.studies.cells"))}
+
+
+def test_sweeps_schedule_without_jax():
+    # spec, store and execute plan and run work; what a cell computes is prefrl.studies.
+    # (execute only points JAX's compilation cache at a folder.)
+    for name, imports in IMPORTS.items():
+        if not name.startswith("prefrl.sweeps"):
+            continue
+        allowed = ("jax",) if name == "prefrl.sweeps.execute" else ()
+        assert not {m for m in imports if m.split(".")[0] in ("jax", "flax", "optax")
+                    and m not in allowed}, name
+        assert not {m for m in imports
+                    if m.startswith(("prefrl.studies", "prefrl.learners", "prefrl.loops"))}, name
+
+
 def test_checkpoints_do_not_import_training_loops():
     imports = IMPORTS["prefrl.checkpoints"]
     assert not {m for m in imports if m.startswith(("prefrl.loops", "prefrl.offline",

@@ -12,8 +12,9 @@ import optax
 import pytest
 import scipy.stats
 
-from prefrl import checkpoints, networks, offline
+from prefrl import checkpoints, networks
 from prefrl.learners import bc, cpl
+from prefrl.loops import offline
 from prefrl.networks import GaussianPolicy
 from prefrl.types import PreferenceDataset, Segments
 

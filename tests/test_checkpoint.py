@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from ppo_toy import ACT_DIM, OBS_DIM, PointMassBatchedEnv
 
-from prefrl import checkpoints, training
+from prefrl import checkpoints
 from prefrl.io import FileFormatError
 from prefrl.learners import ppo
+from prefrl.loops import ppo as training
 
 TINY = ppo.PPOConfig(
     num_epochs=2, num_minibatches=2, learning_rate=3e-3, policy_hidden=(16,), value_hidden=(16,)

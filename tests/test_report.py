@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from prefrl import evaluation, report, sweep
+from prefrl import evaluation, report
 from prefrl.cli import main as cli_main
+from prefrl.sweeps import spec as sweep_spec
+from prefrl.sweeps import store as sweep_store
 
 
 def test_iqm_known_answers():
@@ -62,20 +64,20 @@ def test_bootstrap_is_stratified():
 
 
 def _synthetic_results(tmp_path, seeds=(0, 1, 2, 3, 4)):
-    """A result directory written through the real record format (sweep.make_record)."""
+    """A result directory written through the real record format (sweep_store.make_record)."""
     data = tmp_path / "data.npz"
     data.write_bytes(b"not read by the report")
     expert = tmp_path / "expert.npz"
     expert.write_bytes(b"x")
-    store = sweep.ResultStore(tmp_path / "results")
+    store = sweep_store.ResultStore(tmp_path / "results")
     rng = np.random.default_rng(0)
-    settings = sweep.Settings()
-    files = sweep.TaskFiles(str(data), str(expert))
+    settings = sweep_spec.Settings()
+    files = sweep_spec.TaskFiles(str(data), str(expert))
     learners = ("rm_pr", "rm_regret", "rm_pr+ppo", "rm_regret+ppo", "cpl", "dpo")
     for learner, model, budget in itertools.product(
-        learners, sweep.LABEL_MODELS, (250, 1000, 4000)
+        learners, sweep_spec.LABEL_MODELS, (250, 1000, 4000)
     ):
-        cell = sweep.CellConfig("target-speed", model, learner, 0.0, 0.0, budget, 25, files,
+        cell = sweep_spec.CellConfig("target-speed", model, learner, 0.0, 0.0, budget, 25, files,
                                 settings)
         for seed in seeds:
             skill = np.log(budget) + (1.0 if cell.assumption == model else 0.0)
@@ -96,7 +98,7 @@ def _synthetic_results(tmp_path, seeds=(0, 1, 2, 3, 4)):
                         "proxy_reward": [0.0, 0.5, 0.9, 1.4],
                         "true_reward": [0.0, 0.4, 0.6, 0.5],
                     }
-            store.write(sweep.make_record(cell, seed, 1.0, metrics, wall_time_s=1.0,
+            store.write(sweep_store.make_record(cell, seed, 1.0, metrics, wall_time_s=1.0,
                                           group_size=len(seeds), sweep_name="synthetic"))
     return store.root
 
@@ -154,11 +156,11 @@ def test_report_without_optional_metrics(tmp_path):
     # Fit-only records only: no return figure, no KL/proxy figures, no crash.
     data = tmp_path / "d.npz"
     data.write_bytes(b"x")
-    store = sweep.ResultStore(tmp_path / "res")
-    cell = sweep.CellConfig("run", "partial_return", "rm_pr", 0.0, 0.0, 100, 10,
-                            sweep.TaskFiles(str(data)), sweep.Settings())
+    store = sweep_store.ResultStore(tmp_path / "res")
+    cell = sweep_spec.CellConfig("run", "partial_return", "rm_pr", 0.0, 0.0, 100, 10,
+                            sweep_spec.TaskFiles(str(data)), sweep_spec.Settings())
     for seed in (0, 1):
-        store.write(sweep.make_record(cell, seed, 0.5, {"heldout_accuracy": 0.8 + 0.1 * seed},
+        store.write(sweep_store.make_record(cell, seed, 0.5, {"heldout_accuracy": 0.8 + 0.1 * seed},
                                       wall_time_s=0.1, group_size=2))
     result = report.write_report(store.root, tmp_path / "rep", reps=100)
     assert "accuracy_vs_budget.png" in result["files"]
@@ -171,7 +173,7 @@ def test_report_errors_name_the_problem(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "not a result directory" in capsys.readouterr().err
     (tmp_path / "empty" / "runs").mkdir(parents=True)
-    with pytest.raises(sweep.SweepError, match="no valid run records"):
+    with pytest.raises(sweep_spec.SweepError, match="no valid run records"):
         report.write_report(tmp_path / "empty", tmp_path / "o")
 
 
@@ -179,6 +181,6 @@ def test_record_checksum_detects_edits(tmp_path):
     results = _synthetic_results(tmp_path, seeds=(0,))
     path = sorted((results / "runs").glob("*.json"))[0]
     record = json.loads(path.read_text())
-    assert sweep.validate_record(record, path.stem) is None
+    assert sweep_store.validate_record(record, path.stem) is None
     record["metrics"]["heldout_accuracy"] = 1.0
-    assert "checksum" in sweep.validate_record(record, path.stem)
+    assert "checksum" in sweep_store.validate_record(record, path.stem)

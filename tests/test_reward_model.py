@@ -10,8 +10,10 @@ import optax
 import pytest
 from _readme import readme_example
 
-from prefrl import checkpoints, evaluation, study
+from prefrl import checkpoints, evaluation
 from prefrl.learners import reward_model as rm
+from prefrl.loops import fit as reward_fit
+from prefrl.studies import two_by_two as study
 
 OBS, ACT, K = 3, 2, 4
 
@@ -140,7 +142,7 @@ def fast_fit_config(**kw):
 
 # One compiled fit shared by the tests below (compiling is the slow part on CPU).
 FIT_CFG = fast_fit_config()
-_FIT = jax.jit(lambda key, train, valid: rm.fit(key, FIT_CFG, train, valid))
+_FIT = jax.jit(lambda key, train, valid: reward_fit.fit(key, FIT_CFG, train, valid))
 TINY_CFG = fast_fit_config(num_steps=10, eval_every=5, hidden=(8,), ensemble_size=3)
 
 
@@ -166,7 +168,7 @@ def test_same_key_identical_parameters_and_different_key_differs(synth, fitted):
 
 def test_learns_true_reward_from_2000_labels(synth, fitted):
     data, train, test = synth
-    rm.check_finite(fitted.metrics)
+    reward_fit.check_finite(fitted.metrics)
     state = fitted.state
     on = np.asarray(data.mask) > 0
     learned = rm.reward_fn(state)(jnp.asarray(data.obs), jnp.asarray(data.action))
@@ -186,7 +188,7 @@ def test_learns_true_reward_from_2000_labels(synth, fitted):
 def _tiny_fit(key, train, learning_rate):
     # SGD, not Adam: Adam turns float-rounding differences in near-zero
     # gradients into full-size steps, so batched and single runs would drift.
-    return rm.fit(key, TINY_CFG, train, optimizer=optax.sgd(learning_rate))
+    return reward_fit.fit(key, TINY_CFG, train, optimizer=optax.sgd(learning_rate))
 
 
 _TINY_FIT = jax.jit(_tiny_fit)
@@ -243,7 +245,7 @@ def test_ensemble_preferences_feed_select_queries(synth, fitted):
 
 @pytest.mark.slow
 def test_active_rounds_ask_each_query_once():
-    from prefrl.active import active_rounds
+    from prefrl.loops.active import active_rounds
 
     data, _, _ = synthetic_train(num_train=600)
     cfg = TINY_CFG
@@ -306,10 +308,11 @@ def test_empty_and_single_class_labels_error():
 
 def test_nan_run_names_step_and_metric(synth):
     _, train, _ = synth
-    result = jax.jit(lambda k: rm.fit(k, TINY_CFG, train, optimizer=optax.sgd(1e30)))(
+    result = jax.jit(lambda k: reward_fit.fit(k, TINY_CFG, train, optimizer=optax.sgd(1e30)))(
         jax.random.key(0))
-    with pytest.raises(rm.NonFiniteError, match=r"metric '.*' became non-finite at step \d+"):
-        rm.check_finite(result.metrics)
+    with pytest.raises(reward_fit.NonFiniteError,
+                       match=r"metric '.*' became non-finite at step \d+"):
+        reward_fit.check_finite(result.metrics)
     # The skipped updates left finite parameters behind (nothing NaN to save by accident).
     assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(result.state.params))
 

@@ -4,7 +4,7 @@ Data: a random "trajectory" with half-cheetah shapes whose logged reward is
 the target-speed reward of s' (so EPIC's stand-in for r is exact), merged
 from two parts, labelled by both oracles with an untrained PPO checkpoint's
 critic as V_E (``prefrl label``'s :func:`label_pool`), saved as a dataset
-file; then :func:`prefrl.study.run` and ``experiments/two_by_two.py``.
+file; then :func:`prefrl.studies.two_by_two.run` and ``experiments/two_by_two.py``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from prefrl.envs import make_task
 
-from prefrl import checkpoints, preference, study
+from prefrl import checkpoints, preference
 from prefrl.data import dataset as dataset_io
 from prefrl.data.labelling import LabelConfig, label_pool
 from prefrl.data.segments import segment
 from prefrl.data.trajectories import concatenate_trajectories
 from prefrl.learners import ppo
+from prefrl.studies import two_by_two as study
 from prefrl.types import Trajectory
 
 GAMMA = 0.99

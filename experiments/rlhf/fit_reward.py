@@ -25,6 +25,7 @@ from prefrl.data.queries import uniform_pairs
 from prefrl.data.segments import segment
 from prefrl.evaluation import pearson
 from prefrl.learners import reward_model
+from prefrl.loops import fit as reward_fit
 from prefrl.rollout import BatchedEnv, stack_trajectories
 
 
@@ -72,8 +73,8 @@ def main() -> int:
     train, valid = batch(np.arange(num_valid, args.queries)), batch(np.arange(num_valid))
     reward_model.validate_pairs(train)
     config = reward_model.RewardModelConfig(hidden=(64, 64), num_steps=args.fit_steps)
-    result = reward_model.fit(fit_key, config, train, valid)
-    reward_model.check_finite(result.metrics)
+    result = reward_fit.fit(fit_key, config, train, valid)
+    reward_fit.check_finite(result.metrics)
     state = result.state
     checkpoints.save_reward_model(out / "rm.npz", state, extra={"task": args.task,
                                                     "snapshots": [str(s) for s in snapshots]})

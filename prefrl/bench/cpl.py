@@ -9,11 +9,11 @@ For each task (default ``target-speed`` and ``run``):
    checkpoint per progress, sampled actions), cut segments of length 64
    (stride 32), draw 8000 uniform query pairs (dense: each segment is in ~8–17
    queries) and label them with the *regret* oracle (critic V_E of the
-   most-trained checkpoint, DESIGN.md §3) and with the partial-return oracle,
+   most-trained checkpoint, docs/design.md §3) and with the partial-return oracle,
    on the same queries (``prefrl.data.labelling.label_pool``). Or pass
    ``--datasets`` to reuse dataset files.
 2. **Methods**, each trained for every seed in one ``jit(vmap)`` call
-   (``prefrl.offline``): BC on all segments (π_ref); filtered BC (BC on the
+   (``prefrl.loops.offline``): BC on all segments (π_ref); filtered BC (BC on the
    preferred segment of every regret-labelled query: the CPL paper's %BC
    baseline, which uses the labels without any preference model); CPL on
    regret labels; CPL-BC (BC term on the preferred segments,
@@ -96,9 +96,9 @@ import jax
 import numpy as np
 
 from prefrl import config as config_lib
-from prefrl import offline
 from prefrl.io import atomic_write_json
 from prefrl.learners import bc, best_of_n, cpl
+from prefrl.loops import offline
 from prefrl.policies import Policy, policy_fn
 from prefrl.rollout import evaluate_on_task
 

@@ -1,4 +1,4 @@
-"""``prefrl bench expert_value``: how good is V_E as the regret oracle's V*? (DESIGN §3)
+"""``prefrl bench expert_value``: how good is V_E as the regret oracle's V*? (docs/design.md §3)
 
 The regret oracle scores a segment with ``Σ γ^t r_t + γ^k V_E(s_k) − V_E(s_0)``,
 where V_E is the critic of a PPO expert trained on the true reward. This

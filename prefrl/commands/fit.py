@@ -33,6 +33,7 @@ from prefrl import config as cfg
 from prefrl.config import field
 from prefrl.data import pairs
 from prefrl.learners import reward_model as rm
+from prefrl.loops import fit as reward_fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,7 @@ class FitConfig:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from prefrl.study import StudyConfig
+    from prefrl.studies.two_by_two import StudyConfig
 
     p = sub.add_parser(
         "fit",
@@ -70,13 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _study_args(args: argparse.Namespace) -> Any:
-    from prefrl.study import StudyConfig
+    from prefrl.studies.two_by_two import StudyConfig
 
     return cfg.from_args(StudyConfig, args, prefix="study-")
 
 
 # One compiled fit per (config, shapes), reused by repeated calls in one process.
-_FIT = jax.jit(rm.fit, static_argnums=(1,))
+_FIT = jax.jit(reward_fit.fit, static_argnums=(1,))
 
 
 def split_queries(batch: rm.PairBatch, valid_fraction: float, seed: int
@@ -114,7 +115,7 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
         init_params = init_state.params
     result = _FIT(key_fit, model_config, train, valid, init_params=init_params)
     metrics = jax.device_get(result.metrics)
-    rm.check_finite(metrics)
+    reward_fit.check_finite(metrics)
     state = result.state
     summary: dict[str, Any] = {
         "dataset": str(config.dataset),
@@ -144,12 +145,21 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
     return summary
 
 
+def run_study(config: Any) -> dict[str, Any]:
+    """Run the 2×2 study, print its table and one JSON line; returns the result."""
+    from prefrl.report import two_by_two as study_report
+    from prefrl.studies import two_by_two
+
+    result = two_by_two.run(config)
+    print(study_report.format_table(result))
+    print(json.dumps(study_report.summary(result)))
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     config = cfg.from_args(FitConfig, args)
     if getattr(args, "study", False):
-        from prefrl import study
-
-        study.main(_study_args(args))
+        run_study(_study_args(args))
         return 0
     if not (config.dataset and config.out):
         raise ValueError("prefrl fit needs --dataset FILE and --out FILE (or --study)")

@@ -5,7 +5,7 @@ Every oracle named in ``--oracles`` labels the *same* queries (e.g.
 seed, so one file carries both models' labels. The regret oracle needs an
 expert critic V_E: ``--expert PATH`` is loaded with
 ``prefrl.checkpoints.load_value_fn`` and must return V_E in the units of the
-true reward with discount ``--regret-discount`` (DESIGN.md §3).
+true reward with discount ``--regret-discount`` (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import numpy as np
 from prefrl.data import pairs
 from prefrl.data.queries import select_queries
 from prefrl.learners import reward_model as rm
+from prefrl.loops import fit as reward_fit
 
 Array = jax.Array
 LabelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -85,7 +86,7 @@ def active_rounds(
         raise ValueError(
             f"{cand_first.shape[0]} candidates cannot supply {rounds} rounds × {per_round}"
         )
-    fit = jax.jit(lambda k, train: rm.fit(k, config, train))
+    fit = jax.jit(lambda k, train: reward_fit.fit(k, config, train))
     total = rounds * per_round
     # Fixed-size training arrays, rows not yet labelled have weight 0: fit
     # never samples them, so every round reuses one compiled fit.
@@ -116,6 +117,6 @@ def active_rounds(
         train = train._replace(weight=jnp.asarray(weight))
         rm.validate_pairs(train, what=f"round {r} labels")
         state, metrics = fit(key_fit, train)
-        rm.check_finite(metrics)
+        reward_fit.check_finite(metrics)
     return ActiveResult(state, cand_first[asked], cand_second[asked], labels,
                         np.repeat(np.arange(rounds), per_round), metrics)

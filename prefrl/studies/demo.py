@@ -1,11 +1,11 @@
 """The end-to-end demo pipeline (``prefrl demo``): experts → preferences → policies → table.
 
 One run on one task (``target-speed`` by default, where partial return and
-regret disagree — DESIGN.md §5):
+regret disagree — docs/design.md §5):
 
 1. **experts**: find the shipped PPO checkpoints of the task (final and
    intermediate, :func:`find_experts`); the final one's critic V_E is the
-   regret oracle's stand-in for V* (DESIGN.md §3).
+   regret oracle's stand-in for V* (docs/design.md §3).
 2. **behaviour data**: roll out every chosen checkpoint (stochastic actions),
    checkpoints of a faster expert (``run``: past v*, so the labels can say
    that faster is worse) and a uniform random policy with
@@ -18,29 +18,26 @@ regret disagree — DESIGN.md §5):
    held-out test.
 4. **reward models**: r̂ fitted under the partial-return assumption on the
    partial-return labels, Â under the regret assumption on the regret labels
-   (:func:`prefrl.learners.reward_model.fit`), each scored on the held-out
+   (:func:`prefrl.learners.reward_fit.fit`), each scored on the held-out
    queries against *both* oracles' labels.
 5. **offline**: BC on the training segments, then CPL-BC (CPL with a BC term
    on the preferred segments, ``cpl_bc_weight``; 0 = plain CPL) from the BC
-   policy on each label set (:func:`prefrl.offline.train`).
-6. **PPO** from scratch on each learned reward (:func:`prefrl.training.train`
+   policy on each label set (:func:`prefrl.loops.offline.train`).
+6. **PPO** from scratch on each learned reward (:func:`prefrl.loops.ppo.train`
    with ``reward_fn`` = the standardised r̂ / Â).
 7. **evaluation**: true return (mean ± std over episodes) and mean speed
-   error |v_x − v*| of every policy (:func:`prefrl.training.evaluate_policy`),
+   error |v_x − v*| of every policy (:func:`prefrl.rollout.evaluate_on_task`),
    with the expert, BC and a random policy for reference.
 
 Everything is driven by the frozen :class:`DemoConfig`; :func:`run_demo`
-returns a JSON-able result, :func:`format_table` prints it,
-:func:`save_plot` draws it and :func:`write_results` stores it.
+returns a JSON-able result, :mod:`prefrl.report.demo` prints, draws and stores it.
 """
+
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,229 +47,13 @@ import numpy as np
 
 from prefrl import config as config_lib
 from prefrl import evaluation
-from prefrl.config import field
 from prefrl.data import pairs
+from prefrl.studies.demo_config import LABELS, QUICK, DemoConfig, quick_config
+from prefrl.studies.experts import Experts, behaviour_checkpoints, find_experts
 from prefrl.types import PreferenceDataset, Segments
 
 Array = jax.Array
 Log = Callable[[str], None]
-LABELS = ("partial_return", "regret")
-EXPERTS_ENV_HINT = "pass --experts DIR (a folder of PPO checkpoints, e.g. experiments/experts/TASK)"
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoConfig:
-    """Every knob of ``prefrl demo``; the defaults finish in ≤ 10 min on 2 CPU cores."""
-
-    task: str = field("target-speed", "task name (run, run-backward, target-speed)")
-    experts: str = field(
-        "", "folder of the task's PPO checkpoints ('' = the shipped experiments/experts/<task>)"
-    )
-    out_dir: str = field("runs/demo", "output folder (results.json, demo.png, PPO runs)")
-    seed: int = field(0, "seed of every stage (data, labels, fits, PPO, evaluation)")
-    # behaviour data
-    max_checkpoints: int = field(
-        6, "behaviour policies: the final expert plus up to this many − 1 earlier checkpoints"
-    )
-    random_policy: bool = field(True, "add a uniform random behaviour policy to the pool")
-    overshoot_experts: str = field(
-        "", "folder of a faster expert (e.g. run) whose checkpoints join the pool, so labels "
-        "show that faster than v* is worse; '' = the 'run' folder beside --experts if present, "
-        "'none' = skip"
-    )
-    overshoot_checkpoints: int = field(
-        2, "checkpoints of the overshoot expert to roll out (its earliest and final first)"
-    )
-    num_envs: int = field(8, "environments per behaviour policy")
-    steps_per_checkpoint: int = field(400, "steps each environment runs per behaviour policy")
-    segment_length: int = field(25, "segment length k (steps)")
-    stride: int = field(25, "steps between segment starts")
-    # labels
-    num_queries: int = field(2000, "queries, each labelled by both oracles")
-    test_fraction: float = field(0.2, "fraction of queries held out for preference accuracy")
-    valid_fraction: float = field(0.1, "fraction of the rest used for early stopping")
-    # reward models
-    rm_steps: int = field(400, "reward-model updates")
-    rm_ensemble: int = field(3, "reward-model ensemble size")
-    rm_hidden: tuple[int, ...] = field((64, 64), "reward-model hidden widths")
-    rm_batch_size: int = field(64, "queries per reward-model update")
-    rm_learning_rate: float = field(1e-3, "reward-model Adam step size")
-    # PPO on the learned rewards
-    ppo_steps: int = field(500_000, "environment steps of each PPO run (one per learned reward)")
-    ppo_envs: int = field(32, "PPO parallel environments")
-    ppo_rollout_steps: int = field(64, "PPO steps per environment per update")
-    ppo_epochs: int = field(5, "PPO epochs per update")
-    # offline
-    bc_steps: int = field(2000, "behaviour-cloning steps (also CPL's initial policy)")
-    cpl_steps: int = field(4000, "CPL steps per label set")
-    cpl_labels: tuple[str, ...] = field(LABELS, "label sets CPL learns from")
-    cpl_bc_weight: float = field(
-        1.0, "CPL-BC's BC term (0 = plain CPL); on the preferred segments, as in "
-        "`prefrl bench cpl`")
-    offline_hidden: tuple[int, ...] = field((128, 128), "BC / CPL policy hidden widths")
-    # evaluation
-    eval_episodes: int = field(8, "evaluation episodes per policy (1000 steps each)")
-    progress: bool = field(True, "show PPO progress bars")
-
-    def __post_init__(self) -> None:
-        positive = ("max_checkpoints", "overshoot_checkpoints", "num_envs",
-                    "steps_per_checkpoint", "segment_length", "stride", "num_queries",
-                    "rm_steps", "rm_ensemble", "rm_batch_size",
-                    "ppo_steps", "ppo_envs", "ppo_rollout_steps", "ppo_epochs", "bc_steps",
-                    "cpl_steps", "eval_episodes")
-        bad = {n: getattr(self, n) for n in positive if int(getattr(self, n)) < 1}
-        if bad:
-            raise ValueError(f"these DemoConfig values must be >= 1: {bad}")
-        if self.segment_length > self.steps_per_checkpoint:
-            raise ValueError(
-                f"segment_length {self.segment_length} exceeds steps_per_checkpoint "
-                f"{self.steps_per_checkpoint}: no segment fits in a rollout"
-            )
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
-        if not self.rm_learning_rate > 0:
-            raise ValueError(f"rm_learning_rate must be > 0, got {self.rm_learning_rate}")
-        unknown = [n for n in self.cpl_labels if n not in LABELS]
-        if unknown or len(set(self.cpl_labels)) != len(self.cpl_labels):
-            raise ValueError(f"cpl_labels must be distinct names from {LABELS}, got "
-                             f"{list(self.cpl_labels)}")
-        if not self.rm_hidden or min(self.rm_hidden) < 1:
-            raise ValueError(f"rm_hidden must be positive widths, got {self.rm_hidden}")
-        if not self.offline_hidden or min(self.offline_hidden) < 1:
-            raise ValueError(f"offline_hidden must be positive widths, got {self.offline_hidden}")
-        if self.ppo_envs * self.ppo_rollout_steps % 4:
-            raise ValueError("ppo_envs × ppo_rollout_steps must be divisible by 4 (minibatches)")
-        from prefrl.envs.tasks import make_task
-
-        make_task(self.task)  # unknown task names fail here, listing the valid ones
-
-
-# Every budget shrunk so the whole pipeline is a smoke test: about a minute of CPU,
-# almost all of it compiling each stage once.
-QUICK: dict[str, Any] = {
-    "max_checkpoints": 2,
-    "overshoot_checkpoints": 1,
-    "num_envs": 2,
-    "steps_per_checkpoint": 60,
-    "segment_length": 10,
-    "stride": 10,
-    "num_queries": 60,
-    "rm_steps": 20,
-    "rm_ensemble": 2,
-    "rm_hidden": (16,),
-    "rm_batch_size": 16,
-    "ppo_steps": 512,
-    "ppo_envs": 4,
-    "ppo_rollout_steps": 64,
-    "ppo_epochs": 1,
-    "bc_steps": 20,
-    "cpl_steps": 20,
-    "offline_hidden": (16,),
-    "eval_episodes": 2,
-    "progress": False,
-}
-
-
-def quick_config(**overrides: Any) -> DemoConfig:
-    """:data:`QUICK` budgets (a smoke test of every stage), with ``overrides`` on top."""
-    return DemoConfig(**{**QUICK, **overrides})
-
-
-# --------------------------------------------------------------------------- experts
-
-
-@dataclasses.dataclass(frozen=True)
-class Experts:
-    """The task's PPO checkpoints: ``checkpoints`` sorted by training progress, last = final."""
-
-    directory: Path
-    checkpoints: tuple[Path, ...]
-    progress: tuple[float, ...]  # env steps of each checkpoint
-    headers: tuple[dict[str, Any], ...]
-
-    @property
-    def final(self) -> Path:
-        return self.checkpoints[-1]
-
-    @property
-    def final_header(self) -> dict[str, Any]:
-        return self.headers[-1]
-
-
-def default_experts_dir(task: str) -> Path:
-    """``<repository>/experiments/experts/<task>``, found from the installed package.
-
-    The package lives in ``<repository>/prefrl`` for an editable install
-    (``pip install -e .``), so the shipped experts are one level up.
-    """
-    import prefrl
-
-    return Path(prefrl.__file__).resolve().parent.parent / "experiments" / "experts" / task
-
-
-def _progress(header: Mapping[str, Any]) -> float:
-    progress = header.get("progress") or {}
-    return float(progress.get("env_steps", progress.get("update", 0)) or 0)
-
-
-def find_experts(directory: str | Path | None, task: str | None) -> Experts:
-    """Every PPO checkpoint (``*.npz``, recursively) under ``directory`` trained on ``task``.
-
-    ``directory`` ``None``/``""`` means :func:`default_experts_dir` (``task``
-    required); ``task=None`` accepts checkpoints of any task. Checkpoints
-    at the same training progress (``last.npz`` and ``final.npz`` of one run)
-    are kept once, preferring ``final.npz``. Raises ``FileNotFoundError`` when
-    the folder or its checkpoints are missing, ``ValueError`` when a
-    checkpoint was trained on another task or on a learned reward.
-    """
-    from prefrl import checkpoints
-    from prefrl.io import FileFormatError, load_npz
-
-    if not directory and task is None:
-        raise ValueError("find_experts needs a directory or a task name")
-    folder = Path(directory) if directory else default_experts_dir(str(task))
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"expert folder {folder} not found; {EXPERTS_ENV_HINT}, or run from a checkout "
-            "installed with `pip install -e .` that ships experiments/experts"
-        )
-    found: dict[float, tuple[Path, dict[str, Any]]] = {}
-    skipped = []
-    for path in sorted(folder.rglob("*.npz")):
-        try:
-            _, header = load_npz(path, kind=checkpoints.PPO_KIND)
-        except FileFormatError as err:
-            skipped.append(str(err))  # another kind of file, or unreadable
-            continue
-        if task is not None and header.get("task") not in (None, task):
-            raise ValueError(f"{path}: checkpoint was trained on task {header.get('task')!r}, "
-                             f"the demo runs {task!r}")
-        if header.get("reward", "true") != "true":
-            raise ValueError(f"{path}: not an expert (trained on reward {header['reward']!r})")
-        step = _progress(header)
-        if step not in found or path.name == "final.npz":
-            found[step] = (path, header)
-    if not found:
-        why = f" (skipped: {'; '.join(skipped[:3])})" if skipped else ""
-        raise FileNotFoundError(
-            f"no PPO checkpoints (*.npz) under {folder}{why}; {EXPERTS_ENV_HINT}")
-    steps = sorted(found)
-    return Experts(folder, tuple(found[s][0] for s in steps), tuple(steps),
-                   tuple(found[s][1] for s in steps))
-
-
-def behaviour_checkpoints(experts: Experts, count: int) -> list[int]:
-    """Indices of ``count`` checkpoints evenly spread over training, always the final one."""
-    n = len(experts.checkpoints)
-    if count >= n:
-        return list(range(n))
-    picks = np.unique(np.round(np.linspace(n - 1, 0, count)).astype(int))
-    return sorted(int(i) for i in picks)
-
-
-# --------------------------------------------------------------------------- data
 
 
 def overshoot_folder(config: DemoConfig, experts: Experts) -> Path | None:
@@ -365,6 +146,7 @@ def fit_reward_model(config: DemoConfig, dataset: PreferenceDataset, assumption:
     (best-by-validation members, output standardised on the training segments).
     """
     from prefrl.learners import reward_model as rm
+    from prefrl.loops import fit as reward_fit
 
     rm_config = rm.RewardModelConfig(
         assumption=assumption,  # type: ignore[arg-type]
@@ -380,8 +162,8 @@ def fit_reward_model(config: DemoConfig, dataset: PreferenceDataset, assumption:
         valid = rm.pair_batch_from_dataset(dataset, assumption, split["valid"])
     # Data as arguments, not closed-over constants: XLA would fold megabytes of
     # constants into the program and compile far longer.
-    result = jax.jit(rm.fit, static_argnums=1)(key, rm_config, train, valid)
-    rm.check_finite(result.metrics)
+    result = jax.jit(reward_fit.fit, static_argnums=1)(key, rm_config, train, valid)
+    reward_fit.check_finite(result.metrics)
     return result.state
 
 
@@ -424,9 +206,9 @@ def implicit_accuracy(network: Any, params: Any, dataset: PreferenceDataset,
 def train_ppo_on(config: DemoConfig, task: Any, reward_state: Any, name: str,
                  log: Log | None = None) -> Any:
     """PPO from scratch on the standardised learned reward; returns ``training.TrainResult``."""
-    from prefrl import training
     from prefrl.learners import ppo
     from prefrl.learners import reward_model as rm
+    from prefrl.loops import ppo as training
 
     learned = rm.reward_fn(reward_state)
 
@@ -463,9 +245,9 @@ def train_offline(config: DemoConfig, dataset: PreferenceDataset, discount: floa
 
     Returns ``{"bc": (network, params), "cpl:<label>": (network, params), …}``.
     """
-    from prefrl import offline
     from prefrl.learners import bc as bc_lib
     from prefrl.learners import cpl as cpl_lib
+    from prefrl.loops import offline
 
     def train_config(steps: int) -> offline.TrainConfig:
         return offline.TrainConfig(num_steps=steps, log_every=_divisor(steps, 100),
@@ -543,8 +325,9 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
     Writes PPO runs under ``config.out_dir`` (``ppo_partial_return/``,
     ``ppo_regret/``); the command writes ``results.json`` and the plot.
     """
-    from prefrl import checkpoints
     from prefrl.envs.tasks import make_task, task_from_header
+
+    from prefrl import checkpoints
     from prefrl.learners import ppo
     from prefrl.policies import Policy, policy_fn, random_policy
 
@@ -639,133 +422,19 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- output
-
-
-def _fmt(x: Any, spec: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
-
-
-def format_table(results: Mapping[str, Any]) -> str:
-    """The table: method, labels, true return mean ± std, mean speed v_x, speed error
-    mean |v_x − v*|, and held-out preference accuracy under each oracle's labels."""
-    header = ("method", "labels", "true return", "speed", "speed err", "acc (PR labels)",
-              "acc (regret labels)")
-    lines = []
-    for row in results["rows"]:
-        acc = row.get("heldout_accuracy") or {}
-        lines.append((
-            row["method"], row["labels"],
-            f"{_fmt(row['mean_return'], '.1f')} ± {_fmt(row['std_return'], '.1f')}",
-            _fmt(row.get("mean_speed"), ".2f"), _fmt(row.get("mean_speed_error"), ".3f"),
-            _fmt(acc.get("partial_return"), ".3f"), _fmt(acc.get("regret"), ".3f"),
-        ))
-    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt(header), sep, *(fmt(r) for r in lines)])
-
-
-def save_plot(results: Mapping[str, Any], path: str | Path) -> Path:
-    """Bar charts of true return and speed error, and PPO's true/proxy reward curves (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from prefrl.io import atomic_write_bytes
-
-    rows = results["rows"]
-    names = [r["method"] if r["labels"] == "-" else f"{r['method']}\n[{r['labels']}]"
-             for r in rows]
-    names = [n.replace(" (PPO, true reward)", "") for n in names]
-    has_speed = any(r.get("mean_speed_error") is not None for r in rows)
-    fig, axes = plt.subplots(1, 3 if has_speed else 2, figsize=(16 if has_speed else 11, 4.8))
-    y = np.arange(len(rows))
-    axes[0].barh(y, [r["mean_return"] for r in rows], xerr=[r["std_return"] for r in rows],
-                 color="tab:blue", alpha=0.8)
-    axes[0].set_yticks(y, names, fontsize=8)
-    axes[0].invert_yaxis()
-    axes[0].set_xlabel("true episode return (mean ± std)")
-    axes[0].set_title(f"{results['task']['task']}: true return")
-    ax = axes[1]
-    if has_speed:
-        axes[1].barh(y, [r.get("mean_speed_error") or 0.0 for r in rows], color="tab:orange",
-                     alpha=0.8)
-        axes[1].set_yticks(y, names, fontsize=8)
-        axes[1].invert_yaxis()
-        axes[1].set_xlabel("mean |v_x − v*| (m/s)")
-        axes[1].set_title("speed error")
-        ax = axes[2]
-    for name, curve in results["ppo_curves"].items():
-        ax.plot(curve["env_steps"], curve["true_reward"], label=f"{name}: true r")
-        ax.plot(curve["env_steps"], curve["proxy_reward"], "--", label=f"{name}: learned (std.)")
-    ax.set_xlabel("PPO environment steps")
-    ax.set_ylabel("mean reward per step (rollouts)")
-    ax.set_title("PPO on learned rewards")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_results(results: Mapping[str, Any], path: str | Path) -> Path:
-    """``results`` as indented JSON, atomically (NaN written as null)."""
-    from prefrl.io import atomic_write_json
-
-    return atomic_write_json(path, _finite_or_none(results))
-
-
-def _finite_or_none(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, Sequence) and not isinstance(x, str):
-        return [_finite_or_none(v) for v in x]
-    if isinstance(x, float | np.floating):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def summary_line(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
-    """The one-line JSON summary: true return per row, held-out accuracies, wall time."""
-    out = {"task": results["task"]["task"], "wall_s": round(float(results["wall_s"]), 1),
-           "out_dir": str(out_dir), "label_agreement": results["data"]["label_agreement"]}
-    for row in results["rows"]:
-        key = row["method"] if row["labels"] == "-" else f"{row['method']} [{row['labels']}]"
-        entry = {"return": round(row["mean_return"], 2), "speed": round(row["mean_speed"], 3)}
-        if row.get("mean_speed_error") is not None:
-            entry["speed_error"] = round(row["mean_speed_error"], 4)
-        for label, acc in (row.get("heldout_accuracy") or {}).items():
-            entry[f"acc_{label}"] = None if not math.isfinite(acc) else round(acc, 4)
-        out[key] = entry
-    return _finite_or_none(out)
-
-
 __all__ = [
     "QUICK",
     "DemoConfig",
-    "Experts",
-    "behaviour_checkpoints",
     "collect_pool",
-    "default_experts_dir",
     "evaluate",
-    "find_experts",
     "fit_reward_model",
-    "format_table",
     "implicit_accuracy",
     "label_both",
     "quick_config",
     "reward_model_accuracy",
     "run_demo",
-    "save_plot",
     "split_queries",
     "subset",
-    "summary_line",
     "train_offline",
     "train_ppo_on",
-    "write_results",
 ]

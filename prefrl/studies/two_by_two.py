@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -42,6 +41,7 @@ from prefrl import evaluation, preference
 from prefrl.config import field
 from prefrl.data import pairs
 from prefrl.learners import reward_model as rm
+from prefrl.loops import fit as reward_fit
 
 Array = jax.Array
 
@@ -291,9 +291,10 @@ def half_cheetah_data(config: StudyConfig) -> StudyData:
     which must be the critic's and the regret labels' γ
     (:func:`check_discounts`).
     """
+    from prefrl.envs import tasks
+
     from prefrl import checkpoints
     from prefrl.data import dataset as dataset_io
-    from prefrl.envs import tasks
 
     ds, header = dataset_io.load(config.dataset)
     _, expert_header = checkpoints.load_ppo(config.expert)
@@ -437,9 +438,9 @@ def cell_metrics(scores: np.ndarray, values: np.ndarray, canonical: np.ndarray,
 # into the program and compile far longer.
 @functools.partial(jax.jit, static_argnums=1)
 def _fit_seeds(keys: Array, model_cfg: rm.RewardModelConfig, train: rm.PairBatch,
-               valid: rm.PairBatch) -> rm.FitResult:
+               valid: rm.PairBatch) -> reward_fit.FitResult:
     """``[S]`` keys -> S independent fits (stacked on a leading seed axis)."""
-    return jax.vmap(lambda k: rm.fit(k, model_cfg, train, valid))(keys)
+    return jax.vmap(lambda k: reward_fit.fit(k, model_cfg, train, valid))(keys)
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -460,7 +461,7 @@ def run_cell(config: StudyConfig, data: StudyData, label: str, assumption: str,
     rm.validate_pairs(train, what=f"train labels {label!r}")
     keys = jax.random.split(jax.random.key(config.seed), config.seeds)
     fits = _fit_seeds(keys, model_cfg, train, valid)
-    rm.check_finite(jax.tree.map(lambda x: np.moveaxis(np.asarray(x), 0, 1), fits.metrics))
+    reward_fit.check_finite(jax.tree.map(lambda x: np.moveaxis(np.asarray(x), 0, 1), fits.metrics))
     sample = eval_sample(data, config) if sample is None else sample
     arrays = _seed_arrays_vmapped(fits.state, sample, config.discount)
     scores, values, canonical = (np.asarray(x) for x in arrays)
@@ -489,61 +490,3 @@ def run(config: StudyConfig, data: StudyData | None = None) -> dict[str, Any]:
             cells[f"{label}/{assumption}"] = {
                 "per_seed": per_seed, "iqm": {m: list(v) for m, v in iqm.items()}}
     return {"config": to_dict(config), "cells": cells}
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """A text table: one row per cell, IQM [low, high] per metric."""
-    heads = ["labels", "learner", *METRICS]
-    rows = []
-    for name, cell in result["cells"].items():
-        label, assumption = name.split("/")
-        row = [label, assumption]
-        for m in METRICS:
-            point, low, high = cell["iqm"][m]
-            row.append(f"{point:.3f} [{low:.3f}, {high:.3f}]")
-        rows.append(row)
-    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-    seeds = result["config"]["seeds"]
-    legend = (f"IQM [95% stratified-bootstrap CI] over {seeds} seeds; acc_* = held-out "
-              "accuracy vs each oracle (ties excluded); *_r vs true reward, *_adv vs A_E; "
-              "epic_r = EPIC distance to r")
-    return "\n".join([line(heads), *(line(r) for r in rows), legend])
-
-
-METRIC_HEADS = {
-    "acc_pr": "acc vs PR labels", "acc_regret": "acc vs regret labels",
-    "pearson_r": "Pearson r", "spearman_r": "Spearman r", "pearson_adv": "Pearson A_E",
-    "spearman_adv": "Spearman A_E", "epic_r": "EPIC(·, r) ↓",
-}
-
-
-def format_markdown(result: dict[str, Any], command: str = "") -> str:
-    """A Markdown table (one row per cell, IQM [95 % CI] per metric), with ``command``."""
-    heads = ["labels", "learner", *(METRIC_HEADS[m] for m in METRICS)]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for name, cell in result["cells"].items():
-        label, assumption = name.split("/")
-        vals = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in
-                (cell["iqm"][m] for m in METRICS)]
-        lines.append("| " + " | ".join([label, assumption, *vals]) + " |")
-    seeds = result["config"]["seeds"]
-    legend = (f"IQM [95 % stratified-bootstrap CI] over {seeds} seeds. acc = held-out preference "
-              "accuracy against each oracle's labels (ties excluded); Pearson/Spearman of the "
-              "learned per-step function with the true reward r and with the expert advantage "
-              "A_E on the held-out segments' steps; EPIC = EPIC distance to r (0 = equivalent "
-              "up to shaping and scale).")
-    out = [*lines, "", legend]
-    if command:
-        out += ["", "Produced by:", "", "```", command, "```"]
-    return "\n".join(out) + "\n"
-
-
-def main(config: StudyConfig) -> dict[str, Any]:
-    """Run, print the table and one JSON line; returns the result."""
-    result = run(config)
-    print(format_table(result))
-    summary = {name: {m: cell["iqm"][m][0] for m in METRICS}
-               for name, cell in result["cells"].items()}
-    print(json.dumps({"study": "two_by_two", "task": config.task, "iqm": summary}))
-    return result
