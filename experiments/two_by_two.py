@@ -14,7 +14,7 @@ Spearman correlation with r and with A_E, and EPIC distance to r, each as
 IQM [95 % bootstrap CI] across seeds; ``--out FILE`` also saves the full
 per-seed results as JSON and ``--markdown FILE`` the table with the command
 line. The half-cheetah dataset is built by ``experiments/make_dataset.py``
-(see its docstring). All logic lives in ``prefrl.study``.
+(see its docstring). All logic lives in ``prefrl.studies.two_by_two``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ import argparse
 import shlex
 import sys
 
-from prefrl import config, study
+from prefrl import config
+from prefrl.commands.fit import run_study
 from prefrl.io import atomic_write_json, atomic_write_text
+from prefrl.report import two_by_two as study_report
+from prefrl.studies import two_by_two as study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", default="",
                         help="optional Markdown file for the table (with this command line)")
     args = parser.parse_args(argv)
-    result = study.main(config.from_args(study.StudyConfig, args))
+    result = run_study(config.from_args(study.StudyConfig, args))
     if args.out:
         atomic_write_json(args.out, result)
     if args.markdown:
         command = "python experiments/two_by_two.py " + " ".join(
             shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-        atomic_write_text(args.markdown, study.format_markdown(result, command))
+        atomic_write_text(args.markdown, study_report.format_markdown(result, command))
     return 0
 
 

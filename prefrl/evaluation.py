@@ -1,4 +1,4 @@
-"""Reward-quality metrics and across-seed statistics (DESIGN.md §6).
+"""Reward-quality metrics and across-seed statistics (docs/design.md §6).
 
 * :func:`preference_accuracy` — held-out agreement of a learned function's
   preferences with an oracle's labels (ties: excluded or counted ½).
@@ -19,7 +19,7 @@ Numbers here are host-side summaries (numpy in, Python floats out) except
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import jax
@@ -67,16 +67,51 @@ def preference_accuracy(
         )
     if ties not in ("exclude", "half"):
         raise ValueError(f"ties must be 'exclude' or 'half', got {ties!r}")
-    w = np.ones_like(mu) if weight is None else np.asarray(weight, np.float64)
+    correct, total = accuracy_sums(s1, s2, mu, ties=ties, weight=weight)
+    return float(correct / total) if total > 0 else float("nan")
+
+
+def preference_accuracies(
+    score_1: Array | np.ndarray,
+    score_2: Array | np.ndarray,
+    labels: Mapping[str, Array | np.ndarray],
+    weights: Mapping[str, Array | np.ndarray] | None = None,
+) -> dict[str, float]:
+    """:func:`preference_accuracy` (ties excluded) under several label sets: ``{name: acc}``.
+
+    ``weights`` (e.g. each oracle's skip mask) maps a label set's name to its
+    query weights.
+    """
+    weights = weights or {}
+    return {name: preference_accuracy(score_1, score_2, label, weight=weights.get(name))
+            for name, label in labels.items()}
+
+
+def accuracy_sums(
+    score_1: Array | np.ndarray,
+    score_2: Array | np.ndarray,
+    label: Array | np.ndarray,
+    *,
+    ties: Literal["exclude", "half"] = "exclude",
+    weight: Array | np.ndarray | None = None,
+) -> tuple[Array, Array]:
+    """``(Σ w·correct, Σ w)`` of :func:`preference_accuracy` (NumPy or traced JAX arrays).
+
+    The arithmetic behind every preference accuracy in the project: on the host
+    (:func:`preference_accuracy`) and inside a jitted learner's metrics
+    (``prefrl.learners.cpl.preference_metrics``).
+    """
+    xp = jnp if any(isinstance(x, jax.Array) for x in (score_1, score_2, label)) else np
+    s1, s2, mu = (xp.asarray(x) for x in (score_1, score_2, label))
+    w = xp.ones_like(mu) if weight is None else xp.asarray(weight, mu.dtype)
     tie = mu == 0.5
-    pred_first = (s1 > s2).astype(np.float64) + 0.5 * (s1 == s2)
-    correct = np.where(mu > 0.5, pred_first, 1.0 - pred_first)
+    pred_first = (s1 > s2).astype(mu.dtype) + 0.5 * (s1 == s2)
+    correct = xp.where(mu > 0.5, pred_first, 1.0 - pred_first)
     if ties == "exclude":
-        w = np.where(tie, 0.0, w)
+        w = xp.where(tie, 0.0, w)
     else:
-        correct = np.where(tie, 0.5, correct)
-    total = w.sum()
-    return float(np.sum(w * correct) / total) if total > 0 else float("nan")
+        correct = xp.where(tie, 0.5, correct)
+    return xp.sum(w * correct), xp.sum(w)
 
 
 # --------------------------------------------------------------------------- #
@@ -230,11 +265,14 @@ def iqm(scores: Array | np.ndarray) -> float:
     """Interquartile mean: the mean of the middle 50 % of all scores.
 
     Like ``scipy.stats.trim_mean(x, 0.25)`` (which rliable uses): sort the
-    flattened scores and drop ``floor(0.25 n)`` from each end.
+    flattened scores and drop ``floor(0.25 n)`` from each end. NaN scores
+    raise ``ValueError``.
     """
     x = np.sort(np.asarray(scores, np.float64).ravel())
     if x.size == 0:
         raise ValueError("iqm of an empty sample")
+    if np.isnan(x).any():
+        raise ValueError("iqm: scores contain NaN (a run with no score is not averaged away)")
     cut = int(0.25 * x.size)
     return float(np.mean(x[cut: x.size - cut]))
 
@@ -278,7 +316,42 @@ def interval_estimates(
     return {name: bootstrap_ci(x, statistic, **kwargs) for name, x in scores.items()}
 
 
+def stratified_bootstrap_ci(
+    strata: Sequence[Sequence[float] | np.ndarray],
+    statistic: Callable[[np.ndarray], float] = iqm,
+    *,
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """:func:`bootstrap_ci` over strata of any sizes (e.g. a task with fewer finished seeds).
+
+    Each replicate resamples the runs of every stratum with replacement,
+    independently and with the stratum's own size, and applies ``statistic``
+    to all of them (rliable's ``StratifiedBootstrap``, percentile method).
+    Strata of equal size are the ``[runs, tasks]`` matrix of
+    :func:`bootstrap_ci`; with one stratum this is the plain bootstrap.
+    """
+    arrays = [np.asarray(s, np.float64).ravel() for s in strata]
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
+        raise ValueError("bootstrap of no scores")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if len({a.size for a in arrays}) == 1:
+        return bootstrap_ci(np.stack(arrays, axis=1), statistic, reps=reps,
+                            confidence=confidence, seed=seed)
+    point = statistic(np.concatenate(arrays))
+    rng = np.random.default_rng(seed)
+    draws = [a[rng.integers(0, a.size, size=(reps, a.size))] for a in arrays]
+    replicates = np.array([statistic(np.concatenate([d[i] for d in draws])) for i in range(reps)])
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.percentile(replicates, [100 * alpha, 100 * (1 - alpha)])
+    return float(point), float(low), float(high)
+
+
 __all__ = [
+    "accuracy_sums",
     "bootstrap_ci",
     "canonicalize",
     "epic_distance",
@@ -286,8 +359,10 @@ __all__ = [
     "iqm",
     "pearson",
     "pearson_distance",
+    "preference_accuracies",
     "preference_accuracy",
     "rankdata",
     "spearman",
     "state_action_reward",
+    "stratified_bootstrap_ci",
 ]

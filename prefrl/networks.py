@@ -128,6 +128,45 @@ class GaussianPolicy(nn.Module):
         return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
 
 
+class NormalizedGaussianPolicy(nn.Module):
+    """``GaussianPolicy`` on standardised observations ``(s − mean) / std``.
+
+    The statistics are constants of the module (fixed from the training data,
+    stored in the policy file's header), not parameters: no optimiser or
+    weight decay can move them. Outputs as ``GaussianPolicy``: ``(mean,
+    log_std)`` of the pre-tanh Gaussian.
+    """
+
+    action_dim: int
+    hidden: tuple[int, ...]
+    state_dependent_std: bool
+    obs_mean: tuple[float, ...]
+    obs_std: tuple[float, ...]
+
+    @nn.compact
+    def __call__(self, obs: Array) -> tuple[Array, Array]:
+        shape = (1,) * (obs.ndim - 1) + (len(self.obs_mean),)
+        mean = jnp.asarray(self.obs_mean, obs.dtype).reshape(shape)
+        std = jnp.asarray(self.obs_std, obs.dtype).reshape(shape)
+        return GaussianPolicy(self.action_dim, tuple(self.hidden),
+                              state_dependent_std=self.state_dependent_std,
+                              name="policy")((obs - mean) / std)
+
+
+def make_network(action_dim: int, hidden: Sequence[int], state_dependent_std: bool,
+                 obs_mean: Sequence[float] = (), obs_std: Sequence[float] = ()) -> nn.Module:
+    """A plain ``GaussianPolicy``, or a :class:`NormalizedGaussianPolicy` given statistics."""
+    if len(obs_mean) != len(obs_std):
+        raise ValueError("obs_mean and obs_std must have the same length")
+    if not obs_mean:
+        return GaussianPolicy(action_dim=int(action_dim), hidden=tuple(int(h) for h in hidden),
+                              state_dependent_std=bool(state_dependent_std))
+    return NormalizedGaussianPolicy(
+        action_dim=int(action_dim), hidden=tuple(int(h) for h in hidden),
+        state_dependent_std=bool(state_dependent_std),
+        obs_mean=tuple(float(x) for x in obs_mean), obs_std=tuple(float(x) for x in obs_std))
+
+
 class ValueNetwork(nn.Module):
     """``obs [..., obs] -> value [...]``."""
 

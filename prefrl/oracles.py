@@ -1,4 +1,4 @@
-"""Synthetic oracles ("scripted teachers") that label queries (DESIGN.md §3).
+"""Synthetic oracles ("scripted teachers") that label queries (docs/design.md §3).
 
 An oracle is a frozen :class:`OracleConfig` plus pure functions:
 
@@ -196,7 +196,7 @@ def pool_scores(
     ``rational`` drives skip/equal; ``preference`` (myopic when γ_m < 1) drives
     the label. ``value_fn(obs [..., obs_dim]) -> [...]`` is required by the
     regret model; it must return V_E in the units of the *true* reward with
-    the oracle's γ (DESIGN.md §3). ``terminal_k`` ``[N]``: see :func:`segment_scores`.
+    the oracle's γ (docs/design.md §3). ``terminal_k`` ``[N]``: see :func:`segment_scores`.
     """
     rewards = jnp.asarray(segments.reward)
     mask = jnp.asarray(segments.mask, rewards.dtype)

@@ -1,4 +1,4 @@
-"""Preference models over segment scores (DESIGN.md §2).
+"""Preference models over segment scores (docs/design.md §2).
 
 Both models are Bradley–Terry / logistic over a segment *score* with
 Boltzmann temperature β:
@@ -100,7 +100,7 @@ def regret_score_from_values(
     per-step advantages ``A_t = r_t + γ V(s_{t+1}) − V(s_t)`` (so it equals
     :func:`regret_score` of those advantages) and needs V at two states only.
     With ``V = V*`` this is ``−regret(σ)``; with an expert's critic V_E it is
-    the approximation of DESIGN.md §3 (CPL's ``rl_dis_sum`` label is the same
+    the approximation of docs/design.md §3 (CPL's ``rl_dis_sum`` label is the same
     construction).
 
     Termination: after an MDP terminal state the future value is 0, so the

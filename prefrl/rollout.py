@@ -1,4 +1,4 @@
-"""Batched rollouts of the half-cheetah tasks on either backend (DESIGN §5).
+"""Batched rollouts of the half-cheetah tasks on either backend (docs/design.md §5).
 
 CPU backend — :class:`BatchedEnv`: ``B`` environments as one
 ``mujoco.batch.Batch`` (MuJoCo ≥ 4.0), a state row per environment

@@ -1,4 +1,4 @@
-"""A small, exact tabular world for checking the preference models (DESIGN.md §2).
+"""A small, exact tabular world for checking the preference models (docs/design.md §2).
 
 A deterministic grid world: the agent moves up/right/down/left on an
 ``height × width`` grid (bumping into the border leaves it in place), every

@@ -12,8 +12,9 @@ import optax
 import pytest
 import scipy.stats
 
-from prefrl import offline
+from prefrl import checkpoints, networks
 from prefrl.learners import bc, cpl
+from prefrl.loops import offline
 from prefrl.networks import GaussianPolicy
 from prefrl.types import PreferenceDataset, Segments
 
@@ -187,14 +188,14 @@ def test_cli_bc_then_dpo_roundtrip(tmp_path, capsys):
     assert main(["train", "bc", *common, "--out", str(tmp_path / "bc.npz")]) == 0
     bc_summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert bc_summary["algo"] == "bc" and bc_summary["out"] == [str(tmp_path / "bc.npz")]
-    network, params, header = offline.load_policy(tmp_path / "bc.npz")
+    network, params, header = checkpoints.load_offline_policy(tmp_path / "bc.npz")
     assert network.hidden == (16,) and header["algo"] == "bc"
     # Observations are standardised by the pool's statistics, stored with the policy.
-    assert isinstance(network, offline.NormalizedGaussianPolicy)
+    assert isinstance(network, networks.NormalizedGaussianPolicy)
     obs_pool = np.asarray(synthetic_dataset().segments.obs)
     assert network.obs_mean[0] == pytest.approx(obs_pool.mean(), abs=1e-5)
     assert network.obs_std[0] == pytest.approx(obs_pool.std(), abs=1e-5)
-    act, info = offline.load_policy_fn(tmp_path / "bc.npz")
+    act, info = checkpoints.load_policy(tmp_path / "bc.npz")
     obs = np.zeros((3, 1), np.float32)
     np.testing.assert_allclose(act(obs, jax.random.key(0)),
                                np.tanh(info["apply"](info["params"], obs)[0]), rtol=1e-6)
@@ -203,7 +204,7 @@ def test_cli_bc_then_dpo_roundtrip(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["out"] == [str(tmp_path / "dpo_seed0.npz"), str(tmp_path / "dpo_seed1.npz")]
     assert len(summary["pref/val_accuracy"]) == 2
-    _, dpo_params, dpo_header = offline.load_policy(tmp_path / "dpo_seed1.npz")
+    _, dpo_params, dpo_header = checkpoints.load_offline_policy(tmp_path / "dpo_seed1.npz")
     assert dpo_header["meta"]["learner"]["beta"] == pytest.approx(0.1)
     assert jax.tree.structure(dpo_params) == jax.tree.structure(params)
     # A reference whose action dimension differs from the dataset's: a clear error.

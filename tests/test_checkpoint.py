@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from ppo_toy import ACT_DIM, OBS_DIM, PointMassBatchedEnv
 
-from prefrl import checkpoint, training
+from prefrl import checkpoints
 from prefrl.io import FileFormatError
 from prefrl.learners import ppo
+from prefrl.loops import ppo as training
 
 TINY = ppo.PPOConfig(
     num_epochs=2, num_minibatches=2, learning_rate=3e-3, policy_hidden=(16,), value_hidden=(16,)
@@ -66,7 +67,7 @@ def test_training_writes_checkpoints_metrics_and_snapshots(trained):
 
 def test_round_trip_restores_state_and_functions(trained):
     out, result = trained
-    state, header = checkpoint.load(out / "final.npz", obs_dim=OBS_DIM)
+    state, header = checkpoints.load_ppo(out / "final.npz", obs_dim=OBS_DIM)
     chex.assert_trees_all_equal(state.policy_params, jax.device_get(result.state.policy_params))
     chex.assert_trees_all_equal(state.obs_stats, jax.device_get(result.state.obs_stats))
     chex.assert_trees_all_equal(state.return_stats, jax.device_get(result.state.return_stats))
@@ -77,7 +78,7 @@ def test_round_trip_restores_state_and_functions(trained):
 
     acting = ppo.make_acting(TINY, ACT_DIM)
     obs = jnp.array([[0.5, 0.5], [-1.0, 1.0]], jnp.float32)
-    policy_fn, info = checkpoint.load_policy(out / "final.npz")
+    policy_fn, info = checkpoints.load_policy(out / "final.npz")
     np.testing.assert_allclose(
         np.asarray(policy_fn(obs, jax.random.key(0))),
         np.asarray(acting.mode(result.state, obs)),
@@ -87,7 +88,7 @@ def test_round_trip_restores_state_and_functions(trained):
     np.testing.assert_allclose(
         np.tanh(np.asarray(mean)), np.asarray(acting.mode(result.state, obs)), rtol=1e-5
     )
-    value_fn = checkpoint.load_value_fn(out / "final.npz")
+    value_fn = checkpoints.load_value_fn(out / "final.npz")
     np.testing.assert_allclose(
         np.asarray(value_fn(obs)), np.asarray(acting.value(result.state, obs)), rtol=1e-6
     )
@@ -96,7 +97,7 @@ def test_round_trip_restores_state_and_functions(trained):
 def test_observation_size_mismatch_is_a_clear_error(trained):
     out, _ = trained
     with pytest.raises(ValueError, match="observation size mismatch.*obs_dim 2.*obs_dim 17"):
-        checkpoint.load_policy(out / "final.npz", obs_dim=17)
+        checkpoints.load_policy(out / "final.npz", obs_dim=17)
 
 
 def test_corrupt_and_wrong_files_are_clear_errors(trained, tmp_path):
@@ -105,36 +106,36 @@ def test_corrupt_and_wrong_files_are_clear_errors(trained, tmp_path):
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(FileFormatError, match="truncated or corrupt"):
-        checkpoint.load(truncated)
+        checkpoints.load_ppo(truncated)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file at all")
     with pytest.raises(FileFormatError, match="truncated or corrupt"):
-        checkpoint.load(garbage)
+        checkpoints.load_ppo(garbage)
     with pytest.raises(FileNotFoundError):
-        checkpoint.load(tmp_path / "missing.npz")
+        checkpoints.load_ppo(tmp_path / "missing.npz")
     # A valid npz of another kind.
     from prefrl.io import save_npz
 
     other = tmp_path / "other.npz"
     save_npz(other, {"x": np.zeros(3)}, {"kind": "dataset", "schema_version": 1})
     with pytest.raises(FileFormatError, match="expected a 'ppo_checkpoint' file"):
-        checkpoint.load(other)
+        checkpoints.load_ppo(other)
 
 
 def test_value_fn_refuses_proxy_reward_checkpoints(trained, tmp_path):
     out, result = trained
     path = tmp_path / "proxy.npz"
-    checkpoint.save(path, result.state, config=TINY, obs_dim=OBS_DIM, act_dim=ACT_DIM,
+    checkpoints.save_ppo(path, result.state, config=TINY, obs_dim=OBS_DIM, act_dim=ACT_DIM,
                     num_updates=6, reward="learned: rm.npz")
     # A checkpoint of a KL-regularised run (π_ref not stored) still loads.
     kl_path = tmp_path / "kl.npz"
     kl_config = ppo.PPOConfig(**{**TINY.__dict__, "kl_ref_coef": 0.5})
-    checkpoint.save(kl_path, result.state, config=kl_config, obs_dim=OBS_DIM, act_dim=ACT_DIM,
+    checkpoints.save_ppo(kl_path, result.state, config=kl_config, obs_dim=OBS_DIM, act_dim=ACT_DIM,
                     num_updates=6, reward="true-kl0.5:ref.npz")
-    checkpoint.load_policy(kl_path)
+    checkpoints.load_policy(kl_path)
     with pytest.raises(ValueError, match="not the true reward"):
-        checkpoint.load_value_fn(path)
-    assert checkpoint.load_value_fn(path, allow_proxy=True)(jnp.zeros((1, OBS_DIM))).shape == (1,)
+        checkpoints.load_value_fn(path)
+    assert checkpoints.load_value_fn(path, allow_proxy=True)(jnp.zeros((1, OBS_DIM))).shape == (1,)
 
 
 def test_nan_reward_is_a_clear_error():
@@ -158,7 +159,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(tmp_path):
     first = _train(tc, stop_after_updates=4)
     assert first.history[-1]["update"] == 4
     assert not (out / "final.npz").exists()
-    saved, header = checkpoint.load(out / "last.npz")
+    saved, header = checkpoints.load_ppo(out / "last.npz")
     assert header["progress"]["update"] == 4
 
     resumed_from = []
@@ -167,7 +168,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(tmp_path):
     assert [r["update"] for r in second.history] == [5, 6]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in lines] == [1, 2, 3, 4, 5, 6]
-    final, header = checkpoint.load(out / "final.npz")
+    final, header = checkpoints.load_ppo(out / "final.npz")
     assert header["progress"]["update"] == 6
     # Training continued from the saved state: the optimiser's step count went on from it.
     assert int(final.step) == int(saved.step) + 2 == 6
@@ -241,13 +242,38 @@ def test_load_policy_reads_offline_policy_files(tmp_path):
     import jax
     import numpy as np
 
-    from prefrl import checkpoint, offline
+    from prefrl import checkpoints, networks
 
-    network = offline.make_network(6, (8,), True)
+    network = networks.make_network(6, (8,), True)
     params = network.init(jax.random.key(0), np.zeros((1, 17), np.float32))
-    path = offline.save_policy(tmp_path / "bc.npz", network, params, algo="bc")
-    policy_fn, info = checkpoint.load_policy(path, obs_dim=17)
+    path = checkpoints.save_offline_policy(tmp_path / "bc.npz", network, params, algo="bc")
+    policy_fn, info = checkpoints.load_policy(path, obs_dim=17)
     assert policy_fn(np.zeros((3, 17), np.float32), jax.random.key(1)).shape == (3, 6)
     assert info["act_dim"] == 6 and info["obs_dim"] == 17
     with pytest.raises(ValueError, match="observations of size 17.*size 5"):
-        checkpoint.load_policy(path, obs_dim=5)
+        checkpoints.load_policy(path, obs_dim=5)
+
+
+def test_shipped_files_load_through_the_kind_registry():
+    # Files in experiments/ predate prefrl.checkpoints' naming scheme: they must still load.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "experiments"
+    state, header = checkpoints.load(root / "experts" / "run" / "final.npz")
+    assert header["kind"] == "ppo_checkpoint" and state.step > 0
+    policy, info = checkpoints.read_policy(root / "experts" / "run" / "final.npz", obs_dim=17)
+    assert info["act_dim"] == 6
+    model, header = checkpoints.load(root / "rlhf" / "target-speed" / "rm.npz")
+    assert header["kind"] == "reward_model" and model.reward_std > 0
+
+
+def test_one_naming_scheme_round_trips(tmp_path):
+    tree = {"params": {"Dense_0": {"kernel": np.ones((2, 3), np.float32)}},
+            "stats": [np.zeros(2, np.float32), np.arange(3, dtype=np.int32)]}
+    arrays = checkpoints.flatten(tree, "p")
+    assert sorted(arrays) == ["p/params/Dense_0/kernel", "p/stats/0", "p/stats/1"]
+    back = checkpoints.unflatten(tree, arrays, "p", "test")
+    chex.assert_trees_all_equal(back, jax.tree.map(jnp.asarray, tree))
+    assert checkpoints.unflatten_dict(arrays, "p")["params"]["Dense_0"]["kernel"].shape == (2, 3)
+    with pytest.raises(FileFormatError, match="missing array 'q/params/Dense_0/kernel'"):
+        checkpoints.unflatten(tree, arrays, "q", "test")

@@ -329,14 +329,14 @@ def test_bench_cpl_smoke(tmp_path, capsys):
 
     from prefrl.envs.tasks import make_task
 
-    from prefrl import checkpoint
+    from prefrl import checkpoints
     from prefrl.bench import cpl as bench
     from prefrl.learners import ppo
 
     config = ppo.PPOConfig(policy_hidden=(8,), value_hidden=(8,))
     learner = ppo.make(config, 17, 6, num_updates=1)
     for i, steps in enumerate((1000, 2000, 2000)):  # the last two: same progress, one is kept
-        checkpoint.save(tmp_path / "experts" / "run" / f"c{i}.npz",
+        checkpoints.save_ppo(tmp_path / "experts" / "run" / f"c{i}.npz",
                         learner.init(jax.random.key(i)), config=config, obs_dim=17, act_dim=6,
                         num_updates=1, task=make_task("run").to_header(),
                         progress={"env_steps": steps})

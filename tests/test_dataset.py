@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import prefrl
 from prefrl.data import dataset as ds
 from prefrl.io import FileFormatError, save_npz
 from prefrl.types import PreferenceDataset, Segments
@@ -337,17 +336,11 @@ def fake_value_fn(obs):
 
 
 def test_label_command_end_to_end(tmp_path, monkeypatch, capsys):
-    import sys
-    import types
+    from prefrl import checkpoints, cli
 
-    from prefrl import cli
-
-    fake = types.ModuleType("prefrl.checkpoint")
-    fake.load_value_fn = lambda path, obs_dim=None: fake_value_fn
-    monkeypatch.setitem(sys.modules, "prefrl.checkpoint", fake)
-    # `from prefrl import checkpoint` reads the package attribute once the real
-    # module has been imported by an earlier test, so patch that too.
-    monkeypatch.setattr(prefrl, "checkpoint", fake, raising=False)
+    # A stand-in critic: V(s) = obs[0], recorded with γ = 0.9.
+    monkeypatch.setattr(checkpoints, "load_value_fn", lambda path, obs_dim=None: fake_value_fn)
+    monkeypatch.setattr(checkpoints, "load_ppo", lambda path: (None, {"discount": 0.9}))
     write_tiny_trajectory(tmp_path / "traj.npz")
     out = tmp_path / "prefs.npz"
     rc = cli.main([
@@ -386,13 +379,13 @@ def test_label_command_end_to_end(tmp_path, monkeypatch, capsys):
 
 
 def test_label_command_is_deterministic(tmp_path):
-    from prefrl.commands.label import LabelConfig, run_config
+    from prefrl.commands.label import LabelCommandConfig, run_config
 
     write_tiny_trajectory(tmp_path / "traj.npz")
     kwargs = dict(trajectory=str(tmp_path / "traj.npz"), segment_length=4, stride=2, budget=30,
                   temperature=1.0, mistake_prob=0.1, seed=5)
-    run_config(LabelConfig(output=str(tmp_path / "a.npz"), **kwargs))
-    run_config(LabelConfig(output=str(tmp_path / "b.npz"), **kwargs))
+    run_config(LabelCommandConfig(output=str(tmp_path / "a.npz"), **kwargs))
+    run_config(LabelCommandConfig(output=str(tmp_path / "b.npz"), **kwargs))
     a, _ = ds.load(tmp_path / "a.npz")
     b, _ = ds.load(tmp_path / "b.npz")
     assert_same(a, b)
@@ -412,14 +405,14 @@ def test_label_command_regret_without_expert_is_a_clear_error(tmp_path, capsys):
 
 
 def test_label_config_rejects_unknown_oracle():
-    from prefrl.commands.label import LabelConfig
+    from prefrl.data.labelling import LabelConfig
 
     with pytest.raises(ValueError, match=r"unknown oracle\(s\) \['human'\]"):
         LabelConfig(oracles=("human",))
 
 
 def test_label_command_same_start_pairing(tmp_path):
-    from prefrl.commands.label import LabelConfig, label_pool
+    from prefrl.data.labelling import LabelConfig, label_pool
     from prefrl.data.segments import segment
 
     traj = write_tiny_trajectory(tmp_path / "traj.npz")

@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 from prefrl.envs.tasks import make_task
 
-from prefrl import checkpoint, cli, pipeline
+from prefrl import checkpoints, cli
 from prefrl.commands import demo as demo_cmd
 from prefrl.learners import ppo
+from prefrl.studies import demo as pipeline
+from prefrl.studies import experts as experts_lib
 
 EXPECTED_ROWS = [
     ("expert (PPO, true reward)", "-"),
@@ -40,7 +42,7 @@ def _save_checkpoints(folder: Path, task: str = "target-speed", steps=(0, 1000))
     paths = []
     for i, env_steps in enumerate(steps):
         name = "final.npz" if i == len(steps) - 1 else f"snapshots/step_{env_steps:09d}.npz"
-        paths.append(checkpoint.save(
+        paths.append(checkpoints.save_ppo(
             folder / name, learner.init(jax.random.key(i)), config=config, obs_dim=17,
             act_dim=6, num_updates=1, task=make_task(task).to_header(),
             progress={"update": i, "env_steps": env_steps}))
@@ -126,34 +128,34 @@ def test_find_experts_orders_by_progress_and_prefers_final(tmp_path):
     # last.npz at the final progress is a duplicate of final.npz and is dropped.
     (tmp_path / "last.npz").write_bytes((tmp_path / "final.npz").read_bytes())
     (tmp_path / "notes.npz").write_bytes(b"not a checkpoint")
-    experts = pipeline.find_experts(tmp_path, "target-speed")
+    experts = experts_lib.find_experts(tmp_path, "target-speed")
     assert experts.progress == (0.0, 500.0, 2000.0)
     assert experts.final.name == "final.npz"
 
 
 def test_find_experts_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="--experts"):
-        pipeline.find_experts(tmp_path / "missing", "target-speed")
+        experts_lib.find_experts(tmp_path / "missing", "target-speed")
     with pytest.raises(FileNotFoundError, match="no PPO checkpoints"):
-        pipeline.find_experts(tmp_path, "target-speed")
+        experts_lib.find_experts(tmp_path, "target-speed")
     _save_checkpoints(tmp_path, task="run", steps=(0,))
     with pytest.raises(ValueError, match="trained on task 'run'"):
-        pipeline.find_experts(tmp_path, "target-speed")
+        experts_lib.find_experts(tmp_path, "target-speed")
 
 
 def test_default_experts_dir_is_in_the_repository():
-    path = pipeline.default_experts_dir("target-speed")
+    path = experts_lib.default_experts_dir("target-speed")
     assert path.parts[-3:] == ("experiments", "experts", "target-speed")
-    assert (path.parents[2] / "prefrl" / "pipeline.py").exists()
+    assert (path.parents[2] / "prefrl" / "studies" / "demo.py").exists()
 
 
 def test_behaviour_checkpoints_spread_and_keep_final():
-    experts = pipeline.Experts(Path("."), tuple(Path(f"{i}.npz") for i in range(7)),
+    experts = experts_lib.Experts(Path("."), tuple(Path(f"{i}.npz") for i in range(7)),
                                tuple(float(i) for i in range(7)), ({},) * 7)
     # linspace(6, 0, 3) = [6, 3, 0]
-    assert pipeline.behaviour_checkpoints(experts, 3) == [0, 3, 6]
-    assert pipeline.behaviour_checkpoints(experts, 1) == [6]
-    assert pipeline.behaviour_checkpoints(experts, 10) == list(range(7))
+    assert experts_lib.behaviour_checkpoints(experts, 3) == [0, 3, 6]
+    assert experts_lib.behaviour_checkpoints(experts, 1) == [6]
+    assert experts_lib.behaviour_checkpoints(experts, 10) == list(range(7))
 
 
 def test_split_queries_partition_and_determinism():
@@ -187,3 +189,11 @@ def test_quick_flag_shrinks_budgets_but_explicit_options_win():
     assert config.rm_steps == pipeline.QUICK["rm_steps"]
     default = demo_cmd.config_from_args(parser.parse_args(["demo"]))
     assert default == pipeline.DemoConfig()
+
+
+def test_experts_root_lookup(monkeypatch, tmp_path):
+    # $PREFRL_EXPERTS first; a checkout (editable install) finds experiments/experts.
+    monkeypatch.setenv("PREFRL_EXPERTS", str(tmp_path))
+    assert experts_lib.default_experts_dir("run") == tmp_path / "run"
+    monkeypatch.delenv("PREFRL_EXPERTS")
+    assert (experts_lib.experts_root() / "run" / "final.npz").is_file()

@@ -10,72 +10,74 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from prefrl import report, sweep
+from prefrl import evaluation, report
 from prefrl.cli import main as cli_main
+from prefrl.sweeps import spec as sweep_spec
+from prefrl.sweeps import store as sweep_store
 
 
 def test_iqm_known_answers():
     # n = 8: drop floor(8/4) = 2 from each end -> mean(3, 4, 5, 6) = 4.5.
-    assert report.iqm([8, 1, 7, 2, 6, 3, 5, 4]) == 4.5
+    assert evaluation.iqm([8, 1, 7, 2, 6, 3, 5, 4]) == 4.5
     # n = 3: floor(0.75) = 0 dropped -> plain mean = (1 + 2 + 30) / 3.
-    assert report.iqm([1.0, 2.0, 30.0]) == pytest.approx(11.0)
+    assert evaluation.iqm([1.0, 2.0, 30.0]) == pytest.approx(11.0)
     # An outlier beyond the quartiles does not move the IQM: mean(2, 3) = 2.5 for n = 4.
-    assert report.iqm([1.0, 2.0, 3.0, 1e9]) == 2.5
+    assert evaluation.iqm([1.0, 2.0, 3.0, 1e9]) == 2.5
 
 
 def test_iqm_matches_scipy_trim_mean(rng):
     for n in (1, 2, 5, 10, 33):
         x = rng.normal(size=n)
-        assert report.iqm(x) == pytest.approx(scipy.stats.trim_mean(x, 0.25))
+        assert evaluation.iqm(x) == pytest.approx(scipy.stats.trim_mean(x, 0.25))
 
 
 def test_iqm_rejects_nan_and_empty():
     with pytest.raises(ValueError, match="NaN"):
-        report.iqm([1.0, float("nan")])
+        evaluation.iqm([1.0, float("nan")])
     with pytest.raises(ValueError, match="empty"):
-        report.iqm([])
+        evaluation.iqm([])
 
 
 def test_bootstrap_interval_properties(rng):
     x = rng.normal(loc=3.0, size=40)
-    point, low, high = report.stratified_bootstrap_ci([x], np.mean, reps=2000, seed=1)
+    point, low, high = evaluation.stratified_bootstrap_ci([x], np.mean, reps=2000, seed=1)
     assert point == pytest.approx(x.mean())
     assert low < point < high
     # The percentile interval of the mean is close to ±1.96 standard errors.
     se = x.std(ddof=1) / np.sqrt(x.size)
     assert high - low == pytest.approx(2 * 1.96 * se, rel=0.2)
     # Deterministic given the seed.
-    assert report.stratified_bootstrap_ci([x], np.mean, seed=1) == (point, low, high)
+    assert evaluation.stratified_bootstrap_ci([x], np.mean, seed=1) == (point, low, high)
     # One run: nothing to resample, a zero-width interval.
-    assert report.stratified_bootstrap_ci([[2.0]]) == (2.0, 2.0, 2.0)
+    assert evaluation.stratified_bootstrap_ci([[2.0]]) == (2.0, 2.0, 2.0)
 
 
 def test_bootstrap_is_stratified():
     # Stratum A is constant 0 (4 runs), stratum B constant 10 (4 runs). Resampling
     # within strata keeps 4 + 4 in every replicate, so the mean never moves
     # from 5; an unstratified bootstrap over the 8 pooled runs would.
-    point, low, high = report.stratified_bootstrap_ci([[0.0] * 4, [10.0] * 4], np.mean)
+    point, low, high = evaluation.stratified_bootstrap_ci([[0.0] * 4, [10.0] * 4], np.mean)
     assert (point, low, high) == (5.0, 5.0, 5.0)
     # Ragged strata (3 runs of one task, 1 of another): every replicate keeps
     # 3 zeros and one 10, so the mean is always (0 + 0 + 0 + 10) / 4 = 2.5.
-    assert report.stratified_bootstrap_ci([[0.0, 0.0, 0.0], [10.0]], np.mean) == (2.5, 2.5, 2.5)
+    assert evaluation.stratified_bootstrap_ci([[0.0, 0.0, 0.0], [10.0]], np.mean) == (2.5, 2.5, 2.5)
 
 
 def _synthetic_results(tmp_path, seeds=(0, 1, 2, 3, 4)):
-    """A result directory written through the real record format (sweep.make_record)."""
+    """A result directory written through the real record format (sweep_store.make_record)."""
     data = tmp_path / "data.npz"
     data.write_bytes(b"not read by the report")
     expert = tmp_path / "expert.npz"
     expert.write_bytes(b"x")
-    store = sweep.ResultStore(tmp_path / "results")
+    store = sweep_store.ResultStore(tmp_path / "results")
     rng = np.random.default_rng(0)
-    settings = sweep.Settings()
-    files = sweep.TaskFiles(str(data), str(expert))
+    settings = sweep_spec.Settings()
+    files = sweep_spec.TaskFiles(str(data), str(expert))
     learners = ("rm_pr", "rm_regret", "rm_pr+ppo", "rm_regret+ppo", "cpl", "dpo")
     for learner, model, budget in itertools.product(
-        learners, sweep.LABEL_MODELS, (250, 1000, 4000)
+        learners, sweep_spec.LABEL_MODELS, (250, 1000, 4000)
     ):
-        cell = sweep.CellConfig("target-speed", model, learner, 0.0, 0.0, budget, 25, files,
+        cell = sweep_spec.CellConfig("target-speed", model, learner, 0.0, 0.0, budget, 25, files,
                                 settings)
         for seed in seeds:
             skill = np.log(budget) + (1.0 if cell.assumption == model else 0.0)
@@ -96,7 +98,7 @@ def _synthetic_results(tmp_path, seeds=(0, 1, 2, 3, 4)):
                         "proxy_reward": [0.0, 0.5, 0.9, 1.4],
                         "true_reward": [0.0, 0.4, 0.6, 0.5],
                     }
-            store.write(sweep.make_record(cell, seed, 1.0, metrics, wall_time_s=1.0,
+            store.write(sweep_store.make_record(cell, seed, 1.0, metrics, wall_time_s=1.0,
                                           group_size=len(seeds), sweep_name="synthetic"))
     return store.root
 
@@ -127,7 +129,7 @@ def test_report_writes_tables_figures_and_summary(tmp_path):
         float(r["true_return"]) for r in rows
         if all(r[k] == c[k] for k in ("learner", "label_model", "label_budget"))
     ]
-    assert float(c["iqm"]) == pytest.approx(report.iqm(seeds_of_cell))
+    assert float(c["iqm"]) == pytest.approx(evaluation.iqm(seeds_of_cell))
 
     # The 2×2 table: the diagonal (learner assumes the labeller's model) wins by
     # construction of the synthetic data (+100 return).
@@ -154,11 +156,11 @@ def test_report_without_optional_metrics(tmp_path):
     # Fit-only records only: no return figure, no KL/proxy figures, no crash.
     data = tmp_path / "d.npz"
     data.write_bytes(b"x")
-    store = sweep.ResultStore(tmp_path / "res")
-    cell = sweep.CellConfig("run", "partial_return", "rm_pr", 0.0, 0.0, 100, 10,
-                            sweep.TaskFiles(str(data)), sweep.Settings())
+    store = sweep_store.ResultStore(tmp_path / "res")
+    cell = sweep_spec.CellConfig("run", "partial_return", "rm_pr", 0.0, 0.0, 100, 10,
+                            sweep_spec.TaskFiles(str(data)), sweep_spec.Settings())
     for seed in (0, 1):
-        store.write(sweep.make_record(cell, seed, 0.5, {"heldout_accuracy": 0.8 + 0.1 * seed},
+        store.write(sweep_store.make_record(cell, seed, 0.5, {"heldout_accuracy": 0.8 + 0.1 * seed},
                                       wall_time_s=0.1, group_size=2))
     result = report.write_report(store.root, tmp_path / "rep", reps=100)
     assert "accuracy_vs_budget.png" in result["files"]
@@ -171,7 +173,7 @@ def test_report_errors_name_the_problem(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "not a result directory" in capsys.readouterr().err
     (tmp_path / "empty" / "runs").mkdir(parents=True)
-    with pytest.raises(sweep.SweepError, match="no valid run records"):
+    with pytest.raises(sweep_spec.SweepError, match="no valid run records"):
         report.write_report(tmp_path / "empty", tmp_path / "o")
 
 
@@ -179,6 +181,6 @@ def test_record_checksum_detects_edits(tmp_path):
     results = _synthetic_results(tmp_path, seeds=(0,))
     path = sorted((results / "runs").glob("*.json"))[0]
     record = json.loads(path.read_text())
-    assert sweep.validate_record(record, path.stem) is None
+    assert sweep_store.validate_record(record, path.stem) is None
     record["metrics"]["heldout_accuracy"] = 1.0
-    assert "checksum" in sweep.validate_record(record, path.stem)
+    assert "checksum" in sweep_store.validate_record(record, path.stem)

@@ -10,8 +10,10 @@ import optax
 import pytest
 from _readme import readme_example
 
-from prefrl import evaluation, study
+from prefrl import checkpoints, evaluation
 from prefrl.learners import reward_model as rm
+from prefrl.loops import fit as reward_fit
+from prefrl.studies import two_by_two as study
 
 OBS, ACT, K = 3, 2, 4
 
@@ -140,7 +142,7 @@ def fast_fit_config(**kw):
 
 # One compiled fit shared by the tests below (compiling is the slow part on CPU).
 FIT_CFG = fast_fit_config()
-_FIT = jax.jit(lambda key, train, valid: rm.fit(key, FIT_CFG, train, valid))
+_FIT = jax.jit(lambda key, train, valid: reward_fit.fit(key, FIT_CFG, train, valid))
 TINY_CFG = fast_fit_config(num_steps=10, eval_every=5, hidden=(8,), ensemble_size=3)
 
 
@@ -166,7 +168,7 @@ def test_same_key_identical_parameters_and_different_key_differs(synth, fitted):
 
 def test_learns_true_reward_from_2000_labels(synth, fitted):
     data, train, test = synth
-    rm.check_finite(fitted.metrics)
+    reward_fit.check_finite(fitted.metrics)
     state = fitted.state
     on = np.asarray(data.mask) > 0
     learned = rm.reward_fn(state)(jnp.asarray(data.obs), jnp.asarray(data.action))
@@ -186,7 +188,7 @@ def test_learns_true_reward_from_2000_labels(synth, fitted):
 def _tiny_fit(key, train, learning_rate):
     # SGD, not Adam: Adam turns float-rounding differences in near-zero
     # gradients into full-size steps, so batched and single runs would drift.
-    return rm.fit(key, TINY_CFG, train, optimizer=optax.sgd(learning_rate))
+    return reward_fit.fit(key, TINY_CFG, train, optimizer=optax.sgd(learning_rate))
 
 
 _TINY_FIT = jax.jit(_tiny_fit)
@@ -243,7 +245,7 @@ def test_ensemble_preferences_feed_select_queries(synth, fitted):
 
 @pytest.mark.slow
 def test_active_rounds_ask_each_query_once():
-    from prefrl.active import active_rounds
+    from prefrl.loops.active import active_rounds
 
     data, _, _ = synthetic_train(num_train=600)
     cfg = TINY_CFG
@@ -263,8 +265,8 @@ def test_active_rounds_ask_each_query_once():
 def test_save_load_roundtrip(tmp_path, synth, fitted):
     _, _, batch = synth
     state = fitted.state
-    path = rm.save(tmp_path / "model.npz", state, {"note": "x"})
-    loaded, header = rm.load(path)
+    path = checkpoints.save_reward_model(tmp_path / "model.npz", state, {"note": "x"})
+    loaded, header = checkpoints.load_reward_model(path)
     assert header["extra"] == {"note": "x"} and header["segment_length"] == 10
     np.testing.assert_allclose(rm.reward_fn(loaded)(batch.obs_2, batch.action_2),
                                rm.reward_fn(state)(batch.obs_2, batch.action_2), rtol=1e-6)
@@ -272,7 +274,7 @@ def test_save_load_roundtrip(tmp_path, synth, fitted):
 
     (tmp_path / "bad.npz").write_bytes(path.read_bytes()[:100])
     with pytest.raises(FileFormatError, match="not a readable"):
-        rm.load(tmp_path / "bad.npz")
+        checkpoints.load_reward_model(tmp_path / "bad.npz")
 
 
 # --------------------------------------------------------------------------- #
@@ -306,10 +308,11 @@ def test_empty_and_single_class_labels_error():
 
 def test_nan_run_names_step_and_metric(synth):
     _, train, _ = synth
-    result = jax.jit(lambda k: rm.fit(k, TINY_CFG, train, optimizer=optax.sgd(1e30)))(
+    result = jax.jit(lambda k: reward_fit.fit(k, TINY_CFG, train, optimizer=optax.sgd(1e30)))(
         jax.random.key(0))
-    with pytest.raises(rm.NonFiniteError, match=r"metric '.*' became non-finite at step \d+"):
-        rm.check_finite(result.metrics)
+    with pytest.raises(reward_fit.NonFiniteError,
+                       match=r"metric '.*' became non-finite at step \d+"):
+        reward_fit.check_finite(result.metrics)
     # The skipped updates left finite parameters behind (nothing NaN to save by accident).
     assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(result.state.params))
 
@@ -381,7 +384,7 @@ def test_fit_command_writes_model_and_json(tmp_path, capsys):
     assert summary["assumption"] == "regret" and summary["num_train"] == 180
     assert summary["num_valid"] == 20 and len(summary["valid_accuracy"]) == 2
     assert json.loads(metrics.read_text()) == summary
-    state, header = rm.load(out)
+    state, header = checkpoints.load_reward_model(out)
     assert state.config.assumption == "regret" and header["obs_dim"] == 6
 
 
@@ -393,7 +396,8 @@ def test_fit_command_errors(tmp_path, capsys):
                            jnp.zeros((1, 10, 6)), jnp.zeros((1, 10, 2)), jnp.ones((1, 10)),
                            jnp.ones((1,)))
     cfg = rm.RewardModelConfig(hidden=(8,), ensemble_size=2)
-    model = rm.save(tmp_path / "m.npz", rm.make(cfg).init(jax.random.key(0), example))
+    model = checkpoints.save_reward_model(tmp_path / "m.npz",
+                                          rm.make(cfg).init(jax.random.key(0), example))
     # Warm-starting from a model built for another observation size / segment length.
     for name, kw, message in (("obs", dict(obs_dim=4), "observation size mismatch"),
                               ("len", dict(length=7), "segment length mismatch")):

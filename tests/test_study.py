@@ -4,7 +4,7 @@ Data: a random "trajectory" with half-cheetah shapes whose logged reward is
 the target-speed reward of s' (so EPIC's stand-in for r is exact), merged
 from two parts, labelled by both oracles with an untrained PPO checkpoint's
 critic as V_E (``prefrl label``'s :func:`label_pool`), saved as a dataset
-file; then :func:`prefrl.study.run` and ``experiments/two_by_two.py``.
+file; then :func:`prefrl.studies.two_by_two.run` and ``experiments/two_by_two.py``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from prefrl.envs import make_task
 
-from prefrl import checkpoint, preference, study
-from prefrl.commands.label import LabelConfig, label_pool
+from prefrl import checkpoints, preference
 from prefrl.data import dataset as dataset_io
+from prefrl.data.labelling import LabelConfig, label_pool
 from prefrl.data.segments import segment
 from prefrl.data.trajectories import concatenate_trajectories
 from prefrl.learners import ppo
+from prefrl.studies import two_by_two as study
 from prefrl.types import Trajectory
 
 GAMMA = 0.99
@@ -50,7 +51,7 @@ def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     spec = make_task("target-speed")
     state = ppo.make(TINY_PPO, spec.obs_dim, spec.act_dim, num_updates=1).init(jax.random.key(0))
-    expert = checkpoint.save(tmp / "expert.npz", state, config=TINY_PPO, obs_dim=spec.obs_dim,
+    expert = checkpoints.save_ppo(tmp / "expert.npz", state, config=TINY_PPO, obs_dim=spec.obs_dim,
                              act_dim=spec.act_dim, num_updates=1, task=spec.to_header())
     rng = np.random.default_rng(0)
     parts = [_trajectory(rng, 48, envs, spec) for envs in (3, 3)]
@@ -59,7 +60,7 @@ def files(tmp_path_factory):
     pool = segment(traj, 6, 6)  # 8 segments per column × 6 columns
     label_cfg = LabelConfig(segment_length=6, stride=6, budget=400, seed=0,
                             oracles=("partial_return", "regret"), regret_discount=GAMMA)
-    value_fn = checkpoint.load_value_fn(expert, obs_dim=spec.obs_dim)
+    value_fn = checkpoints.load_value_fn(expert, obs_dim=spec.obs_dim)
     ds, _ = label_pool(label_cfg, pool, value_fn)
     path = dataset_io.save(
         tmp / "data.npz", ds, task=spec.name,

@@ -15,8 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from prefrl import sweep
 from prefrl.cli import main as cli_main
+from prefrl.studies import cell_data, cells
+from prefrl.sweeps import execute as sweep_execute
+from prefrl.sweeps import spec as sweep_spec
+from prefrl.sweeps import store as sweep_store
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "experiments" / "sweeps" / "tiny.toml"
@@ -60,8 +63,8 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return _random_policy_dataset(tmp_path_factory.mktemp("data") / "run_random.npz")
 
 
-def _tiny_spec(dataset: Path) -> sweep.SweepSpec:
-    return sweep.load_sweep(TINY, [f"tasks.run.dataset={json.dumps(str(dataset))}"])
+def _tiny_spec(dataset: Path) -> sweep_spec.SweepSpec:
+    return sweep_spec.load_sweep(TINY, [f"tasks.run.dataset={json.dumps(str(dataset))}"])
 
 
 def test_tiny_sweep_expands_to_two_cells_two_seeds(tiny_dataset):
@@ -75,11 +78,11 @@ def test_tiny_sweep_expands_to_two_cells_two_seeds(tiny_dataset):
     # Deterministic: the same cell, seed and scale give the same id; any change gives another.
     assert ids == [rid for _, _, rid in _tiny_spec(tiny_dataset).runs(0.5)]
     cell = cells[0]
-    assert sweep.run_id(cell, 0, 0.5) == ids[0]
-    assert sweep.run_id(cell, 1, 0.5) != ids[0]
-    assert sweep.run_id(cell, 0, 1.0) != ids[0]
+    assert sweep_store.run_id(cell, 0, 0.5) == ids[0]
+    assert sweep_store.run_id(cell, 1, 0.5) != ids[0]
+    assert sweep_store.run_id(cell, 0, 1.0) != ids[0]
     other = dataclasses.replace(cell, settings=dataclasses.replace(cell.settings, reward_steps=7))
-    assert sweep.run_id(other, 0, 0.5) != ids[0]
+    assert sweep_store.run_id(other, 0, 0.5) != ids[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         cell.label_budget = 3  # type: ignore[misc]
     # Budget scale shrinks step budgets only (at least 1), not the science axes.
@@ -107,8 +110,9 @@ def test_tiny_sweep_expands_to_two_cells_two_seeds(tiny_dataset):
     ],
 )
 def test_bad_sweep_file_fails_naming_the_key(tiny_dataset, override, message):
-    with pytest.raises(sweep.SweepError, match=message):
-        sweep.load_sweep(TINY, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}", override])
+    with pytest.raises(sweep_spec.SweepError, match=message):
+        sweep_spec.load_sweep(
+            TINY, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}", override])
 
 
 def test_missing_files_fail_before_any_run(tmp_path, tiny_dataset, capsys):
@@ -134,7 +138,7 @@ def test_missing_files_fail_before_any_run(tmp_path, tiny_dataset, capsys):
 
 
 def _records(out: Path) -> dict[str, dict]:
-    good, bad = sweep.ResultStore(out).records()
+    good, bad = sweep_store.ResultStore(out).records()
     assert not bad, bad
     return {r["run_id"]: r for r in good}
 
@@ -191,7 +195,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(killed_and_resumed, tin
     assert files == sorted(f"{rid}.json" for rid in expected)
     assert set(after) == expected
     for rid, record in after.items():
-        assert sweep.validate_record(record, rid) is None
+        assert sweep_store.validate_record(record, rid) is None
         assert 0.0 <= record["metrics"]["heldout_accuracy"] <= 1.0
         assert record["group_size"] == 2
     # The damaged record was detected and rerun with the same numbers; the
@@ -204,14 +208,14 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(killed_and_resumed, tin
         assert after[rid] == before[rid]
     # A finished sweep without --resume refuses to overwrite; with --resume it has nothing to do.
     spec = _tiny_spec(tiny_dataset)
-    with pytest.raises(sweep.SweepError, match="pass --resume"):
-        sweep.run_sweep(spec, out, workers=1)
-    outcome = sweep.run_sweep(spec, out, resume=True, workers=1)
+    with pytest.raises(sweep_spec.SweepError, match="pass --resume"):
+        sweep_execute.run_sweep(spec, out, cells.RUNNERS, workers=1)
+    outcome = sweep_execute.run_sweep(spec, out, cells.RUNNERS, resume=True, workers=1)
     assert outcome.written == [] and outcome.skipped == 4
     # One writer per result directory: a second sweep on it is refused while one runs.
-    with sweep.ResultStore(out).writer_lock():
-        with pytest.raises(sweep.SweepError, match="being written by another sweep"):
-            sweep.run_sweep(spec, out, resume=True, workers=1)
+    with sweep_store.ResultStore(out).writer_lock():
+        with pytest.raises(sweep_spec.SweepError, match="being written by another sweep"):
+            sweep_execute.run_sweep(spec, out, cells.RUNNERS, resume=True, workers=1)
     assert not (out / "runs" / ".lock").exists()
 
 
@@ -222,8 +226,8 @@ def test_ray_gives_the_same_records(killed_and_resumed, tiny_dataset, tmp_path):
     spec = _tiny_spec(tiny_dataset)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        outcome = sweep.run_sweep(
-            spec, tmp_path / "ray", ray_address="auto",
+        outcome = sweep_execute.run_sweep(
+            spec, tmp_path / "ray", cells.RUNNERS, ray_address="auto",
             compile_cache=str(killed_and_resumed["out"] / ".jax_cache"),
         )
     finally:
@@ -240,9 +244,9 @@ def test_ray_gives_the_same_records(killed_and_resumed, tiny_dataset, tmp_path):
 def test_records_are_written_atomically_and_checked(tmp_path, tiny_dataset):
     spec = _tiny_spec(tiny_dataset)
     cell = spec.cells()[0]
-    record = sweep.make_record(cell, 0, 1.0, {"heldout_accuracy": np.float32(0.75)},
+    record = sweep_store.make_record(cell, 0, 1.0, {"heldout_accuracy": np.float32(0.75)},
                                wall_time_s=1.0, group_size=1, sweep_name="t")
-    store = sweep.ResultStore(tmp_path)
+    store = sweep_store.ResultStore(tmp_path)
     store.write(record)
     read, problem = store.read(record["run_id"])
     assert problem is None and read["metrics"]["heldout_accuracy"] == 0.75
@@ -258,7 +262,7 @@ def test_records_are_written_atomically_and_checked(tmp_path, tiny_dataset):
 @pytest.mark.parametrize("name, min_seeds", [("halfcheetah_benchmark", 3),
                                              ("halfcheetah_benchmark_cluster", 5)])
 def test_benchmark_sweep_files_are_valid(name, min_seeds):
-    spec = sweep.load_sweep(BENCHMARK.parent / f"{name}.toml", check_files=False)
+    spec = sweep_spec.load_sweep(BENCHMARK.parent / f"{name}.toml", check_files=False)
     assert spec.name == name
     assert set(spec.label_model) == {"partial_return", "regret"}
     assert {"rm_pr+ppo", "rm_regret+ppo", "cpl", "dpo"} <= set(spec.learner)
@@ -280,12 +284,13 @@ def test_benchmark_sweep_files_are_valid(name, min_seeds):
 def test_policy_runners_produce_complete_records(tiny_dataset, tmp_path, learner):
     # Every policy learner end to end at a tiny budget: trains, evaluates the
     # policy for full episodes and reports return, accuracy and KL to π_ref.
-    spec = sweep.load_sweep(TINY, [
+    spec = sweep_spec.load_sweep(TINY, [
         f"tasks.run.dataset={json.dumps(str(tiny_dataset))}", f"grid.learner=['{learner}']",
         "grid.epsilon=[0.0]", "seeds=[3]", "settings.ppo_env_steps=1024",
         "settings.ppo_num_envs=8", "settings.eval_episodes=2",
     ])
-    outcome = sweep.run_sweep(spec, tmp_path, budget_scale=0.01, workers=1, compile_cache=False)
+    outcome = sweep_execute.run_sweep(spec, tmp_path, cells.RUNNERS, budget_scale=0.01,
+                                      workers=1, compile_cache=False)
     assert not outcome.failed, outcome.failed
     (record,) = _records(tmp_path).values()
     metrics = record["metrics"]
@@ -300,9 +305,9 @@ def test_task_names_and_dims_match_the_environments():
     # lists must agree.
     import prefrl.envs
 
-    assert set(sweep.KNOWN_TASKS) == set(prefrl.envs.TASKS)
-    assert (sweep.OBS_DIM, sweep.ACT_DIM) == (prefrl.envs.OBS_DIM, prefrl.envs.ACT_DIM)
-    assert set(sweep.RUNNERS) == set(sweep.LEARNER_ASSUMPTION)
+    assert set(sweep_spec.KNOWN_TASKS) == set(prefrl.envs.TASKS)
+    assert (cell_data.OBS_DIM, cell_data.ACT_DIM) == (prefrl.envs.OBS_DIM, prefrl.envs.ACT_DIM)
+    assert set(cells.RUNNERS) == set(sweep_spec.LEARNER_ASSUMPTION)
 
 
 def test_sub_grids_give_the_union_of_their_points(tiny_dataset, tmp_path):
@@ -317,17 +322,17 @@ def test_sub_grids_give_the_union_of_their_points(tiny_dataset, tmp_path):
     assert second != first, "the tiny sweep file changed: update this test"
     path = tmp_path / "sub.toml"
     path.write_text(text[:start] + first + "\n" + second + text[end:], encoding="utf-8")
-    spec = sweep.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}"])
+    spec = sweep_spec.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}"])
     points = [(c.learner, c.epsilon) for c in spec.cells()]
     assert spec.name == "tiny"
     assert points == [("rm_pr", 0.0), ("rm_pr", 0.1), ("rm_regret", 0.0)]
     assert spec.learner == ("rm_pr", "rm_regret") and spec.epsilon == (0.0, 0.1)
     # An override of a grid axis applies to every sub-grid.
-    spec = sweep.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}",
+    spec = sweep_spec.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}",
                                    "grid.epsilon=[0.2]"])
     assert [(c.learner, c.epsilon) for c in spec.cells()] == [("rm_pr", 0.2), ("rm_regret", 0.2)]
     # Each sub-grid is validated and named in the error.
     path.write_text(text[:start] + first + "\n" + second.replace("label_budget", "label_budgt")
                     + text[end:], encoding="utf-8")
-    with pytest.raises(sweep.SweepError, match=r"grid\[1\]\.label_budgt"):
-        sweep.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}"])
+    with pytest.raises(sweep_spec.SweepError, match=r"grid\[1\]\.label_budgt"):
+        sweep_spec.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}"])

@@ -20,11 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prefrl import checkpoint, oracles
+from prefrl import checkpoints, oracles
 from prefrl.data.queries import uniform_pairs
 from prefrl.data.segments import segment
 from prefrl.evaluation import pearson
 from prefrl.learners import reward_model
+from prefrl.loops import fit as reward_fit
 from prefrl.rollout import BatchedEnv, stack_trajectories
 
 
@@ -45,7 +46,7 @@ def main() -> int:
     snapshots = sorted(Path(f"experiments/experts/{args.task}/snapshots").glob("step_*.npz"))
     trajs = []
     for i, snap in enumerate(snapshots):
-        policy_fn, _ = checkpoint.load_policy(snap, deterministic=False)
+        policy_fn, _ = checkpoints.load_policy(snap, deterministic=False)
         with BatchedEnv(args.task, num_envs=args.envs, seed=args.seed * 100 + i,
                         dtype=np.float32) as env:
             env.reset()
@@ -72,10 +73,10 @@ def main() -> int:
     train, valid = batch(np.arange(num_valid, args.queries)), batch(np.arange(num_valid))
     reward_model.validate_pairs(train)
     config = reward_model.RewardModelConfig(hidden=(64, 64), num_steps=args.fit_steps)
-    result = reward_model.fit(fit_key, config, train, valid)
-    reward_model.check_finite(result.metrics)
+    result = reward_fit.fit(fit_key, config, train, valid)
+    reward_fit.check_finite(result.metrics)
     state = result.state
-    reward_model.save(out / "rm.npz", state, extra={"task": args.task,
+    checkpoints.save_reward_model(out / "rm.npz", state, extra={"task": args.task,
                                                     "snapshots": [str(s) for s in snapshots]})
     r_hat = reward_model.reward_fn(state)
     flat_obs = jnp.asarray(np.asarray(traj.obs).reshape(-1, traj.obs.shape[-1]))

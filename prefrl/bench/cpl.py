@@ -9,11 +9,11 @@ For each task (default ``target-speed`` and ``run``):
    checkpoint per progress, sampled actions), cut segments of length 64
    (stride 32), draw 8000 uniform query pairs (dense: each segment is in ~8–17
    queries) and label them with the *regret* oracle (critic V_E of the
-   most-trained checkpoint, DESIGN.md §3) and with the partial-return oracle,
-   on the same queries (``prefrl.commands.label.label_pool``). Or pass
+   most-trained checkpoint, docs/design.md §3) and with the partial-return oracle,
+   on the same queries (``prefrl.data.labelling.label_pool``). Or pass
    ``--datasets`` to reuse dataset files.
 2. **Methods**, each trained for every seed in one ``jit(vmap)`` call
-   (``prefrl.offline``): BC on all segments (π_ref); filtered BC (BC on the
+   (``prefrl.loops.offline``): BC on all segments (π_ref); filtered BC (BC on the
    preferred segment of every regret-labelled query: the CPL paper's %BC
    baseline, which uses the labels without any preference model); CPL on
    regret labels; CPL-BC (BC term on the preferred segments,
@@ -96,9 +96,11 @@ import jax
 import numpy as np
 
 from prefrl import config as config_lib
-from prefrl import offline
 from prefrl.io import atomic_write_json
 from prefrl.learners import bc, best_of_n, cpl
+from prefrl.loops import offline
+from prefrl.policies import Policy, policy_fn
+from prefrl.rollout import evaluate_on_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +194,9 @@ def _progress(header: dict[str, Any]) -> float:
 
 def collect_dataset(config: CPLBenchConfig, task: str, path: Path) -> dict[str, Any]:
     """Roll out every checkpoint, segment, label (regret + partial return); save to ``path``."""
-    from prefrl import checkpoint
-    from prefrl.commands.label import LabelConfig, label_pool
+    from prefrl import checkpoints
     from prefrl.data import dataset as dataset_io
+    from prefrl.data.labelling import LabelConfig, label_pool
     from prefrl.data.segments import segment
     from prefrl.envs.tasks import make_task, task_from_header
     from prefrl.rollout import BatchedEnv
@@ -205,7 +207,7 @@ def collect_dataset(config: CPLBenchConfig, task: str, path: Path) -> dict[str, 
             f"no PPO checkpoints for task {task!r} under {config.experts_dir}/{task}/ "
             f"(or {config.experts_dir}/{task}.npz); pass --experts-dir or --datasets"
         )
-    headers = [checkpoint.load(p)[1] for p in paths]
+    headers = [checkpoints.load_ppo(p)[1] for p in paths]
     # One checkpoint per training progress: final/last copies of the same policy would
     # otherwise over-weight the expert in the "mixed-quality" data.
     unique: dict[float, int] = {}
@@ -225,7 +227,7 @@ def collect_dataset(config: CPLBenchConfig, task: str, path: Path) -> dict[str, 
     spec = task_from_header(headers[0]) if "task" in headers[0] else make_task(task)
     pools, sources = [], []
     for i, (p, header) in enumerate(zip(paths, headers, strict=True)):
-        policy_fn, _ = checkpoint.load_policy(p, deterministic=False)
+        policy_fn, _ = checkpoints.load_policy(p, deterministic=False)
         with BatchedEnv(spec, config.envs_per_policy, seed=10_000 + i) as env:
             traj = env.rollout(policy_fn, config.steps_per_policy, jax.random.key(10_000 + i))
         pool = segment(traj, config.segment_length, config.stride)
@@ -240,8 +242,8 @@ def collect_dataset(config: CPLBenchConfig, task: str, path: Path) -> dict[str, 
         critic_header.get("discount", 0.99))
     label_config = LabelConfig(
         segment_length=config.segment_length, stride=config.stride, budget=config.budget,
-        seed=0, oracles=("partial_return", "regret"), regret_discount=discount, expert=critic)
-    dataset, stats = label_pool(label_config, pool, checkpoint.load_value_fn(critic))
+        seed=0, oracles=("partial_return", "regret"), regret_discount=discount)
+    dataset, stats = label_pool(label_config, pool, checkpoints.load_value_fn(critic))
     dataset_io.save(path, dataset, task=spec.name,
                     oracles={n: config_lib.to_dict(label_config.oracle(n))
                              for n in label_config.oracles},
@@ -255,19 +257,7 @@ def collect_dataset(config: CPLBenchConfig, task: str, path: Path) -> dict[str, 
 # ---------------------------------------------------------------- methods
 
 
-def implicit_advantage(network: Any, params: Any, alpha: float, squash_jacobian: bool = True
-                       ) -> Any:
-    """CPL's learned advantage ``Â(s, a) = α log π(a|s)``: ``[B, obs], [B, act] -> [B]``.
-
-    ``log π`` as CPL was trained with it (``squash_jacobian``, see
-    ``prefrl.learners.cpl.policy_log_prob``).
-    """
-
-    def score_fn(obs: jax.Array, action: jax.Array) -> jax.Array:
-        return alpha * cpl.policy_log_prob(network, params, obs, action,
-                                           squash_jacobian=squash_jacobian)
-
-    return score_fn
+implicit_advantage = cpl.implicit_advantage
 
 
 def preferred_segments(dataset: Any, label_name: str) -> Any:
@@ -295,9 +285,9 @@ def preferred_segments(dataset: Any, label_name: str) -> Any:
 
 
 def _evaluate(spec: Any, policy: Any, config: CPLBenchConfig, seed: int) -> float:
-    result = offline.evaluate_return(spec, policy, num_envs=config.eval_envs,
-                                     num_steps=config.eval_steps, seed=5000 + seed)
-    return result["return_mean"]
+    result = evaluate_on_task(spec, policy, episodes=config.eval_envs, seed=5000 + seed,
+                              num_steps=config.eval_steps)
+    return result["mean_return"]
 
 
 def _summary(returns: list[float]) -> dict[str, Any]:
@@ -323,9 +313,10 @@ def run_task(config: CPLBenchConfig, task: str, dataset_path: Path) -> dict[str,
     out["segment_return_max"] = float(seg_return.max())
 
     def evaluate_seeds(result: offline.OfflineResult) -> list[float]:
-        return [_evaluate(spec, offline.policy_fn(result.network,
-                                                  offline.select_seed(result.params, i)),
-                          config, s) for i, s in enumerate(seeds)]
+        policies = [Policy(result.network.apply, offline.select_seed(result.params, i))
+                    for i in range(len(seeds))]
+        return [_evaluate(spec, policy_fn(p, deterministic=True), config, s)
+                for p, s in zip(policies, seeds, strict=True)]
 
     def run_method(name: str, algo: str, learner_config: Any, label: str, steps: int,
                    pretrain: int, data: Any = None, **kw: Any) -> offline.OfflineResult:

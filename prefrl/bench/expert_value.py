@@ -1,4 +1,4 @@
-"""``prefrl bench expert_value``: how good is V_E as the regret oracle's V*? (DESIGN §3)
+"""``prefrl bench expert_value``: how good is V_E as the regret oracle's V*? (docs/design.md §3)
 
 The regret oracle scores a segment with ``Σ γ^t r_t + γ^k V_E(s_k) − V_E(s_0)``,
 where V_E is the critic of a PPO expert trained on the true reward. This
@@ -55,14 +55,14 @@ def value_mc_check(
     one rollout per probe time — so V_E is checked on the off-expert states
     the regret oracle also labels.
     """
-    from prefrl import checkpoint
+    from prefrl import checkpoints
     from prefrl.envs import make_task
     from prefrl.evaluation import pearson, spearman
     from prefrl.io import load_npz
     from prefrl.rollout import BatchedEnv
 
     if task is None:
-        _, header = load_npz(checkpoint_path, kind=checkpoint.KIND)
+        _, header = load_npz(checkpoint_path, kind=checkpoints.PPO_KIND)
         task = header["task"]
     spec = make_task(task)
     times = tuple(sorted(set(int(t) for t in times)))
@@ -71,10 +71,10 @@ def value_mc_check(
     num_steps = times[-1] + horizon + 1
     # Lift the time limit so every probe has `horizon` steps of future.
     long_task = dataclasses.replace(spec, episode_length=num_steps + 1)
-    policy_fn, info = checkpoint.load_policy(
+    policy_fn, info = checkpoints.load_policy(
         checkpoint_path, deterministic=deterministic, obs_dim=spec.obs_dim
     )
-    value_fn = checkpoint.load_value_fn(checkpoint_path, obs_dim=spec.obs_dim)
+    value_fn = checkpoints.load_value_fn(checkpoint_path, obs_dim=spec.obs_dim)
     gamma = float(info["discount"])
     weights = gamma ** np.arange(horizon)
     values, returns, tails = [], [], []
@@ -95,7 +95,7 @@ def value_mc_check(
             for t in times:
                 probe(traj, t)
         else:
-            behaviour_fn, _ = checkpoint.load_policy(
+            behaviour_fn, _ = checkpoints.load_policy(
                 state_checkpoint, deterministic=False, obs_dim=spec.obs_dim
             )
             for t in times:

@@ -67,9 +67,10 @@ def plan(tasks: Sequence[str]) -> list[tuple[str, str, int]]:
 
 def run_one(task: str, row: str, seed: int, total_steps: int) -> dict[str, Any]:
     """One run of one row; returns its JSON record (final evaluation, curve, wall time)."""
-    from prefrl import oracles, training
+    from prefrl import oracles
     from prefrl.learners import ppo
     from prefrl.loops import online
+    from prefrl.loops import ppo as training
 
     expert = f"experiments/experts/{task}/final.npz"
     t0 = time.perf_counter()
@@ -128,7 +129,7 @@ def load_runs(out: Path) -> list[dict[str, Any]]:
 
 def normaliser(task: str, seed: int = 12345) -> dict[str, float]:
     """Random and expert returns of ``task`` (8 deterministic episodes each, same resets)."""
-    from prefrl import checkpoint
+    from prefrl import checkpoints as checkpoint
     from prefrl.policies import random_policy
     from prefrl.rollout import evaluate_on_task
 

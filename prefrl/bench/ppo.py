@@ -34,9 +34,9 @@ RESULTS = Path("experiments/bench/results/ppo.json")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prefrl import training
     from prefrl.io import atomic_write_json
     from prefrl.learners import ppo
+    from prefrl.loops import ppo as training
 
     p = argparse.ArgumentParser(prog="prefrl bench ppo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

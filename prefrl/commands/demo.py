@@ -25,7 +25,7 @@ from prefrl import config as config_lib
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from prefrl.pipeline import DemoConfig
+    from prefrl.studies.demo_config import DemoConfig
 
     p = sub.add_parser(
         "demo",
@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`DemoConfig` of parsed options: defaults (or the quick preset) + given ones."""
-    from prefrl.pipeline import QUICK, DemoConfig
+    from prefrl.studies.demo_config import QUICK, DemoConfig
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)
              if hasattr(args, f.name)}
@@ -53,17 +53,18 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefrl import pipeline
+    from prefrl.report import demo as demo_report
+    from prefrl.studies import demo
 
     config = config_from_args(args)
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    results = pipeline.run_demo(config, log=log)
+    results = demo.run_demo(config, log=log)
     out_dir = Path(config.out_dir)
-    plot = pipeline.save_plot(results, out_dir / "demo.png")
+    plot = demo_report.save_plot(results, out_dir / "demo.png")
     results["plot"] = str(plot)
-    path = pipeline.write_results(results, out_dir / "results.json")
-    print(pipeline.format_table(results))
+    path = demo_report.write_results(results, out_dir / "results.json")
+    print(demo_report.format_table(results))
     print(f"plot: {plot}\nresults: {path}")
-    summary = pipeline.summary_line(results, out_dir)
+    summary = demo_report.summary_line(results, out_dir)
     print(json.dumps(summary, sort_keys=True))
     return 0

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import jax
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -42,36 +40,29 @@ def evaluate_checkpoint(
     deterministic: bool = True,
 ) -> dict:
     """Evaluate a checkpoint; returns the result dict printed by ``prefrl eval``."""
-    from prefrl import checkpoint
+    from prefrl import checkpoints
     from prefrl.envs import make_task
-    from prefrl.rollout import BatchedEnv
-    from prefrl.training import evaluate_policy
+    from prefrl.rollout import evaluate_on_task
 
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if task is None:
         from prefrl.io import load_npz
 
-        _, header = load_npz(checkpoint_path, kind=checkpoint.KIND)
+        _, header = load_npz(checkpoint_path, kind=checkpoints.PPO_KIND)
         if "task" not in header:
             raise ValueError(f"{checkpoint_path}: records no task; pass --task")
         task = header["task"]
     spec = make_task(task)
-    policy_fn, info = checkpoint.load_policy(
+    policy_fn, info = checkpoints.load_policy(
         checkpoint_path, deterministic=deterministic, obs_dim=spec.obs_dim
     )
     if int(info["act_dim"]) != spec.act_dim:
         raise ValueError(
             f"{checkpoint_path}: action size {info['act_dim']} != task {task!r}'s {spec.act_dim}"
         )
-    with BatchedEnv(spec, num_envs=episodes, seed=seed, dtype="float32") as env:
-        result = evaluate_policy(
-            env,
-            policy_fn,
-            jax.random.key(seed),
-            target_speed=spec.params_dict.get("target_speed"),
-            discount=float(info.get("discount", 0.99)),
-        )
+    result = evaluate_on_task(spec, policy_fn, episodes=episodes, seed=seed,
+                              discount=float(info.get("discount", 0.99)))
     result.update(
         checkpoint=str(checkpoint_path),
         task=task,

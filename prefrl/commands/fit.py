@@ -8,7 +8,7 @@
 The dataset (``prefrl.data.dataset``) holds several oracles' labels of the
 same queries; ``--label`` picks one. A seeded ``--valid-fraction`` of the
 labelled queries is held out for best-by-validation parameters. The model
-file (``prefrl.learners.reward_model.save``: atomic ``.npz``, no pickle)
+file (``prefrl.checkpoints.save_reward_model``: atomic ``.npz``, no pickle)
 is written only when every step stayed finite; a diverged run exits with
 an error naming the step and metric. ``--init MODEL`` warm-starts from a
 saved model (its observation size and segment length must match the
@@ -28,9 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prefrl import checkpoints
 from prefrl import config as cfg
 from prefrl.config import field
+from prefrl.data import pairs
 from prefrl.learners import reward_model as rm
+from prefrl.loops import fit as reward_fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +54,7 @@ class FitConfig:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from prefrl.study import StudyConfig
+    from prefrl.studies.two_by_two import StudyConfig
 
     p = sub.add_parser(
         "fit",
@@ -68,26 +71,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _study_args(args: argparse.Namespace) -> Any:
-    from prefrl.study import StudyConfig
+    from prefrl.studies.two_by_two import StudyConfig
 
     return cfg.from_args(StudyConfig, args, prefix="study-")
 
 
 # One compiled fit per (config, shapes), reused by repeated calls in one process.
-_FIT = jax.jit(rm.fit, static_argnums=(1,))
+_FIT = jax.jit(reward_fit.fit, static_argnums=(1,))
 
 
-def split_queries(key: jax.Array, batch: rm.PairBatch, valid_fraction: float
+def split_queries(batch: rm.PairBatch, valid_fraction: float, seed: int
                   ) -> tuple[rm.PairBatch, rm.PairBatch | None]:
-    """Seeded split of the queries with positive weight into (train, valid)."""
+    """Seeded split (:func:`prefrl.data.pairs.split`) of the queries with positive weight."""
     weight = np.ones(batch.size) if batch.weight is None else np.asarray(batch.weight)
-    rows = np.flatnonzero(weight > 0)
-    order = rows[np.asarray(jax.random.permutation(key, rows.shape[0]))]
-    num_valid = int(round(valid_fraction * rows.shape[0]))
-    if valid_fraction > 0 and num_valid == 0:
+    rows = np.flatnonzero(weight.reshape(-1, batch.size).max(axis=0) > 0)
+    parts = pairs.split(rows.shape[0], {"valid": valid_fraction}, seed)
+    if valid_fraction > 0 and parts["valid"].size == 0:
         raise ValueError(f"{rows.shape[0]} labelled queries are too few for a validation split")
-    train = rm.take(batch, jnp.asarray(order[num_valid:]))
-    valid = rm.take(batch, jnp.asarray(order[:num_valid])) if num_valid else None
+    train = pairs.take(batch, jnp.asarray(rows[parts["train"]]))
+    valid = pairs.take(batch, jnp.asarray(rows[parts["valid"]])) if parts["valid"].size else None
     return train, valid
 
 
@@ -100,13 +102,12 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
     ds, header = dataset_io.load(config.dataset)
     batch = rm.pair_batch_from_dataset(ds, config.label)
     rm.validate_pairs(batch, what=f"{config.dataset} labels {config.label!r}")
-    key = jax.random.key(config.seed)
-    key_split, key_fit = jax.random.split(key)
-    train, valid = split_queries(key_split, batch, config.valid_fraction)
+    train, valid = split_queries(batch, config.valid_fraction, config.seed)
+    key_fit = jax.random.key(config.seed)
     rm.validate_pairs(train, what=f"{config.dataset} training split")
     init_params = None
     if config.init:
-        init_state, _ = rm.load(config.init)
+        init_state, _ = checkpoints.load_reward_model(config.init)
         try:
             rm.check_compatible(init_state, train)
         except ValueError as err:
@@ -114,7 +115,7 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
         init_params = init_state.params
     result = _FIT(key_fit, model_config, train, valid, init_params=init_params)
     metrics = jax.device_get(result.metrics)
-    rm.check_finite(metrics)
+    reward_fit.check_finite(metrics)
     state = result.state
     summary: dict[str, Any] = {
         "dataset": str(config.dataset),
@@ -136,19 +137,29 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
             best_step=[int(x) for x in metrics["best_step"]],
         )
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    path = rm.save(config.out, state, {"fit": summary, "seed": config.seed})
+    path = checkpoints.save_reward_model(config.out, state,
+                                         {"fit": summary, "seed": config.seed})
     summary["model"] = str(path)
     if config.metrics:
         io.atomic_write_json(config.metrics, summary)
     return summary
 
 
+def run_study(config: Any) -> dict[str, Any]:
+    """Run the 2×2 study, print its table and one JSON line; returns the result."""
+    from prefrl.report import two_by_two as study_report
+    from prefrl.studies import two_by_two
+
+    result = two_by_two.run(config)
+    print(study_report.format_table(result))
+    print(json.dumps(study_report.summary(result)))
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     config = cfg.from_args(FitConfig, args)
     if getattr(args, "study", False):
-        from prefrl import study
-
-        study.main(_study_args(args))
+        run_study(_study_args(args))
         return 0
     if not (config.dataset and config.out):
         raise ValueError("prefrl fit needs --dataset FILE and --out FILE (or --study)")

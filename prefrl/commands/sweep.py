@@ -40,14 +40,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefrl import sweep
+    from prefrl.studies.cells import RUNNERS
+    from prefrl.sweeps import execute
+    from prefrl.sweeps import spec as spec_lib
+    from prefrl.sweeps import store as store_lib
 
-    spec = sweep.load_sweep(args.sweep_file, args.overrides)
-    sweep.check_budget_scale(args.budget_scale)
+    spec = spec_lib.load_sweep(args.sweep_file, args.overrides)
+    spec_lib.check_budget_scale(args.budget_scale)
     if args.dry_run:
-        store = sweep.ResultStore(args.out)
-        units, summary = sweep.plan(spec, store, budget_scale=args.budget_scale,
-                                    resume=args.resume)
+        store = store_lib.ResultStore(args.out)
+        units, summary = execute.plan(spec, store, RUNNERS, budget_scale=args.budget_scale,
+                                      resume=args.resume)
         todo = sum(len(u.wanted) for u in units)
         print(f"{spec.name}: {len(spec.cells())} cells × {len(spec.seeds)} seeds = "
               f"{summary['total']} runs; {summary['done']} done, {todo} to run")
@@ -70,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(len(records))
 
     try:
-        outcome = sweep.run_sweep(
-            spec, args.out, resume=args.resume, budget_scale=args.budget_scale,
+        outcome = execute.run_sweep(
+            spec, args.out, RUNNERS, resume=args.resume, budget_scale=args.budget_scale,
             workers=args.workers, ray_address=args.ray, on_records=on_records, on_plan=on_plan,
             compile_cache=not args.no_compile_cache,
         )

@@ -3,7 +3,7 @@
     prefrl train cpl --dataset data.npz --label regret --out cpl.npz --seeds 0 1 2
     prefrl train cpl --dataset data.npz --bc-weight 0.5 --out cpl_bc.npz        # CPL-BC
 
-Trains offline (``prefrl.offline``), evaluates the true return on the
+Trains offline (``prefrl.loops.offline``), evaluates the true return on the
 dataset's task, saves one policy per seed and prints a JSON summary line.
 """
 
@@ -13,8 +13,8 @@ import argparse
 import json
 
 from prefrl import config as config_lib
-from prefrl import offline
 from prefrl.learners import cpl
+from prefrl.loops import offline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -12,8 +12,8 @@ import argparse
 import json
 
 from prefrl import config as config_lib
-from prefrl import offline
 from prefrl.learners import cpl
+from prefrl.loops import offline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -25,8 +25,8 @@ import json
 import sys
 
 from prefrl import config as config_lib
-from prefrl import training
 from prefrl.learners import ppo
+from prefrl.loops import ppo as training
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -9,7 +9,7 @@ train/validation/test, or checks labelled pairs on the host calls this module.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,14 @@ import numpy as np
 from prefrl.types import PairBatch, PreferenceDataset
 
 Array = jax.Array
+
+
+class Pool(NamedTuple):
+    """The arrays of a segment pool that :func:`gather` reads (any object with them will do)."""
+
+    obs: Any  # [N, k, obs]
+    action: Any  # [N, k, act]
+    mask: Any  # [N, k]
 
 
 def gather(
@@ -90,13 +98,15 @@ def subset(dataset: PreferenceDataset, indices: Any) -> PreferenceDataset:
 
 def split(
     num: int, fractions: Mapping[str, float], seed: int, *, rest: str = "train",
-    min_rest: int = 1,
+    min_rest: int = 1, min_part: int = 0, ordered: bool = True,
 ) -> dict[str, np.ndarray]:
     """A seeded permutation of ``range(num)`` cut into named parts.
 
     Parts are cut in the order given: part ``name`` gets
-    ``round(fraction · remaining)`` indices of what earlier parts left, and
-    ``rest`` keeps the remainder (at least ``min_rest``). Each part is sorted.
+    ``round(fraction · remaining)`` indices of what earlier parts left (at
+    least ``min_part`` when its fraction is > 0), and ``rest`` keeps the
+    remainder (at least ``min_rest``). Each part is sorted, or with
+    ``ordered=False`` keeps the permutation's (shuffled) order.
     ``split(100, {"test": 0.2, "valid": 0.1}, 0)`` gives 20 test, 8 valid, 72 train.
     """
     if num < 1:
@@ -108,14 +118,42 @@ def split(
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"fraction of {name!r} must be in [0, 1), got {fraction}")
         count = int(round(fraction * (num - start)))
-        out[name] = np.sort(order[start:start + count])
+        if fraction > 0:
+            count = max(count, min_part)
+        out[name] = order[start:start + count]
         start += count
     if num - start < min_rest:
         sizes = {k: len(v) for k, v in out.items()}
         raise ValueError(f"{num} queries leave {num - start} (fewer than {min_rest}) for "
                          f"{rest!r} after {sizes}")
-    out[rest] = np.sort(order[start:])
-    return out
+    out[rest] = order[start:]
+    return {k: np.sort(v) for k, v in out.items()} if ordered else out
+
+
+def split_by_segments(key: Array, num_segments: int, first: np.ndarray, second: np.ndarray,
+                      num_train: int, num_test: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query indices ``(train [num_train], test [num_test])`` on disjoint segments.
+
+    Unlike :func:`split`, which splits *queries*, this splits the *segment
+    pool*: a seeded random half of the segments is the test half; a training
+    query has both segments outside it, a test query both inside (queries
+    that mix the halves are dropped), so held-out accuracy is measured on
+    segments no model saw. Raises ``ValueError`` when either side has too few
+    queries.
+    """
+    key_seg, key_q = jax.random.split(key)
+    is_test = np.zeros(num_segments, bool)
+    is_test[np.asarray(jax.random.permutation(key_seg, num_segments))[: num_segments // 2]] = True
+    first, second = np.asarray(first), np.asarray(second)
+    order = np.asarray(jax.random.permutation(key_q, first.shape[0]))
+    tr = order[~is_test[first[order]] & ~is_test[second[order]]]
+    te = order[is_test[first[order]] & is_test[second[order]]]
+    if tr.shape[0] < num_train or te.shape[0] < num_test:
+        raise ValueError(
+            f"{first.shape[0]} queries give {tr.shape[0]} on training segments and {te.shape[0]} "
+            f"on held-out segments; {num_train} and {num_test} were asked for (label more "
+            "queries, or lower --num-train/--num-test)")
+    return tr[:num_train], te[:num_test]
 
 
 def validate(batch: PairBatch, *, what: str = "dataset") -> None:
@@ -145,4 +183,5 @@ def validate(batch: PairBatch, *, what: str = "dataset") -> None:
             raise ValueError(f"{what}: {name} contains NaN or inf")
 
 
-__all__ = ["from_dataset", "gather", "split", "subset", "take", "validate"]
+__all__ = ["Pool", "from_dataset", "gather", "split", "split_by_segments", "subset", "take",
+           "validate"]

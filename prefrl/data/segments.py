@@ -1,4 +1,4 @@
-"""Cut fixed-length segments out of time-major rollouts (DESIGN §1).
+"""Cut fixed-length segments out of time-major rollouts (docs/design.md §1).
 
 A segment of length k starting at step t of batch column b is
 ``(s_t, a_t, …, s_{t+k-1}, a_{t+k-1}, s_{t+k})`` with ``s_{t+k} =

@@ -64,6 +64,7 @@ import optax
 from flax import struct
 
 from prefrl import config as config_lib
+from prefrl import evaluation
 from prefrl.learners import Learner
 from prefrl.networks import ACTION_EPS, tanh_gaussian_log_prob
 from prefrl.preference import bt_loss, regret_score
@@ -329,12 +330,52 @@ def _bc_nll(logp_1: Array, logp_2: Array, batch: PairBatch, bc_data: str = "all"
     return -total / jnp.maximum(jnp.sum(m_1) + jnp.sum(m_2), 1e-8)
 
 
+def segment_scores(
+    network: nn.Module, params: Params, obs: Array, action: Array, mask: Array, *,
+    ref_params: Params = None, alpha: float | Array = 1.0, discount: float | Array = 1.0,
+    squash_jacobian: bool = True,
+) -> Array:
+    """The implicit scores ``S = Σ_t γ^t α log π(a_t|s_t)`` of N segments ``[N]``.
+
+    With ``ref_params`` (contrastive DPO) ``log π`` becomes ``log π − log π_ref``.
+    ``obs [N, k, obs]``, ``action [N, k, act]``, ``mask [N, k]``; ``log π`` as in
+    :func:`policy_log_prob` (``squash_jacobian``). The score CPL's loss compares,
+    used wherever a trained policy's preferences are read (held-out accuracy,
+    sweeps, the demo).
+    """
+    logp = policy_log_prob(network, params, obs, action, squash_jacobian=squash_jacobian)
+    if ref_params is not None:
+        ref = policy_log_prob(network, ref_params, obs, action, squash_jacobian=squash_jacobian)
+        logp = _masked(logp, mask) - _masked(jax.lax.stop_gradient(ref), mask)
+    return jax.vmap(lambda l_t, m_t: regret_score(
+        alpha * _masked(l_t, m_t), discount=discount, mask_t=m_t))(logp, mask)
+
+
+def pair_scores(network: nn.Module, params: Params, batch: PairBatch, **kwargs: Any
+                ) -> tuple[Array, Array]:
+    """``(S_1 [B], S_2 [B])``: :func:`segment_scores` of both sides of every query."""
+    return (segment_scores(network, params, batch.obs_1, batch.action_1, batch.mask_1, **kwargs),
+            segment_scores(network, params, batch.obs_2, batch.action_2, batch.mask_2, **kwargs))
+
+
+def implicit_advantage(network: nn.Module, params: Params, alpha: float,
+                       squash_jacobian: bool = True) -> Any:
+    """CPL's learned advantage ``Â(s, a) = α log π(a|s)``: ``[..., obs], [..., act] -> [...]``.
+
+    ``log π`` as CPL was trained with it (``squash_jacobian``, see :func:`policy_log_prob`).
+    """
+    return lambda obs, action: alpha * policy_log_prob(network, params, obs, action,
+                                                       squash_jacobian=squash_jacobian)
+
+
 def preference_metrics(s_1: Array, s_2: Array, label: Array) -> dict[str, Array]:
-    """Accuracy of the implicit preference ``S_1 > S_2`` on non-tied labels, ``[B]`` inputs."""
-    decided = (label != 0.5).astype(jnp.float32)
-    correct = ((s_1 > s_2) == (label > 0.5)).astype(jnp.float32) * decided
+    """Accuracy of the implicit preference ``S_1 > S_2`` on non-tied labels, ``[B]`` inputs.
+
+    :func:`prefrl.evaluation.accuracy_sums` (traceable), plus the mean score gap.
+    """
+    correct, count = evaluation.accuracy_sums(s_1, s_2, label)
     return {
-        "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(decided), 1.0),
+        "accuracy": correct / jnp.maximum(count, 1.0),
         "score_gap": jnp.mean(jnp.abs(s_1 - s_2)),
     }
 

@@ -2,7 +2,7 @@
 
 Both learning assumptions fit one scalar function ``f_θ(s, a)`` of a state and
 an action by the Bradley–Terry loss on its discounted sum over each segment
-(DESIGN.md §2, §4):
+(docs/design.md §2, §4):
 
     score(σ) = Σ_t γ^t m_t f_θ(s_t, a_t)
     P_θ(σ¹ ≻ σ²) = sigmoid((score(σ¹) − score(σ²)) / β)
@@ -37,26 +37,24 @@ about 2× faster than one pass over 1024 pairs).
 Public API:
   ``RewardModelConfig``, ``PairBatch``, ``RewardModelState``,
   ``make(config, optimizer=None, *, network=None) -> Learner(init, update)``,
-  ``fit(key, config, train, valid=None, *, optimizer=None, network=None)``,
   ``reward_fn(state)``, ``member_outputs(state, obs, action)``,
   ``ensemble_preferences(state, batch)``, ``pool_score_fn(state, segments)``,
   ``normalize(state, batch)``, ``pair_batch_from_dataset(dataset, label)``,
-  ``validate_pairs(batch)``, ``check_finite(metrics)``, ``save(path, state)``,
-  ``load(path)``.
+  ``validate_pairs(batch)``; a whole fit: ``prefrl.loops.fit``; files:
+  ``prefrl.checkpoints.save_reward_model`` / ``load_reward_model``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from flax import struct, traverse_util
+from flax import struct
 
 from prefrl import preference
 from prefrl.config import field
@@ -68,18 +66,11 @@ from prefrl.types import PairBatch
 Array = jax.Array
 PRNGKey = jax.Array
 
-MODEL_KIND = "reward_model"
-SCHEMA_VERSION = 1
-
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": nn.relu,
     "leaky_relu": nn.leaky_relu,
     "tanh": nn.tanh,
 }
-
-
-class NonFiniteError(ValueError):
-    """Training produced NaN/inf; the message names the step and the metric."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +293,16 @@ def reward_fn(state: RewardModelState) -> Callable[[Array, Array], Array]:
     return fn
 
 
+def segment_scores(state: RewardModelState, obs: Array, action: Array, mask: Array) -> Array:
+    """``[N]`` learned segment scores under the state's assumption (discounted sum of r̂/Â).
+
+    ``obs [N, k, obs]``, ``action [N, k, act]``, ``mask [N, k]``; the standardised
+    :func:`reward_fn` summed as the assumed preference model sums it.
+    """
+    values = reward_fn(state)(obs, action)
+    return _segment_scores(state.config, values, jnp.asarray(mask, values.dtype))
+
+
 def _segment_scores(config: RewardModelConfig, values_nt: Array, mask_nt: Array) -> Array:
     """``[..., N, k]`` per-step values -> ``[..., N]`` scores of the assumed model."""
     score = lambda v_t, m_t: config.score_fn(v_t, discount=config.discount, mask_t=m_t)
@@ -337,8 +338,8 @@ def ensemble_preferences(state: RewardModelState, batch: PairBatch) -> Array:
 def _pool_probs(state: RewardModelState, obs: Array, action: Array, mask: Array, first: Array,
                 second: Array) -> Array:
     # A module-level jit with the state as an argument: refits reuse one compilation.
-    batch = PairBatch(obs[first], action[first], mask[first], obs[second], action[second],
-                      mask[second], jnp.zeros(first.shape, jnp.float32))
+    batch = pairs.gather(pairs.Pool(obs, action, mask), first, second,
+                         jnp.zeros(first.shape, jnp.float32))
     return jax.nn.sigmoid(_pair_logits(state.config, state.network, state.params, batch))
 
 
@@ -567,262 +568,6 @@ def normalize(state: RewardModelState, batch: PairBatch, chunk: int = 512) -> Re
     return state.replace(reward_mean=mean, reward_std=jnp.sqrt(var) + 1e-8)
 
 
-# --------------------------------------------------------------------------- #
-# Whole fits as one scan
-# --------------------------------------------------------------------------- #
-
-
-class FitResult(NamedTuple):
-    """``state``: best-by-validation parameters (per member), normalised.
-
-    ``metrics``: ``train_loss``/``train_accuracy``/``grad_norm`` ``[S, M]``
-    per step; ``valid_loss``/``valid_accuracy`` ``[E, M]`` per evaluation
-    (E = num_steps / eval_every); ``best_step`` ``[M]``; ``skipped`` ``[S]``
-    (1 where a non-finite update was not applied).
-    """
-
-    state: RewardModelState
-    metrics: dict[str, Array]
-
-
-def bootstrap_weights(key: PRNGKey, num_members: int, include: Array) -> Array:
-    """``[M, N]`` bootstrap counts over the rows where ``include [N]`` is True.
-
-    The classic bootstrap (Efron) of each member's training set, as in
-    Christiano 2017 / B-Pref ensembles: member m draws n = Σ include rows
-    with replacement from the included rows; count c_mi is how often row i
-    was drawn (Σ_i c_mi = n, c_mi = 0 for excluded rows). n may be traced:
-    N draws are made and only the first n kept, so shapes stay static.
-    """
-    num = include.shape[0]
-    n = jnp.sum(include)
-    p = include.astype(jnp.float32) / jnp.maximum(n, 1)
-    draws = jax.random.choice(key, num, (num_members, num), p=p)
-    keep = (jnp.arange(num) < n).astype(jnp.float32)
-    counts = jax.vmap(lambda d: jnp.zeros((num,), jnp.float32).at[d].add(keep))(draws)
-    return counts
-
-
-def fit(
-    key: PRNGKey,
-    config: RewardModelConfig,
-    train: PairBatch,
-    valid: PairBatch | None = None,
-    *,
-    optimizer: optax.GradientTransformation | None = None,
-    network: nn.Module | None = None,
-    init_params: Any | None = None,
-) -> FitResult:
-    """Fit a reward model: ``config.num_steps`` updates in one ``lax.scan``.
-
-    Pure and jittable; ``jax.vmap(lambda k: fit(k, cfg, train, valid))(keys)``
-    fits many seeds in one compiled call. Each step draws ``batch_size``
-    queries uniformly (with replacement) from the rows of ``train`` with
-    positive weight (rows of weight 0 — skipped or not yet labelled — are
-    never drawn, so a fixed-size, partly filled ``train`` compiles once);
-    member m weights them by its bootstrap counts (``config.bootstrap``)
-    times the row's own weight. Every ``eval_every`` steps the validation loss of each member is
-    computed and that member's best parameters are kept (early stopping
-    without leaving the scan). A step whose loss or update is non-finite is
-    not applied and is recorded in ``metrics["skipped"]``; call
-    :func:`check_finite` on the host to turn that into an error.
-
-    ``init_params`` (stacked ``[M, …]``, e.g. a loaded model's) warm-starts
-    the members instead of a fresh initialisation.
-
-    Host-side value checks (:func:`validate_pairs`) are the caller's job.
-    """
-    learner = make(config, optimizer, network=network)
-    num_train = train.size
-    num_evals = max(int(config.num_steps) // int(config.eval_every), 1)
-    inner = int(config.num_steps) // num_evals
-    members = int(config.ensemble_size)
-    key_init, key_boot, key_steps = jax.random.split(key, 3)
-    del key
-
-    if train.weight is None:
-        base_w = jnp.ones((members, num_train), jnp.float32)
-    else:
-        base_w = jnp.broadcast_to(train.weight, (members, num_train)).astype(jnp.float32)
-    include = jnp.any(base_w > 0, axis=0)
-    # Sampling distribution over rows: uniform over the included ones.
-    row_p = include.astype(jnp.float32) / jnp.maximum(jnp.sum(include), 1)
-    if config.bootstrap and members > 1:
-        train_w = base_w * bootstrap_weights(key_boot, members, include)
-    else:
-        train_w = base_w
-    state = learner.init(key_init, train)
-    if init_params is not None:
-        shapes = jax.tree.map(jnp.shape, state.params)
-        if jax.tree.map(jnp.shape, init_params) != shapes:
-            raise ValueError(
-                "init_params do not match this config's network "
-                f"(expected shapes {shapes}, got {jax.tree.map(jnp.shape, init_params)})"
-            )
-        state = state.replace(params=init_params, opt_state=jax.vmap(
-            (default_optimizer(config) if optimizer is None else optimizer).init)(init_params))
-
-    def step(state: RewardModelState, step_key: PRNGKey):
-        idx = jax.random.choice(step_key, num_train, (int(config.batch_size),), p=row_p)
-        batch = take(train._replace(weight=train_w), idx)
-        new_state, m = learner.update(state, batch)
-        finite = jnp.all(jnp.isfinite(m["loss"])) & jnp.all(jnp.isfinite(m["grad_norm"]))
-        finite = finite & jnp.all(jnp.array(
-            [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state.params)]
-        ))
-        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        return state, {
-            "train_loss": m["loss"],
-            "train_accuracy": m["accuracy"],
-            "grad_norm": m["grad_norm"],
-            "skipped": 1.0 - finite.astype(jnp.float32),
-        }
-
-    def select(better: Array, new: Any, old: Any) -> Any:
-        # better [M]: per-member choice between two stacked parameter trees.
-        return jax.tree.map(
-            lambda n, o: jnp.where(better.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old
-        )
-
-    def block(carry, block_index: Array):
-        state, best_params, best_loss, best_step = carry
-        step_keys = jax.random.split(jax.random.fold_in(key_steps, block_index), inner)
-        state, hist = jax.lax.scan(step, state, step_keys)
-        if valid is not None:
-            v = evaluate(state, valid)
-            better = v["loss"] < best_loss
-            best_params = select(better, state.params, best_params)
-            best_loss = jnp.where(better, v["loss"], best_loss)
-            best_step = jnp.where(better, state.step, best_step)
-        else:
-            v = {"loss": jnp.full((members,), jnp.nan), "accuracy": jnp.full((members,), jnp.nan)}
-            best_params, best_step = state.params, jnp.broadcast_to(state.step, (members,))
-        return (state, best_params, best_loss, best_step), (hist, v)
-
-    init_carry = (state, state.params, jnp.full((members,), jnp.inf),
-                  jnp.zeros((members,), jnp.int32))
-    (state, best_params, _, best_step), (hist, v) = jax.lax.scan(
-        block, init_carry, jnp.arange(num_evals)
-    )
-    state = state.replace(params=best_params)
-    if config.normalize:
-        state = normalize(state, train)
-    metrics = {k: x.reshape(num_evals * inner, *x.shape[2:]) for k, x in hist.items()}
-    metrics.update(valid_loss=v["loss"], valid_accuracy=v["accuracy"], best_step=best_step)
-    return FitResult(state, metrics)
-
-
-def check_finite(metrics: Mapping[str, Any]) -> None:
-    """Raise :class:`NonFiniteError` naming the first step and metric that went non-finite.
-
-    Works on :func:`fit`'s metrics (per-step arrays ``[S, …]``); the step is
-    the 0-based index of the update.
-    """
-    first: tuple[int, str] | None = None
-    skipped = np.asarray(metrics.get("skipped", np.zeros(0)))
-    if skipped.size and skipped.reshape(skipped.shape[0], -1).max() > 0:
-        s = int(np.argmax(skipped.reshape(skipped.shape[0], -1).max(axis=1) > 0))
-        first = (s, "update (non-finite parameters)")
-    for name in ("train_loss", "grad_norm"):
-        values = np.asarray(metrics.get(name, np.zeros(0)))
-        if values.size == 0:
-            continue
-        bad = ~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
-        if bad.any():
-            s = int(np.argmax(bad))
-            if first is None or s <= first[0]:
-                first = (s, name)
-    if first is not None:
-        step, name = first
-        raise NonFiniteError(
-            f"training diverged: metric {name!r} became non-finite at step {step}; "
-            "no model saved (lower the learning rate or check the data)"
-        )
-
-
-# --------------------------------------------------------------------------- #
-# Files
-# --------------------------------------------------------------------------- #
-
-
-def _flat_params(params: Any) -> dict[str, np.ndarray]:
-    flat = traverse_util.flatten_dict(params, sep="/")
-    return {f"params/{k}": np.asarray(v) for k, v in flat.items()}
-
-
-def save(path: Any, state: RewardModelState, extra: Mapping[str, Any] | None = None) -> Any:
-    """Write a fitted model atomically to an ``.npz`` (no pickle).
-
-    Arrays: ``params/<layer>/<name>`` ``[M, …]``, ``reward_mean``,
-    ``reward_std``; the header holds the config, the input sizes, the
-    segment length and ``extra`` (e.g. metrics). Refuses non-finite params.
-    """
-    from prefrl import config as config_mod
-    from prefrl import io
-
-    arrays = _flat_params(jax.device_get(state.params))
-    arrays["reward_mean"] = np.asarray(state.reward_mean)
-    arrays["reward_std"] = np.asarray(state.reward_std)
-    for name, value in arrays.items():
-        if not np.all(np.isfinite(value)):
-            raise NonFiniteError(f"refusing to save a model with non-finite {name!r}")
-    header = {
-        "kind": MODEL_KIND,
-        "schema_version": SCHEMA_VERSION,
-        "config": config_mod.to_dict(state.config),
-        "obs_dim": state.obs_dim,
-        "act_dim": state.act_dim,
-        "segment_length": state.segment_length,
-        "extra": dict(extra or {}),
-    }
-    return io.save_npz(path, arrays, header)
-
-
-def load(path: Any) -> tuple[RewardModelState, dict[str, Any]]:
-    """Read a model written by :func:`save`; returns ``(state, header)``.
-
-    The state has the default optimizer's fresh ``opt_state``. Raises
-    ``prefrl.io.FileFormatError`` naming the problem for a wrong kind,
-    missing or mis-shaped arrays or non-finite values.
-    """
-    from prefrl import config as config_mod
-    from prefrl import io
-
-    arrays, header = io.load_npz(path, kind=MODEL_KIND, required=("reward_mean", "reward_std"))
-    try:
-        config = config_mod.from_mapping(RewardModelConfig, header["config"], where=str(path))
-        obs_dim, act_dim = int(header["obs_dim"]), int(header["act_dim"])
-        length = int(header["segment_length"])
-    except KeyError as err:
-        raise io.FileFormatError(f"{path}: header lacks {err}") from err
-    example = PairBatch(
-        jnp.zeros((1, length, obs_dim)), jnp.zeros((1, length, act_dim)), jnp.ones((1, length)),
-        jnp.zeros((1, length, obs_dim)), jnp.zeros((1, length, act_dim)), jnp.ones((1, length)),
-        jnp.zeros((1,)),
-    )
-    state = make(config).init(jax.random.key(0), example)
-    expected = _flat_params(state.params)
-    for name, template in expected.items():
-        if name not in arrays:
-            raise io.FileFormatError(f"{path}: missing array {name!r}")
-        if arrays[name].shape != template.shape:
-            raise io.FileFormatError(
-                f"{path}: array {name!r} has shape {arrays[name].shape}, expected {template.shape}"
-            )
-    for name, value in arrays.items():
-        if not np.all(np.isfinite(value)):
-            raise io.FileFormatError(f"{path}: array {name!r} contains NaN or inf")
-    flat = {k[len("params/"):]: jnp.asarray(arrays[k], jnp.float32) for k in expected}
-    params = traverse_util.unflatten_dict(flat, sep="/")
-    params = jax.tree.map(lambda a, b: a.astype(b.dtype), params, state.params)
-    state = state.replace(
-        params=params,
-        reward_mean=jnp.asarray(arrays["reward_mean"], jnp.float32),
-        reward_std=jnp.asarray(arrays["reward_std"], jnp.float32),
-    )
-    return state, header
-
-
 def analytic_update_flops(config: RewardModelConfig, in_dim: int, num_pairs: int,
                           length: int) -> float:
     """FLOPs of one :func:`make` ``update`` counted from the matmuls (2 per MAC).
@@ -840,29 +585,23 @@ def analytic_update_flops(config: RewardModelConfig, in_dim: int, num_pairs: int
 
 
 __all__ = [
-    "FitResult",
-    "NonFiniteError",
     "PairBatch",
     "RewardModelConfig",
     "RewardModelState",
     "analytic_update_flops",
-    "bootstrap_weights",
     "check_compatible",
-    "check_finite",
     "combined_params",
     "default_network",
     "default_optimizer",
     "ensemble_preferences",
     "evaluate",
-    "fit",
-    "load",
     "make",
     "member_outputs",
     "normalize",
     "pair_batch_from_dataset",
     "pool_score_fn",
     "reward_fn",
-    "save",
+    "segment_scores",
     "take",
     "validate_pairs",
 ]

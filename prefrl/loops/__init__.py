@@ -1,1 +1,13 @@
-"""Host loops around the jitted learners: PPO, offline learning, reward fits, online RLHF."""
+"""Host loops around the jitted learners (docs/design.md §7).
+
+- :mod:`prefrl.loops.fit` — reward-model fitting: a whole fit as one ``lax.scan``
+  (sampling, bootstrap weights, early stopping by validation loss);
+- :mod:`prefrl.loops.offline` — BC, CPL, CPL-BC and contrastive DPO from a
+  preference dataset, seeds vmapped;
+- :mod:`prefrl.loops.ppo` — PPO from batched CPU rollouts (true or learned reward,
+  KL to π_ref), checkpoints and resume;
+- :mod:`prefrl.loops.online` — online preference-based RL (Christiano et al. 2017):
+  PPO on a reward refitted on labels of the current policy's segments;
+- :mod:`prefrl.loops.schedule` — label schedules with an exact budget;
+- :mod:`prefrl.loops.active` — active query selection in rounds.
+"""

@@ -63,6 +63,7 @@ from prefrl.data.pool import LabelBuffer, SegmentPool
 from prefrl.data.segments import segment
 from prefrl.learners import ppo
 from prefrl.learners import reward_model as rm
+from prefrl.loops import fit as fit_loop
 from prefrl.loops.schedule import SCHEDULES, label_schedule
 from prefrl.policies import Policy, policy_fn
 from prefrl.rollout import evaluate_policy
@@ -335,7 +336,7 @@ class _Run:
         repeats = -(-self.c.initial_fit_steps // self.fit_config.num_steps) if init is None else 1
         for i in range(repeats):
             fitted = _fit(jax.random.fold_in(key, i), self.fit_config, train, init)
-            rm.check_finite(jax.device_get(fitted.metrics))
+            fit_loop.check_finite(jax.device_get(fitted.metrics))
             init = fitted.state.params
         state = fitted.state
         obs = jnp.asarray(traj.obs).reshape(-1, self.obs_dim)
@@ -401,7 +402,7 @@ class _Run:
 
 @functools.partial(jax.jit, static_argnums=(1,))
 def _fit(key: jax.Array, config: rm.RewardModelConfig, train: Any, init_params: Any) -> Any:
-    return rm.fit(key, config, train, None, init_params=init_params)
+    return fit_loop.fit(key, config, train, None, init_params=init_params)
 
 
 def _pad(x: Any, size: int) -> np.ndarray:
@@ -425,9 +426,9 @@ def _reference(config: OnlineConfig, ppo_config: ppo.PPOConfig) -> tuple[Any, An
         if ppo_config.kl_ref_coef > 0:
             raise ValueError("kl_ref_coef > 0 needs a reference policy (reference / --reference)")
         return None, None
-    from prefrl import training
+    from prefrl.loops.ppo import load_reference
 
-    return training.load_reference(config.reference)
+    return load_reference(config.reference)
 
 
 def _critic_discount(config: OnlineConfig) -> float:
@@ -446,18 +447,18 @@ def _critic(config: OnlineConfig, oracle: oracles.OracleConfig, obs_dim: int) ->
             raise ValueError("the regret oracle needs an expert critic: set expert "
                              "(--expert PATH to a PPO checkpoint trained on the true reward)")
         return None
-    from prefrl import checkpoint
+    from prefrl import checkpoints
 
     if not Path(config.expert).is_file():
         raise FileNotFoundError(f"expert checkpoint {config.expert} not found")
-    _, header = checkpoint.load(config.expert, obs_dim=obs_dim)
+    _, header = checkpoints.load_ppo(config.expert, obs_dim=obs_dim)
     if header.get("task") not in (None, config.task):
         raise ValueError(f"expert {config.expert} was trained on task {header.get('task')!r}, "
                          f"the run is on {config.task!r}")
     if oracle.model == "regret" and abs(float(header["discount"]) - oracle.discount) > 1e-9:
         raise ValueError(f"the regret oracle's discount {oracle.discount} differs from the "
                          f"expert critic's γ = {header['discount']}")
-    return checkpoint.load_value_fn(config.expert, obs_dim=obs_dim)
+    return checkpoints.load_value_fn(config.expert, obs_dim=obs_dim)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -591,18 +592,18 @@ def _start(run: _Run, out_dir: Path | None) -> int:
 
 
 def _save(run: _Run, path: Path, update_idx: int, wall: float) -> None:
-    from prefrl import checkpoint
+    from prefrl.checkpoints import flatten
     from prefrl.config import to_dict
     from prefrl.io import save_npz
 
     if not hasattr(run.env, "state_dict"):
         raise TypeError("checkpoints of the online loop need environments with state_dict()")
-    arrays = checkpoint.flatten_tree(
+    arrays = flatten(
         jax.device_get(run.ppo_state.replace(reward_params=None, ref_params=None)), "ppo")
     if run.rm_state is not None:
         rm_part = {"params": run.rm_state.params, "mean": run.rm_state.reward_mean,
                    "std": run.rm_state.reward_std}
-        arrays.update(checkpoint.flatten_tree(jax.device_get(rm_part), "reward"))
+        arrays.update(flatten(jax.device_get(rm_part), "reward"))
     arrays.update(run.labels.state_dict())
     arrays.update(run.pool.state_dict())
     arrays.update({f"env.{k}": v for k, v in run.env.state_dict().items()})
@@ -620,7 +621,7 @@ def _save(run: _Run, path: Path, update_idx: int, wall: float) -> None:
 
 
 def _load(run: _Run, path: Path) -> int:
-    from prefrl import checkpoint
+    from prefrl.checkpoints import unflatten
     from prefrl.config import to_dict
     from prefrl.io import load_npz
 
@@ -634,7 +635,7 @@ def _load(run: _Run, path: Path) -> int:
         raise ValueError(f"{path}: cannot resume: the run's settings differ in {diff}; use "
                          "another out_dir or resume=False")
     template = run.ppo_state.replace(reward_params=None, ref_params=None)
-    ppo_state = checkpoint.unflatten_tree(template, arrays, "ppo", str(path))
+    ppo_state = unflatten(template, arrays, "ppo", str(path))
     run.ppo_state = ppo_state.replace(ref_params=run.ppo_state.ref_params)
     run.labels.load_state_dict(arrays)
     segs_example = {k[len("pool."):]: v[:1] for k, v in arrays.items()
@@ -652,7 +653,7 @@ def _load(run: _Run, path: Path) -> int:
     run.wall_before = float(header["wall_s"])
     if header["has_reward"]:
         state = _reward_template(run)
-        part = checkpoint.unflatten_tree(
+        part = unflatten(
             {"params": state.params, "mean": state.reward_mean, "std": state.reward_std},
             arrays, "reward", str(path))
         run.rm_state = state.replace(params=part["params"], reward_mean=part["mean"],

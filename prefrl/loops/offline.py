@@ -42,11 +42,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from prefrl import checkpoints
 from prefrl import config as config_lib
+from prefrl.data import pairs
 from prefrl.learners import bc as bc_lib
 from prefrl.learners import cpl as cpl_lib
-from prefrl.networks import GaussianPolicy, tanh_gaussian_log_prob
-from prefrl.types import PreferenceDataset
+from prefrl.networks import make_network
+from prefrl.policies import Policy, policy_fn
+from prefrl.types import PairBatch, PreferenceDataset
 
 Array = jax.Array
 Params = Any
@@ -54,7 +57,7 @@ Algo = Literal["bc", "cpl", "cpl_bc", "dpo"]
 ALGOS: tuple[str, ...] = ("bc", "cpl", "cpl_bc", "dpo")
 
 
-class TrainingDivergedError(ValueError):
+class TrainingDivergedError(checkpoints.NonFiniteError):
     """The loss (or gradient) became NaN/inf; nothing from the run may be saved."""
 
 
@@ -113,45 +116,6 @@ class TrainConfig:
                             obs_std)
 
 
-class NormalizedGaussianPolicy(nn.Module):
-    """``GaussianPolicy`` on standardised observations ``(s − mean) / std``.
-
-    The statistics are constants of the module (fixed from the training data,
-    stored in the policy file's header), not parameters: no optimiser or
-    weight decay can move them. Outputs as ``GaussianPolicy``: ``(mean,
-    log_std)`` of the pre-tanh Gaussian.
-    """
-
-    action_dim: int
-    hidden: tuple[int, ...]
-    state_dependent_std: bool
-    obs_mean: tuple[float, ...]
-    obs_std: tuple[float, ...]
-
-    @nn.compact
-    def __call__(self, obs: Array) -> tuple[Array, Array]:
-        shape = (1,) * (obs.ndim - 1) + (len(self.obs_mean),)
-        mean = jnp.asarray(self.obs_mean, obs.dtype).reshape(shape)
-        std = jnp.asarray(self.obs_std, obs.dtype).reshape(shape)
-        return GaussianPolicy(self.action_dim, tuple(self.hidden),
-                              state_dependent_std=self.state_dependent_std,
-                              name="policy")((obs - mean) / std)
-
-
-def make_network(action_dim: int, hidden: Sequence[int], state_dependent_std: bool,
-                 obs_mean: Sequence[float] = (), obs_std: Sequence[float] = ()) -> nn.Module:
-    """A plain ``GaussianPolicy``, or a :class:`NormalizedGaussianPolicy` given statistics."""
-    if len(obs_mean) != len(obs_std):
-        raise ValueError("obs_mean and obs_std must have the same length")
-    if not obs_mean:
-        return GaussianPolicy(action_dim=int(action_dim), hidden=tuple(int(h) for h in hidden),
-                              state_dependent_std=bool(state_dependent_std))
-    return NormalizedGaussianPolicy(
-        action_dim=int(action_dim), hidden=tuple(int(h) for h in hidden),
-        state_dependent_std=bool(state_dependent_std),
-        obs_mean=tuple(float(x) for x in obs_mean), obs_std=tuple(float(x) for x in obs_std))
-
-
 def obs_statistics(obs: Any, mask: Any, min_std: float = 1e-3
                    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and standard deviation (at least ``min_std``) of unmasked observations.
@@ -177,11 +141,9 @@ class PairData(NamedTuple):
     second: Array  # [Q] int
     label: Array  # [Q] float, μ = P(first ≻ second)
 
-    def gather(self, idx: Array) -> cpl_lib.PairBatch:
-        """``idx [B]`` query indices -> :class:`prefrl.learners.cpl.PairBatch`."""
-        i, j = self.first[idx], self.second[idx]
-        return cpl_lib.PairBatch(self.obs[i], self.action[i], self.mask[i],
-                                 self.obs[j], self.action[j], self.mask[j], self.label[idx])
+    def gather(self, idx: Array) -> PairBatch:
+        """``idx [B]`` query indices -> :class:`prefrl.types.PairBatch` (:func:`pairs.gather`)."""
+        return pairs.gather(self, self.first[idx], self.second[idx], self.label[idx])
 
 
 class TrainOutput(NamedTuple):
@@ -244,10 +206,9 @@ def prepare_data(dataset: PreferenceDataset, label_name: str, validation_fractio
     if q_idx.size < 2:
         raise ValueError(f"dataset has {q_idx.size} usable queries for label {label_name!r}; "
                          "need at least 2")
-    q_idx = np.random.default_rng(split_seed).permutation(q_idx)
-    num_val = int(round(validation_fraction * q_idx.size))
-    if validation_fraction > 0:
-        num_val = max(num_val, 1)
+    # Parts keep the permutation's order: training samples queries by position.
+    parts = pairs.split(q_idx.size, {"valid": validation_fraction}, split_seed, min_part=1,
+                        ordered=False)
     seg = dataset.segments
     pool = (jnp.asarray(seg.obs, jnp.float32), jnp.asarray(seg.action, jnp.float32),
             jnp.asarray(seg.mask, jnp.float32))
@@ -258,7 +219,7 @@ def prepare_data(dataset: PreferenceDataset, label_name: str, validation_fractio
         return PairData(*pool, jnp.asarray(first[ids], jnp.int32),
                         jnp.asarray(second[ids], jnp.int32), jnp.asarray(label[ids]))
 
-    return part(q_idx[num_val:]), part(q_idx[:num_val])
+    return part(q_idx[parts["train"]]), part(q_idx[parts["valid"]])
 
 
 # ---------------------------------------------------------------- the jittable loop
@@ -305,20 +266,13 @@ def _evaluate(network: nn.Module, params: Params, ref_params: Params, val: PairD
     if val.first.shape[0] == 0:
         return {}
     batch = val.gather(jnp.arange(val.first.shape[0]))
-    logp_1, logp_2 = cpl_lib.pair_log_probs(network, params, batch)
-    if ref_params is not None:
-        ref_1, ref_2 = cpl_lib.pair_log_probs(network, ref_params, batch)
-        logp_1, logp_2 = logp_1 - ref_1, logp_2 - ref_2
-    score_1, score_2 = logp_1, logp_2
-    if ref_params is None and not squash_jacobian:
-        score_1 = logp_1 + cpl_lib.squash_log_det(batch.action_1)
-        score_2 = logp_2 + cpl_lib.squash_log_det(batch.action_2)
-    s_1, s_2 = jax.vmap(lambda a, b, m1, m2: cpl_lib.cpl_scores(
-        a, b, alpha=1.0, discount=discount, mask_1_t=m1, mask_2_t=m2))(
-        score_1, score_2, batch.mask_1, batch.mask_2)
+    s_1, s_2 = cpl_lib.pair_scores(network, params, batch, ref_params=ref_params,
+                                   discount=discount,
+                                   squash_jacobian=squash_jacobian or ref_params is not None)
     out = {"val_accuracy": cpl_lib.preference_metrics(s_1, s_2, batch.label)["accuracy"]}
     if ref_params is None:
-        # Held-out BC fit: mean −log π over every step of both segments.
+        # Held-out BC fit: mean −log π (box density) over every step of both segments.
+        logp_1, logp_2 = cpl_lib.pair_log_probs(network, params, batch)
         out["val_nll"] = bc_lib.nll_loss(
             jnp.concatenate([logp_1, logp_2]).reshape(-1),
             jnp.concatenate([batch.mask_1, batch.mask_2]).reshape(-1))
@@ -532,50 +486,7 @@ def select_seed(tree: Any, i: int) -> Any:
     return None if tree is None else jax.tree.map(lambda x: x[i], tree)
 
 
-# ---------------------------------------------------------------- acting and evaluation
-
-
-def policy_fn(network: nn.Module, params: Params, *, deterministic: bool = True
-              ) -> Callable[[Any, Array], Array]:
-    """A jitted ``policy_fn(obs [B, obs], key) -> action [B, act]`` (params closed over).
-
-    Deterministic evaluation acts with ``tanh(mean)``; otherwise samples the
-    tanh-Gaussian.
-    """
-    from prefrl.networks import tanh_gaussian_mode, tanh_gaussian_sample
-
-    @jax.jit
-    def act(obs: Array, key: Array) -> Array:
-        mean, log_std = network.apply(params, jnp.asarray(obs, jnp.float32))
-        if deterministic:
-            return tanh_gaussian_mode(mean)
-        return tanh_gaussian_sample(key, mean, log_std)[0]
-
-    return act
-
-
-def evaluate_return(task: Any, policy: Callable[[Any, Array], Array], *, num_envs: int = 4,
-                    num_steps: int = 1000, seed: int = 0) -> dict[str, float]:
-    """True return of ``policy`` on ``task`` from fresh resets (imports the environment).
-
-    Runs ``num_envs`` environments for ``num_steps`` steps (one episode each
-    at the default episode length 1000) and returns the mean and standard
-    deviation over environments of the undiscounted true-reward sum, plus the
-    mean forward velocity.
-    """
-    from prefrl.rollout import BatchedEnv
-
-    with BatchedEnv(task, num_envs, seed=seed) as env:
-        traj = env.rollout(policy, num_steps, jax.random.key(seed))
-    returns = np.asarray(traj.reward).sum(axis=0)  # [B]
-    return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
-            "x_velocity_mean": float(np.asarray(traj.x_velocity).mean())}
-
-
-def log_likelihood(network: nn.Module, params: Params, obs: Array, action: Array) -> Array:
-    """``log π(a|s)`` for ``[..., obs], [..., act] -> [...]`` (a convenience for scripts)."""
-    mean, log_std = network.apply(params, obs)
-    return tanh_gaussian_log_prob(mean, log_std, action)
+# ---------------------------------------------------------------- summaries
 
 
 def summarize_history(history: dict[str, Any]) -> dict[str, Any]:
@@ -587,64 +498,6 @@ def summarize_history(history: dict[str, Any]) -> dict[str, Any]:
             out[f"{phase}/{name}"] = [float(x) if math.isfinite(x) else None
                                       for x in arr[..., -1].reshape(-1)]
     return out
-
-
-# ---------------------------------------------------------------- policy files
-
-POLICY_KIND = "policy"
-POLICY_SCHEMA_VERSION = 1
-
-
-def save_policy(path: Any, network: nn.Module, params: Params, *, algo: str,
-                meta: dict[str, Any] | None = None) -> Any:
-    """Write one policy atomically as ``.npz``: arrays ``params/<module>/<name>`` + JSON header.
-
-    The header records the network (``action_dim``, ``hidden``,
-    ``state_dependent_std``), the algorithm and any JSON-able ``meta``
-    (configs, validation metrics, evaluation returns).
-    """
-    from flax import traverse_util
-
-    from prefrl.io import save_npz
-
-    flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, params), sep="/")
-    for name, value in flat.items():
-        if not np.all(np.isfinite(value)):
-            raise TrainingDivergedError(f"refusing to save {path}: parameter {name} is not finite")
-    header = {
-        "kind": POLICY_KIND,
-        "schema_version": POLICY_SCHEMA_VERSION,
-        "algo": algo,
-        "network": {"type": type(network).__name__, "action_dim": int(network.action_dim),
-                    "hidden": [int(h) for h in network.hidden],
-                    "state_dependent_std": bool(network.state_dependent_std),
-                    "obs_mean": list(getattr(network, "obs_mean", ())),
-                    "obs_std": list(getattr(network, "obs_std", ())),
-                    "activation": "tanh"},
-        "meta": dict(meta or {}),
-    }
-    return save_npz(path, {f"params/{k}": v for k, v in flat.items()}, header)
-
-
-def load_policy(path: Any) -> tuple[nn.Module, Params, dict[str, Any]]:
-    """Read a policy written by :func:`save_policy`: ``(network, params, header)``."""
-    from flax import traverse_util
-
-    from prefrl.io import FileFormatError, load_npz
-
-    arrays, header = load_npz(path, kind=POLICY_KIND, supported_versions=(POLICY_SCHEMA_VERSION,))
-    net = header.get("network", {})
-    try:
-        network = make_network(net["action_dim"], net["hidden"], net["state_dependent_std"],
-                               net.get("obs_mean", ()), net.get("obs_std", ()))
-    except (KeyError, TypeError, ValueError) as err:
-        raise FileFormatError(f"{path}: header 'network' is incomplete: {err}") from err
-    flat = {k[len("params/"):]: jnp.asarray(v) for k, v in arrays.items()
-            if k.startswith("params/")}
-    if not flat:
-        raise FileFormatError(f"{path}: no parameter arrays")
-    params = traverse_util.unflatten_dict(flat, sep="/")
-    return network, params, header
 
 
 # ---------------------------------------------------------------- the `prefrl train` runner
@@ -716,9 +569,9 @@ def run(algo: Algo, run_config: RunConfig, train_config: TrainConfig, learner_co
     init_path = getattr(run_config, "init_policy", "")
     ref_path = getattr(run_config, "reference", "")
     if init_path:
-        network, init_params, _ = load_policy(init_path)
+        network, init_params, _ = checkpoints.load_offline_policy(init_path)
     if ref_path:
-        network, ref_params, _ = load_policy(ref_path)
+        network, ref_params, _ = checkpoints.load_offline_policy(ref_path)
     if network is not None:
         check_dataset(dataset, run_config.label, network.action_dim)
     result = train(algo, dataset, label_name=run_config.label, config=train_config,
@@ -738,12 +591,16 @@ def run(algo: Algo, run_config: RunConfig, train_config: TrainConfig, learner_co
     }
     returns = []
     if task and task != "none":
+        from prefrl.rollout import evaluate_on_task
+
         for i, seed in enumerate(run_config.seeds):
-            pol = policy_fn(result.network, select_seed(result.params, i))
-            returns.append(evaluate_return(task, pol, num_envs=run_config.eval_envs,
-                                           num_steps=run_config.eval_steps, seed=1000 + seed))
+            policy = Policy(result.network.apply, select_seed(result.params, i))
+            result_i = evaluate_on_task(task, policy_fn(policy, deterministic=True),
+                                        episodes=run_config.eval_envs,
+                                        num_steps=run_config.eval_steps, seed=1000 + seed)
+            returns.append({k: v for k, v in result_i.items() if k != "returns"})
         summary["eval_task"] = task if isinstance(task, str) else task.to_header()
-        summary["eval_return"] = [r["return_mean"] for r in returns]
+        summary["eval_return"] = [r["mean_return"] for r in returns]
     paths = seed_paths(run_config.out, run_config.seeds)
     for i, (seed, path) in enumerate(zip(run_config.seeds, paths, strict=True)):
         meta = {"seed": int(seed), "dataset": run_config.dataset, "label": run_config.label,
@@ -752,21 +609,7 @@ def run(algo: Algo, run_config: RunConfig, train_config: TrainConfig, learner_co
                 "run": config_lib.to_dict(run_config)}
         if returns:
             meta["eval"] = returns[i]
-        save_policy(path, result.network, select_seed(result.params, i), algo=algo, meta=meta)
+        checkpoints.save_offline_policy(path, result.network, select_seed(result.params, i),
+                                        algo=algo, meta=meta)
     summary["out"] = paths
     return summary
-
-
-def load_policy_fn(path: Any, *, deterministic: bool = True
-                   ) -> tuple[Callable[[Any, Array], Array], dict[str, Any]]:
-    """``(policy_fn, info)`` from a policy file, with ``prefrl.checkpoint.load_policy``'s contract.
-
-    ``policy_fn(obs [..., obs], key) -> action [..., act]`` is jitted;
-    ``info`` is the header plus ``"apply"`` (``apply(params, obs) -> (mean,
-    log_std)``) and ``"params"``, usable as a frozen π_ref.
-    """
-    network, params, header = load_policy(path)
-    act = policy_fn(network, params, deterministic=deterministic)
-    info = dict(header)
-    info.update(apply=network.apply, params=params)
-    return act, info

@@ -21,8 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prefrl.data import pairs
 from prefrl.data.queries import select_queries
 from prefrl.learners import reward_model as rm
+from prefrl.loops import fit as reward_fit
 
 Array = jax.Array
 LabelFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -43,12 +45,7 @@ class ActiveResult(NamedTuple):
 
 def _pairs(segments: Any, first: np.ndarray, second: np.ndarray, label: np.ndarray
            ) -> rm.PairBatch:
-    obs, action, mask = (np.asarray(x, np.float32) for x in (segments.obs, segments.action,
-                                                           segments.mask))
-    return rm.PairBatch(
-        jnp.asarray(obs[first]), jnp.asarray(action[first]), jnp.asarray(mask[first]),
-        jnp.asarray(obs[second]), jnp.asarray(action[second]), jnp.asarray(mask[second]),
-        jnp.asarray(label, jnp.float32))
+    return pairs.gather(segments, np.asarray(first), np.asarray(second), label)
 
 
 def _positions_score_fn(pool_fn: Callable, first: np.ndarray, second: np.ndarray) -> Callable:
@@ -89,7 +86,7 @@ def active_rounds(
         raise ValueError(
             f"{cand_first.shape[0]} candidates cannot supply {rounds} rounds × {per_round}"
         )
-    fit = jax.jit(lambda k, train: rm.fit(k, config, train))
+    fit = jax.jit(lambda k, train: reward_fit.fit(k, config, train))
     total = rounds * per_round
     # Fixed-size training arrays, rows not yet labelled have weight 0: fit
     # never samples them, so every round reuses one compiled fit.
@@ -120,6 +117,6 @@ def active_rounds(
         train = train._replace(weight=jnp.asarray(weight))
         rm.validate_pairs(train, what=f"round {r} labels")
         state, metrics = fit(key_fit, train)
-        rm.check_finite(metrics)
+        reward_fit.check_finite(metrics)
     return ActiveResult(state, cand_first[asked], cand_second[asked], labels,
                         np.repeat(np.arange(rounds), per_round), metrics)

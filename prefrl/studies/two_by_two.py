@@ -22,14 +22,13 @@ Tasks:
   exactly (no approximation); runs anywhere in a minute.
 * ``half_cheetah`` — a labelled dataset file (``prefrl.data.dataset``)
   holding ``partial_return`` and ``regret`` labels of the same queries, plus
-  the expert critic (``prefrl.checkpoint.load_value_fn``) for A_E.
+  the expert critic (``prefrl.checkpoints.load_value_fn``) for A_E.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -40,7 +39,9 @@ import numpy as np
 
 from prefrl import evaluation, preference
 from prefrl.config import field
+from prefrl.data import pairs
 from prefrl.learners import reward_model as rm
+from prefrl.loops import fit as reward_fit
 
 Array = jax.Array
 
@@ -205,18 +206,18 @@ def oracle_labels(
     with β = temperature × std of that oracle's segment scores (imitation
     issue #821: raw score scales make fixed-β labels near-deterministic).
     """
+    from prefrl import oracles
+
     pr = jax.vmap(lambda r, m: preference.partial_return(r, mask_t=m))(reward, mask)
     rg = jax.vmap(lambda a, m: preference.regret_score(a, discount=discount, mask_t=m))(
         advantage, mask)
     out = {}
     for name, score, k in zip(LABELS, (pr, rg), jax.random.split(key, 2), strict=True):
-        s1, s2 = score[first], score[second]
-        if temperature > 0:
-            beta = temperature * float(jnp.std(score))
-            prob = jax.nn.sigmoid(preference.logit(s1, s2, temperature=beta))
-            out[name] = np.asarray(jax.random.bernoulli(k, prob), np.float32)
-        else:
-            out[name] = np.asarray(0.5 * (jnp.sign(s1 - s2) + 1.0), np.float32)
+        # β relative to the pool's score scale, in score units for the oracle.
+        beta = temperature * float(jnp.std(score)) if temperature > 0 else 0.0
+        oracle = oracles.OracleConfig(model=name, temperature=beta)  # type: ignore[arg-type]
+        labels = oracles.label_scores(oracle, k, score[first], score[second])
+        out[name] = np.asarray(labels.label, np.float32)
     return out
 
 
@@ -276,27 +277,7 @@ def check_discounts(config: StudyConfig, expert_header: dict[str, Any],
                          f"the regret labels in {config.dataset}")
 
 
-def split_by_segments(key: Array, num_segments: int, first: np.ndarray, second: np.ndarray,
-                      num_train: int, num_test: int) -> tuple[np.ndarray, np.ndarray]:
-    """Query indices ``(train [num_train], test [num_test])`` on disjoint segments.
-
-    A seeded random half of the segments is the test half; a training query
-    has both segments outside it, a test query both inside (queries that mix
-    the halves are dropped), so held-out accuracy is measured on segments no
-    model saw. Raises ``ValueError`` when either side has too few queries.
-    """
-    key_seg, key_q = jax.random.split(key)
-    is_test = np.zeros(num_segments, bool)
-    is_test[np.asarray(jax.random.permutation(key_seg, num_segments))[: num_segments // 2]] = True
-    order = np.asarray(jax.random.permutation(key_q, first.shape[0]))
-    tr = order[~is_test[first[order]] & ~is_test[second[order]]]
-    te = order[is_test[first[order]] & is_test[second[order]]]
-    if tr.shape[0] < num_train or te.shape[0] < num_test:
-        raise ValueError(
-            f"{first.shape[0]} queries give {tr.shape[0]} on training segments and {te.shape[0]} "
-            f"on held-out segments; the study asks for {num_train} and {num_test} (label more "
-            "queries, or lower --num-train/--num-test)")
-    return tr[:num_train], te[:num_test]
+split_by_segments = pairs.split_by_segments
 
 
 def half_cheetah_data(config: StudyConfig) -> StudyData:
@@ -310,12 +291,13 @@ def half_cheetah_data(config: StudyConfig) -> StudyData:
     which must be the critic's and the regret labels' γ
     (:func:`check_discounts`).
     """
-    from prefrl import checkpoint
-    from prefrl.data import dataset as dataset_io
     from prefrl.envs import tasks
 
+    from prefrl import checkpoints
+    from prefrl.data import dataset as dataset_io
+
     ds, header = dataset_io.load(config.dataset)
-    _, expert_header = checkpoint.load(config.expert)
+    _, expert_header = checkpoints.load_ppo(config.expert)
     check_discounts(config, expert_header, header)
     # `prefrl label` records the reward parameters under meta.task_params.
     params = header.get("task_params") or dict(header.get("meta", {})).get("task_params") or {}
@@ -340,7 +322,7 @@ def half_cheetah_data(config: StudyConfig) -> StudyData:
                          f"oracles; skipped queries per oracle: {skipped}")
     seg = ds.segments
     obs, next_obs = np.asarray(seg.obs, np.float32), np.asarray(seg.next_obs, np.float32)
-    value_fn = checkpoint.load_value_fn(config.expert, obs_dim=obs.shape[-1])
+    value_fn = checkpoints.load_value_fn(config.expert, obs_dim=obs.shape[-1])
     values = np.asarray(value_fn(jnp.asarray(obs)))
     next_values = np.asarray(value_fn(jnp.asarray(next_obs)))
     adv = jax.vmap(lambda r, v, nv, m: preference.td_advantages(
@@ -369,17 +351,10 @@ def pair_batch(data: StudyData, split: str, label: str, rows: np.ndarray | None 
     lab = data.labels[split][label]
     if rows is not None:
         first, second, lab = first[rows], second[rows], lab[rows]
-    return rm.PairBatch(
-        jnp.asarray(data.obs[first]), jnp.asarray(data.action[first]),
-        jnp.asarray(data.mask[first]), jnp.asarray(data.obs[second]),
-        jnp.asarray(data.action[second]), jnp.asarray(data.mask[second]), jnp.asarray(lab))
+    return pairs.gather(data, first, second, lab)
 
 
-def score_segments(state: rm.RewardModelState, obs: Array, action: Array, mask: Array) -> Array:
-    """``[N]`` learned segment scores under the state's assumption (discounted sum)."""
-    values = rm.reward_fn(state)(obs, action)
-    cfg = state.config
-    return jax.vmap(lambda v, m: cfg.score_fn(v, discount=cfg.discount, mask_t=m))(values, mask)
+score_segments = rm.segment_scores
 
 
 class EvalSample(NamedTuple):
@@ -463,9 +438,9 @@ def cell_metrics(scores: np.ndarray, values: np.ndarray, canonical: np.ndarray,
 # into the program and compile far longer.
 @functools.partial(jax.jit, static_argnums=1)
 def _fit_seeds(keys: Array, model_cfg: rm.RewardModelConfig, train: rm.PairBatch,
-               valid: rm.PairBatch) -> rm.FitResult:
+               valid: rm.PairBatch) -> reward_fit.FitResult:
     """``[S]`` keys -> S independent fits (stacked on a leading seed axis)."""
-    return jax.vmap(lambda k: rm.fit(k, model_cfg, train, valid))(keys)
+    return jax.vmap(lambda k: reward_fit.fit(k, model_cfg, train, valid))(keys)
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -480,14 +455,13 @@ def run_cell(config: StudyConfig, data: StudyData, label: str, assumption: str,
     model_cfg = config.model_config(assumption)
     num_train = data.train[0].shape[0]
     # The same validation split in every cell (fixed by the base seed).
-    order = np.asarray(jax.random.permutation(jax.random.key(config.seed + 1), num_train))
-    num_valid = max(1, int(round(config.valid_fraction * num_train)))
-    train = pair_batch(data, "train", label, order[num_valid:])
-    valid = pair_batch(data, "train", label, order[:num_valid])
+    parts = pairs.split(num_train, {"valid": config.valid_fraction}, config.seed + 1, min_part=1)
+    train = pair_batch(data, "train", label, parts["train"])
+    valid = pair_batch(data, "train", label, parts["valid"])
     rm.validate_pairs(train, what=f"train labels {label!r}")
     keys = jax.random.split(jax.random.key(config.seed), config.seeds)
     fits = _fit_seeds(keys, model_cfg, train, valid)
-    rm.check_finite(jax.tree.map(lambda x: np.moveaxis(np.asarray(x), 0, 1), fits.metrics))
+    reward_fit.check_finite(jax.tree.map(lambda x: np.moveaxis(np.asarray(x), 0, 1), fits.metrics))
     sample = eval_sample(data, config) if sample is None else sample
     arrays = _seed_arrays_vmapped(fits.state, sample, config.discount)
     scores, values, canonical = (np.asarray(x) for x in arrays)
@@ -516,61 +490,3 @@ def run(config: StudyConfig, data: StudyData | None = None) -> dict[str, Any]:
             cells[f"{label}/{assumption}"] = {
                 "per_seed": per_seed, "iqm": {m: list(v) for m, v in iqm.items()}}
     return {"config": to_dict(config), "cells": cells}
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """A text table: one row per cell, IQM [low, high] per metric."""
-    heads = ["labels", "learner", *METRICS]
-    rows = []
-    for name, cell in result["cells"].items():
-        label, assumption = name.split("/")
-        row = [label, assumption]
-        for m in METRICS:
-            point, low, high = cell["iqm"][m]
-            row.append(f"{point:.3f} [{low:.3f}, {high:.3f}]")
-        rows.append(row)
-    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-    seeds = result["config"]["seeds"]
-    legend = (f"IQM [95% stratified-bootstrap CI] over {seeds} seeds; acc_* = held-out "
-              "accuracy vs each oracle (ties excluded); *_r vs true reward, *_adv vs A_E; "
-              "epic_r = EPIC distance to r")
-    return "\n".join([line(heads), *(line(r) for r in rows), legend])
-
-
-METRIC_HEADS = {
-    "acc_pr": "acc vs PR labels", "acc_regret": "acc vs regret labels",
-    "pearson_r": "Pearson r", "spearman_r": "Spearman r", "pearson_adv": "Pearson A_E",
-    "spearman_adv": "Spearman A_E", "epic_r": "EPIC(·, r) ↓",
-}
-
-
-def format_markdown(result: dict[str, Any], command: str = "") -> str:
-    """A Markdown table (one row per cell, IQM [95 % CI] per metric), with ``command``."""
-    heads = ["labels", "learner", *(METRIC_HEADS[m] for m in METRICS)]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for name, cell in result["cells"].items():
-        label, assumption = name.split("/")
-        vals = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in
-                (cell["iqm"][m] for m in METRICS)]
-        lines.append("| " + " | ".join([label, assumption, *vals]) + " |")
-    seeds = result["config"]["seeds"]
-    legend = (f"IQM [95 % stratified-bootstrap CI] over {seeds} seeds. acc = held-out preference "
-              "accuracy against each oracle's labels (ties excluded); Pearson/Spearman of the "
-              "learned per-step function with the true reward r and with the expert advantage "
-              "A_E on the held-out segments' steps; EPIC = EPIC distance to r (0 = equivalent "
-              "up to shaping and scale).")
-    out = [*lines, "", legend]
-    if command:
-        out += ["", "Produced by:", "", "```", command, "```"]
-    return "\n".join(out) + "\n"
-
-
-def main(config: StudyConfig) -> dict[str, Any]:
-    """Run, print the table and one JSON line; returns the result."""
-    result = run(config)
-    print(format_table(result))
-    summary = {name: {m: cell["iqm"][m][0] for m in METRICS}
-               for name, cell in result["cells"].items()}
-    print(json.dumps({"study": "two_by_two", "task": config.task, "iqm": summary}))
-    return result

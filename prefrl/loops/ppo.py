@@ -1,0 +1,433 @@
+"""PPO's training loop (host code): batched CPU rollouts → one jitted PPO update.
+
+Per iteration: ``env.rollout(policy_fn, rollout_steps, key)`` collects a
+``[T, B]`` :class:`prefrl.types.Trajectory` with the current (behaviour)
+policy; ``update(state, trajectory)`` — one jitted call — recomputes the
+behaviour log-probs and values, the learning reward, GAE and all
+epochs × minibatches. Around it: a tqdm progress bar, periodic deterministic
+evaluation, metrics as JSON lines, checkpoints (``last.npz`` every
+``checkpoint_every`` updates, snapshots at fractions of training) and resume
+from ``last.npz`` after an interruption.
+
+Resuming restores the learner's full state (parameters, optimiser,
+normalisers, PRNG key) and the update counter; the environments restart from
+fresh resets seeded by ``(seed, update)`` — episodes in flight at the
+interruption are lost, which only shifts a few episode boundaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prefrl import checkpoints
+from prefrl import config as config_lib
+from prefrl.config import field
+from prefrl.learners import ppo
+from prefrl.policies import Policy, policy_fn
+from prefrl.rollout import episode_length_of, evaluate_policy  # noqa: F401 (re-exported)
+
+EnvFactory = Callable[[int, int], Any]  # (num_envs, seed) -> env with reset/rollout
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training run (algorithm settings live in :class:`prefrl.learners.ppo.PPOConfig`)."""
+
+    task: str = field("run", "task name: run, run-backward, target-speed")
+    total_steps: int = field(1_000_000, "environment steps to train for")
+    num_envs: int = field(64, "parallel environments (B)")
+    rollout_steps: int = field(64, "steps per environment per update (T)")
+    seed: int = field(0, "seed of the learner and the environments")
+    eval_every: int = field(25, "evaluate every this many updates (0: only at the end)")
+    eval_episodes: int = field(8, "deterministic evaluation episodes (run in parallel)")
+    checkpoint_every: int = field(25, "write last.npz every this many updates (0: only at end)")
+    snapshots: tuple[float, ...] = field(
+        (0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+        "fractions of training at which to keep a snapshot checkpoint",
+    )
+    out_dir: str | None = field(None, "output folder (checkpoints, metrics.jsonl); None: none")
+    resume: bool = field(True, "resume from out_dir/last.npz when it exists")
+    progress: bool = field(True, "show a progress bar")
+    num_threads: int | None = field(None, "physics threads (default: all cores)")
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1 or self.num_envs < 1 or self.rollout_steps < 1:
+            raise ValueError("total_steps, num_envs and rollout_steps must be >= 1")
+        if self.eval_every < 0 or self.checkpoint_every < 0 or self.eval_episodes < 1:
+            raise ValueError("eval_every/checkpoint_every must be >= 0, eval_episodes >= 1")
+        if any(not 0 < f <= 1 for f in self.snapshots):
+            raise ValueError(f"snapshot fractions must lie in (0, 1], got {self.snapshots}")
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.rollout_steps
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, math.ceil(self.total_steps / self.steps_per_update))
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: ppo.PPOState
+    history: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]]
+    env_steps: int
+    wall_s: float
+    out_dir: Path | None
+
+
+def _default_env_factory(task: Any, num_threads: int | None) -> EnvFactory:
+    from prefrl.rollout import BatchedEnv
+
+    def make_env(num_envs: int, seed: int) -> Any:
+        return BatchedEnv(task, num_envs=num_envs, seed=seed, num_threads=num_threads,
+                          dtype=np.float32)
+
+    return make_env
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(x)):
+        t, b = np.argwhere(~np.isfinite(x))[0][:2]
+        raise ValueError(f"non-finite {what} (first at step {t}, env {b}): {x[t, b]}")
+
+
+class _EpisodeTracker:
+    """Undiscounted returns of training episodes, from the rollouts' rewards and ends."""
+
+    def __init__(self, num_envs: int):
+        self.running = np.zeros(num_envs)
+        self.finished: list[float] = []
+
+    def add(self, reward: np.ndarray, done: np.ndarray) -> None:
+        for t in range(reward.shape[0]):
+            self.running += reward[t]
+            if done[t].any():
+                self.finished.extend(self.running[done[t]].tolist())
+                self.running[done[t]] = 0.0
+
+    def pop(self) -> list[float]:
+        out, self.finished = self.finished, []
+        return out
+
+
+def _to_jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in metrics.items():
+        arr = np.asarray(v)
+        out[k] = arr.item() if arr.ndim == 0 else arr.tolist()
+        if isinstance(out[k], bool | np.bool_):
+            out[k] = bool(out[k])
+    return out
+
+
+def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_learner(
+    ppo_config: ppo.PPOConfig,
+    obs_dim: int,
+    act_dim: int,
+    num_updates: int,
+    reward_fn: ppo.RewardFn,
+    reference_apply: ppo.PolicyApply | None,
+) -> tuple[Any, Callable[..., Any]]:
+    learner = ppo.make(ppo_config, obs_dim, act_dim, num_updates=num_updates,
+                       reward_fn=reward_fn, reference_apply=reference_apply)
+    return learner, jax.jit(learner.update)
+
+
+def train(
+    train_config: TrainConfig,
+    ppo_config: ppo.PPOConfig,
+    *,
+    env_factory: EnvFactory | None = None,
+    task_header: Mapping[str, Any] | None = None,
+    target_speed: float | None = None,
+    reward_fn: ppo.RewardFn = ppo.true_reward,
+    reward_params: Any = None,
+    reward_name: str = "true",
+    reference: tuple[Any, ppo.PolicyApply] | None = None,
+    log: Callable[[str], None] | None = None,
+    stop_after_updates: int | None = None,
+    init_checkpoint: str | Path | None = None,
+) -> TrainResult:
+    """Train PPO; returns the final state, per-update metrics and evaluations.
+
+    ``env_factory(num_envs, seed)`` builds the training and evaluation
+    environments (default: :class:`prefrl.rollout.BatchedEnv` on
+    ``train_config.task``). ``reward_fn``/``reward_params``/``reference`` go
+    to :func:`prefrl.learners.ppo.make` (``reward_name`` is recorded in
+    checkpoints; anything but ``"true"`` marks V as not in true units).
+    ``stop_after_updates`` stops early (as if interrupted) — for tests of resume.
+    ``init_checkpoint`` starts from a checkpoint's policy, critic and
+    normalisers (fresh optimiser) — e.g. RLHF fine-tuning from π_ref.
+    With ``out_dir`` set, writes ``metrics.jsonl``, ``evals.jsonl``,
+    ``last.npz``, ``snapshots/step_XXXXXXXXX.npz`` and ``final.npz``.
+    Raises ``ValueError`` on non-finite rewards or updates.
+    """
+    tc = train_config
+    if env_factory is None:
+        from prefrl.envs import make_task
+
+        task = make_task(tc.task)
+        env_factory = _default_env_factory(task, tc.num_threads)
+        task_header = task.to_header()
+        if target_speed is None:
+            target_speed = task.params_dict.get("target_speed")
+    env = env_factory(tc.num_envs, tc.seed)
+    obs_dim, act_dim = int(env.obs_dim if hasattr(env, "obs_dim") else env.task.obs_dim), int(
+        env.act_dim if hasattr(env, "act_dim") else env.task.act_dim
+    )
+    num_updates = tc.num_updates
+    ref_params, ref_apply = (None, None) if reference is None else reference
+    # Cached: runs with the same settings (seeds of a bench, resumed runs) compile once;
+    # the reward's and π_ref's parameters travel in the state, not in the compiled code.
+    try:
+        learner, update = _jitted_learner(ppo_config, obs_dim, act_dim, num_updates, reward_fn,
+                                          ref_apply)
+    except TypeError:  # an unhashable reward_fn / apply: compile for this run only
+        learner, update = _jitted_learner.__wrapped__(ppo_config, obs_dim, act_dim, num_updates,
+                                                      reward_fn, ref_apply)
+    policy_apply = ppo.make_policy_apply(ppo_config, act_dim)
+
+    out_dir = Path(tc.out_dir) if tc.out_dir else None
+    train_header = config_lib.to_dict(tc)
+    state = learner.init(jax.random.key(tc.seed))
+    inputs = {"reward_params": reward_params, "ref_params": ref_params}
+    state = state.replace(**inputs)
+    if init_checkpoint is not None:
+        loaded, header = checkpoints.load_ppo(init_checkpoint, obs_dim=obs_dim)
+        shapes = jax.tree.map(jnp.shape, (state.policy_params, state.value_params))
+        if jax.tree.map(jnp.shape, (loaded.policy_params, loaded.value_params)) != shapes:
+            raise ValueError(
+                f"{init_checkpoint}: network sizes {header['policy_hidden']}/"
+                f"{header['value_hidden']} differ from this run's "
+                f"{list(ppo_config.policy_hidden)}/{list(ppo_config.value_hidden)}"
+            )
+        state = state.replace(
+            policy_params=loaded.policy_params,
+            value_params=loaded.value_params,
+            obs_stats=loaded.obs_stats,
+            return_stats=loaded.return_stats,
+        )
+    start_update = 0
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        last = out_dir / "last.npz"
+        if tc.resume and last.exists():
+            state, header = checkpoints.load_ppo(last, obs_dim=obs_dim, template=state)
+            state = state.replace(**inputs)
+            _check_same_run(header, ppo_config, tc, last)
+            start_update = int(header["progress"]["update"])
+            env.close() if hasattr(env, "close") else None
+            # Fresh environments, seeded differently from the interrupted run's.
+            env = env_factory(tc.num_envs, tc.seed + 7919 * start_update)
+            if log:
+                log(f"resuming {last} at update {start_update}/{num_updates}")
+        else:
+            for name in ("metrics.jsonl", "evals.jsonl"):
+                if (out_dir / name).exists():
+                    (out_dir / name).unlink()
+    eval_env = env_factory(tc.eval_episodes, tc.seed + 1_000_003)
+    snapshot_updates = {max(1, round(f * num_updates)): f for f in tc.snapshots}
+
+    def save(path: Path, update_idx: int, extra: Mapping[str, Any] | None = None) -> None:
+        checkpoints.save_ppo(
+            path,
+            state,
+            config=ppo_config,
+            obs_dim=obs_dim,
+            act_dim=act_dim,
+            num_updates=num_updates,
+            task=task_header,
+            reward=reward_name,
+            train_config=train_header,
+            progress={"update": update_idx, "env_steps": update_idx * tc.steps_per_update,
+                      "num_updates": num_updates},
+            extra=extra,
+        )
+
+    def run_eval(update_idx: int) -> dict[str, Any]:
+        key = jax.random.fold_in(jax.random.key(tc.seed + 2), update_idx)
+        result = evaluate_policy(
+            eval_env,
+            policy_fn(Policy(policy_apply, ppo.policy_bundle(state)), deterministic=True),
+            key,
+            target_speed=target_speed,
+            discount=ppo_config.discount,
+        )
+        result.update(update=update_idx, env_steps=update_idx * tc.steps_per_update)
+        return result
+
+    history: list[dict[str, Any]] = []
+    evaluations: list[dict[str, Any]] = []
+    tracker = _EpisodeTracker(tc.num_envs)
+    env.reset()
+    bar = None
+    if tc.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_updates, initial=start_update, unit="upd", dynamic_ncols=True)
+    t_start = time.perf_counter()
+    rollout_s = update_s = 0.0
+    env_steps_done = 0
+    last_train_return = float("nan")
+    update_idx = start_update
+    try:
+        for update_idx in range(start_update + 1, num_updates + 1):
+            if stop_after_updates is not None and update_idx > stop_after_updates:
+                update_idx -= 1
+                break
+            key = jax.random.fold_in(jax.random.key(tc.seed + 1), update_idx)
+            behaviour = policy_fn(Policy(policy_apply, ppo.policy_bundle(state)))
+            t0 = time.perf_counter()
+            traj = env.rollout(behaviour, tc.rollout_steps, key)
+            t1 = time.perf_counter()
+            reward_np = np.asarray(traj.reward)
+            _check_finite(reward_np, f"reward in the rollout of update {update_idx}")
+            tracker.add(reward_np, np.asarray(traj.terminated) | np.asarray(traj.truncated))
+            batch = jax.tree.map(jnp.asarray, traj)
+            state, metrics = update(state, batch)
+            metrics = jax.device_get(metrics)
+            t2 = time.perf_counter()
+            rollout_s += t1 - t0
+            update_s += t2 - t1
+            env_steps_done += tc.steps_per_update
+            if bool(metrics["nonfinite"]):
+                raise ValueError(
+                    f"PPO update {update_idx} produced non-finite values "
+                    "(learning reward or KL): check reward_fn / the reward model"
+                )
+            record = _to_jsonable(metrics)
+            episodes = tracker.pop()
+            if episodes:
+                last_train_return = float(np.mean(episodes))
+                record["train_episode_return"] = last_train_return
+                record["train_episodes"] = len(episodes)
+            record.update(
+                update=update_idx,
+                env_steps=update_idx * tc.steps_per_update,
+                rollout_s=t1 - t0,
+                update_s=t2 - t1,
+            )
+            if (tc.eval_every and update_idx % tc.eval_every == 0) or update_idx == num_updates:
+                result = run_eval(update_idx)
+                evaluations.append(result)
+                record["eval_return"] = result["mean_return"]
+                if "mean_speed_error" in result:
+                    record["eval_speed_error"] = result["mean_speed_error"]
+                if out_dir is not None:
+                    _append_jsonl(out_dir / "evals.jsonl", result)
+                if log:
+                    log(json.dumps({k: v for k, v in result.items() if k != "returns"}))
+            history.append(record)
+            if out_dir is not None:
+                _append_jsonl(out_dir / "metrics.jsonl", record)
+                if update_idx in snapshot_updates:
+                    frac = snapshot_updates[update_idx]
+                    steps = update_idx * tc.steps_per_update
+                    snap = out_dir / "snapshots" / f"step_{steps:09d}.npz"
+                    save(snap, update_idx, {"fraction_of_training": frac})
+                if (tc.checkpoint_every and update_idx % tc.checkpoint_every == 0) or (
+                    update_idx == num_updates
+                ):
+                    save(out_dir / "last.npz", update_idx)
+            if bar is not None:
+                bar.update(1)
+                postfix = {"ret": f"{last_train_return:.1f}", "kl": f"{record['kl']:.4f}"}
+                if "eval_return" in record:
+                    postfix["eval"] = f"{record['eval_return']:.1f}"
+                bar.set_postfix(postfix)
+    finally:
+        if bar is not None:
+            bar.close()
+        for e in (env, eval_env):
+            if hasattr(e, "close"):
+                e.close()
+    wall = time.perf_counter() - t_start
+    if out_dir is not None and update_idx == num_updates:
+        final_eval = evaluations[-1] if evaluations else {}
+        save(out_dir / "final.npz", update_idx,
+             {"eval": {k: v for k, v in final_eval.items() if k != "returns"}})
+    if log:
+        log(
+            f"{env_steps_done} env steps in {wall:.1f} s "
+            f"(rollout {rollout_s:.1f} s, update {update_s:.1f} s, "
+            f"{env_steps_done / max(wall, 1e-9):.0f} steps/s)"
+        )
+    return TrainResult(
+        state=state,
+        history=history,
+        evaluations=evaluations,
+        env_steps=update_idx * tc.steps_per_update,
+        wall_s=wall,
+        out_dir=out_dir,
+    )
+
+
+def load_reference(path: str | Path) -> tuple[Any, ppo.PolicyApply]:
+    """``(params, apply)`` of a frozen π_ref: a PPO checkpoint or a ``prefrl train bc`` policy."""
+    policy, _ = checkpoints.read_policy(path)
+    return policy.params, policy.apply
+
+
+def rlhf_kwargs(
+    reward_model_path: str | None, reference_path: str | None, ppo_config: ppo.PPOConfig
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`train` for PPO on a learned reward (+ KL to π_ref)."""
+    kwargs: dict[str, Any] = {}
+    if reward_model_path:
+        from prefrl.learners import reward_model
+
+        rm_state, _ = checkpoints.load_reward_model(reward_model_path)
+        r_hat = reward_model.reward_fn(rm_state)
+
+        def learned_reward(obs: Any, action: Any, next_obs: Any, extras: Any) -> Any:
+            del next_obs, extras
+            return r_hat(obs, action)
+
+        kwargs.update(reward_fn=learned_reward, reward_name=f"learned:{reward_model_path}")
+    if ppo_config.kl_ref_coef > 0 and not reference_path:
+        raise ValueError("--kl-ref-coef > 0 needs --reference (the frozen policy π_ref)")
+    if reference_path:
+        # With β_KL = 0 the KL to π_ref is only measured (metric ref_kl), not penalised.
+        kwargs["reference"] = load_reference(reference_path)
+        if ppo_config.kl_ref_coef > 0:
+            name = kwargs.get("reward_name", "true")
+            kwargs["reward_name"] = f"{name}-kl{ppo_config.kl_ref_coef}:{reference_path}"
+    return kwargs
+
+
+def _check_same_run(
+    header: Mapping[str, Any], ppo_config: ppo.PPOConfig, tc: TrainConfig, path: Path
+) -> None:
+    saved = header.get("ppo_config", {})
+    now = config_lib.to_dict(ppo_config)
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    saved_tc = header.get("train_config", {})
+    now_tc = config_lib.to_dict(tc)
+    keys = ("task", "total_steps", "num_envs", "rollout_steps", "seed")
+    diff += [f"train.{k}" for k in keys if saved_tc.get(k) != now_tc.get(k)]
+    if diff:
+        raise ValueError(
+            f"{path}: cannot resume: the checkpoint's settings differ in {diff}; "
+            "use another out_dir or --resume false"
+        )
+
