@@ -52,6 +52,10 @@ class DemoConfig:
     ppo_envs: int = field(32, "PPO parallel environments")
     ppo_rollout_steps: int = field(64, "PPO steps per environment per update")
     ppo_epochs: int = field(5, "PPO epochs per update")
+    # online: the same PPO budget, on a reward refitted on its own segments' labels
+    online_labels: int = field(
+        500, "labels of the online row (Christiano et al. 2017's loop); 0 = no online row")
+    online_refit_every: int = field(16, "PPO updates per labelling round of the online row")
     # offline
     bc_steps: int = field(2000, "behaviour-cloning steps (also CPL's initial policy)")
     cpl_steps: int = field(4000, "CPL steps per label set")
@@ -73,6 +77,9 @@ class DemoConfig:
         bad = {n: getattr(self, n) for n in positive if int(getattr(self, n)) < 1}
         if bad:
             raise ValueError(f"these DemoConfig values must be >= 1: {bad}")
+        if self.online_labels < 0 or self.online_refit_every < 1:
+            raise ValueError("online_labels must be >= 0 and online_refit_every >= 1, got "
+                             f"{self.online_labels}, {self.online_refit_every}")
         if self.segment_length > self.steps_per_checkpoint:
             raise ValueError(
                 f"segment_length {self.segment_length} exceeds steps_per_checkpoint "
@@ -119,6 +126,8 @@ QUICK: dict[str, Any] = {
     "ppo_epochs": 1,
     "bc_steps": 20,
     "cpl_steps": 20,
+    "online_labels": 20,
+    "online_refit_every": 1,
     "offline_hidden": (16,),
     "eval_episodes": 2,
     "progress": False,
