@@ -10,7 +10,10 @@ environment loop runs seeds in turn).
   report held-out preference accuracy under both oracles and reward correlations;
 * ``rm_pr+ppo`` / ``rm_regret+ppo`` — the same fit, then PPO on the learned
   function (:mod:`prefrl.loops.ppo`), optionally KL-regularised to a BC π_ref;
-* ``cpl`` / ``dpo`` — CPL and contrastive DPO (:mod:`prefrl.loops.offline`): no RL.
+* ``cpl`` / ``dpo`` — CPL and contrastive DPO (:mod:`prefrl.loops.offline`): no RL;
+* ``online_{uniform,disagreement,entropy}+ppo`` — the online loop
+  (:mod:`prefrl.loops.online`): the cell's oracle, noise (β, ε) and label
+  budget, queries from the current policy's segments chosen by that rule.
 """
 
 from __future__ import annotations
@@ -401,6 +404,54 @@ def _run_rlhf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -
     return out
 
 
+def _run_online(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -> list[dict]:
+    """``online_*+ppo``: the online loop per seed with the cell's oracle, noise and budget.
+
+    The dataset is not used (queries come from the run's own rollouts); the
+    expert's critic labels regret cells. PPO steps, environments and
+    evaluations come from the sweep settings (scaled like every PPO cell).
+    """
+    from prefrl import oracles
+    from prefrl.learners import ppo
+    from prefrl.loops import online
+
+    st = cell.settings
+    selection = cell.learner.split("_", 1)[1].split("+", 1)[0]
+    oracle = oracles.OracleConfig(
+        model=cell.label_model, discount=oracle_discount(cell.label_model, st),
+        temperature=cell.beta,
+        temperature_mode=st.beta_mode, mistake_prob=cell.epsilon)
+    steps_per_update = st.ppo_num_envs * st.ppo_rollout_steps
+    num_updates = max(1, -(-st.ppo_env_steps // steps_per_update))
+    out = []
+    for seed in seeds:
+        config = online.OnlineConfig(
+            task=cell.task, total_steps=st.ppo_env_steps, num_envs=st.ppo_num_envs,
+            rollout_steps=st.ppo_rollout_steps, seed=int(seed), label_budget=cell.label_budget,
+            segment_length=cell.segment_length, segment_stride=cell.segment_length,
+            selection=selection, expert=cell.files.expert or "",
+            eval_every=max(1, num_updates // st.ppo_evals), eval_episodes=st.eval_episodes,
+            progress=False, refit_every=max(1, min(8, num_updates)))
+        reward = online.default_reward_config(hidden=tuple(st.reward_hidden),
+                                              ensemble_size=max(2, st.reward_ensemble))
+        result = online.train(config, ppo.PPOConfig(discount=st.discount), reward, oracle)
+        final, last = result["final"], result["rounds"][-1]
+        metrics: dict[str, Any] = {
+            "true_return": final["mean_return"], "true_return_std": final["std_return"],
+            "mean_speed": final["mean_speed"], "labels_used": result["labels_used"],
+            "env_steps": int(result["env_steps"]), "wall_s": result["wall_s"],
+            "reward_pearson": last.get("reward_pearson"),
+            "heldout_accuracy_partial_return": last.get("heldout_acc_partial_return"),
+            "heldout_accuracy_regret": last.get("heldout_acc_regret"),
+            "curves": {"eval_env_steps": [int(e["env_steps"]) for e in result["evaluations"]],
+                       "eval_return": [float(e["mean_return"]) for e in result["evaluations"]]},
+        }
+        if "mean_speed_error" in final:
+            metrics["mean_speed_error"] = final["mean_speed_error"]
+        out.append(metrics)
+    return out
+
+
 RUNNERS: dict[str, Runner] = {
     "rm_pr": _run_reward_fit,
     "rm_regret": _run_reward_fit,
@@ -408,4 +459,7 @@ RUNNERS: dict[str, Runner] = {
     "rm_regret+ppo": _run_rlhf_ppo,
     "cpl": _run_offline,
     "dpo": _run_offline,
+    "online_uniform+ppo": _run_online,
+    "online_disagreement+ppo": _run_online,
+    "online_entropy+ppo": _run_online,
 }

@@ -32,6 +32,11 @@ LEARNER_ASSUMPTION = {
     "rm_regret+ppo": "regret",
     "cpl": "regret",
     "dpo": "regret",
+    # The online loop (prefrl.loops.online): PPO on r̂ refitted on labels of its own
+    # segments; the suffix names the query selection.
+    "online_uniform+ppo": "partial_return",
+    "online_disagreement+ppo": "partial_return",
+    "online_entropy+ppo": "partial_return",
 }
 # Learners that only fit a reward (no policy): reported by held-out accuracy.
 FIT_ONLY_LEARNERS = ("rm_pr", "rm_regret")
