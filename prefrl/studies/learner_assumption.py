@@ -955,8 +955,7 @@ def fit_regret_sf(config: LearnerAssumptionConfig, ctx: TaskContext, split: Seed
     metrics.update({k: float(v) for k, v in quality.items()})
     # Standardise r̂ over the training segments' steps, as the reward models are.
     train_segs = split.train_segments
-    values = np.asarray(_phi_on(phi_from, phi_params, pool_obs[train_segs],
-                                pool_act[train_segs]) @ w)
+    values = np.asarray(_phi_on(phi_from, phi_params, pool_obs, pool_act) @ w)[train_segs]
     on = np.asarray(seg.mask)[train_segs] > 0
     mean, std = float(values[on].mean()), float(values[on].std()) + 1e-8
     params = {"phi": phi_params, "w": w, "mean": jnp.float32(mean), "std": jnp.float32(std)}
@@ -981,19 +980,22 @@ class _NormalizedPolicy(nn.Module):
 
 
 @functools.partial(jax.jit, static_argnames=("awr_config", "network", "num_steps", "batch_size"))
-def _fit_awr(key: PRNGKey, obs: Array, action: Array, mask: Array, advantage: Array, *,
-             awr_config: advantage_policy.AdvantagePolicyConfig, network: nn.Module,
-             num_steps: int, batch_size: int) -> tuple[Params, dict]:
-    """AWR on segments ``[S, k, …]``, ``batch_size`` segments a step; Â ≡ 0 gives BC."""
+def _fit_awr(key: PRNGKey, obs: Array, action: Array, mask: Array, advantage: Array,
+             eligible: Array, *, awr_config: advantage_policy.AdvantagePolicyConfig,
+             network: nn.Module, num_steps: int, batch_size: int) -> tuple[Params, dict]:
+    """AWR on the ``eligible [N]`` segments of a pool ``[N, k, …]``, ``batch_size`` segments
+    (uniform, with replacement) a step; Â ≡ 0 gives BC. Shapes do not depend on the seed's
+    split, so every seed reuses one compilation."""
     learner = advantage_policy.make(awr_config, network)
     key_init, key_steps = jax.random.split(key)
     take = lambda idx: advantage_policy.AdvantageBatch(obs[idx], action[idx], mask[idx],
                                                        advantage[idx])
-    state = learner.init(key_init, take(jnp.arange(batch_size) % obs.shape[0]))
+    p = eligible.astype(jnp.float32) / jnp.sum(eligible)
+    draw = lambda k: jax.random.choice(k, obs.shape[0], (batch_size,), p=p)
+    state = learner.init(key_init, take(draw(key_init)))
 
     def step(state: Any, i: Array) -> tuple:
-        idx = jax.random.randint(jax.random.fold_in(key_steps, i), (batch_size,), 0, obs.shape[0])
-        return learner.update(state, take(idx))
+        return learner.update(state, take(draw(jax.random.fold_in(key_steps, i))))
 
     state, metrics = jax.lax.scan(step, state, jnp.arange(num_steps))
     return state.params, jax.tree.map(lambda x: x[-1], metrics)
@@ -1001,20 +1003,24 @@ def _fit_awr(key: PRNGKey, obs: Array, action: Array, mask: Array, advantage: Ar
 
 def fit_awr(config: LearnerAssumptionConfig, data: TaskData, split: SeedSplit,
             advantage: np.ndarray | None, key: PRNGKey) -> tuple[Policy, dict[str, float]]:
-    """The Â-greedy policy on the training segments (``advantage [S, k]``; None: BC)."""
-    seg, segs = data.segments, split.train_segments
-    obs = jnp.asarray(seg.obs[segs], jnp.float32)
-    action = jnp.asarray(seg.action[segs], jnp.float32)
-    mask = jnp.asarray(seg.mask[segs], jnp.float32)
+    """The Â-greedy policy on the training segments (``advantage [N, k]`` over the whole pool;
+    None: BC). Observations are standardised by the pool's (label-free) statistics."""
+    seg = data.segments
+    obs = jnp.asarray(seg.obs, jnp.float32)
+    action = jnp.asarray(seg.action, jnp.float32)
+    mask = jnp.asarray(seg.mask, jnp.float32)
     adv = jnp.zeros(mask.shape, jnp.float32) if advantage is None else jnp.asarray(advantage)
-    flat = np.asarray(obs).reshape(-1, obs.shape[-1])
+    eligible = np.zeros(mask.shape[0], bool)
+    eligible[split.train_segments] = True
+    flat = np.asarray(seg.obs, np.float64).reshape(-1, obs.shape[-1])
     network = _NormalizedPolicy(int(action.shape[-1]), tuple(config.awr_hidden),
                                 tuple(float(x) for x in flat.mean(0)),
                                 tuple(float(x) for x in np.maximum(flat.std(0), 1e-3)))
     awr_cfg = advantage_policy.AdvantagePolicyConfig(beta=config.awr_beta,
                                                      learning_rate=config.awr_learning_rate)
-    params, metrics = _fit_awr(key, obs, action, mask, adv, awr_config=awr_cfg, network=network,
-                               num_steps=config.awr_steps, batch_size=config.awr_batch_size)
+    params, metrics = _fit_awr(key, obs, action, mask, adv, jnp.asarray(eligible),
+                               awr_config=awr_cfg, network=network, num_steps=config.awr_steps,
+                               batch_size=config.awr_batch_size)
     return Policy(network.apply, params), {f"awr_{k}": float(v) for k, v in metrics.items()}
 
 
@@ -1203,9 +1209,8 @@ def run_cell(config: LearnerAssumptionConfig, ctx: TaskContext, label: str, lear
     key_policy = _key(config, data.name, seed, label, learner, "policy")
     if learner == "advantage_greedy":
         seg = data.segments
-        segs = split.train_segments
-        adv = np.asarray(_rm_value(params, jnp.asarray(seg.obs[segs], jnp.float32),
-                                   jnp.asarray(seg.action[segs], jnp.float32), None))
+        adv = np.asarray(_rm_value(params, jnp.asarray(seg.obs, jnp.float32),
+                                   jnp.asarray(seg.action, jnp.float32), None))
         awr_policy, awr_metrics = fit_awr(config, data, split, adv, key_policy)
         metrics.update(awr_metrics)
         metrics["epic_r"] = None
