@@ -1347,7 +1347,8 @@ def _aggregate(config: LearnerAssumptionConfig, records: list[dict[str, Any]],
 
 
 _HEADS = {"acc_pr": "acc vs PR labels", "acc_regret": "acc vs regret labels",
-          "epic_r": "EPIC(·, r) ↓", "return": "true return", "speed_error": "|v − v*|"}
+          "epic_r": "EPIC(·, r) ↓", "return": "true return",
+          "speed_error": "speed error (m/s)"}
 _LEARNER_NAMES = {"reward_ppo": "PR r̂ + PPO", "regret_sf_ppo": "regret r̂ (SF/GPI) + PPO",
                   "advantage_ppo": "Â + PPO (the mistake)",
                   "advantage_greedy": "Â greedy (AWR)"}
@@ -1368,12 +1369,15 @@ def format_markdown(result: Mapping[str, Any], command: str = "") -> str:
         f"PPO: {result['ppo']['steps']:,} environment steps per run, β_KL = "
         f"{result['ppo']['kl_ref_coef']} (KL to π_ref = BC on the training segments; 0 = no "
         f"KL term), {result['ppo']['envs']} envs × {result['ppo']['rollout_steps']} steps, "
-        f"{result['ppo']['epochs']} epochs. {cfg['seeds']} seeds (each resamples the held-out "
+        f"{result['ppo']['epochs']} epoch(s). {cfg['seeds']} seeds (each resamples the held-out "
         f"segment half, {cfg['num_train']} training and {cfg['num_test']} held-out queries, "
         "and every initialisation). γ = " f"{cfg['discount']}. φ = {cfg['phi']}; "
         f"library Π {'with' if cfg['library_final'] else 'without'} the final expert.", "",
     ]
-    for task, rows in result["tables"].items():
+    for task in cfg["tasks"]:
+        # In the configured order (a JSON file written with sorted keys loses it).
+        rows = {f"{label}/{learner}": result["tables"][task][f"{label}/{learner}"]
+                for label in cfg["labels"] for learner in cfg["learners"]}
         ref = result["reference"].get(task, {})
         extra = ["speed_error"] if any("speed_error" in r["iqm"] for r in rows.values()) else []
         heads = ["labels", "learner", *(_HEADS[m] for m in (*METRICS, *extra))]
