@@ -11,11 +11,15 @@ an action by the Bradley–Terry loss on its discounted sum over each segment
 * ``assumption="partial_return"`` (Christiano et al. 2017, "Deep RL from
   human preferences"): f is a reward r̂ and the score is its partial return
   (:func:`prefrl.preference.partial_return`, usually γ = 1).
-* ``assumption="regret"`` (Knox et al. 2023, "Learning optimal advantage from
+* ``assumption="advantage"`` (Knox et al. 2023, "Learning optimal advantage from
   preferences and mistaking it for reward"): f is the optimal advantage Â and
   the score is −regret (:func:`prefrl.preference.regret_score`, γ the MDP's
   discount). Since A* is r shaped by the potential V*, a policy that
   maximises Â as its reward has the same optimum as one maximising r.
+  ``assumption="regret"`` is the old name of the same learner (it learns Â,
+  not a regret-model r̂; that is ``prefrl.learners.regret_sf``): still
+  accepted, kept as given (saved files round-trip), with a
+  ``DeprecationWarning``.
 
 Given the same γ the two assumptions are the same optimisation; what differs
 is what the fitted function *is* (and so what it is compared with: r or A*),
@@ -47,6 +51,7 @@ Public API:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -81,8 +86,9 @@ class RewardModelConfig:
     options are shared.
     """
 
-    assumption: Literal["partial_return", "regret"] = field(
-        "partial_return", "preference model the learner assumes: fit r̂ or the advantage Â")
+    assumption: Literal["partial_return", "advantage", "regret"] = field(
+        "partial_return", "what is fitted: r̂ (partial_return) or the advantage Â (advantage; "
+        "'regret' is its deprecated name)")
     hidden: tuple[int, ...] = field((256, 256), "hidden widths of each member's MLP")
     activation: Literal["relu", "leaky_relu", "tanh"] = field("leaky_relu", "hidden activation")
     use_action: bool = field(True, "input (s, a); False: r̂(s) from the state alone")
@@ -103,10 +109,13 @@ class RewardModelConfig:
     normalize: bool = field(True, "standardise the output over the training steps after fit")
 
     def __post_init__(self) -> None:
-        if self.assumption not in ("partial_return", "regret"):
-            raise ValueError(
-                f"assumption must be 'partial_return' or 'regret', got {self.assumption!r}"
-            )
+        if self.assumption not in ("partial_return", "advantage", "regret"):
+            raise ValueError(f"assumption must be 'partial_return' or 'advantage' (old name "
+                             f"'regret'), got {self.assumption!r}")
+        if self.assumption == "regret":
+            warnings.warn("RewardModelConfig(assumption='regret') fits the advantage Â; call it "
+                          "assumption='advantage' (the regret-model reward r̂ is "
+                          "prefrl.learners.regret_sf)", DeprecationWarning, stacklevel=3)
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}")
         if self.combine not in ("mean", "warm"):

@@ -353,9 +353,8 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
     Writes PPO runs under ``config.out_dir`` (``ppo_partial_return/``,
     ``ppo_regret/``); the command writes ``results.json`` and the plot.
     """
-    from prefrl.envs.tasks import make_task, task_from_header
-
     from prefrl import checkpoints
+    from prefrl.envs.tasks import make_task, task_from_header
     from prefrl.learners import ppo
     from prefrl.policies import Policy, policy_fn, random_policy
 

@@ -291,10 +291,9 @@ def half_cheetah_data(config: StudyConfig) -> StudyData:
     which must be the critic's and the regret labels' γ
     (:func:`check_discounts`).
     """
-    from prefrl.envs import tasks
-
     from prefrl import checkpoints
     from prefrl.data import dataset as dataset_io
+    from prefrl.envs import tasks
 
     ds, header = dataset_io.load(config.dataset)
     _, expert_header = checkpoints.load_ppo(config.expert)
