@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import mujoco
 from mujoco import mjx
-from prefrl.envs.tasks import TaskSpec, as_task, model_path
+from prefrl.envs.tasks import TaskSpec, as_task, load_model
 
 from prefrl.types import Trajectory
 
@@ -57,7 +57,7 @@ class EnvState(NamedTuple):
 
 @functools.lru_cache(maxsize=1)
 def _mj_model() -> mujoco.MjModel:
-    return mujoco.MjModel.from_xml_path(model_path())
+    return load_model()
 
 
 def make_model() -> mjx.Model:

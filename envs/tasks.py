@@ -21,6 +21,7 @@ The reward functions use only operators and array methods (``**``, ``.sum``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -47,6 +48,25 @@ def model_path() -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: Gymnasium's half-cheetah model is missing")
     return path
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_model() -> Any:
+    import mujoco
+
+    return mujoco.MjModel.from_xml_path(model_path())
+
+
+def load_model() -> Any:
+    """A fresh copy of the compiled half-cheetah ``mujoco.MjModel``.
+
+    Compiled once per process: MuJoCo prints a deprecation warning about the
+    model's ``settotalmass`` attribute at every compile, so without the cache
+    a demo printed it about 20 times. The copy is identical to a new compile.
+    """
+    import copy
+
+    return copy.copy(_compiled_model())
 
 
 def control_cost(action: Any, ctrl_cost_weight: float) -> Any:

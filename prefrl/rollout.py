@@ -43,7 +43,7 @@ import numpy as np
 from mujoco import batch as mj_batch
 
 from prefrl import policies
-from prefrl.envs.tasks import TaskSpec, as_task, model_path
+from prefrl.envs.tasks import TaskSpec, as_task, load_model
 from prefrl.policies import PolicyFn
 from prefrl.types import Trajectory
 
@@ -148,7 +148,7 @@ class BatchedEnv:
         self.num_threads = min(int(num_threads), self.num_envs)
         self.seed = int(seed)
 
-        self.model = mujoco.MjModel.from_xml_path(model_path())
+        self.model = load_model()
         m = self.model
         if m.nu != self.task.act_dim or m.nq + m.nv - 1 != self.task.obs_dim:
             raise ValueError("half_cheetah.xml does not match the task's obs/act dimensions")
