@@ -263,8 +263,9 @@ def test_shipped_files_load_through_the_kind_registry():
     assert header["kind"] == "ppo_checkpoint" and state.step > 0
     policy, info = checkpoints.read_policy(root / "experts" / "run" / "final.npz", obs_dim=17)
     assert info["act_dim"] == 6
-    model, header = checkpoints.load(root / "rlhf" / "target-speed" / "rm.npz")
-    assert header["kind"] == "reward_model" and model.reward_std > 0
+    (model, state), header = checkpoints.load(root / "rlhf" / "target-speed" / "rm.npz")
+    assert header["kind"] == "reward_model" and state.reward_std > 0
+    assert model.config.hidden == tuple(header["config"]["hidden"])
 
 
 def test_one_naming_scheme_round_trips(tmp_path):

@@ -160,7 +160,7 @@ def test_pre_squash_score_changes_the_cpl_loss_by_the_jacobian_offset():
     for jac in (True, False):
         config = cpl.CPLConfig(alpha=0.5, bias=1.0, squash_jacobian=jac)
         learner = cpl.make(config, net, optax.sgd(0.0))
-        state = learner.init(jax.random.key(0), batch, init_params=params)
+        state = learner.init(jax.random.key(0), batch).replace(params=params)
         _, metrics = learner.update(state, batch)
         losses[jac] = float(metrics["pref_loss"])
     l1, l2 = cpl.pair_log_probs(net, params, batch, squash_jacobian=False)
@@ -211,12 +211,13 @@ def test_dpo_starts_at_reference_with_loss_log2():
     policy = GaussianPolicy(action_dim=1, hidden=(8,), state_dependent_std=True)
     ref = policy.init(jax.random.key(2), batch.obs_1[0, 0])
     learner = cpl.make_dpo(cpl.DPOConfig(beta=0.5, bias=1.0), policy, optax.sgd(0.1))
-    state = learner.init(jax.random.key(3), batch, ref_params=ref)
+    state = learner.init(jax.random.key(3), batch)
+    with pytest.raises(ValueError, match="ref_params"):
+        learner.update(state, batch)
+    state = state.replace(params=ref, ref_params=ref)
     _, metrics = jax.jit(learner.update)(state, batch)
     # π = π_ref ⇒ every score is 0 ⇒ loss = −log σ(0) = log 2 for any label.
     assert float(metrics["pref_loss"]) == pytest.approx(math.log(2.0), abs=1e-6)
-    with pytest.raises(ValueError, match="ref_params"):
-        learner.init(jax.random.key(3), batch)
 
 
 def test_cpl_learns_preferred_action_function():

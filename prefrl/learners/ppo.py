@@ -412,7 +412,12 @@ def true_reward(obs: Array, action: Array, next_obs: Array, extras: Mapping[str,
 
 
 def make_optimizer(config: PPOConfig, num_updates: int | None) -> optax.GradientTransformation:
-    """Global-norm clipping then Adam; learning rate annealed linearly to 0 over training."""
+    """Global-norm clipping then Adam; learning rate annealed linearly to 0 over training.
+
+    The learning rate is a schedule, not an injected hyperparameter: the
+    optimiser state is part of every PPO checkpoint (the shipped experts
+    included), whose structure this keeps.
+    """
     if config.anneal_lr:
         if not num_updates or num_updates < 1:
             raise ValueError("anneal_lr=True needs num_updates >= 1 (the length of training)")

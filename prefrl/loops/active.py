@@ -103,7 +103,7 @@ def active_rounds(
         if state is None or method == "uniform":
             chosen, _ = select_queries(key_select, (positions, positions), per_round)
         else:
-            score_fn = _positions_score_fn(rm.pool_score_fn(state, segments),
+            score_fn = _positions_score_fn(rm.pool_score_fn(rm.model(config), state, segments),
                                            cand_first[open_idx], cand_second[open_idx])
             chosen, _ = select_queries(key_select, (positions, positions), per_round,
                                        score_fn=score_fn, method=method)

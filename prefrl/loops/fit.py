@@ -91,7 +91,8 @@ def fit(
 
     Host-side value checks (``reward_model.validate_pairs``) are the caller's job.
     """
-    learner = rm.make(config, optimizer, network=network)
+    model = rm.model(config, network)
+    learner = rm.make(config, model.network, optimizer)
     num_train = train.size
     num_evals = max(int(config.num_steps) // int(config.eval_every), 1)
     inner = int(config.num_steps) // num_evals
@@ -148,7 +149,7 @@ def fit(
         step_keys = jax.random.split(jax.random.fold_in(key_steps, block_index), inner)
         state, hist = jax.lax.scan(step, state, step_keys)
         if valid is not None:
-            v = rm.evaluate(state, valid)
+            v = rm.evaluate(model, state, valid)
             better = v["loss"] < best_loss
             best_params = select(better, state.params, best_params)
             best_loss = jnp.where(better, v["loss"], best_loss)
@@ -165,7 +166,7 @@ def fit(
     )
     state = state.replace(params=best_params)
     if config.normalize:
-        state = rm.normalize(state, train)
+        state = rm.normalize(model, state, train)
     metrics = {k: x.reshape(num_evals * inner, *x.shape[2:]) for k, x in hist.items()}
     metrics.update(valid_loss=v["loss"], valid_accuracy=v["accuracy"], best_step=best_step)
     return FitResult(state, metrics)

@@ -344,11 +344,11 @@ def _make_core(algo: str, config: TrainConfig, learner_config: Any, network: nn.
             bc_params = state.params
         if algo == "bc":
             return TrainOutput(bc_params, None), history
-        example = sample_pairs(k_init)
+        state = learner.init(k_init, sample_pairs(k_init))
+        if bc_params is not None:  # BC pre-training, a given policy, or DPO's π_ref
+            state = state.replace(params=bc_params, opt_state=optimizer.init(bc_params))
         if algo == "dpo":
-            state = learner.init(k_init, example, ref_params=bc_params)
-        else:
-            state = learner.init(k_init, example, init_params=bc_params)
+            state = state.replace(ref_params=bc_params)
         state, history["pref"], history["pref_bad_step"] = _scan_phase(
             learner.update, state, sample_pairs,
             lambda s: _evaluate(network, s.params, s.ref_params, val, discount, jacobian),

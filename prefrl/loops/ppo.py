@@ -396,14 +396,10 @@ def rlhf_kwargs(
     if reward_model_path:
         from prefrl.learners import reward_model
 
-        rm_state, _ = checkpoints.load_reward_model(reward_model_path)
-        r_hat = reward_model.reward_fn(rm_state)
-
-        def learned_reward(obs: Any, action: Any, next_obs: Any, extras: Any) -> Any:
-            del next_obs, extras
-            return r_hat(obs, action)
-
-        kwargs.update(reward_fn=learned_reward, reward_name=f"learned:{reward_model_path}")
+        # The model's arrays travel in PPO's state (reward_params), not in the compiled code.
+        (model, rm_state), _ = checkpoints.load_reward_model(reward_model_path)
+        kwargs.update(reward_fn=reward_model.PPOReward(model), reward_params=rm_state,
+                      reward_name=f"learned:{reward_model_path}")
     if ppo_config.kl_ref_coef > 0 and not reference_path:
         raise ValueError("--kl-ref-coef > 0 needs --reference (the frozen policy π_ref)")
     if reference_path:

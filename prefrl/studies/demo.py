@@ -142,7 +142,8 @@ def fit_reward_model(config: DemoConfig, dataset: PreferenceDataset, assumption:
                      split: Mapping[str, np.ndarray], discount: float, key: Array) -> Any:
     """Fit r̂ (``partial_return``, γ = 1) or Â (``regret``, γ = ``discount``) on its own labels.
 
-    Returns the fitted :class:`prefrl.learners.reward_model.RewardModelState`
+    Returns ``(model, state)``: the :class:`prefrl.learners.reward_model.RewardModel`
+    and the fitted state
     (best-by-validation members, output standardised on the training segments).
     """
     from prefrl.learners import reward_model as rm
@@ -164,7 +165,7 @@ def fit_reward_model(config: DemoConfig, dataset: PreferenceDataset, assumption:
     # constants into the program and compile far longer.
     result = jax.jit(reward_fit.fit, static_argnums=1)(key, rm_config, train, valid)
     reward_fit.check_finite(result.metrics)
-    return result.state
+    return rm.model(rm_config), result.state
 
 
 def _heldout_accuracy(dataset: PreferenceDataset, indices: np.ndarray, scores: Array
@@ -177,13 +178,13 @@ def _heldout_accuracy(dataset: PreferenceDataset, indices: np.ndarray, scores: A
     return evaluation.preference_accuracies(scores[first], scores[second], labels, weights)
 
 
-def reward_model_accuracy(state: Any, dataset: PreferenceDataset, indices: np.ndarray
-                          ) -> dict[str, float]:
+def reward_model_accuracy(model: Any, state: Any, dataset: PreferenceDataset,
+                          indices: np.ndarray) -> dict[str, float]:
     """Held-out accuracy of a reward model's segment scores under every label set (ties out)."""
     from prefrl.learners import reward_model as rm
 
     seg = dataset.segments
-    scores = rm.segment_scores(state, *(jnp.asarray(x, jnp.float32)
+    scores = rm.segment_scores(model, state, *(jnp.asarray(x, jnp.float32)
                                         for x in (seg.obs, seg.action, seg.mask)))
     return _heldout_accuracy(dataset, indices, scores)
 
@@ -203,14 +204,14 @@ def implicit_accuracy(network: Any, params: Any, dataset: PreferenceDataset,
 # --------------------------------------------------------------------------- policies
 
 
-def train_ppo_on(config: DemoConfig, task: Any, reward_state: Any, name: str,
+def train_ppo_on(config: DemoConfig, task: Any, model: Any, reward_state: Any, name: str,
                  log: Log | None = None) -> Any:
     """PPO from scratch on the standardised learned reward; returns ``training.TrainResult``."""
     from prefrl.learners import ppo
     from prefrl.learners import reward_model as rm
     from prefrl.loops import ppo as training
 
-    learned = rm.reward_fn(reward_state)
+    learned = rm.reward_fn(model, reward_state)
 
     def reward_fn(obs: Array, action: Array, next_obs: Array, extras: Any) -> Array:
         del next_obs, extras
@@ -362,8 +363,8 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
     models = {"partial_return": fit_reward_model(config, dataset, "partial_return", split,
                                                  discount, key_pr),
               "regret": fit_reward_model(config, dataset, "regret", split, discount, key_regret)}
-    accuracy = {name: reward_model_accuracy(state, dataset, split["test"])
-                for name, state in models.items()}
+    accuracy = {name: reward_model_accuracy(*fitted, dataset, split["test"])
+                for name, fitted in models.items()}
 
     stage("offline: BC and CPL")
     train_val = subset(dataset, np.sort(np.concatenate([split["train"], split["valid"]])))
@@ -374,7 +375,7 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
     for i, name in enumerate(LABELS):
         what = "r̂ (partial return)" if name == "partial_return" else "Â (regret)"
         stage(f"PPO on the learned {what} ({i + 1}/2)")
-        result, ppo_config = train_ppo_on(config, task, models[name], name, log=None)
+        result, ppo_config = train_ppo_on(config, task, *models[name], name, log=None)
         apply = ppo.make_policy_apply(ppo_config, task.act_dim)
         policy = policy_fn(Policy(apply, ppo.policy_bundle(result.state)), deterministic=True)
         method = "PPO on learned r̂" if name == "partial_return" else "PPO on learned Â"
