@@ -11,7 +11,10 @@ import pytest
 from _readme import readme_example
 
 from prefrl import checkpoints, evaluation
+from prefrl.bench import reward as reward_bench
+from prefrl.data import pairs as pair_data
 from prefrl.learners import reward_model as rm
+from prefrl.loops import active
 from prefrl.loops import fit as reward_fit
 from prefrl.studies import two_by_two as study
 
@@ -231,11 +234,11 @@ def test_ensemble_preferences_feed_select_queries(synth, fitted):
 
     data, train, _ = synth
     state = fitted.state
-    probs = rm.ensemble_preferences(FIT_MODEL, state, train)
+    probs = active.ensemble_preferences(FIT_MODEL, state, train)
     assert probs.shape == (2, 2000) and np.all((probs >= 0) & (probs <= 1))
     segs = type("Pool", (), dict(obs=data.obs, action=data.action, mask=data.mask))
     first, second = data.train
-    score_fn = rm.pool_score_fn(FIT_MODEL, state, segs, chunk=1000)
+    score_fn = active.pool_score_fn(FIT_MODEL, state, segs, chunk=1000)
     np.testing.assert_allclose(score_fn(first, second), probs, rtol=1e-5, atol=1e-6)
     f, s = select_queries(jax.random.key(1), (first, second), 10, score_fn, "disagreement")
     var = np.var(np.asarray(probs), axis=0)
@@ -293,7 +296,7 @@ def test_dataset_model_mismatch_errors():
     with pytest.raises(ValueError, match=r"input size mismatch.*act_dim 2 = 7.*takes 5"):
         learner.update(state, random_batch(jax.random.key(1), obs=5))
     with pytest.raises(ValueError, match="input size mismatch"):
-        rm.ensemble_preferences(rm.model(small_config()), state,
+        active.ensemble_preferences(rm.model(small_config()), state,
                                 random_batch(jax.random.key(1), act=1))
     # The model is per step: segments of another length fit.
     learner.update(state, random_batch(jax.random.key(1), length=7))
@@ -301,15 +304,15 @@ def test_dataset_model_mismatch_errors():
 
 def test_empty_and_single_class_labels_error():
     with pytest.raises(ValueError, match="empty label set"):
-        rm.validate_pairs(random_batch(jax.random.key(0), size=0))
+        pair_data.validate(random_batch(jax.random.key(0), size=0))
     with pytest.raises(ValueError, match="single-class label set.*all 12 labels are 1"):
-        rm.validate_pairs(random_batch(jax.random.key(0), label=jnp.ones(12)))
+        pair_data.validate(random_batch(jax.random.key(0), label=jnp.ones(12)))
     with pytest.raises(ValueError, match=r"labels must be finite values in \[0, 1\]"):
-        rm.validate_pairs(random_batch(jax.random.key(0), label=jnp.full(12, 2.0)))
+        pair_data.validate(random_batch(jax.random.key(0), label=jnp.full(12, 2.0)))
     skipped = random_batch(jax.random.key(0))._replace(weight=jnp.zeros(12))
     with pytest.raises(ValueError, match="weight 0"):
-        rm.validate_pairs(skipped)
-    rm.validate_pairs(random_batch(jax.random.key(0)))  # a good batch passes
+        pair_data.validate(skipped)
+    pair_data.validate(random_batch(jax.random.key(0)))  # a good batch passes
 
 
 def test_nan_run_names_step_and_metric(synth):
@@ -334,7 +337,7 @@ def test_analytic_flops_count():
     # in 5 -> 4 -> 1, M = 2, 3 pairs, k = 2: MACs/row 20 + 4 = 24; per row
     # fwd 48 + weight grads 48 + input grad of layer 2: 8 = 104; rows 2·3·2·2 = 24.
     cfg = rm.RewardModelConfig(hidden=(4,), ensemble_size=2)
-    assert rm.analytic_update_flops(cfg, 5, 3, 2) == 104 * 24
+    assert reward_bench.analytic_update_flops(cfg, 5, 3, 2) == 104 * 24
 
 
 README_EXAMPLE = readme_example("reward_model")

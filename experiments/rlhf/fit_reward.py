@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prefrl import checkpoints, oracles
+from prefrl.data import pairs
 from prefrl.data.queries import uniform_pairs
 from prefrl.data.segments import segment
 from prefrl.evaluation import pearson
@@ -71,7 +72,7 @@ def main() -> int:
 
     num_valid = args.queries // 10
     train, valid = batch(np.arange(num_valid, args.queries)), batch(np.arange(num_valid))
-    reward_model.validate_pairs(train)
+    pairs.validate(train)
     config = reward_model.RewardModelConfig(hidden=(64, 64), num_steps=args.fit_steps)
     result = reward_fit.fit(fit_key, config, train, valid)
     reward_fit.check_finite(result.metrics)

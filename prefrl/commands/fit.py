@@ -100,11 +100,11 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
 
     start = time.perf_counter()
     ds, header = dataset_io.load(config.dataset)
-    batch = rm.pair_batch_from_dataset(ds, config.label)
-    rm.validate_pairs(batch, what=f"{config.dataset} labels {config.label!r}")
+    batch = pairs.from_dataset(ds, config.label)
+    pairs.validate(batch, what=f"{config.dataset} labels {config.label!r}")
     train, valid = split_queries(batch, config.valid_fraction, config.seed)
     key_fit = jax.random.key(config.seed)
-    rm.validate_pairs(train, what=f"{config.dataset} training split")
+    pairs.validate(train, what=f"{config.dataset} training split")
     init_params = None
     if config.init:
         (_, init_state), init_header = checkpoints.load_reward_model(config.init)

@@ -33,17 +33,10 @@ on the box including the Jacobian of the squashing,
 exactly ±1 are pulled inside by ``prefrl.networks.ACTION_EPS`` so their
 log-density stays finite. CPL's usual choice is ``state_dependent_std=True``.
 
-**Which density scores a segment** (``CPLConfig.squash_jacobian``). The box
-density is ``log N(atanh a; μ, σ) + J(a)`` with ``J(a) = −Σ_i log(1 − a_i²)``,
-a term of the action alone. It has no gradient, but in CPL's score
-``S_i = α Σ_t γ^t log π`` it adds a fixed offset ``α Σ_t γ^t J(a_t)`` per
-segment — an implicit "reward" for large-magnitude actions that the labels do
-not contain and no policy can change, which the preference loss then has to
-fight by distorting the Gaussian part. ``squash_jacobian=False`` scores with
-``log N(atanh a; μ, σ)`` instead: the same policy, its max-ent advantage taken
-with entropy measured on the pre-squash action. Gradients of each ``S_i`` are
-identical; only the per-segment offsets go. (For DPO the term cancels in
-``log π − log π_ref``.) The default keeps the box density.
+**Which density scores a segment** (``CPLConfig.squash_jacobian``): the box
+density, or the Gaussian density of ``atanh(a)``, which drops the tanh
+Jacobian's per-segment offset (docs/design.md §4, "CPL's score and the tanh
+Jacobian"). Gradients are identical; the default keeps the box density.
 
 Shapes: a :class:`PairBatch` holds ``B`` queries of two segments of length
 ``k``: ``obs_i [B, k, obs]``, ``action_i [B, k, act]``, ``mask_i [B, k]``,
@@ -257,9 +250,7 @@ def _check_common(bias: float, discount: float, bc_weight: float) -> None:
         raise ValueError(f"bc_weight must be >= 0, got {bc_weight}")
 
 
-# ---------------------------------------------------------------- data and state
-
-
+# ---------------------------------------------------------------- state
 
 
 @struct.dataclass

@@ -15,46 +15,28 @@ an action by the Bradley–Terry loss on its discounted sum over each segment
   preferences and mistaking it for reward"): f is the optimal advantage Â and
   the score is −regret (:func:`prefrl.preference.regret_score`, γ the MDP's
   discount). Since A* is r shaped by the potential V*, a policy that
-  maximises Â as its reward has the same optimum as one maximising r.
+  maximises Â as its reward has the same optimum as one maximising r. Given
+  the same γ the two are one optimisation; what differs is what f *is*.
 
-Given the same γ the two assumptions are the same optimisation; what differs
-is what the fitted function *is* (and so what it is compared with: r or A*),
-and the discount that belongs with it.
-
-Practice from Christiano 2017, B-Pref (Lee et al. 2021) and imitation: an
-ensemble of M members trained in one step (members are one batched network,
-each with its own bootstrap weights), L2 penalty and/or AdamW weight decay,
-label smoothing, a held-out split with best-by-validation parameters,
-output standardisation (so the learned function has unit scale before PPO
-uses it), and weight averaging of the members (WARM, Ramé et al. 2024).
-
-Speed on CPU: the members' parameters are stacked ``[M, …]`` and applied with
-``vmap``, which XLA turns into one batched matmul over members × pairs × time;
-the gradient is accumulated over chunks of ``chunk_pairs`` pairs with
-``lax.scan`` so that each chunk's activations stay in cache (measured here:
-about 2× faster than one pass over 1024 pairs).
+Practice (Christiano 2017, B-Pref, imitation; docs/design.md §4): an ensemble
+of M members trained in one step (one batched network; ``vmap`` over members
+is one batched matmul on CPU), each with its own bootstrap weights; L2 and/or
+AdamW weight decay; label smoothing; the gradient accumulated over chunks of
+``chunk_pairs`` queries (``lax.scan``: each chunk's activations stay in cache,
+~2× faster on CPU); weight averaging of the members (WARM, Ramé et al. 2024).
+Held-out early stopping and output standardisation belong to the fit
+(:mod:`prefrl.loops.fit`), active selection to :mod:`prefrl.loops.active`.
 
 The state is arrays only (:class:`RewardModelState`); what they mean — the
 config and the member network — is the :class:`RewardModel` value that
-:func:`make` closes over and that the functions reading a state take first.
-
-Public API:
-  ``RewardModelConfig``, ``PairBatch``, ``RewardModelState``, ``RewardModel``,
-  ``model(config, network=None) -> RewardModel``,
-  ``make(config, network=None, optimizer=None) -> Learner(init, update)``,
-  ``reward_fn(model, state)``, ``member_outputs(model, state, obs, action)``,
-  ``segment_scores(model, state, obs, action, mask)``,
-  ``ensemble_preferences(model, state, batch)``, ``pool_score_fn(model, state, segments)``,
-  ``evaluate(model, state, batch)``, ``normalize(model, state, batch)``,
-  ``PPOReward(model)``, ``validate_pairs(batch)``; a whole fit:
-  ``prefrl.loops.fit``; files: ``prefrl.checkpoints.save_reward_model`` /
-  ``load_reward_model``.
+:func:`make` closes over and that the functions reading a state take first
+(:func:`reward_fn`, :func:`segment_scores`, :func:`evaluate`, :class:`PPOReward` …).
+Files: ``prefrl.checkpoints.save_reward_model`` / ``load_reward_model``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -194,38 +176,7 @@ def model(config: RewardModelConfig, network: nn.Module | None = None) -> Reward
     return RewardModel(config, default_network(config) if network is None else network)
 
 
-# --------------------------------------------------------------------------- #
-# Shapes and validation
-# --------------------------------------------------------------------------- #
-
-
-def _batch_dims(batch: PairBatch) -> tuple[int, int, int]:
-    """(segment length, obs_dim, act_dim) of a batch; shape errors are ValueErrors."""
-    if batch.obs_1.ndim != 3 or batch.obs_2.ndim != 3:
-        raise ValueError(
-            f"obs_1/obs_2 must be [B, k, obs_dim], got {batch.obs_1.shape} and {batch.obs_2.shape}"
-        )
-    if batch.obs_1.shape != batch.obs_2.shape:
-        raise ValueError(f"obs_1 {batch.obs_1.shape} and obs_2 {batch.obs_2.shape} differ")
-    if batch.action_1.shape != batch.action_2.shape or batch.action_1.ndim != 3:
-        raise ValueError(
-            f"action_1/action_2 must be equal [B, k, act_dim], got {batch.action_1.shape} "
-            f"and {batch.action_2.shape}"
-        )
-    size, length, obs_dim = batch.obs_1.shape
-    if batch.action_1.shape[:2] != (size, length):
-        raise ValueError(
-            f"actions {batch.action_1.shape} do not match observations {batch.obs_1.shape}"
-        )
-    for name in ("mask_1", "mask_2"):
-        if getattr(batch, name).shape != (size, length):
-            raise ValueError(f"{name} must be [B, k] = {(size, length)}, got "
-                             f"{getattr(batch, name).shape}")
-    if batch.label.shape != (size,):
-        raise ValueError(f"label must be [B] = ({size},), got {batch.label.shape}")
-    if batch.weight is not None and batch.weight.shape[-1:] != (size,):
-        raise ValueError(f"weight must be [B] or [M, B] with B = {size}, got {batch.weight.shape}")
-    return length, obs_dim, batch.action_1.shape[2]
+# --------------------------------------------------------------------------- shapes and validation
 
 
 def input_size(params: Any) -> int | None:
@@ -244,7 +195,7 @@ def check_compatible(model: RewardModel, params: Any, batch: PairBatch) -> None:
     size (``obs_dim + act_dim``, or ``obs_dim`` without actions) must be the
     first layer's.
     """
-    _, obs_dim, act_dim = _batch_dims(batch)
+    _, obs_dim, act_dim = pairs.dims(batch)
     size = input_size(params)
     given = obs_dim + act_dim if model.config.use_action else obs_dim
     if size is not None and given != size:
@@ -254,20 +205,7 @@ def check_compatible(model: RewardModel, params: Any, batch: PairBatch) -> None:
                          f"reward model takes {size}")
 
 
-def validate_pairs(batch: PairBatch, *, what: str = "dataset") -> None:
-    """Shape checks, then :func:`prefrl.data.pairs.validate` (host-side value checks)."""
-    _batch_dims(batch)
-    pairs.validate(batch, what=what)
-
-
-# The one gather and row selection live in prefrl.data.pairs; these names stay for callers.
-pair_batch_from_dataset = pairs.from_dataset
-take = pairs.take
-
-
-# --------------------------------------------------------------------------- #
-# Network application
-# --------------------------------------------------------------------------- #
+# --------------------------------------------------------------------------- network application
 
 
 def _inputs(config: RewardModelConfig, obs: Array, action: Array) -> Array:
@@ -295,7 +233,7 @@ def combined_params(state: RewardModelState) -> Any:
     return jax.tree.map(lambda p: jnp.mean(p, axis=0, keepdims=True), state.params)
 
 
-def _combined_raw(model: RewardModel, state: RewardModelState, obs: Array, action: Array
+def combined_output(model: RewardModel, state: RewardModelState, obs: Array, action: Array
                   ) -> Array:
     """Combined raw output ``[...]``: the ensemble mean, or the weight-averaged member."""
     if model.config.combine == "warm":
@@ -312,7 +250,7 @@ def reward_fn(model: RewardModel, state: RewardModelState) -> Callable[[Array, A
     """
 
     def fn(obs: Array, action: Array) -> Array:
-        return (_combined_raw(model, state, obs, action) - state.reward_mean) / state.reward_std
+        return (combined_output(model, state, obs, action) - state.reward_mean) / state.reward_std
 
     return fn
 
@@ -354,7 +292,7 @@ def _segment_scores(config: RewardModelConfig, values_nt: Array, mask_nt: Array)
     return per_segment(values_nt, mask_nt)
 
 
-def _pair_logits(
+def pair_logits(
     config: RewardModelConfig, network: nn.Module, params: Any, batch: PairBatch
 ) -> Array:
     """``[M, B]`` preference logits of every member for every query."""
@@ -370,46 +308,7 @@ def _pair_logits(
     return jax.vmap(jax.vmap(logit))(scores[:, :size], scores[:, size:])
 
 
-def ensemble_preferences(model: RewardModel, state: RewardModelState, batch: PairBatch
-                         ) -> Array:
-    """``[M, B]``: each member's P(σ¹ ≻ σ²) for every query (for active selection)."""
-    check_compatible(model, state.params, batch)
-    return jax.nn.sigmoid(_pair_logits(model.config, model.network, state.params, batch))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _pool_probs(model: RewardModel, state: RewardModelState, obs: Array, action: Array,
-                mask: Array, first: Array, second: Array) -> Array:
-    # A module-level jit with the state as an argument: refits reuse one compilation.
-    batch = pairs.gather(pairs.Pool(obs, action, mask), first, second,
-                         jnp.zeros(first.shape, jnp.float32))
-    return jax.nn.sigmoid(_pair_logits(model.config, model.network, state.params, batch))
-
-
-def pool_score_fn(
-    model: RewardModel, state: RewardModelState, segments: Any, chunk: int = 1024
-) -> Callable[[Array, Array], Array]:
-    """``score_fn(first [C], second [C]) -> P [M, C]`` over a segment pool.
-
-    The form ``prefrl.data.queries.select_queries`` takes. Queries are scored
-    ``chunk`` at a time to bound memory.
-    """
-    obs, action, mask = (jnp.asarray(x, jnp.float32) for x in (segments.obs, segments.action,
-                                                               segments.mask))
-    _probs = lambda first, second: _pool_probs(model, state, obs, action, mask, first, second)
-
-    def score_fn(first: Array, second: Array) -> Array:
-        first, second = jnp.asarray(first), jnp.asarray(second)
-        parts = [_probs(first[i:i + chunk], second[i:i + chunk])
-                 for i in range(0, first.shape[0], chunk)]
-        return jnp.concatenate(parts, axis=1)
-
-    return score_fn
-
-
-# --------------------------------------------------------------------------- #
-# The learner
-# --------------------------------------------------------------------------- #
+# --------------------------------------------------------------------------- the learner
 
 
 def _smoothed(label: Array, smoothing: float) -> Array:
@@ -430,7 +329,7 @@ def _loss_sums(
     config: RewardModelConfig, network: nn.Module, params: Any, batch: PairBatch, w_mb: Array
 ) -> tuple[Array, Array]:
     """Weighted sums over the batch, per member: (Σ w ℓ, Σ w 1[correct]) ``[M]`` each."""
-    logits = _pair_logits(config, network, params, batch)  # [M, B]
+    logits = pair_logits(config, network, params, batch)  # [M, B]
     target = _smoothed(batch.label.astype(logits.dtype), config.label_smoothing)
     loss_mb = preference.bt_loss(logits, jnp.broadcast_to(target, logits.shape))
     # Accuracy on decisive labels; ties count ½ whatever is predicted.
@@ -484,7 +383,7 @@ def make(
     num_members = int(config.ensemble_size)
 
     def init(key: PRNGKey, example_batch: PairBatch) -> RewardModelState:
-        _, obs_dim, act_dim = _batch_dims(example_batch)
+        _, obs_dim, act_dim = pairs.dims(example_batch)
         in_dim = obs_dim + act_dim if config.use_action else obs_dim
         dummy = jnp.zeros((1, in_dim), jnp.float32)
         keys = jax.random.split(key, num_members)
@@ -579,75 +478,22 @@ def evaluate(model: RewardModel, state: RewardModelState, batch: PairBatch, chun
     return {"loss": loss_sum / w_total, "accuracy": correct_sum / w_total}
 
 
-def normalize(model: RewardModel, state: RewardModelState, batch: PairBatch, chunk: int = 512
-              ) -> RewardModelState:
-    """Store mean and std of the combined output over the batch's (masked) steps.
-
-    Rows of weight 0 are left out. After this, :func:`reward_fn` has mean 0
-    and std 1 over those states —
-    a fixed scale for PPO whatever scale the BT fit happened to find (the
-    preference model only identifies f up to the temperature).
-    """
-    obs = jnp.concatenate([batch.obs_1, batch.obs_2], axis=0)
-    action = jnp.concatenate([batch.action_1, batch.action_2], axis=0)
-    mask = jnp.concatenate([batch.mask_1, batch.mask_2], axis=0).astype(jnp.float32)
-    if batch.weight is not None:
-        # Rows of weight 0 (skipped / not yet labelled) do not set the scale.
-        keep = jnp.any(batch.weight.reshape(-1, batch.size) > 0, axis=0).astype(jnp.float32)
-        mask = mask * jnp.concatenate([keep, keep])[:, None]
-    num = obs.shape[0]
-    pad = (-num) % min(chunk, num)
-    pad_rows = lambda x: jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    obs, action, mask = pad_rows(obs), pad_rows(action), pad_rows(mask)
-    split = lambda x: x.reshape(-1, min(chunk, num), *x.shape[1:])
-    # Segments a chunk at a time: one pass for Σ m f and Σ m f², in float32.
-    value = jax.lax.map(lambda xs: _combined_raw(model, state, xs[0], xs[1]),
-                        (split(obs), split(action)))
-    value = value.reshape(mask.shape)
-    count = jnp.maximum(jnp.sum(mask), 1.0)
-    mean = jnp.sum(mask * value) / count
-    var = jnp.sum(mask * (value - mean) ** 2) / count
-    return state.replace(reward_mean=mean, reward_std=jnp.sqrt(var) + 1e-8)
-
-
-def analytic_update_flops(config: RewardModelConfig, in_dim: int, num_pairs: int,
-                          length: int) -> float:
-    """FLOPs of one :func:`make` ``update`` counted from the matmuls (2 per MAC).
-
-    Forward: Σ_layers 2 n_in n_out per row; backward: the weight gradient of
-    every layer (same count) plus the input gradient of every layer but the
-    first (inputs are data). Rows = M × pairs × 2 segments × k steps.
-    Elementwise work (activations, Adam) is not counted.
-    """
-    sizes = [in_dim, *(int(h) for h in config.hidden), 1]
-    macs = [a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-    per_row = 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
-    rows = int(config.ensemble_size) * num_pairs * 2 * length
-    return float(per_row * rows)
-
-
 __all__ = [
     "PPOReward",
     "PairBatch",
     "RewardModel",
     "RewardModelConfig",
     "RewardModelState",
-    "analytic_update_flops",
     "check_compatible",
+    "combined_output",
     "combined_params",
     "default_network",
     "default_optimizer",
-    "ensemble_preferences",
     "input_size",
     "evaluate",
     "make",
     "model",
     "member_outputs",
-    "normalize",
-    "pair_batch_from_dataset",
-    "pool_score_fn",
     "reward_fn",
     "segment_scores",
-    "take",
-    "validate_pairs",
 ]

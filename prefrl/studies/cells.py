@@ -92,7 +92,7 @@ def fit_reward_models(
     import jax.numpy as jnp
     import numpy as np
 
-    from prefrl.learners import reward_model
+    from prefrl.data import pairs
     from prefrl.loops import fit as reward_fit
 
     config = _reward_model_config(cell, cell.assumption)
@@ -103,7 +103,7 @@ def fit_reward_models(
     for s, seed in enumerate(seeds):
         # Host-side value checks where data enters (e.g. a single-class label set).
         one = jax.tree.map(lambda x, s=s: x[s], host)
-        reward_model.validate_pairs(one, what=f"{cell.label()} seed {seed}")
+        pairs.validate(one, what=f"{cell.label()} seed {seed}")
     result = _fit_fn(config)(key_fit, batches)
     reward_fit.check_finite(
         {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in result.metrics.items()

@@ -156,11 +156,11 @@ def fit_reward_model(config: DemoConfig, dataset: PreferenceDataset, assumption:
         num_steps=config.rm_steps, eval_every=max(1, min(50, config.rm_steps)),
         discount=discount if assumption == "regret" else 1.0,
     )
-    train = rm.pair_batch_from_dataset(dataset, assumption, split["train"])
-    rm.validate_pairs(train, what=f"{assumption} training labels")
+    train = pairs.from_dataset(dataset, assumption, split["train"])
+    pairs.validate(train, what=f"{assumption} training labels")
     valid = None
     if len(split["valid"]):
-        valid = rm.pair_batch_from_dataset(dataset, assumption, split["valid"])
+        valid = pairs.from_dataset(dataset, assumption, split["valid"])
     # Data as arguments, not closed-over constants: XLA would fold megabytes of
     # constants into the program and compile far longer.
     result = jax.jit(reward_fit.fit, static_argnums=1)(key, rm_config, train, valid)

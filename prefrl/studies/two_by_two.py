@@ -457,7 +457,7 @@ def run_cell(config: StudyConfig, data: StudyData, label: str, assumption: str,
     parts = pairs.split(num_train, {"valid": config.valid_fraction}, config.seed + 1, min_part=1)
     train = pair_batch(data, "train", label, parts["train"])
     valid = pair_batch(data, "train", label, parts["valid"])
-    rm.validate_pairs(train, what=f"train labels {label!r}")
+    pairs.validate(train, what=f"train labels {label!r}")
     keys = jax.random.split(jax.random.key(config.seed), config.seeds)
     fits = _fit_seeds(keys, model_cfg, train, valid)
     reward_fit.check_finite(jax.tree.map(lambda x: np.moveaxis(np.asarray(x), 0, 1), fits.metrics))
