@@ -86,12 +86,12 @@ def collect_pool(
     behaviours: list[tuple[str, Any]] = []
     for i in behaviour_checkpoints(experts, config.max_checkpoints):
         policy, _ = checkpoints.load_policy(experts.checkpoints[i], deterministic=False,
-                                           obs_dim=task.obs_dim)
+                                            obs_dim=task.obs_dim)
         behaviours.append((f"{experts.checkpoints[i].name}@{int(experts.progress[i])}", policy))
     if overshoot is not None:
         for i in behaviour_checkpoints(overshoot, config.overshoot_checkpoints):
             policy, _ = checkpoints.load_policy(overshoot.checkpoints[i], deterministic=False,
-                                               obs_dim=task.obs_dim)
+                                                obs_dim=task.obs_dim)
             name = overshoot.headers[i].get("task", overshoot.directory.name)
             behaviours.append((f"{name}:{overshoot.checkpoints[i].name}@"
                                f"{int(overshoot.progress[i])}", policy))
@@ -389,7 +389,7 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
 
     stage("evaluating expert, BC, CPL and random policies")
     expert_policy, _ = checkpoints.load_policy(experts.final, deterministic=True,
-                                              obs_dim=task.obs_dim)
+                                               obs_dim=task.obs_dim)
     heldout = split["test"]
     reference = [{"method": "expert (PPO, true reward)", "labels": "-",
                   **evaluate(config, task, expert_policy)}]
