@@ -370,12 +370,14 @@ def load_policy(
 # --------------------------------------------------------------------------- reward models
 
 
-def save_reward_model(path: Any, state: Any, extra: Mapping[str, Any] | None = None) -> Path:
+def save_reward_model(path: Any, model: Any, state: Any, *, obs_dim: int, act_dim: int,
+                      segment_length: int, extra: Mapping[str, Any] | None = None) -> Path:
     """Write a fitted reward model atomically (no pickle); refuses non-finite parameters.
 
-    Arrays: ``params/…`` ``[M, …]``, ``reward_mean``, ``reward_std``; the
-    header holds the config, the input sizes, the segment length and
-    ``extra`` (e.g. metrics).
+    ``model`` is the :class:`prefrl.learners.reward_model.RewardModel` of the
+    arrays-only ``state``. Arrays: ``params/…`` ``[M, …]``, ``reward_mean``,
+    ``reward_std``; the header holds the config, the input sizes and the
+    segment length of the data it was fitted on and ``extra`` (e.g. metrics).
     """
     arrays = flatten(jax.device_get(state.params), "params")
     arrays["reward_mean"] = np.asarray(state.reward_mean)
@@ -384,19 +386,21 @@ def save_reward_model(path: Any, state: Any, extra: Mapping[str, Any] | None = N
     header = {
         "kind": REWARD_MODEL_KIND,
         "schema_version": 1,
-        "config": config_lib.to_dict(state.config),
-        "obs_dim": state.obs_dim,
-        "act_dim": state.act_dim,
-        "segment_length": state.segment_length,
+        "config": config_lib.to_dict(model.config),
+        "network": type(model.network).__name__,
+        "obs_dim": int(obs_dim),
+        "act_dim": int(act_dim),
+        "segment_length": int(segment_length),
         "extra": dict(extra or {}),
     }
     return save_npz(path, arrays, header)
 
 
-def load_reward_model(path: Any) -> tuple[Any, dict[str, Any]]:
-    """Read a model written by :func:`save_reward_model`: ``(state, header)``.
+def load_reward_model(path: Any) -> tuple[tuple[Any, Any], dict[str, Any]]:
+    """Read a model written by :func:`save_reward_model`: ``((model, state), header)``.
 
-    The state has the default optimizer's fresh ``opt_state``. Raises
+    The model has the config's default network; the state has the default
+    optimizer's fresh ``opt_state``. Raises
     ``FileFormatError`` naming the problem for a wrong kind, missing or
     mis-shaped arrays or non-finite values.
     """
@@ -421,7 +425,23 @@ def load_reward_model(path: Any) -> tuple[Any, dict[str, Any]]:
         reward_mean=jnp.asarray(arrays["reward_mean"], jnp.float32),
         reward_std=jnp.asarray(arrays["reward_std"], jnp.float32),
     )
-    return state, header
+    return (rm.model(config), state), header
+
+
+def check_reward_model_fits(header: Mapping[str, Any], batch: Any, where: str) -> None:
+    """``ValueError`` naming the mismatch when a saved model's data sizes differ from ``batch``'s.
+
+    The header records the observation size, action size and segment length
+    the model was fitted on.
+    """
+    length, obs_dim, act_dim = (int(n) for n in (batch.obs_1.shape[1], batch.obs_1.shape[2],
+                                                 batch.action_1.shape[2]))
+    for name, mine, theirs in (("observation size", obs_dim, header["obs_dim"]),
+                               ("action size", act_dim, header["act_dim"]),
+                               ("segment length", length, header["segment_length"])):
+        if mine != int(theirs):
+            raise ValueError(f"{where}: {name} mismatch: the data has {mine}, the reward model "
+                             f"was fitted on {theirs}")
 
 
 # --------------------------------------------------------------------------- the registry
@@ -461,6 +481,7 @@ __all__ = [
     "NonFiniteError",
     "array_name",
     "check_obs_dim",
+    "check_reward_model_fits",
     "flatten",
     "load",
     "load_offline_policy",

@@ -135,3 +135,25 @@ def test_checkpoints_do_not_import_training_loops():
     imports = IMPORTS["prefrl.checkpoints"]
     assert not {m for m in imports if m.startswith(("prefrl.loops", "prefrl.offline",
                                                      "prefrl.training"))}
+
+
+def _own_lines(node: ast.AST) -> int:
+    """Lines of a function, its nested functions' own lines not counted."""
+    lines = set(range(node.lineno, node.end_lineno + 1))
+    for sub in ast.walk(node):
+        if sub is not node and isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines -= set(range(sub.lineno, sub.end_lineno + 1))
+    return len(lines)
+
+
+def test_modules_and_functions_stay_small():
+    # Small files split by role: no module over 500 lines, no function over 120.
+    too_long, too_big = {}, {}
+    for name, path in MODULES.items():
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > 500:
+            too_long[name] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _own_lines(node) > 120:
+                too_big[f"{name}.{node.name}"] = _own_lines(node)
+    assert too_long == {} and too_big == {}

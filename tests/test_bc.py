@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +9,6 @@ import optax
 import pytest
 import scipy.stats
 
-from prefrl import checkpoints, networks
 from prefrl.learners import bc, cpl
 from prefrl.loops import offline
 from prefrl.networks import GaussianPolicy
@@ -175,43 +171,3 @@ def test_non_finite_loss_stops_before_anything_is_saved(tmp_path, capsys):
     assert "non-finite loss or gradient at pref step 0 (seed 3)" in err
     assert "nothing was saved" in err
     assert not out.exists() and list(tmp_path.iterdir()) == [path]
-
-
-def test_cli_bc_then_dpo_roundtrip(tmp_path, capsys):
-    from prefrl.cli import main
-    from prefrl.data import dataset as dataset_io
-
-    data = tmp_path / "data.npz"
-    dataset_io.save(data, synthetic_dataset(), task="run")
-    common = ["--dataset", str(data), "--num-steps", "20", "--log-every", "20",
-              "--hidden", "16", "--eval-task", "none", "--batch-size", "8"]
-    assert main(["train", "bc", *common, "--out", str(tmp_path / "bc.npz")]) == 0
-    bc_summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert bc_summary["algo"] == "bc" and bc_summary["out"] == [str(tmp_path / "bc.npz")]
-    network, params, header = checkpoints.load_offline_policy(tmp_path / "bc.npz")
-    assert network.hidden == (16,) and header["algo"] == "bc"
-    # Observations are standardised by the pool's statistics, stored with the policy.
-    assert isinstance(network, networks.NormalizedGaussianPolicy)
-    obs_pool = np.asarray(synthetic_dataset().segments.obs)
-    assert network.obs_mean[0] == pytest.approx(obs_pool.mean(), abs=1e-5)
-    assert network.obs_std[0] == pytest.approx(obs_pool.std(), abs=1e-5)
-    act, info = checkpoints.load_policy(tmp_path / "bc.npz")
-    obs = np.zeros((3, 1), np.float32)
-    np.testing.assert_allclose(act(obs, jax.random.key(0)),
-                               np.tanh(info["apply"](info["params"], obs)[0]), rtol=1e-6)
-    assert main(["train", "dpo", *common, "--reference", str(tmp_path / "bc.npz"),
-                 "--out", str(tmp_path / "dpo.npz"), "--seeds", "0", "1"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["out"] == [str(tmp_path / "dpo_seed0.npz"), str(tmp_path / "dpo_seed1.npz")]
-    assert len(summary["pref/val_accuracy"]) == 2
-    _, dpo_params, dpo_header = checkpoints.load_offline_policy(tmp_path / "dpo_seed1.npz")
-    assert dpo_header["meta"]["learner"]["beta"] == pytest.approx(0.1)
-    assert jax.tree.structure(dpo_params) == jax.tree.structure(params)
-    # A reference whose action dimension differs from the dataset's: a clear error.
-    data2 = tmp_path / "data2.npz"
-    dataset_io.save(data2, synthetic_dataset(act_dim=2), task="run")
-    code = main(["train", "dpo", *common[2:], "--dataset", str(data2),
-                 "--reference", str(tmp_path / "bc.npz"), "--out", str(tmp_path / "x.npz")])
-    assert code == 2 and "action dimension 2 differs" in capsys.readouterr().err
-    assert not (tmp_path / "x.npz").exists()
-    assert math.isfinite(bc_summary["bc/val_nll"][0])

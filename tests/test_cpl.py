@@ -160,7 +160,7 @@ def test_pre_squash_score_changes_the_cpl_loss_by_the_jacobian_offset():
     for jac in (True, False):
         config = cpl.CPLConfig(alpha=0.5, bias=1.0, squash_jacobian=jac)
         learner = cpl.make(config, net, optax.sgd(0.0))
-        state = learner.init(jax.random.key(0), batch, init_params=params)
+        state = learner.init(jax.random.key(0), batch).replace(params=params)
         _, metrics = learner.update(state, batch)
         losses[jac] = float(metrics["pref_loss"])
     l1, l2 = cpl.pair_log_probs(net, params, batch, squash_jacobian=False)
@@ -211,12 +211,13 @@ def test_dpo_starts_at_reference_with_loss_log2():
     policy = GaussianPolicy(action_dim=1, hidden=(8,), state_dependent_std=True)
     ref = policy.init(jax.random.key(2), batch.obs_1[0, 0])
     learner = cpl.make_dpo(cpl.DPOConfig(beta=0.5, bias=1.0), policy, optax.sgd(0.1))
-    state = learner.init(jax.random.key(3), batch, ref_params=ref)
+    state = learner.init(jax.random.key(3), batch)
+    with pytest.raises(ValueError, match="ref_params"):
+        learner.update(state, batch)
+    state = state.replace(params=ref, ref_params=ref)
     _, metrics = jax.jit(learner.update)(state, batch)
     # π = π_ref ⇒ every score is 0 ⇒ loss = −log σ(0) = log 2 for any label.
     assert float(metrics["pref_loss"]) == pytest.approx(math.log(2.0), abs=1e-6)
-    with pytest.raises(ValueError, match="ref_params"):
-        learner.init(jax.random.key(3), batch)
 
 
 def test_cpl_learns_preferred_action_function():
@@ -320,45 +321,6 @@ def test_config_checks():
 
 
 # ------------------------------------------------------------ the benchmark, end to end
-
-
-@pytest.mark.slow
-def test_bench_cpl_smoke(tmp_path, capsys):
-    """`prefrl bench cpl` on two untrained PPO checkpoints with tiny budgets, then --merge."""
-    import json
-
-    from prefrl.envs.tasks import make_task
-
-    from prefrl import checkpoints
-    from prefrl.bench import cpl as bench
-    from prefrl.learners import ppo
-
-    config = ppo.PPOConfig(policy_hidden=(8,), value_hidden=(8,))
-    learner = ppo.make(config, 17, 6, num_updates=1)
-    for i, steps in enumerate((1000, 2000, 2000)):  # the last two: same progress, one is kept
-        checkpoints.save_ppo(tmp_path / "experts" / "run" / f"c{i}.npz",
-                        learner.init(jax.random.key(i)), config=config, obs_dim=17, act_dim=6,
-                        num_updates=1, task=make_task("run").to_header(),
-                        progress={"env_steps": steps})
-    assert len(bench.find_checkpoints(str(tmp_path / "experts"), "run")) == 3
-    out = tmp_path / "cpl.json"
-    args = ["--experts-dir", str(tmp_path / "experts"), "--tasks", "run", "--data-dir",
-            str(tmp_path / "data"), "--out", str(out), "--seeds", "0", "1",
-            "--envs-per-policy", "2", "--steps-per-policy", "100", "--segment-length", "16",
-            "--stride", "16", "--budget", "40", "--num-steps", "20", "--bc-steps", "20",
-            "--log-every", "10", "--hidden", "8", "--eval-envs", "1", "--eval-steps", "20",
-            "--best-of", "3", "--max-progress", "1.0"]
-    assert bench.main(args) == 0
-    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(last["mean_return"]["run"]) == {"bc", "filtered_bc", "cpl", "cpl_bc", "dpo",
-                                              "cpl_partial_return", "best_of_1", "best_of_3"}
-    result = json.loads(out.read_text())
-    assert len(result["tasks"]["run"]["collection"]["checkpoints"]) == 2  # duplicates dropped
-    assert result["tasks"]["run"]["segments"] > 0
-    # Re-running the same task with --merge reuses the dataset and keeps one entry per task.
-    data = tmp_path / "data" / "cpl_run.npz"
-    assert bench.main([*args, "--datasets", f"run={data}", "--merge", "true"]) == 0
-    assert json.loads(out.read_text())["merged_runs"] == 2
 
 
 def test_query_weights_drop_zero_weight_queries():

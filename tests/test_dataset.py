@@ -5,6 +5,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from labelling_data import assert_same
 
 from prefrl.data import dataset as ds
 from prefrl.io import FileFormatError, save_npz
@@ -42,21 +43,6 @@ HEADER = dict(
     seeds={"partial_return": 1, "regret": 2},
     meta={"trajectory": "t.npz"},
 )
-
-
-def assert_same(a: PreferenceDataset, b: PreferenceDataset):
-    for field in ds.SEGMENT_FIELDS:
-        x, y = np.asarray(getattr(a.segments, field)), np.asarray(getattr(b.segments, field))
-        assert x.dtype == y.dtype, field
-        np.testing.assert_array_equal(x, y, err_msg=field)
-    np.testing.assert_array_equal(np.asarray(a.first), np.asarray(b.first))
-    np.testing.assert_array_equal(np.asarray(a.second), np.asarray(b.second))
-    assert a.labels.keys() == b.labels.keys()
-    for name in a.labels:
-        np.testing.assert_array_equal(np.asarray(a.labels[name]), np.asarray(b.labels[name]))
-        np.testing.assert_array_equal(
-            np.asarray(a.label_mask[name]), np.asarray(b.label_mask[name])
-        )
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -301,135 +287,3 @@ def test_import_flat_bad_label_value():
     arrays["label"] = np.array([0.0, 0.2, 1.0])
     with pytest.raises(FileFormatError, match="label holds 0.2"):
         ds.from_flat(arrays)
-
-
-# --- `prefrl label` end to end -----------------------------------------------------------------
-
-
-def write_tiny_trajectory(path, num_steps=30, num_envs=2, seed=0):
-    from prefrl.data.trajectories import save_trajectory
-    from prefrl.types import Trajectory
-
-    rng = np.random.default_rng(seed)
-    t, b = num_steps, num_envs
-    obs = rng.normal(size=(t + 1, b, 17)).astype(np.float32)
-    truncated = np.zeros((t, b), bool)
-    truncated[14, 1] = True  # column 1 resets after step 14
-    traj = Trajectory(
-        obs=obs[:-1],
-        action=rng.uniform(-1, 1, size=(t, b, 6)).astype(np.float32),
-        reward=rng.normal(size=(t, b)).astype(np.float32),
-        next_obs=obs[1:],
-        terminated=np.zeros((t, b), bool),
-        truncated=truncated,
-        x_velocity=rng.normal(size=(t, b)).astype(np.float32),
-        qpos=rng.normal(size=(t, b, 9)).astype(np.float32),
-        qvel=rng.normal(size=(t, b, 9)).astype(np.float32),
-    )
-    save_trajectory(path, traj, task="run")
-    return traj
-
-
-def fake_value_fn(obs):
-    # V_E(s) = first observation coordinate: enough to check the endpoint arithmetic.
-    return jnp.asarray(obs)[..., 0]
-
-
-def test_label_command_end_to_end(tmp_path, monkeypatch, capsys):
-    from prefrl import checkpoints, cli
-
-    # A stand-in critic: V(s) = obs[0], recorded with γ = 0.9.
-    monkeypatch.setattr(checkpoints, "load_value_fn", lambda path, obs_dim=None: fake_value_fn)
-    monkeypatch.setattr(checkpoints, "load_ppo", lambda path: (None, {"discount": 0.9}))
-    write_tiny_trajectory(tmp_path / "traj.npz")
-    out = tmp_path / "prefs.npz"
-    rc = cli.main([
-        "label", "--trajectory", str(tmp_path / "traj.npz"), "--output", str(out),
-        "--segment-length", "5", "--stride", "5", "--budget", "40", "--seed", "3",
-        "--oracles", "partial_return", "regret", "--expert", "expert.ckpt",
-        "--regret-discount", "0.9",
-    ])
-    assert rc == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["queries"] == 40
-    data, header = ds.load(out)
-    assert header["task"] == "run" and header["segment_length"] == 5
-    assert header["oracles"]["regret"]["discount"] == 0.9
-    seg = data.segments
-    reward = np.asarray(seg.reward, np.float64)
-    first, second = np.asarray(data.first), np.asarray(data.second)
-    assert np.all(first != second)
-    # Partial return (γ_p = 1, β = 0): label = 1 if Σ r¹ > Σ r², 0 if smaller.
-    pr = reward.sum(1)
-    np.testing.assert_array_equal(
-        np.asarray(data.labels["partial_return"]), (pr[first] > pr[second]).astype(np.float32)
-    )
-    # Regret endpoint form: Σ 0.9^t r_t + 0.9^5 V(s_5) − V(s_0), V = obs[0].
-    disc = 0.9 ** np.arange(5)
-    v0 = np.asarray(seg.obs[:, 0, 0], np.float64)
-    vk = np.asarray(seg.final_obs[:, 0], np.float64)
-    rg = reward @ disc + 0.9**5 * vk - v0
-    np.testing.assert_array_equal(
-        np.asarray(data.labels["regret"]), (rg[first] > rg[second]).astype(np.float32)
-    )
-    # No segment crosses column 1's reset after step 14.
-    assert all(
-        not (b == 1 and t < 15 < t + 5) for b, t in np.asarray(seg.source).tolist()
-    )
-
-
-def test_label_command_is_deterministic(tmp_path):
-    from prefrl.commands.label import LabelCommandConfig, run_config
-
-    write_tiny_trajectory(tmp_path / "traj.npz")
-    kwargs = dict(trajectory=str(tmp_path / "traj.npz"), segment_length=4, stride=2, budget=30,
-                  temperature=1.0, mistake_prob=0.1, seed=5)
-    run_config(LabelCommandConfig(output=str(tmp_path / "a.npz"), **kwargs))
-    run_config(LabelCommandConfig(output=str(tmp_path / "b.npz"), **kwargs))
-    a, _ = ds.load(tmp_path / "a.npz")
-    b, _ = ds.load(tmp_path / "b.npz")
-    assert_same(a, b)
-
-
-def test_label_command_regret_without_expert_is_a_clear_error(tmp_path, capsys):
-    from prefrl import cli
-
-    write_tiny_trajectory(tmp_path / "traj.npz")
-    rc = cli.main([
-        "label", "--trajectory", str(tmp_path / "traj.npz"), "--output",
-        str(tmp_path / "o.npz"), "--oracles", "regret", "--segment-length", "5",
-    ])
-    assert rc == 2
-    assert "regret oracle needs an expert critic: pass --expert PATH" in capsys.readouterr().err
-    assert not (tmp_path / "o.npz").exists()
-
-
-def test_label_config_rejects_unknown_oracle():
-    from prefrl.data.labelling import LabelConfig
-
-    with pytest.raises(ValueError, match=r"unknown oracle\(s\) \['human'\]"):
-        LabelConfig(oracles=("human",))
-
-
-def test_label_command_same_start_pairing(tmp_path):
-    from prefrl.data.labelling import LabelConfig, label_pool
-    from prefrl.data.segments import segment
-
-    traj = write_tiny_trajectory(tmp_path / "traj.npz")
-    # Column 1 replays column 0's physics states (as if branched from the same resets).
-    qpos = np.asarray(traj.qpos).copy()
-    qvel = np.asarray(traj.qvel).copy()
-    qpos[:, 1], qvel[:, 1] = qpos[:, 0], qvel[:, 0]
-    traj = traj.replace(qpos=qpos, qvel=qvel)
-    pool = segment(traj, 5, 5)
-    config = LabelConfig(budget=50, pairing="same_start", segment_length=5, stride=5)
-    data, _ = label_pool(config, pool)
-    seg = data.segments
-    first, second = np.asarray(data.first), np.asarray(data.second)
-    np.testing.assert_array_equal(np.asarray(seg.qpos)[first, 0], np.asarray(seg.qpos)[second, 0])
-    src = np.asarray(seg.source)
-    # Matching starts come from the two columns at the same start time.
-    assert np.all(src[first, 1] == src[second, 1]) and np.all(src[first, 0] != src[second, 0])
-    # Starts in both columns: 0, 5, 10, 15, 20, 25 (column 1's reset after step 14 ends the
-    # segment at 10 exactly and restarts the grid at 15), so 6 matching pairs.
-    assert len(first) == 6

@@ -148,7 +148,7 @@ def test_popart_rescale_preserves_values(rng):
     obs = jnp.asarray(rng.normal(size=(9, OBS_DIM)), jnp.float32)
     before = acting.value(state, obs)
     new_stats = ppo.RunningStats(mean=jnp.array(5.0), var=jnp.array(16.0), count=jnp.array(10.0))
-    params = ppo._popart_rescale(state.value_params, state.return_stats, new_stats)
+    params = ppo.popart_rescale(state.value_params, state.return_stats, new_stats)
     after = acting.value(state.replace(value_params=params, return_stats=new_stats), obs)
     np.testing.assert_allclose(np.asarray(after), np.asarray(before), rtol=1e-5, atol=1e-5)
 

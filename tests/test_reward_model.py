@@ -11,7 +11,10 @@ import pytest
 from _readme import readme_example
 
 from prefrl import checkpoints, evaluation
+from prefrl.bench import reward as reward_bench
+from prefrl.data import pairs as pair_data
 from prefrl.learners import reward_model as rm
+from prefrl.loops import active
 from prefrl.loops import fit as reward_fit
 from prefrl.studies import two_by_two as study
 
@@ -46,7 +49,7 @@ def member(tree, m):
 EQ_CFG = small_config(l2=0.01, label_smoothing=0.1)
 # A coupling transform (global-norm clipping) must still act per member.
 EQ_OPT = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(1e-2))
-EQ_LEARNER = rm.make(EQ_CFG, EQ_OPT)
+EQ_LEARNER = rm.make(EQ_CFG, optimizer=EQ_OPT)
 EQ_UPDATE = jax.jit(EQ_LEARNER.update)
 
 
@@ -59,7 +62,7 @@ def eq_batch(size=10):
 
 def test_ensemble_update_equals_separate_member_updates():
     batch = eq_batch()
-    single = rm.make(dataclass_replace(EQ_CFG, ensemble_size=1), EQ_OPT)
+    single = rm.make(dataclass_replace(EQ_CFG, ensemble_size=1), optimizer=EQ_OPT)
     single_update = jax.jit(single.update)
     state = EQ_LEARNER.init(jax.random.key(0), batch)
     for _ in range(2):  # two steps, so Adam's moments matter too
@@ -142,6 +145,7 @@ def fast_fit_config(**kw):
 
 # One compiled fit shared by the tests below (compiling is the slow part on CPU).
 FIT_CFG = fast_fit_config()
+FIT_MODEL = rm.model(FIT_CFG)
 _FIT = jax.jit(lambda key, train, valid: reward_fit.fit(key, FIT_CFG, train, valid))
 TINY_CFG = fast_fit_config(num_steps=10, eval_every=5, hidden=(8,), ensemble_size=3)
 
@@ -171,17 +175,17 @@ def test_learns_true_reward_from_2000_labels(synth, fitted):
     reward_fit.check_finite(fitted.metrics)
     state = fitted.state
     on = np.asarray(data.mask) > 0
-    learned = rm.reward_fn(state)(jnp.asarray(data.obs), jnp.asarray(data.action))
+    learned = rm.reward_fn(FIT_MODEL, state)(jnp.asarray(data.obs), jnp.asarray(data.action))
     rho = evaluation.pearson(np.asarray(learned)[on], data.reward[on])
     assert rho > 0.95, rho
     # Output normalisation: r̂ has mean 0, std 1 over the training steps.
-    train_vals = np.asarray(rm.reward_fn(state)(
+    train_vals = np.asarray(rm.reward_fn(FIT_MODEL, state)(
         jnp.concatenate([train.obs_1, train.obs_2]), jnp.concatenate([train.action_1,
                                                                        train.action_2])))
     np.testing.assert_allclose([train_vals.mean(), train_vals.std()], [0.0, 1.0], atol=1e-3)
     # Early stopping kept each member's best validation loss.
     best = np.asarray(fitted.metrics["valid_loss"]).min(axis=0)
-    np.testing.assert_allclose(rm.evaluate(state, test)["loss"], best, rtol=1e-4)
+    np.testing.assert_allclose(rm.evaluate(FIT_MODEL, state, test)["loss"], best, rtol=1e-4)
     assert np.all(np.asarray(fitted.metrics["best_step"]) % FIT_CFG.eval_every == 0)
 
 
@@ -208,6 +212,7 @@ def test_fit_vmaps_over_seeds(synth):
 def test_warm_members_share_init_and_reward_fn_uses_averaged_weights():
     batch = random_batch(jax.random.key(4))
     cfg = small_config(combine="warm")
+    model = rm.model(cfg)
     state = rm.make(cfg).init(jax.random.key(0), batch)
     k0 = state.params["params"]["Dense_0"]["kernel"]
     np.testing.assert_array_equal(k0[0], k0[2])
@@ -216,11 +221,11 @@ def test_warm_members_share_init_and_reward_fn_uses_averaged_weights():
     params = jax.tree.map(lambda p: p + shift.reshape((3,) + (1,) * (p.ndim - 1)), state.params)
     state = state.replace(params=params)
     averaged = state.replace(params=rm.combined_params(state))
-    expected = rm.member_outputs(averaged, batch.obs_1, batch.action_1)[0]
-    np.testing.assert_allclose(rm.reward_fn(state)(batch.obs_1, batch.action_1), expected,
+    expected = rm.member_outputs(model, averaged, batch.obs_1, batch.action_1)[0]
+    np.testing.assert_allclose(rm.reward_fn(model, state)(batch.obs_1, batch.action_1), expected,
                                rtol=1e-5, atol=1e-6)
     # …which is not the mean of the members' outputs (the network is nonlinear).
-    mean_of_members = rm.member_outputs(state, batch.obs_1, batch.action_1).mean(0)
+    mean_of_members = rm.member_outputs(model, state, batch.obs_1, batch.action_1).mean(0)
     assert not np.allclose(expected, mean_of_members, atol=1e-3)
 
 
@@ -229,11 +234,11 @@ def test_ensemble_preferences_feed_select_queries(synth, fitted):
 
     data, train, _ = synth
     state = fitted.state
-    probs = rm.ensemble_preferences(state, train)
+    probs = active.ensemble_preferences(FIT_MODEL, state, train)
     assert probs.shape == (2, 2000) and np.all((probs >= 0) & (probs <= 1))
     segs = type("Pool", (), dict(obs=data.obs, action=data.action, mask=data.mask))
     first, second = data.train
-    score_fn = rm.pool_score_fn(state, segs, chunk=1000)
+    score_fn = active.pool_score_fn(FIT_MODEL, state, segs, chunk=1000)
     np.testing.assert_allclose(score_fn(first, second), probs, rtol=1e-5, atol=1e-6)
     f, s = select_queries(jax.random.key(1), (first, second), 10, score_fn, "disagreement")
     var = np.var(np.asarray(probs), axis=0)
@@ -265,11 +270,14 @@ def test_active_rounds_ask_each_query_once():
 def test_save_load_roundtrip(tmp_path, synth, fitted):
     _, _, batch = synth
     state = fitted.state
-    path = checkpoints.save_reward_model(tmp_path / "model.npz", state, {"note": "x"})
-    loaded, header = checkpoints.load_reward_model(path)
+    path = checkpoints.save_reward_model(tmp_path / "model.npz", FIT_MODEL, state, obs_dim=6,
+                                         act_dim=2, segment_length=10, extra={"note": "x"})
+    (model, loaded), header = checkpoints.load_reward_model(path)
     assert header["extra"] == {"note": "x"} and header["segment_length"] == 10
-    np.testing.assert_allclose(rm.reward_fn(loaded)(batch.obs_2, batch.action_2),
-                               rm.reward_fn(state)(batch.obs_2, batch.action_2), rtol=1e-6)
+    assert model == FIT_MODEL
+    np.testing.assert_allclose(rm.reward_fn(model, loaded)(batch.obs_2, batch.action_2),
+                               rm.reward_fn(FIT_MODEL, state)(batch.obs_2, batch.action_2),
+                               rtol=1e-6)
     from prefrl.io import FileFormatError
 
     (tmp_path / "bad.npz").write_bytes(path.read_bytes()[:100])
@@ -285,25 +293,26 @@ def test_save_load_roundtrip(tmp_path, synth, fitted):
 def test_dataset_model_mismatch_errors():
     learner = rm.make(small_config())
     state = learner.init(jax.random.key(0), random_batch(jax.random.key(1)))
-    with pytest.raises(ValueError, match="observation size mismatch.*obs_dim 5.*built for 3"):
+    with pytest.raises(ValueError, match=r"input size mismatch.*act_dim 2 = 7.*takes 5"):
         learner.update(state, random_batch(jax.random.key(1), obs=5))
-    with pytest.raises(ValueError, match="segment length mismatch.*length 7.*length 4"):
-        learner.update(state, random_batch(jax.random.key(1), length=7))
-    with pytest.raises(ValueError, match="action size mismatch"):
-        rm.ensemble_preferences(state, random_batch(jax.random.key(1), act=1))
+    with pytest.raises(ValueError, match="input size mismatch"):
+        active.ensemble_preferences(rm.model(small_config()), state,
+                                random_batch(jax.random.key(1), act=1))
+    # The model is per step: segments of another length fit.
+    learner.update(state, random_batch(jax.random.key(1), length=7))
 
 
 def test_empty_and_single_class_labels_error():
     with pytest.raises(ValueError, match="empty label set"):
-        rm.validate_pairs(random_batch(jax.random.key(0), size=0))
+        pair_data.validate(random_batch(jax.random.key(0), size=0))
     with pytest.raises(ValueError, match="single-class label set.*all 12 labels are 1"):
-        rm.validate_pairs(random_batch(jax.random.key(0), label=jnp.ones(12)))
+        pair_data.validate(random_batch(jax.random.key(0), label=jnp.ones(12)))
     with pytest.raises(ValueError, match=r"labels must be finite values in \[0, 1\]"):
-        rm.validate_pairs(random_batch(jax.random.key(0), label=jnp.full(12, 2.0)))
+        pair_data.validate(random_batch(jax.random.key(0), label=jnp.full(12, 2.0)))
     skipped = random_batch(jax.random.key(0))._replace(weight=jnp.zeros(12))
     with pytest.raises(ValueError, match="weight 0"):
-        rm.validate_pairs(skipped)
-    rm.validate_pairs(random_batch(jax.random.key(0)))  # a good batch passes
+        pair_data.validate(skipped)
+    pair_data.validate(random_batch(jax.random.key(0)))  # a good batch passes
 
 
 def test_nan_run_names_step_and_metric(synth):
@@ -328,7 +337,7 @@ def test_analytic_flops_count():
     # in 5 -> 4 -> 1, M = 2, 3 pairs, k = 2: MACs/row 20 + 4 = 24; per row
     # fwd 48 + weight grads 48 + input grad of layer 2: 8 = 104; rows 2·3·2·2 = 24.
     cfg = rm.RewardModelConfig(hidden=(4,), ensemble_size=2)
-    assert rm.analytic_update_flops(cfg, 5, 3, 2) == 104 * 24
+    assert reward_bench.analytic_update_flops(cfg, 5, 3, 2) == 104 * 24
 
 
 README_EXAMPLE = readme_example("reward_model")
@@ -368,51 +377,3 @@ def write_dataset(path, *, length=10, obs_dim=6, num_queries=200, single_class=F
                            second=data.train[1].astype(np.int32), labels=labels,
                            label_mask={name: np.ones(num_queries, bool) for name in labels})
     return dataset_io.save(path, ds, task="run")
-
-
-def test_fit_command_writes_model_and_json(tmp_path, capsys):
-    import json
-
-    from prefrl.cli import main
-
-    data = write_dataset(tmp_path / "d.npz")
-    out, metrics = tmp_path / "m.npz", tmp_path / "m.json"
-    code = main(["fit", "--dataset", str(data), "--label", "regret", "--assumption", "regret",
-                 "--discount", "0.9", "--out", str(out), "--metrics", str(metrics), *CLI_MODEL])
-    assert code == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["assumption"] == "regret" and summary["num_train"] == 180
-    assert summary["num_valid"] == 20 and len(summary["valid_accuracy"]) == 2
-    assert json.loads(metrics.read_text()) == summary
-    state, header = checkpoints.load_reward_model(out)
-    assert state.config.assumption == "regret" and header["obs_dim"] == 6
-
-
-def test_fit_command_errors(tmp_path, capsys):
-    from prefrl.cli import main
-
-    # A model for obs 6, length 10 (as `prefrl fit` on such data would write; no fit needed).
-    example = rm.PairBatch(jnp.zeros((1, 10, 6)), jnp.zeros((1, 10, 2)), jnp.ones((1, 10)),
-                           jnp.zeros((1, 10, 6)), jnp.zeros((1, 10, 2)), jnp.ones((1, 10)),
-                           jnp.ones((1,)))
-    cfg = rm.RewardModelConfig(hidden=(8,), ensemble_size=2)
-    model = checkpoints.save_reward_model(tmp_path / "m.npz",
-                                          rm.make(cfg).init(jax.random.key(0), example))
-    # Warm-starting from a model built for another observation size / segment length.
-    for name, kw, message in (("obs", dict(obs_dim=4), "observation size mismatch"),
-                              ("len", dict(length=7), "segment length mismatch")):
-        other = write_dataset(tmp_path / f"{name}.npz", **kw)
-        code = main(["fit", "--dataset", str(other), "--init", str(model),
-                     "--out", str(tmp_path / "x.npz"), *CLI_MODEL])
-        assert code == 2 and message in capsys.readouterr().err
-    single = write_dataset(tmp_path / "single.npz", single_class=True)
-    assert main(["fit", "--dataset", str(single), "--out", str(tmp_path / "s.npz"),
-                 *CLI_MODEL]) == 2
-    assert "single-class label set" in capsys.readouterr().err
-    # A diverging run names step and metric and leaves no model file behind
-    # (observations of size 1e30 overflow float32 in the first layer).
-    huge = write_dataset(tmp_path / "huge.npz", obs_scale=1e30)
-    diverge = tmp_path / "nan.npz"
-    assert main(["fit", "--dataset", str(huge), "--out", str(diverge), *CLI_MODEL]) == 2
-    err = capsys.readouterr().err
-    assert "became non-finite at step" in err and not diverge.exists()

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prefrl import checkpoints, oracles
+from prefrl.data import pairs
 from prefrl.data.queries import uniform_pairs
 from prefrl.data.segments import segment
 from prefrl.evaluation import pearson
@@ -71,14 +72,17 @@ def main() -> int:
 
     num_valid = args.queries // 10
     train, valid = batch(np.arange(num_valid, args.queries)), batch(np.arange(num_valid))
-    reward_model.validate_pairs(train)
+    pairs.validate(train)
     config = reward_model.RewardModelConfig(hidden=(64, 64), num_steps=args.fit_steps)
     result = reward_fit.fit(fit_key, config, train, valid)
     reward_fit.check_finite(result.metrics)
     state = result.state
-    checkpoints.save_reward_model(out / "rm.npz", state, extra={"task": args.task,
-                                                    "snapshots": [str(s) for s in snapshots]})
-    r_hat = reward_model.reward_fn(state)
+    model = reward_model.model(config)
+    checkpoints.save_reward_model(
+        out / "rm.npz", model, state, obs_dim=int(obs.shape[-1]), act_dim=int(action.shape[-1]),
+        segment_length=int(obs.shape[1]),
+        extra={"task": args.task, "snapshots": [str(s) for s in snapshots]})
+    r_hat = reward_model.reward_fn(model, state)
     flat_obs = jnp.asarray(np.asarray(traj.obs).reshape(-1, traj.obs.shape[-1]))
     flat_act = jnp.asarray(np.asarray(traj.action).reshape(-1, traj.action.shape[-1]))
     corr = pearson(np.asarray(r_hat(flat_obs, flat_act)), np.asarray(traj.reward).reshape(-1))

@@ -9,7 +9,7 @@ Measured in the same run:
 * ``pairs_per_s`` — queries per second through ``jax.jit(update)`` (state
   buffers donated), best of ``--repeats`` timed calls after a warm-up;
 * ``update_gflops_per_s`` — FLOPs of the update counted **analytically** from
-  the matmuls (``reward_model.analytic_update_flops``: forward, weight
+  the matmuls (``analytic_update_flops``: forward, weight
   gradients, input gradients of all but the first layer; elementwise work
   not counted) divided by the best time. XLA's cost analysis is reported too
   (``xla_cost_analysis_gflop``) but not used: it counts a ``lax.scan`` body
@@ -40,6 +40,22 @@ from prefrl.io import atomic_write_json
 from prefrl.learners import reward_model as rm
 
 RESULTS = Path("experiments/bench/results/reward.json")
+
+
+def analytic_update_flops(config: rm.RewardModelConfig, in_dim: int, num_pairs: int,
+                          length: int) -> float:
+    """FLOPs of one :func:`make` ``update`` counted from the matmuls (2 per MAC).
+
+    Forward: Σ_layers 2 n_in n_out per row; backward: the weight gradient of
+    every layer (same count) plus the input gradient of every layer but the
+    first (inputs are data). Rows = M × pairs × 2 segments × k steps.
+    Elementwise work (activations, Adam) is not counted.
+    """
+    sizes = [in_dim, *(int(h) for h in config.hidden), 1]
+    macs = [a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    per_row = 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
+    rows = int(config.ensemble_size) * num_pairs * 2 * length
+    return float(per_row * rows)
 
 
 def _best_time(fn, repeats: int) -> tuple[float, list[float]]:
@@ -95,7 +111,7 @@ def update_rate(config: rm.RewardModelConfig, batch: rm.PairBatch, repeats: int
     jax.block_until_ready(step())  # warm-up
     best, times = _best_time(step, repeats)
     length, obs_dim, act_dim = batch.obs_1.shape[1], batch.obs_1.shape[2], batch.action_1.shape[2]
-    flops = rm.analytic_update_flops(config, obs_dim + act_dim, batch.size, length)
+    flops = analytic_update_flops(config, obs_dim + act_dim, batch.size, length)
     return {
         "seconds": best,
         "times": [round(t, 4) for t in times],

@@ -70,10 +70,8 @@ def _behaviour_policy(config: CollectConfig, act_dim: int) -> tuple[Any, dict[st
 
     if config.checkpoint is None:
         return random_policy(act_dim), {"policy": "uniform_random"}
-    try:
-        from prefrl.checkpoints import load_policy
-    except ImportError as err:  # pragma: no cover - depends on the installed package
-        raise ValueError(f"--checkpoint needs prefrl.checkpoint ({err})") from err
+    from prefrl.checkpoints import load_policy
+
     policy_fn, _ = load_policy(config.checkpoint, deterministic=config.deterministic)
     return policy_fn, {
         "policy": "checkpoint",

@@ -100,16 +100,16 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
 
     start = time.perf_counter()
     ds, header = dataset_io.load(config.dataset)
-    batch = rm.pair_batch_from_dataset(ds, config.label)
-    rm.validate_pairs(batch, what=f"{config.dataset} labels {config.label!r}")
+    batch = pairs.from_dataset(ds, config.label)
+    pairs.validate(batch, what=f"{config.dataset} labels {config.label!r}")
     train, valid = split_queries(batch, config.valid_fraction, config.seed)
     key_fit = jax.random.key(config.seed)
-    rm.validate_pairs(train, what=f"{config.dataset} training split")
+    pairs.validate(train, what=f"{config.dataset} training split")
     init_params = None
     if config.init:
-        init_state, _ = checkpoints.load_reward_model(config.init)
+        (_, init_state), init_header = checkpoints.load_reward_model(config.init)
         try:
-            rm.check_compatible(init_state, train)
+            checkpoints.check_reward_model_fits(init_header, train, config.init)
         except ValueError as err:
             raise ValueError(f"--init {config.init} does not fit {config.dataset}: {err}") from err
         init_params = init_state.params
@@ -130,15 +130,17 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
         "reward_std": float(state.reward_std),
     }
     if valid is not None:
-        v = rm.evaluate(state, valid)
+        v = rm.evaluate(rm.model(model_config), state, valid)
         summary.update(
             valid_loss=[float(x) for x in v["loss"]],
             valid_accuracy=[float(x) for x in v["accuracy"]],
             best_step=[int(x) for x in metrics["best_step"]],
         )
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    path = checkpoints.save_reward_model(config.out, state,
-                                         {"fit": summary, "seed": config.seed})
+    length, obs_dim, act_dim = train.obs_1.shape[1], train.obs_1.shape[2], train.action_1.shape[2]
+    path = checkpoints.save_reward_model(
+        config.out, rm.model(model_config), state, obs_dim=obs_dim, act_dim=act_dim,
+        segment_length=length, extra={"fit": summary, "seed": config.seed})
     summary["model"] = str(path)
     if config.metrics:
         io.atomic_write_json(config.metrics, summary)

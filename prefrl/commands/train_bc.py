@@ -6,28 +6,22 @@ Labels are not used (``--label`` only picks the held-out queries on which
 the implicit preference accuracy of Σ log π is reported).
 """
 
+
 from __future__ import annotations
 
 import argparse
-import json
 
 from prefrl import config as config_lib
+from prefrl.commands.offline_args import add_offline_parser, run_offline
 from prefrl.learners import bc
-from prefrl.loops import offline
+from prefrl.studies import train_offline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bc", help="behaviour cloning (the reference policy), offline",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config_lib.add_dataclass_args(p, offline.PolicyRunConfig)
-    config_lib.add_dataclass_args(p, offline.TrainConfig)
-    config_lib.add_dataclass_args(p, bc.BCConfig)
-    p.set_defaults(func=run)
+    add_offline_parser(sub, "bc", "behaviour cloning (the reference policy), offline",
+                       __doc__, train_offline.PolicyRunConfig, bc.BCConfig, run)
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = offline.run("bc", config_lib.from_args(offline.PolicyRunConfig, args),
-                          config_lib.from_args(offline.TrainConfig, args),
-                          config_lib.from_args(bc.BCConfig, args))
-    print(json.dumps(summary))
-    return 0
+    return run_offline(args, "bc", train_offline.PolicyRunConfig,
+                       config_lib.from_args(bc.BCConfig, args))

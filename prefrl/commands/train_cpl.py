@@ -7,29 +7,23 @@ Trains offline (``prefrl.loops.offline``), evaluates the true return on the
 dataset's task, saves one policy per seed and prints a JSON summary line.
 """
 
+
 from __future__ import annotations
 
 import argparse
-import json
 
 from prefrl import config as config_lib
+from prefrl.commands.offline_args import add_offline_parser, run_offline
 from prefrl.learners import cpl
-from prefrl.loops import offline
+from prefrl.studies import train_offline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cpl", help="Contrastive Preference Learning (CPL / CPL-BC), offline",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config_lib.add_dataclass_args(p, offline.PolicyRunConfig)
-    config_lib.add_dataclass_args(p, offline.TrainConfig)
-    config_lib.add_dataclass_args(p, cpl.CPLConfig)
-    p.set_defaults(func=run)
+    add_offline_parser(sub, "cpl", "Contrastive Preference Learning (CPL / CPL-BC), offline",
+                       __doc__, train_offline.PolicyRunConfig, cpl.CPLConfig, run)
 
 
 def run(args: argparse.Namespace) -> int:
     learner_config = config_lib.from_args(cpl.CPLConfig, args)
     algo = "cpl_bc" if learner_config.bc_weight > 0 else "cpl"
-    summary = offline.run(algo, config_lib.from_args(offline.PolicyRunConfig, args),
-                          config_lib.from_args(offline.TrainConfig, args), learner_config)
-    print(json.dumps(summary))
-    return 0
+    return run_offline(args, algo, train_offline.PolicyRunConfig, learner_config)

@@ -157,12 +157,13 @@ def split_by_segments(key: Array, num_segments: int, first: np.ndarray, second: 
 
 
 def validate(batch: PairBatch, *, what: str = "dataset") -> None:
-    """Host-side value checks where data enters (not jittable).
+    """Host-side shape (:func:`dims`) and value checks where data enters (not jittable).
 
-    Raises ``ValueError`` for an empty set, non-finite observations/actions,
+    Raises ``ValueError`` for mis-shaped arrays, an empty set, non-finite observations/actions,
     labels outside [0, 1], or a single-class label set (every label equal:
     the BT model has no finite optimum and learns nothing about the reward).
     """
+    dims(batch)
     if batch.size == 0:
         raise ValueError(f"{what}: no labelled queries (empty label set)")
     label = np.asarray(batch.label, np.float64)
@@ -183,5 +184,34 @@ def validate(batch: PairBatch, *, what: str = "dataset") -> None:
             raise ValueError(f"{what}: {name} contains NaN or inf")
 
 
-__all__ = ["Pool", "from_dataset", "gather", "split", "split_by_segments", "subset", "take",
+def dims(batch: PairBatch) -> tuple[int, int, int]:
+    """``(segment length, obs_dim, act_dim)`` of a batch; shape errors are ``ValueError`` s."""
+    if batch.obs_1.ndim != 3 or batch.obs_2.ndim != 3:
+        raise ValueError(
+            f"obs_1/obs_2 must be [B, k, obs_dim], got {batch.obs_1.shape} and {batch.obs_2.shape}"
+        )
+    if batch.obs_1.shape != batch.obs_2.shape:
+        raise ValueError(f"obs_1 {batch.obs_1.shape} and obs_2 {batch.obs_2.shape} differ")
+    if batch.action_1.shape != batch.action_2.shape or batch.action_1.ndim != 3:
+        raise ValueError(
+            f"action_1/action_2 must be equal [B, k, act_dim], got {batch.action_1.shape} "
+            f"and {batch.action_2.shape}"
+        )
+    size, length, obs_dim = batch.obs_1.shape
+    if batch.action_1.shape[:2] != (size, length):
+        raise ValueError(
+            f"actions {batch.action_1.shape} do not match observations {batch.obs_1.shape}"
+        )
+    for name in ("mask_1", "mask_2"):
+        if getattr(batch, name).shape != (size, length):
+            raise ValueError(f"{name} must be [B, k] = {(size, length)}, got "
+                             f"{getattr(batch, name).shape}")
+    if batch.label.shape != (size,):
+        raise ValueError(f"label must be [B] = ({size},), got {batch.label.shape}")
+    if batch.weight is not None and batch.weight.shape[-1:] != (size,):
+        raise ValueError(f"weight must be [B] or [M, B] with B = {size}, got {batch.weight.shape}")
+    return length, obs_dim, batch.action_1.shape[2]
+
+
+__all__ = ["Pool", "dims", "from_dataset", "gather", "split", "split_by_segments", "subset", "take",
            "validate"]

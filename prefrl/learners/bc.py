@@ -27,7 +27,7 @@ from flax import struct
 
 from prefrl import config as config_lib
 from prefrl.learners import Learner
-from prefrl.networks import tanh_gaussian_log_prob
+from prefrl.networks import GaussianPolicy, tanh_gaussian_log_prob
 
 Array = jax.Array
 Params = Any
@@ -74,19 +74,34 @@ def nll_loss(logp_t: Array, mask_t: Array) -> Array:
     return -jnp.sum(jnp.where(m > 0, logp_t, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-def make(config: BCConfig, network: nn.Module, optimizer: optax.GradientTransformation) -> Learner:
+def default_network(action_dim: int, hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
+    """A tanh-squashed Gaussian policy with a state-dependent standard deviation."""
+    return GaussianPolicy(action_dim=int(action_dim), hidden=tuple(hidden),
+                          state_dependent_std=True)
+
+
+def default_optimizer(learning_rate: float = 3e-4) -> optax.GradientTransformation:
+    """Adam; the learning rate is injected (an array in the optimiser state, so
+    ``jax.vmap`` over states with different learning rates works)."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+
+
+def make(config: BCConfig, network: nn.Module,
+         optimizer: optax.GradientTransformation | None = None) -> Learner[BCState, Batch]:
     """Behaviour-cloning learner.
 
     Args:
       config: :class:`BCConfig`.
-      network: a ``prefrl.networks.GaussianPolicy``.
-      optimizer: any optax transform.
+      network: a ``prefrl.networks.GaussianPolicy`` (e.g. :func:`default_network`).
+      optimizer: any optax transform; default :func:`default_optimizer`.
 
     Returns:
       ``Learner(init, update)``: ``init(key, example_batch) -> BCState``;
       ``update(state, batch) -> (state, metrics)`` with metrics ``loss``,
       ``nll`` (mean −log π over unmasked steps), ``log_std`` (mean), ``grad_norm``.
     """
+
+    optimizer = default_optimizer() if optimizer is None else optimizer
 
     def loss_fn(params: Params, batch: Batch) -> tuple[Array, dict[str, Array]]:
         mean, log_std = network.apply(params, batch.obs)

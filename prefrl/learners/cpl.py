@@ -33,17 +33,10 @@ on the box including the Jacobian of the squashing,
 exactly ±1 are pulled inside by ``prefrl.networks.ACTION_EPS`` so their
 log-density stays finite. CPL's usual choice is ``state_dependent_std=True``.
 
-**Which density scores a segment** (``CPLConfig.squash_jacobian``). The box
-density is ``log N(atanh a; μ, σ) + J(a)`` with ``J(a) = −Σ_i log(1 − a_i²)``,
-a term of the action alone. It has no gradient, but in CPL's score
-``S_i = α Σ_t γ^t log π`` it adds a fixed offset ``α Σ_t γ^t J(a_t)`` per
-segment — an implicit "reward" for large-magnitude actions that the labels do
-not contain and no policy can change, which the preference loss then has to
-fight by distorting the Gaussian part. ``squash_jacobian=False`` scores with
-``log N(atanh a; μ, σ)`` instead: the same policy, its max-ent advantage taken
-with entropy measured on the pre-squash action. Gradients of each ``S_i`` are
-identical; only the per-segment offsets go. (For DPO the term cancels in
-``log π − log π_ref``.) The default keeps the box density.
+**Which density scores a segment** (``CPLConfig.squash_jacobian``): the box
+density, or the Gaussian density of ``atanh(a)``, which drops the tanh
+Jacobian's per-segment offset (docs/design.md §4, "CPL's score and the tanh
+Jacobian"). Gradients are identical; the default keeps the box density.
 
 Shapes: a :class:`PairBatch` holds ``B`` queries of two segments of length
 ``k``: ``obs_i [B, k, obs]``, ``action_i [B, k, act]``, ``mask_i [B, k]``,
@@ -66,7 +59,7 @@ from flax import struct
 from prefrl import config as config_lib
 from prefrl import evaluation
 from prefrl.learners import Learner
-from prefrl.networks import ACTION_EPS, tanh_gaussian_log_prob
+from prefrl.networks import ACTION_EPS, GaussianPolicy, tanh_gaussian_log_prob
 from prefrl.preference import bt_loss, regret_score
 from prefrl.types import PairBatch
 
@@ -257,9 +250,7 @@ def _check_common(bias: float, discount: float, bc_weight: float) -> None:
         raise ValueError(f"bc_weight must be >= 0, got {bc_weight}")
 
 
-# ---------------------------------------------------------------- data and state
-
-
+# ---------------------------------------------------------------- state
 
 
 @struct.dataclass
@@ -429,31 +420,23 @@ def _make(
         metrics.update(preference_metrics(s_1, s_2, batch.label))
         return loss, metrics
 
-    def init(key: Array, example_batch: PairBatch, init_params: Params = None,
-             ref_params: Params = None) -> CPLState:
-        """``init(key, example_batch, init_params=None, ref_params=None) -> CPLState``.
+    def init(key: Array, example_batch: PairBatch) -> CPLState:
+        """A randomly initialised policy; the example batch fixes the shapes.
 
-        ``init_params`` (e.g. a BC-pretrained policy) replaces the random
-        initialisation. Contrastive DPO needs ``ref_params`` (π_ref) and starts
-        from it when ``init_params`` is None.
+        Start from given parameters (e.g. BC pre-training) with
+        ``state.replace(params=p, opt_state=optimizer.init(p))``; contrastive
+        DPO needs π_ref: ``state.replace(ref_params=ref)`` (and usually
+        ``params=ref``: training starts at π_ref).
         """
-        if use_reference and ref_params is None:
-            raise ValueError("contrastive DPO needs ref_params (the frozen BC policy π_ref)")
-        if not use_reference and ref_params is not None:
-            raise ValueError("CPL takes no ref_params; use make_dpo for a reference policy")
-        if init_params is None:
-            init_params = (
-                ref_params if use_reference else network.init(key, example_batch.obs_1[0, 0])
-            )
-        return CPLState(
-            params=init_params,
-            opt_state=optimizer.init(init_params),
-            step=jnp.zeros((), jnp.int32),
-            ref_params=ref_params if use_reference else None,
-        )
+        params = network.init(key, example_batch.obs_1[0, 0])
+        return CPLState(params=params, opt_state=optimizer.init(params),
+                        step=jnp.zeros((), jnp.int32))
 
     def update(state: CPLState, batch: PairBatch) -> tuple[CPLState, dict[str, Array]]:
         """One gradient step on a :class:`PairBatch`; returns ``(state, metrics)``."""
+        if use_reference and state.ref_params is None:
+            raise ValueError("contrastive DPO needs π_ref: set it with "
+                             "state.replace(ref_params=…) (a frozen BC policy)")
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.ref_params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -464,20 +447,35 @@ def _make(
     return Learner(init=init, update=update)
 
 
-def make(config: CPLConfig, policy_network: nn.Module, optimizer: optax.GradientTransformation
-         ) -> Learner:
+def default_network(action_dim: int, hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
+    """CPL's policy: a tanh-squashed Gaussian with a state-dependent standard deviation."""
+    return GaussianPolicy(action_dim=int(action_dim), hidden=tuple(hidden),
+                          state_dependent_std=True)
+
+
+def default_optimizer(learning_rate: float = 1e-4) -> optax.GradientTransformation:
+    """Adam at CPL's 1e-4; the learning rate is injected (an array in the optimiser state,
+    so ``jax.vmap`` over states with different learning rates works)."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+
+
+def make(config: CPLConfig, policy_network: nn.Module,
+         optimizer: optax.GradientTransformation | None = None
+         ) -> Learner[CPLState, PairBatch]:
     """CPL / CPL-BC learner over :class:`PairBatch` es.
 
     Args:
       config: :class:`CPLConfig` (``bc_weight > 0`` gives CPL-BC).
-      policy_network: a ``prefrl.networks.GaussianPolicy`` (tanh-squashed).
-      optimizer: any optax transform (CPL uses Adam, lr 1e-4).
+      policy_network: a ``prefrl.networks.GaussianPolicy`` (tanh-squashed),
+        e.g. :func:`default_network`.
+      optimizer: any optax transform; default :func:`default_optimizer`.
 
     Returns:
-      ``Learner(init, update)``: ``init(key, example_batch, init_params=None)``
-      and ``update(state, batch) -> (state, metrics)`` with metrics ``loss``,
+      ``Learner(init, update)``: ``init(key, example_batch) -> CPLState`` and
+      ``update(state, batch) -> (state, metrics)`` with metrics ``loss``,
       ``pref_loss``, ``bc_nll``, ``accuracy``, ``score_gap``, ``grad_norm``.
     """
+    optimizer = default_optimizer() if optimizer is None else optimizer
     return _make(
         policy_network, optimizer, temperature=config.alpha, bias=config.bias,
         discount=config.discount, bc_weight=config.bc_weight, use_reference=False,
@@ -486,13 +484,15 @@ def make(config: CPLConfig, policy_network: nn.Module, optimizer: optax.Gradient
 
 
 def make_dpo(config: DPOConfig, policy_network: nn.Module,
-             optimizer: optax.GradientTransformation) -> Learner:
-    """Contrastive DPO learner: ``init(key, example_batch, init_params=None, ref_params=...)``.
+             optimizer: optax.GradientTransformation | None = None
+             ) -> Learner[CPLState, PairBatch]:
+    """Contrastive DPO learner: ``init(key, example_batch)``, then π_ref by ``state.replace``.
 
-    ``ref_params`` (π_ref, a BC policy of the same ``policy_network``) lives
-    in the state and receives no gradient; training starts from π_ref unless
-    ``init_params`` is given. Metrics as in :func:`make`.
+    ``state.ref_params`` (π_ref, a BC policy of the same ``policy_network``)
+    receives no gradient; ``update`` refuses a state without it. Start at π_ref
+    with ``state.replace(params=ref, ref_params=ref)``. Metrics as in :func:`make`.
     """
+    optimizer = default_optimizer() if optimizer is None else optimizer
     return _make(
         policy_network, optimizer, temperature=config.beta, bias=config.bias,
         discount=config.discount, bc_weight=config.bc_weight, use_reference=True,

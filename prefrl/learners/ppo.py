@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import chex
 import jax
@@ -46,13 +46,34 @@ from flax import struct
 
 from prefrl.config import field
 from prefrl.learners import Learner
+from prefrl.learners.ppo_losses import (
+    adapt_kl_coef,
+    clipped_surrogate_loss,
+    gae_advantages,
+    gaussian_kl,
+    kl_penalty_loss,
+    value_loss,
+)
+from prefrl.learners.ppo_networks import (
+    Acting,
+    PolicyApply,
+    PPONetworks,
+    make_acting,
+    make_networks,
+    make_policy_apply,
+    policy_bundle,
+)
 from prefrl.networks import (
-    GaussianPolicy,
-    ValueNetwork,
     gaussian_entropy,
     tanh_gaussian_log_prob,
-    tanh_gaussian_mode,
-    tanh_gaussian_sample,
+)
+from prefrl.normalization import (
+    RunningStats,
+    normalize,
+    popart_rescale,
+    running_stats_init,
+    running_stats_update,
+    std,
 )
 from prefrl.types import Trajectory
 
@@ -62,8 +83,6 @@ Params = Any
 
 # reward_fn(obs [..., obs], action [..., act], next_obs [..., obs], extras) -> reward [...]
 RewardFn = Callable[[Array, Array, Array, Mapping[str, Any]], Array]
-# apply(params, obs [..., obs]) -> (mean [..., act], log_std [..., act]) of the pre-tanh Gaussian
-PolicyApply = Callable[[Params, Array], tuple[Array, Array]]
 
 
 # --------------------------------------------------------------------------- config
@@ -126,144 +145,6 @@ class PPOConfig:
             raise ValueError("policy_hidden and value_hidden need at least one layer")
 
 
-# --------------------------------------------------------------------------- running statistics
-
-
-@struct.dataclass
-class RunningStats:
-    """Mean and (population) variance of a stream, merged batch by batch."""
-
-    mean: Array  # [d] or []
-    var: Array  # [d] or []
-    count: Array  # [] float32
-
-
-def running_stats_init(shape: tuple[int, ...] = ()) -> RunningStats:
-    return RunningStats(
-        mean=jnp.zeros(shape, jnp.float32),
-        var=jnp.ones(shape, jnp.float32),
-        count=jnp.zeros((), jnp.float32),
-    )
-
-
-def running_stats_update(stats: RunningStats, x: Array) -> RunningStats:
-    """Merge a batch ``x [n, *shape]`` into ``stats`` (Chan et al.'s parallel algorithm).
-
-    ``M2 = var_a n_a + var_b n_b + δ² n_a n_b / n`` with ``δ = mean_b − mean_a``;
-    the result equals the statistics of the concatenated data.
-    """
-    x = x.astype(jnp.float32)
-    n_b = jnp.asarray(x.shape[0], jnp.float32)
-    mean_b = jnp.mean(x, axis=0)
-    var_b = jnp.var(x, axis=0)
-    n = stats.count + n_b
-    delta = mean_b - stats.mean
-    mean = stats.mean + delta * (n_b / n)
-    m2 = stats.var * stats.count + var_b * n_b + delta**2 * (stats.count * n_b / n)
-    return RunningStats(mean=mean, var=m2 / n, count=n)
-
-
-def normalize(stats: RunningStats, x: Array, clip: float) -> Array:
-    """``clip((x − mean) / sqrt(var + 1e-8), ±clip)`` for ``x [..., *shape]``."""
-    mean = jnp.broadcast_to(stats.mean, x.shape)
-    std = jnp.broadcast_to(jnp.sqrt(stats.var + 1e-8), x.shape)
-    return jnp.clip((x - mean) / std, -clip, clip)
-
-
-def _std(stats: RunningStats) -> Array:
-    return jnp.sqrt(stats.var + 1e-8)
-
-
-# --------------------------------------------------------------------------- losses
-
-
-def gae_advantages(
-    reward_t: Array,
-    value_t: Array,
-    next_value_t: Array,
-    terminated_t: Array,
-    truncated_t: Array,
-    discount: float | Array,
-    lambda_: float | Array,
-) -> Array:
-    """GAE(λ) advantages of one environment's rollout ``[T] -> [T]`` (Schulman et al. 2016).
-
-    ``δ_t = r_t + γ (1 − term_t) V(s'_t) − V(s_t)`` and
-    ``A_t = δ_t + γ λ (1 − done_t) A_{t+1}`` with ``done = term ∨ trunc``.
-    ``next_value_t`` is ``V`` of the *true* next state ``s'_t``, so at a
-    time-limit truncation the return is bootstrapped from ``V(s'_t)`` (the
-    episode did not end in the MDP), at a termination from 0; either way the
-    recursion does not run past the episode's end. The last step of the
-    rollout bootstraps from ``V(s'_{T-1})``.
-    """
-    chex.assert_rank([reward_t, value_t, next_value_t, terminated_t, truncated_t], 1)
-    chex.assert_equal_shape([reward_t, value_t, next_value_t, terminated_t, truncated_t])
-    not_term = 1.0 - terminated_t.astype(reward_t.dtype)
-    not_done = 1.0 - (terminated_t | truncated_t).astype(reward_t.dtype)
-    delta_t = reward_t + discount * not_term * next_value_t - value_t
-
-    def step(carry: Array, xs: tuple[Array, Array]) -> tuple[Array, Array]:
-        delta, cont = xs
-        adv = delta + discount * lambda_ * cont * carry
-        return adv, adv
-
-    _, adv_t = jax.lax.scan(
-        step, jnp.zeros((), reward_t.dtype), (delta_t, not_done), reverse=True
-    )
-    return adv_t
-
-
-def clipped_surrogate_loss(
-    log_prob: Array, old_log_prob: Array, advantage: Array, epsilon: float | Array
-) -> Array:
-    """PPO-clip loss of one sample: ``−min(ρ A, clip(ρ, 1−ε, 1+ε) A)``, ``ρ = π/π_old``."""
-    chex.assert_rank([log_prob, old_log_prob, advantage], 0)
-    ratio = jnp.exp(log_prob - old_log_prob)
-    clipped = jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon)
-    return -jnp.minimum(ratio * advantage, clipped * advantage)
-
-
-def kl_penalty_loss(
-    log_prob: Array, old_log_prob: Array, advantage: Array, kl: Array, beta: Array
-) -> Array:
-    """Adaptive-KL-penalty loss of one sample: ``−(ρ A − β KL(π_old ‖ π))``."""
-    chex.assert_rank([log_prob, old_log_prob, advantage, kl], 0)
-    ratio = jnp.exp(log_prob - old_log_prob)
-    return -(ratio * advantage - beta * kl)
-
-
-def adapt_kl_coef(beta: Array, kl: Array, target: float | Array) -> Array:
-    """Schulman et al. 2017 §4: β ← 2β if KL > 1.5 δ; β ← β/2 if KL < δ/1.5; else β."""
-    beta = jnp.where(kl > 1.5 * target, beta * 2.0, beta)
-    return jnp.where(kl < target / 1.5, beta * 0.5, beta)
-
-
-def value_loss(
-    value: Array, target: Array, old_value: Array, clip_epsilon: float | None
-) -> Array:
-    """Value loss of one sample: ``½ (V − target)²``.
-
-    Clipped (PPO2-style): ``½ max((V − t)², (V_old + clip(V − V_old, ±ε) − t)²)``.
-    """
-    chex.assert_rank([value, target, old_value], 0)
-    loss = (value - target) ** 2
-    if clip_epsilon is not None:
-        clipped = old_value + jnp.clip(value - old_value, -clip_epsilon, clip_epsilon)
-        loss = jnp.maximum(loss, (clipped - target) ** 2)
-    return 0.5 * loss
-
-
-def gaussian_kl(mean_p: Array, log_std_p: Array, mean_q: Array, log_std_q: Array) -> Array:
-    """``KL(N_p ‖ N_q)`` of diagonal Gaussians, summed over the last axis.
-
-    Equal to the KL between the tanh-squashed distributions (tanh is a bijection).
-    """
-    var_p = jnp.exp(2.0 * log_std_p)
-    var_q = jnp.exp(2.0 * log_std_q)
-    kl = log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2.0 * var_q) - 0.5
-    return jnp.sum(kl, axis=-1)
-
-
 # --------------------------------------------------------------------------- state and networks
 
 
@@ -289,122 +170,6 @@ class PPOState:
     ref_params: Any = None
 
 
-class PPONetworks(NamedTuple):
-    policy: GaussianPolicy
-    value: ValueNetwork
-
-
-def make_networks(config: PPOConfig, action_dim: int) -> PPONetworks:
-    return PPONetworks(
-        policy=GaussianPolicy(
-            action_dim=action_dim,
-            hidden=tuple(config.policy_hidden),
-            state_dependent_std=False,
-            init_log_std=config.init_log_std,
-        ),
-        value=ValueNetwork(hidden=tuple(config.value_hidden)),
-    )
-
-
-def _value_head(value_params: Params) -> tuple[str, str]:
-    mlp = value_params["params"]["MLP_0"]
-    last = max(mlp, key=lambda name: int(name.split("_")[-1]))
-    return "MLP_0", last
-
-
-def _popart_rescale(
-    value_params: Params, old: RunningStats, new: RunningStats
-) -> Params:
-    """Rescale the critic's last layer so ``μ + σ v_θ(s)`` is unchanged by ``old → new``.
-
-    ``W' = W σ/σ'``, ``b' = (σ b + μ − μ') / σ'`` (van Hasselt et al. 2016).
-    """
-    mlp_name, last = _value_head(value_params)
-    layer = value_params["params"][mlp_name][last]
-    s_old, s_new = _std(old), _std(new)
-    new_layer = {
-        "kernel": layer["kernel"] * (s_old / s_new),
-        "bias": (layer["bias"] * s_old + old.mean - new.mean) / s_new,
-    }
-    mlp = {**value_params["params"][mlp_name], last: new_layer}
-    return {**value_params, "params": {**value_params["params"], mlp_name: mlp}}
-
-
-class Acting(NamedTuple):
-    """Pure functions of a :class:`PPOState` for acting and evaluation (all ``jit``-able).
-
-    ``act(state, obs [..., obs], key) -> action [..., act]`` samples π;
-    ``mode(state, obs) -> action`` is ``tanh(mean)``;
-    ``log_prob(state, obs, action) -> [...]``;
-    ``value(state, obs) -> [...]`` is V in the units of the optimised reward.
-    """
-
-    act: Callable[[PPOState, Array, PRNGKey], Array]
-    mode: Callable[[PPOState, Array], Array]
-    log_prob: Callable[[PPOState, Array, Array], Array]
-    value: Callable[[PPOState, Array], Array]
-
-
-def make_acting(
-    config: PPOConfig, action_dim: int, networks: PPONetworks | None = None
-) -> Acting:
-    nets = make_networks(config, action_dim) if networks is None else networks
-
-    def norm(state: PPOState, obs: Array) -> Array:
-        if not config.normalize_obs:
-            return obs
-        return normalize(state.obs_stats, obs, config.obs_clip)
-
-    def act(state: PPOState, obs: Array, key: PRNGKey) -> Array:
-        mean, log_std = nets.policy.apply(state.policy_params, norm(state, obs))
-        return tanh_gaussian_sample(key, mean, log_std)[0]
-
-    def mode(state: PPOState, obs: Array) -> Array:
-        mean, _ = nets.policy.apply(state.policy_params, norm(state, obs))
-        return tanh_gaussian_mode(mean)
-
-    def log_prob(state: PPOState, obs: Array, action: Array) -> Array:
-        mean, log_std = nets.policy.apply(state.policy_params, norm(state, obs))
-        return tanh_gaussian_log_prob(mean, log_std, action)
-
-    def value(state: PPOState, obs: Array) -> Array:
-        v = nets.value.apply(state.value_params, norm(state, obs))
-        if not config.normalize_values:
-            return v
-        return state.return_stats.mean + _std(state.return_stats) * v
-
-    return Acting(act=act, mode=mode, log_prob=log_prob, value=value)
-
-
-def policy_bundle(state: PPOState) -> dict[str, Any]:
-    """The part of the state that acting needs: ``{"policy": params, "obs_stats": stats}``."""
-    return {"policy": state.policy_params, "obs_stats": state.obs_stats}
-
-
-@dataclasses.dataclass(frozen=True)
-class _PolicyApply:
-    # A value (hashable by config), not a closure: jitted acting keyed on it
-    # compiles once per configuration, however many times it is rebuilt.
-    config: PPOConfig
-    action_dim: int
-
-    def __call__(self, bundle: Mapping[str, Any], obs: Array) -> tuple[Array, Array]:
-        nets = make_networks(self.config, self.action_dim)
-        if self.config.normalize_obs:
-            obs = normalize(bundle["obs_stats"], obs, self.config.obs_clip)
-        return nets.policy.apply(bundle["policy"], obs)
-
-
-def make_policy_apply(config: PPOConfig, action_dim: int) -> PolicyApply:
-    """``apply(bundle, obs [..., obs]) -> (mean, log_std)`` on *raw* observations.
-
-    ``bundle`` is :func:`policy_bundle` of a state; the observation
-    normalisation is inside, so ``Policy(apply, bundle)`` is a self-contained
-    policy (e.g. π_ref for the KL penalty, or ``prefrl.policies.policy_fn``).
-    """
-    return _PolicyApply(config, int(action_dim))
-
-
 def true_reward(obs: Array, action: Array, next_obs: Array, extras: Mapping[str, Any]) -> Array:
     """The default ``reward_fn``: the reward the environment recorded in the trajectory."""
     del obs, action, next_obs
@@ -412,7 +177,12 @@ def true_reward(obs: Array, action: Array, next_obs: Array, extras: Mapping[str,
 
 
 def make_optimizer(config: PPOConfig, num_updates: int | None) -> optax.GradientTransformation:
-    """Global-norm clipping then Adam; learning rate annealed linearly to 0 over training."""
+    """Global-norm clipping then Adam; learning rate annealed linearly to 0 over training.
+
+    The learning rate is a schedule, not an injected hyperparameter: the
+    optimiser state is part of every PPO checkpoint (the shipped experts
+    included), whose structure this keeps.
+    """
     if config.anneal_lr:
         if not num_updates or num_updates < 1:
             raise ValueError("anneal_lr=True needs num_updates >= 1 (the length of training)")
@@ -532,41 +302,25 @@ def make(
         }
         return total, metrics
 
-    def update(state: PPOState, traj: Trajectory) -> tuple[PPOState, dict[str, Array]]:
-        chex.assert_rank(traj.reward, 2)
-        num_steps, num_envs = traj.reward.shape
-        n = num_steps * num_envs
-        if n % config.num_minibatches:
-            raise ValueError(
-                f"T*B = {num_steps}*{num_envs} = {n} is not divisible by "
-                f"num_minibatches = {config.num_minibatches}"
-            )
-        if traj.obs.shape[-1] != obs_dim:
-            raise ValueError(f"trajectory obs size {traj.obs.shape[-1]} != PPO obs_dim {obs_dim}")
-        key, perm_key = jax.random.split(state.key)
+    def behaviour_view(state: PPOState, traj: Trajectory) -> tuple[PPOState, dict[str, Array]]:
+        """Steps 0–1: the normaliser, then the behaviour policy's view of the rollout.
 
-        # 0. Fold the rollout's observations into the normaliser first (as an
-        # environment wrapper would), so the networks are fitted on the inputs
-        # they will see from now on. The "behaviour" log-probs below are then
-        # those of the behaviour parameters under the updated normaliser: a
-        # negligible change once the statistics have settled.
+        The rollout's observations are folded into the normaliser first (as an
+        environment wrapper would), so the networks are fitted on the inputs
+        they will see from now on; the "behaviour" log-probs are then those of
+        the behaviour parameters under the updated normaliser: a negligible
+        change once the statistics have settled.
+        """
+        n = traj.reward.size
         if config.normalize_obs:
             state = state.replace(
                 obs_stats=running_stats_update(state.obs_stats, traj.obs.reshape(n, obs_dim))
             )
-
-        # 1. The behaviour policy's view of the rollout.
-        def norm(x: Array) -> Array:
-            if not config.normalize_obs:
-                return x
-            return normalize(state.obs_stats, x, config.obs_clip)
-
-        obs_n = norm(traj.obs)
+        obs_n = traj.obs
+        if config.normalize_obs:
+            obs_n = normalize(state.obs_stats, traj.obs, config.obs_clip)
         old_mean, old_log_std = nets.policy.apply(state.policy_params, obs_n)
         old_log_prob = tanh_gaussian_log_prob(old_mean, old_log_std, traj.action)
-        value = acting.value(state, traj.obs)
-        next_value = acting.value(state, traj.next_obs)
-
         extras = {
             "reward": traj.reward,
             "x_velocity": traj.x_velocity,
@@ -586,47 +340,44 @@ def make(
             ref_log_prob = tanh_gaussian_log_prob(ref_mean, ref_log_std, traj.action)
             ref_kl = old_log_prob - ref_log_prob
             reward = reward - config.kl_ref_coef * ref_kl
+        return state, {
+            "obs": obs_n, "old_mean": old_mean, "old_log_std": old_log_std,
+            "old_log_prob": old_log_prob, "value": acting.value(state, traj.obs),
+            "next_value": acting.value(state, traj.next_obs), "proxy_reward": proxy_reward,
+            "reward": reward, "ref_kl": ref_kl,
+        }
 
-        # 2. GAE over time, one environment at a time.
+    def value_targets(state: PPOState, view: dict[str, Array], traj: Trajectory):
+        """Step 2: GAE per environment, and PopArt's statistics (V kept unchanged)."""
         advantage = jax.vmap(gae_advantages, in_axes=(1, 1, 1, 1, 1, None, None), out_axes=1)(
-            reward,
-            value,
-            next_value,
+            view["reward"],
+            view["value"],
+            view["next_value"],
             traj.terminated,
             traj.truncated,
             config.discount,
             config.gae_lambda,
         )
-        target = advantage + value
-
-        # PopArt: fold this batch's targets into the statistics and keep V unchanged.
-        value_params = state.value_params
-        return_stats = state.return_stats
+        value, target = view["value"], advantage + view["value"]
+        value_params, return_stats = state.value_params, state.return_stats
         if config.normalize_values:
             return_stats = running_stats_update(state.return_stats, target.reshape(-1))
-            value_params = _popart_rescale(value_params, state.return_stats, return_stats)
-            target_n = (target - return_stats.mean) / _std(return_stats)
-            old_value_n = (value - return_stats.mean) / _std(return_stats)
+            value_params = popart_rescale(value_params, state.return_stats, return_stats)
+            target_n = (target - return_stats.mean) / std(return_stats)
+            old_value_n = (value - return_stats.mean) / std(return_stats)
         else:
             target_n, old_value_n = target, value
+        return advantage, target, target_n, old_value_n, value_params, return_stats
 
-        data = {
-            "obs": obs_n,
-            "action": traj.action,
-            "old_log_prob": old_log_prob,
-            "old_mean": old_mean,
-            "old_log_std": old_log_std,
-            "advantage": advantage,
-            "target": target_n,
-            "old_value": old_value_n,
-        }
-        data = jax.tree.map(lambda x: x.reshape((n, *x.shape[2:])), data)
+    def sgd(params: dict, opt_state: optax.OptState, data: dict[str, Array], kl_coef: Array,
+            perm_key: PRNGKey):
+        """Step 3: epochs × minibatches, each a scan."""
+        n = jax.tree.leaves(data)[0].shape[0]
         mb_size = n // config.num_minibatches
 
-        # 3. Epochs × minibatches, each a scan.
         def sgd_step(carry: tuple[dict, optax.OptState], mb: dict[str, Array]):
             params, opt_state = carry
-            grads, metrics = jax.grad(loss_fn, has_aux=True)(params, mb, state.kl_coef)
+            grads, metrics = jax.grad(loss_fn, has_aux=True)(params, mb, kl_coef)
             updates, opt_state = opt.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             metrics["grad_norm"] = optax.tree.norm(grads)
@@ -639,14 +390,42 @@ def make(
             )
             return jax.lax.scan(sgd_step, carry, shuffled)
 
-        params = {"policy": state.policy_params, "value": value_params}
-        (params, opt_state), sgd_metrics = jax.lax.scan(
-            epoch, (params, state.opt_state), jax.random.split(perm_key, config.num_epochs)
-        )
+        return jax.lax.scan(epoch, (params, opt_state),
+                            jax.random.split(perm_key, config.num_epochs))
+
+    def update(state: PPOState, traj: Trajectory) -> tuple[PPOState, dict[str, Array]]:
+        chex.assert_rank(traj.reward, 2)
+        num_steps, num_envs = traj.reward.shape
+        n = num_steps * num_envs
+        if n % config.num_minibatches:
+            raise ValueError(
+                f"T*B = {num_steps}*{num_envs} = {n} is not divisible by "
+                f"num_minibatches = {config.num_minibatches}"
+            )
+        if traj.obs.shape[-1] != obs_dim:
+            raise ValueError(f"trajectory obs size {traj.obs.shape[-1]} != PPO obs_dim {obs_dim}")
+        key, perm_key = jax.random.split(state.key)
+        state, view = behaviour_view(state, traj)
+        advantage, target, target_n, old_value_n, value_params, return_stats = value_targets(
+            state, view, traj)
+        data = {
+            "obs": view["obs"],
+            "action": traj.action,
+            "old_log_prob": view["old_log_prob"],
+            "old_mean": view["old_mean"],
+            "old_log_std": view["old_log_std"],
+            "advantage": advantage,
+            "target": target_n,
+            "old_value": old_value_n,
+        }
+        data = jax.tree.map(lambda x: x.reshape((n, *x.shape[2:])), data)
+        (params, opt_state), sgd_metrics = sgd(
+            {"policy": state.policy_params, "value": value_params}, state.opt_state, data,
+            state.kl_coef, perm_key)
 
         # 4. KL of the whole update (closed form) and the adaptive-KL rule.
-        new_mean, new_log_std = nets.policy.apply(params["policy"], obs_n)
-        kl = jnp.mean(gaussian_kl(old_mean, old_log_std, new_mean, new_log_std))
+        new_mean, new_log_std = nets.policy.apply(params["policy"], view["obs"])
+        kl = jnp.mean(gaussian_kl(view["old_mean"], view["old_log_std"], new_mean, new_log_std))
         kl_coef = state.kl_coef
         if config.loss == "kl":
             kl_coef = adapt_kl_coef(kl_coef, kl, config.kl_target)
@@ -660,6 +439,7 @@ def make(
             step=state.step + 1,
             key=key,
         )
+        value, reward = view["value"], view["reward"]
         residual = target - value
         explained_var = 1.0 - jnp.var(residual) / (jnp.var(target) + 1e-8)
         # Loss statistics averaged over every epoch and minibatch of this update.
@@ -667,10 +447,10 @@ def make(
         metrics.update(
             kl=kl,
             kl_coef=kl_coef,
-            proxy_reward=jnp.mean(proxy_reward),
+            proxy_reward=jnp.mean(view["proxy_reward"]),
             true_reward=jnp.mean(traj.reward),
             learning_reward=jnp.mean(reward),
-            ref_kl=jnp.mean(ref_kl),
+            ref_kl=jnp.mean(view["ref_kl"]),
             value_mean=jnp.mean(value),
             explained_variance=explained_var,
             log_std=jnp.mean(new_log_std),
@@ -685,3 +465,33 @@ def make(
 
 def num_params(tree: Params) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+# The public face of PPO: the learner, its config and state, and the pieces
+# (networks, acting, losses, normalisers) defined beside it.
+__all__ = [
+    "Acting",
+    "PPOConfig",
+    "PPONetworks",
+    "PPOState",
+    "PolicyApply",
+    "RewardFn",
+    "RunningStats",
+    "adapt_kl_coef",
+    "clipped_surrogate_loss",
+    "gae_advantages",
+    "gaussian_kl",
+    "kl_penalty_loss",
+    "make",
+    "make_acting",
+    "make_networks",
+    "make_optimizer",
+    "make_policy_apply",
+    "num_params",
+    "policy_bundle",
+    "popart_rescale",
+    "running_stats_init",
+    "running_stats_update",
+    "true_reward",
+    "value_loss",
+]

@@ -15,37 +15,27 @@ an action by the Bradley–Terry loss on its discounted sum over each segment
   preferences and mistaking it for reward"): f is the optimal advantage Â and
   the score is −regret (:func:`prefrl.preference.regret_score`, γ the MDP's
   discount). Since A* is r shaped by the potential V*, a policy that
-  maximises Â as its reward has the same optimum as one maximising r.
-  ``assumption="regret"`` is the old name of the same learner (it learns Â,
+  maximises Â as its reward has the same optimum as one maximising r. Given
+  the same γ the two are one optimisation; what differs is what f *is*.
+  ``assumption="regret"`` is the old name of the Â learner (it learns Â,
   not a regret-model r̂; that is ``prefrl.learners.regret_sf``): still
   accepted, kept as given (saved files round-trip), with a
   ``DeprecationWarning``.
 
-Given the same γ the two assumptions are the same optimisation; what differs
-is what the fitted function *is* (and so what it is compared with: r or A*),
-and the discount that belongs with it.
+Practice (Christiano 2017, B-Pref, imitation; docs/design.md §4): an ensemble
+of M members trained in one step (one batched network; ``vmap`` over members
+is one batched matmul on CPU), each with its own bootstrap weights; L2 and/or
+AdamW weight decay; label smoothing; the gradient accumulated over chunks of
+``chunk_pairs`` queries (``lax.scan``: each chunk's activations stay in cache,
+~2× faster on CPU); weight averaging of the members (WARM, Ramé et al. 2024).
+Held-out early stopping and output standardisation belong to the fit
+(:mod:`prefrl.loops.fit`), active selection to :mod:`prefrl.loops.active`.
 
-Practice from Christiano 2017, B-Pref (Lee et al. 2021) and imitation: an
-ensemble of M members trained in one step (members are one batched network,
-each with its own bootstrap weights), L2 penalty and/or AdamW weight decay,
-label smoothing, a held-out split with best-by-validation parameters,
-output standardisation (so the learned function has unit scale before PPO
-uses it), and weight averaging of the members (WARM, Ramé et al. 2024).
-
-Speed on CPU: the members' parameters are stacked ``[M, …]`` and applied with
-``vmap``, which XLA turns into one batched matmul over members × pairs × time;
-the gradient is accumulated over chunks of ``chunk_pairs`` pairs with
-``lax.scan`` so that each chunk's activations stay in cache (measured here:
-about 2× faster than one pass over 1024 pairs).
-
-Public API:
-  ``RewardModelConfig``, ``PairBatch``, ``RewardModelState``,
-  ``make(config, optimizer=None, *, network=None) -> Learner(init, update)``,
-  ``reward_fn(state)``, ``member_outputs(state, obs, action)``,
-  ``ensemble_preferences(state, batch)``, ``pool_score_fn(state, segments)``,
-  ``normalize(state, batch)``, ``pair_batch_from_dataset(dataset, label)``,
-  ``validate_pairs(batch)``; a whole fit: ``prefrl.loops.fit``; files:
-  ``prefrl.checkpoints.save_reward_model`` / ``load_reward_model``.
+The state is arrays only (:class:`RewardModelState`); what they mean — the
+config and the member network — is the :class:`RewardModel` value that
+:func:`make` closes over and that the functions reading a state take first
+(:func:`reward_fn`, :func:`segment_scores`, :func:`evaluate`, :class:`PPOReward` …).
+Files: ``prefrl.checkpoints.save_reward_model`` / ``load_reward_model``.
 """
 
 from __future__ import annotations
@@ -53,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -148,11 +138,10 @@ class RewardModelConfig:
 
 @struct.dataclass
 class RewardModelState:
-    """Training state. ``params`` leaves are stacked ``[M, …]`` over members.
+    """Training state, arrays only. ``params`` leaves are stacked ``[M, …]`` over members.
 
     ``reward_mean``/``reward_std`` standardise the combined output (set by
-    :func:`normalize`; 0 and 1 before). Static fields fix what the state
-    was built for, so :func:`reward_fn` needs nothing else.
+    :func:`normalize`; 0 and 1 before).
     """
 
     params: Any
@@ -160,11 +149,17 @@ class RewardModelState:
     step: Array  # int32 scalar: updates applied
     reward_mean: Array  # float32 scalar
     reward_std: Array  # float32 scalar
-    config: RewardModelConfig = struct.field(pytree_node=False)
-    network: nn.Module = struct.field(pytree_node=False)
-    obs_dim: int = struct.field(pytree_node=False)
-    act_dim: int = struct.field(pytree_node=False)
-    segment_length: int = struct.field(pytree_node=False)
+
+
+class RewardModel(NamedTuple):
+    """What a :class:`RewardModelState`'s arrays mean: the config and one member's network.
+
+    A hashable value (frozen config, flax module), so it can be a static
+    argument of ``jax.jit``.
+    """
+
+    config: RewardModelConfig
+    network: nn.Module
 
 
 def default_network(config: RewardModelConfig) -> nn.Module:
@@ -173,88 +168,53 @@ def default_network(config: RewardModelConfig) -> nn.Module:
 
 
 def default_optimizer(config: RewardModelConfig) -> optax.GradientTransformation:
-    """Adam, or AdamW when ``weight_decay > 0`` (decoupled decay, Loshchilov & Hutter)."""
+    """Adam, or AdamW when ``weight_decay > 0`` (decoupled decay, Loshchilov & Hutter).
+
+    The learning rate is injected (``optax.inject_hyperparams``): it is an
+    array in the optimiser state, so ``jax.vmap`` over states made with
+    different learning rates trains them all in one compiled call.
+    """
     if config.weight_decay > 0:
-        return optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
-    return optax.adam(config.learning_rate)
+        return optax.inject_hyperparams(optax.adamw)(
+            learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    return optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
 
 
-# --------------------------------------------------------------------------- #
-# Shapes and validation
-# --------------------------------------------------------------------------- #
+def model(config: RewardModelConfig, network: nn.Module | None = None) -> RewardModel:
+    """The :class:`RewardModel` of ``config`` (``network`` defaults to :func:`default_network`)."""
+    return RewardModel(config, default_network(config) if network is None else network)
 
 
-def _batch_dims(batch: PairBatch) -> tuple[int, int, int]:
-    """(segment length, obs_dim, act_dim) of a batch; shape errors are ValueErrors."""
-    if batch.obs_1.ndim != 3 or batch.obs_2.ndim != 3:
-        raise ValueError(
-            f"obs_1/obs_2 must be [B, k, obs_dim], got {batch.obs_1.shape} and {batch.obs_2.shape}"
-        )
-    if batch.obs_1.shape != batch.obs_2.shape:
-        raise ValueError(f"obs_1 {batch.obs_1.shape} and obs_2 {batch.obs_2.shape} differ")
-    if batch.action_1.shape != batch.action_2.shape or batch.action_1.ndim != 3:
-        raise ValueError(
-            f"action_1/action_2 must be equal [B, k, act_dim], got {batch.action_1.shape} "
-            f"and {batch.action_2.shape}"
-        )
-    size, length, obs_dim = batch.obs_1.shape
-    if batch.action_1.shape[:2] != (size, length):
-        raise ValueError(
-            f"actions {batch.action_1.shape} do not match observations {batch.obs_1.shape}"
-        )
-    for name in ("mask_1", "mask_2"):
-        if getattr(batch, name).shape != (size, length):
-            raise ValueError(f"{name} must be [B, k] = {(size, length)}, got "
-                             f"{getattr(batch, name).shape}")
-    if batch.label.shape != (size,):
-        raise ValueError(f"label must be [B] = ({size},), got {batch.label.shape}")
-    if batch.weight is not None and batch.weight.shape[-1:] != (size,):
-        raise ValueError(f"weight must be [B] or [M, B] with B = {size}, got {batch.weight.shape}")
-    return length, obs_dim, batch.action_1.shape[2]
+# --------------------------------------------------------------------------- shapes and validation
 
 
-def check_compatible(state: RewardModelState, batch: PairBatch) -> None:
+def input_size(params: Any) -> int | None:
+    """The input size of a member's first layer (``Dense_0``'s kernel), if there is one."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = [str(getattr(k, "key", k)) for k in path]
+        if keys[-1] == "kernel" and "Dense_0" in keys:
+            return int(leaf.shape[-2])
+    return None
+
+
+def check_compatible(model: RewardModel, params: Any, batch: PairBatch) -> None:
     """Raise ``ValueError`` naming the mismatch when ``batch`` does not fit the model.
 
-    Compares the observation size, action size and segment length the model
-    was built for with the batch's.
+    The model is per step, so any segment length fits; the batch's input
+    size (``obs_dim + act_dim``, or ``obs_dim`` without actions) must be the
+    first layer's.
     """
-    _check_compatible(state, batch)
+    _, obs_dim, act_dim = pairs.dims(batch)
+    size = input_size(params)
+    given = obs_dim + act_dim if model.config.use_action else obs_dim
+    if size is not None and given != size:
+        parts = f"obs_dim {obs_dim} + act_dim {act_dim}" if model.config.use_action else \
+            f"obs_dim {obs_dim}"
+        raise ValueError(f"input size mismatch: the batch gives {parts} = {given} inputs, the "
+                         f"reward model takes {size}")
 
 
-def _check_compatible(state: RewardModelState, batch: PairBatch) -> None:
-    length, obs_dim, act_dim = _batch_dims(batch)
-    if obs_dim != state.obs_dim:
-        raise ValueError(
-            f"observation size mismatch: the batch has obs_dim {obs_dim}, the reward model "
-            f"was built for {state.obs_dim}"
-        )
-    if act_dim != state.act_dim:
-        raise ValueError(
-            f"action size mismatch: the batch has act_dim {act_dim}, the reward model "
-            f"was built for {state.act_dim}"
-        )
-    if length != state.segment_length:
-        raise ValueError(
-            f"segment length mismatch: the batch has segments of length {length}, the reward "
-            f"model was built for length {state.segment_length} (pad with mask 0 to mix lengths)"
-        )
-
-
-def validate_pairs(batch: PairBatch, *, what: str = "dataset") -> None:
-    """Shape checks, then :func:`prefrl.data.pairs.validate` (host-side value checks)."""
-    _batch_dims(batch)
-    pairs.validate(batch, what=what)
-
-
-# The one gather and row selection live in prefrl.data.pairs; these names stay for callers.
-pair_batch_from_dataset = pairs.from_dataset
-take = pairs.take
-
-
-# --------------------------------------------------------------------------- #
-# Network application
-# --------------------------------------------------------------------------- #
+# --------------------------------------------------------------------------- network application
 
 
 def _inputs(config: RewardModelConfig, obs: Array, action: Array) -> Array:
@@ -268,11 +228,12 @@ def _apply_members(network: nn.Module, params: Any, x: Array) -> Array:
     return jax.vmap(lambda p: network.apply(p, x)[..., 0])(params)
 
 
-def member_outputs(state: RewardModelState, obs: Array, action: Array) -> Array:
+def member_outputs(model: RewardModel, state: RewardModelState, obs: Array, action: Array
+                   ) -> Array:
     """Raw outputs of every member: ``obs [..., obs], action [..., act] -> [M, ...]``."""
-    x = _inputs(state.config, obs, action)
+    x = _inputs(model.config, obs, action)
     lead = x.shape[:-1]
-    out = _apply_members(state.network, state.params, x.reshape(-1, x.shape[-1]))
+    out = _apply_members(model.network, state.params, x.reshape(-1, x.shape[-1]))
     return out.reshape((out.shape[0], *lead))
 
 
@@ -281,14 +242,15 @@ def combined_params(state: RewardModelState) -> Any:
     return jax.tree.map(lambda p: jnp.mean(p, axis=0, keepdims=True), state.params)
 
 
-def _combined_raw(state: RewardModelState, obs: Array, action: Array) -> Array:
+def combined_output(model: RewardModel, state: RewardModelState, obs: Array, action: Array
+                  ) -> Array:
     """Combined raw output ``[...]``: the ensemble mean, or the weight-averaged member."""
-    if state.config.combine == "warm":
+    if model.config.combine == "warm":
         state = state.replace(params=combined_params(state))
-    return jnp.mean(member_outputs(state, obs, action), axis=0)
+    return jnp.mean(member_outputs(model, state, obs, action), axis=0)
 
 
-def reward_fn(state: RewardModelState) -> Callable[[Array, Array], Array]:
+def reward_fn(model: RewardModel, state: RewardModelState) -> Callable[[Array, Array], Array]:
     """A pure ``(obs [..., obs], action [..., act]) -> r̂ [...]`` for PPO.
 
     r̂ = (combine(f_1 … f_M)(s, a) − mean) / std: the ensemble mean (or the
@@ -297,19 +259,37 @@ def reward_fn(state: RewardModelState) -> Callable[[Array, Array], Array]:
     """
 
     def fn(obs: Array, action: Array) -> Array:
-        return (_combined_raw(state, obs, action) - state.reward_mean) / state.reward_std
+        return (combined_output(model, state, obs, action) - state.reward_mean) / state.reward_std
 
     return fn
 
 
-def segment_scores(state: RewardModelState, obs: Array, action: Array, mask: Array) -> Array:
+def segment_scores(model: RewardModel, state: RewardModelState, obs: Array, action: Array,
+                   mask: Array) -> Array:
     """``[N]`` learned segment scores under the state's assumption (discounted sum of r̂/Â).
 
     ``obs [N, k, obs]``, ``action [N, k, act]``, ``mask [N, k]``; the standardised
     :func:`reward_fn` summed as the assumed preference model sums it.
     """
-    values = reward_fn(state)(obs, action)
-    return _segment_scores(state.config, values, jnp.asarray(mask, values.dtype))
+    values = reward_fn(model, state)(obs, action)
+    return _segment_scores(model.config, values, jnp.asarray(mask, values.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOReward:
+    """PPO's ``reward_fn`` for a learned reward: ``r̂(s, a)`` of ``extras["reward_params"]``.
+
+    PPO passes ``state.reward_params`` (a :class:`RewardModelState`) as
+    ``extras["reward_params"]``: a refit replaces the arrays without
+    recompiling PPO's update. A hashable value, so jitted learners built with
+    it are cached.
+    """
+
+    model: RewardModel
+
+    def __call__(self, obs: Array, action: Array, next_obs: Array, extras: Any) -> Array:
+        del next_obs
+        return reward_fn(self.model, extras["reward_params"])(obs, action)
 
 
 def _segment_scores(config: RewardModelConfig, values_nt: Array, mask_nt: Array) -> Array:
@@ -321,7 +301,7 @@ def _segment_scores(config: RewardModelConfig, values_nt: Array, mask_nt: Array)
     return per_segment(values_nt, mask_nt)
 
 
-def _pair_logits(
+def pair_logits(
     config: RewardModelConfig, network: nn.Module, params: Any, batch: PairBatch
 ) -> Array:
     """``[M, B]`` preference logits of every member for every query."""
@@ -337,45 +317,7 @@ def _pair_logits(
     return jax.vmap(jax.vmap(logit))(scores[:, :size], scores[:, size:])
 
 
-def ensemble_preferences(state: RewardModelState, batch: PairBatch) -> Array:
-    """``[M, B]``: each member's P(σ¹ ≻ σ²) for every query (for active selection)."""
-    _check_compatible(state, batch)
-    return jax.nn.sigmoid(_pair_logits(state.config, state.network, state.params, batch))
-
-
-@jax.jit
-def _pool_probs(state: RewardModelState, obs: Array, action: Array, mask: Array, first: Array,
-                second: Array) -> Array:
-    # A module-level jit with the state as an argument: refits reuse one compilation.
-    batch = pairs.gather(pairs.Pool(obs, action, mask), first, second,
-                         jnp.zeros(first.shape, jnp.float32))
-    return jax.nn.sigmoid(_pair_logits(state.config, state.network, state.params, batch))
-
-
-def pool_score_fn(
-    state: RewardModelState, segments: Any, chunk: int = 1024
-) -> Callable[[Array, Array], Array]:
-    """``score_fn(first [C], second [C]) -> P [M, C]`` over a segment pool.
-
-    The form ``prefrl.data.queries.select_queries`` takes. Queries are scored
-    ``chunk`` at a time to bound memory.
-    """
-    obs, action, mask = (jnp.asarray(x, jnp.float32) for x in (segments.obs, segments.action,
-                                                               segments.mask))
-    _probs = lambda first, second: _pool_probs(state, obs, action, mask, first, second)
-
-    def score_fn(first: Array, second: Array) -> Array:
-        first, second = jnp.asarray(first), jnp.asarray(second)
-        parts = [_probs(first[i:i + chunk], second[i:i + chunk])
-                 for i in range(0, first.shape[0], chunk)]
-        return jnp.concatenate(parts, axis=1)
-
-    return score_fn
-
-
-# --------------------------------------------------------------------------- #
-# The learner
-# --------------------------------------------------------------------------- #
+# --------------------------------------------------------------------------- the learner
 
 
 def _smoothed(label: Array, smoothing: float) -> Array:
@@ -396,7 +338,7 @@ def _loss_sums(
     config: RewardModelConfig, network: nn.Module, params: Any, batch: PairBatch, w_mb: Array
 ) -> tuple[Array, Array]:
     """Weighted sums over the batch, per member: (Σ w ℓ, Σ w 1[correct]) ``[M]`` each."""
-    logits = _pair_logits(config, network, params, batch)  # [M, B]
+    logits = pair_logits(config, network, params, batch)  # [M, B]
     target = _smoothed(batch.label.astype(logits.dtype), config.label_smoothing)
     loss_mb = preference.bt_loss(logits, jnp.broadcast_to(target, logits.shape))
     # Accuracy on decisive labels; ties count ½ whatever is predicted.
@@ -420,20 +362,20 @@ def _pad_to_multiple(batch: PairBatch, w_mb: Array, chunk: int) -> tuple[PairBat
 
 def make(
     config: RewardModelConfig,
-    optimizer: optax.GradientTransformation | None = None,
-    *,
     network: nn.Module | None = None,
-) -> Learner:
+    optimizer: optax.GradientTransformation | None = None,
+) -> Learner[RewardModelState, PairBatch]:
     """Build the reward-model learner.
 
     Args:
       config: :class:`RewardModelConfig`.
+      network: a flax module ``[..., in] -> [..., 1]`` for one member
+        (``in = obs_dim + act_dim``, or ``obs_dim`` without actions).
+        Default: :func:`default_network`. ``model(config, network)`` is the
+        :class:`RewardModel` the other functions of this module take.
       optimizer: any optax transform; applied to each member separately
         (``vmap``-ed), so a coupling transform such as global-norm clipping
         acts per member. Default: :func:`default_optimizer`.
-      network: a flax module ``[..., in] -> [..., 1]`` for one member
-        (``in = obs_dim + act_dim``, or ``obs_dim`` without actions).
-        Default: :func:`default_network`.
 
     Returns:
       ``Learner(init, update)``:
@@ -445,11 +387,12 @@ def make(
         ``metrics``: ``loss``, ``accuracy``, ``grad_norm`` — each ``[M]``.
     """
     optimizer = default_optimizer(config) if optimizer is None else optimizer
-    network = default_network(config) if network is None else network
+    rm = model(config, network)
+    network = rm.network
     num_members = int(config.ensemble_size)
 
     def init(key: PRNGKey, example_batch: PairBatch) -> RewardModelState:
-        length, obs_dim, act_dim = _batch_dims(example_batch)
+        _, obs_dim, act_dim = pairs.dims(example_batch)
         in_dim = obs_dim + act_dim if config.use_action else obs_dim
         dummy = jnp.zeros((1, in_dim), jnp.float32)
         keys = jax.random.split(key, num_members)
@@ -462,15 +405,10 @@ def make(
             step=jnp.zeros((), jnp.int32),
             reward_mean=jnp.zeros((), jnp.float32),
             reward_std=jnp.ones((), jnp.float32),
-            config=config,
-            network=network,
-            obs_dim=obs_dim,
-            act_dim=act_dim,
-            segment_length=length,
         )
 
     def update(state: RewardModelState, batch: PairBatch) -> tuple[RewardModelState, dict]:
-        _check_compatible(state, batch)
+        check_compatible(rm, state.params, batch)
         members = jax.tree.leaves(state.params)[0].shape[0]
         w_mb = _member_weights(batch, members)
         w_total = jnp.maximum(jnp.sum(w_mb, axis=1), 1e-8)  # [M]
@@ -527,19 +465,20 @@ def _chunks(batch: PairBatch, w_mb: Array, chunk: int) -> tuple[PairBatch, Array
     return PairBatch(*(split(x) for x in padded[:7])), w_c
 
 
-def evaluate(state: RewardModelState, batch: PairBatch, chunk: int = 256) -> dict[str, Array]:
+def evaluate(model: RewardModel, state: RewardModelState, batch: PairBatch, chunk: int = 256
+             ) -> dict[str, Array]:
     """Per-member weighted mean loss and accuracy ``[M]`` on a batch (no update).
 
     Scans over ``chunk`` queries at a time so a large validation set does not
     materialise all its activations at once.
     """
-    _check_compatible(state, batch)
+    check_compatible(model, state.params, batch)
     members = jax.tree.leaves(state.params)[0].shape[0]
     w_mb = _member_weights(batch, members)
     rows, w_rows = _chunks(batch, w_mb, chunk)
 
     def body(carry, inputs):
-        l_sum, c_sum = _loss_sums(state.config, state.network, state.params, *inputs)
+        l_sum, c_sum = _loss_sums(model.config, model.network, state.params, *inputs)
         return (carry[0] + l_sum, carry[1] + c_sum), None
 
     zeros_m = jnp.zeros((members,), jnp.float32)
@@ -548,69 +487,22 @@ def evaluate(state: RewardModelState, batch: PairBatch, chunk: int = 256) -> dic
     return {"loss": loss_sum / w_total, "accuracy": correct_sum / w_total}
 
 
-def normalize(state: RewardModelState, batch: PairBatch, chunk: int = 512) -> RewardModelState:
-    """Store mean and std of the combined output over the batch's (masked) steps.
-
-    Rows of weight 0 are left out. After this, :func:`reward_fn` has mean 0
-    and std 1 over those states —
-    a fixed scale for PPO whatever scale the BT fit happened to find (the
-    preference model only identifies f up to the temperature).
-    """
-    obs = jnp.concatenate([batch.obs_1, batch.obs_2], axis=0)
-    action = jnp.concatenate([batch.action_1, batch.action_2], axis=0)
-    mask = jnp.concatenate([batch.mask_1, batch.mask_2], axis=0).astype(jnp.float32)
-    if batch.weight is not None:
-        # Rows of weight 0 (skipped / not yet labelled) do not set the scale.
-        keep = jnp.any(batch.weight.reshape(-1, batch.size) > 0, axis=0).astype(jnp.float32)
-        mask = mask * jnp.concatenate([keep, keep])[:, None]
-    num = obs.shape[0]
-    pad = (-num) % min(chunk, num)
-    pad_rows = lambda x: jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    obs, action, mask = pad_rows(obs), pad_rows(action), pad_rows(mask)
-    split = lambda x: x.reshape(-1, min(chunk, num), *x.shape[1:])
-    # Segments a chunk at a time: one pass for Σ m f and Σ m f², in float32.
-    value = jax.lax.map(lambda xs: _combined_raw(state, xs[0], xs[1]), (split(obs), split(action)))
-    value = value.reshape(mask.shape)
-    count = jnp.maximum(jnp.sum(mask), 1.0)
-    mean = jnp.sum(mask * value) / count
-    var = jnp.sum(mask * (value - mean) ** 2) / count
-    return state.replace(reward_mean=mean, reward_std=jnp.sqrt(var) + 1e-8)
-
-
-def analytic_update_flops(config: RewardModelConfig, in_dim: int, num_pairs: int,
-                          length: int) -> float:
-    """FLOPs of one :func:`make` ``update`` counted from the matmuls (2 per MAC).
-
-    Forward: Σ_layers 2 n_in n_out per row; backward: the weight gradient of
-    every layer (same count) plus the input gradient of every layer but the
-    first (inputs are data). Rows = M × pairs × 2 segments × k steps.
-    Elementwise work (activations, Adam) is not counted.
-    """
-    sizes = [in_dim, *(int(h) for h in config.hidden), 1]
-    macs = [a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-    per_row = 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
-    rows = int(config.ensemble_size) * num_pairs * 2 * length
-    return float(per_row * rows)
-
-
 __all__ = [
+    "PPOReward",
     "PairBatch",
+    "RewardModel",
     "RewardModelConfig",
     "RewardModelState",
-    "analytic_update_flops",
     "check_compatible",
+    "combined_output",
     "combined_params",
     "default_network",
     "default_optimizer",
-    "ensemble_preferences",
+    "input_size",
     "evaluate",
     "make",
+    "model",
     "member_outputs",
-    "normalize",
-    "pair_batch_from_dataset",
-    "pool_score_fn",
     "reward_fn",
     "segment_scores",
-    "take",
-    "validate_pairs",
 ]

@@ -14,6 +14,7 @@ person), so the driver is host code around pure, jitted fits.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -46,6 +47,43 @@ class ActiveResult(NamedTuple):
 def _pairs(segments: Any, first: np.ndarray, second: np.ndarray, label: np.ndarray
            ) -> rm.PairBatch:
     return pairs.gather(segments, np.asarray(first), np.asarray(second), label)
+
+
+def ensemble_preferences(model: rm.RewardModel, state: rm.RewardModelState, batch: rm.PairBatch
+                         ) -> Array:
+    """``[M, B]``: each member's P(σ¹ ≻ σ²) for every query (for active selection)."""
+    rm.check_compatible(model, state.params, batch)
+    return jax.nn.sigmoid(rm.pair_logits(model.config, model.network, state.params, batch))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pool_probs(model: rm.RewardModel, state: rm.RewardModelState, obs: Array, action: Array,
+                mask: Array, first: Array, second: Array) -> Array:
+    # A module-level jit with the state as an argument: refits reuse one compilation.
+    batch = pairs.gather(pairs.Pool(obs, action, mask), first, second,
+                         jnp.zeros(first.shape, jnp.float32))
+    return jax.nn.sigmoid(rm.pair_logits(model.config, model.network, state.params, batch))
+
+
+def pool_score_fn(
+    model: rm.RewardModel, state: rm.RewardModelState, segments: Any, chunk: int = 1024
+) -> Callable[[Array, Array], Array]:
+    """``score_fn(first [C], second [C]) -> P [M, C]`` over a segment pool.
+
+    The form ``prefrl.data.queries.select_queries`` takes. Queries are scored
+    ``chunk`` at a time to bound memory.
+    """
+    obs, action, mask = (jnp.asarray(x, jnp.float32) for x in (segments.obs, segments.action,
+                                                               segments.mask))
+    _probs = lambda first, second: _pool_probs(model, state, obs, action, mask, first, second)
+
+    def score_fn(first: Array, second: Array) -> Array:
+        first, second = jnp.asarray(first), jnp.asarray(second)
+        parts = [_probs(first[i:i + chunk], second[i:i + chunk])
+                 for i in range(0, first.shape[0], chunk)]
+        return jnp.concatenate(parts, axis=1)
+
+    return score_fn
 
 
 def _positions_score_fn(pool_fn: Callable, first: np.ndarray, second: np.ndarray) -> Callable:
@@ -103,7 +141,7 @@ def active_rounds(
         if state is None or method == "uniform":
             chosen, _ = select_queries(key_select, (positions, positions), per_round)
         else:
-            score_fn = _positions_score_fn(rm.pool_score_fn(state, segments),
+            score_fn = _positions_score_fn(pool_score_fn(rm.model(config), state, segments),
                                            cand_first[open_idx], cand_second[open_idx])
             chosen, _ = select_queries(key_select, (positions, positions), per_round,
                                        score_fn=score_fn, method=method)

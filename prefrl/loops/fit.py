@@ -89,9 +89,10 @@ def fit(
     ``init_params`` (stacked ``[M, …]``, e.g. a loaded model's) warm-starts
     the members instead of a fresh initialisation.
 
-    Host-side value checks (``reward_model.validate_pairs``) are the caller's job.
+    Host-side value checks (``prefrl.data.pairs.validate``) are the caller's job.
     """
-    learner = rm.make(config, optimizer, network=network)
+    model = rm.model(config, network)
+    learner = rm.make(config, model.network, optimizer)
     num_train = train.size
     num_evals = max(int(config.num_steps) // int(config.eval_every), 1)
     inner = int(config.num_steps) // num_evals
@@ -148,7 +149,7 @@ def fit(
         step_keys = jax.random.split(jax.random.fold_in(key_steps, block_index), inner)
         state, hist = jax.lax.scan(step, state, step_keys)
         if valid is not None:
-            v = rm.evaluate(state, valid)
+            v = rm.evaluate(model, state, valid)
             better = v["loss"] < best_loss
             best_params = select(better, state.params, best_params)
             best_loss = jnp.where(better, v["loss"], best_loss)
@@ -165,7 +166,7 @@ def fit(
     )
     state = state.replace(params=best_params)
     if config.normalize:
-        state = rm.normalize(state, train)
+        state = normalize(model, state, train)
     metrics = {k: x.reshape(num_evals * inner, *x.shape[2:]) for k, x in hist.items()}
     metrics.update(valid_loss=v["loss"], valid_accuracy=v["accuracy"], best_step=best_step)
     return FitResult(state, metrics)
@@ -199,4 +200,36 @@ def check_finite(metrics: Mapping[str, Any]) -> None:
         )
 
 
-__all__ = ["FitResult", "NonFiniteError", "bootstrap_weights", "check_finite", "fit"]
+def normalize(model: rm.RewardModel, state: rm.RewardModelState, batch: rm.PairBatch,
+              chunk: int = 512) -> rm.RewardModelState:
+    """Store mean and std of the combined output over the batch's (masked) steps.
+
+    Rows of weight 0 are left out. After this, :func:`reward_fn` has mean 0
+    and std 1 over those states —
+    a fixed scale for PPO whatever scale the BT fit happened to find (the
+    preference model only identifies f up to the temperature).
+    """
+    obs = jnp.concatenate([batch.obs_1, batch.obs_2], axis=0)
+    action = jnp.concatenate([batch.action_1, batch.action_2], axis=0)
+    mask = jnp.concatenate([batch.mask_1, batch.mask_2], axis=0).astype(jnp.float32)
+    if batch.weight is not None:
+        # Rows of weight 0 (skipped / not yet labelled) do not set the scale.
+        keep = jnp.any(batch.weight.reshape(-1, batch.size) > 0, axis=0).astype(jnp.float32)
+        mask = mask * jnp.concatenate([keep, keep])[:, None]
+    num = obs.shape[0]
+    pad = (-num) % min(chunk, num)
+    pad_rows = lambda x: jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+    obs, action, mask = pad_rows(obs), pad_rows(action), pad_rows(mask)
+    split = lambda x: x.reshape(-1, min(chunk, num), *x.shape[1:])
+    # Segments a chunk at a time: one pass for Σ m f and Σ m f², in float32.
+    value = jax.lax.map(lambda xs: rm.combined_output(model, state, xs[0], xs[1]),
+                        (split(obs), split(action)))
+    value = value.reshape(mask.shape)
+    count = jnp.maximum(jnp.sum(mask), 1.0)
+    mean = jnp.sum(mask * value) / count
+    var = jnp.sum(mask * (value - mean) ** 2) / count
+    return state.replace(reward_mean=mean, reward_std=jnp.sqrt(var) + 1e-8)
+
+
+__all__ = ["FitResult", "NonFiniteError", "bootstrap_weights", "check_finite", "fit",
+           "normalize"]

@@ -153,6 +153,134 @@ def _jitted_learner(
     return learner, jax.jit(learner.update)
 
 
+def _learner(*spec: Any) -> tuple[Any, Callable[..., Any]]:
+    # Cached: runs with the same settings (seeds of a bench, resumed runs) compile once;
+    # the reward's and π_ref's parameters travel in the state, not in the compiled code.
+    try:
+        return _jitted_learner(*spec)
+    except TypeError:  # an unhashable reward_fn / apply: compile for this run only
+        return _jitted_learner.__wrapped__(*spec)
+
+
+def _environments(tc: TrainConfig, env_factory: EnvFactory | None,
+                  task_header: Mapping[str, Any] | None, target_speed: float | None
+                  ) -> tuple[EnvFactory, Mapping[str, Any] | None, float | None]:
+    """The environment factory (default: ``BatchedEnv`` on ``tc.task``) and the task's header."""
+    if env_factory is not None:
+        return env_factory, task_header, target_speed
+    from prefrl.envs import make_task
+
+    task = make_task(tc.task)
+    if target_speed is None:
+        target_speed = task.params_dict.get("target_speed")
+    return _default_env_factory(task, tc.num_threads), task.to_header(), target_speed
+
+
+def _start_from_checkpoint(state: ppo.PPOState, path: str | Path, obs_dim: int,
+                           ppo_config: ppo.PPOConfig) -> ppo.PPOState:
+    """The checkpoint's policy, critic and normalisers in ``state`` (its optimiser stays fresh)."""
+    loaded, header = checkpoints.load_ppo(path, obs_dim=obs_dim)
+    shapes = jax.tree.map(jnp.shape, (state.policy_params, state.value_params))
+    if jax.tree.map(jnp.shape, (loaded.policy_params, loaded.value_params)) != shapes:
+        raise ValueError(
+            f"{path}: network sizes {header['policy_hidden']}/"
+            f"{header['value_hidden']} differ from this run's "
+            f"{list(ppo_config.policy_hidden)}/{list(ppo_config.value_hidden)}"
+        )
+    return state.replace(policy_params=loaded.policy_params, value_params=loaded.value_params,
+                         obs_stats=loaded.obs_stats, return_stats=loaded.return_stats)
+
+
+@dataclasses.dataclass
+class _RunFiles:
+    """What a run writes under ``out_dir`` (checkpoints, JSON-lines logs); nothing without it."""
+
+    out_dir: Path | None
+    ppo_config: ppo.PPOConfig
+    tc: TrainConfig
+    obs_dim: int
+    act_dim: int
+    task_header: Mapping[str, Any] | None
+    reward_name: str
+
+    def save(self, path: Path, state: ppo.PPOState, update_idx: int,
+             extra: Mapping[str, Any] | None = None) -> None:
+        checkpoints.save_ppo(
+            path, state, config=self.ppo_config, obs_dim=self.obs_dim, act_dim=self.act_dim,
+            num_updates=self.tc.num_updates, task=self.task_header, reward=self.reward_name,
+            train_config=config_lib.to_dict(self.tc),
+            progress={"update": update_idx, "env_steps": update_idx * self.tc.steps_per_update,
+                      "num_updates": self.tc.num_updates},
+            extra=extra)
+
+    def resume(self, state: ppo.PPOState, inputs: Mapping[str, Any], log: Any
+               ) -> tuple[ppo.PPOState, int]:
+        """``(state, update)`` from ``last.npz`` when resuming, else a fresh start (old logs go)."""
+        if self.out_dir is None:
+            return state, 0
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        last = self.out_dir / "last.npz"
+        if self.tc.resume and last.exists():
+            state, header = checkpoints.load_ppo(last, obs_dim=self.obs_dim, template=state)
+            _check_same_run(header, self.ppo_config, self.tc, last)
+            start = int(header["progress"]["update"])
+            if log:
+                log(f"resuming {last} at update {start}/{self.tc.num_updates}")
+            return state.replace(**inputs), start
+        for name in ("metrics.jsonl", "evals.jsonl"):
+            (self.out_dir / name).unlink(missing_ok=True)
+        return state, 0
+
+    def after_update(self, state: ppo.PPOState, update_idx: int, record: Mapping[str, Any],
+                     evaluation: Mapping[str, Any] | None) -> None:
+        """Log the update (and its evaluation); write snapshots and ``last.npz`` when due."""
+        if self.out_dir is None:
+            return
+        tc = self.tc
+        if evaluation is not None:
+            _append_jsonl(self.out_dir / "evals.jsonl", evaluation)
+        _append_jsonl(self.out_dir / "metrics.jsonl", record)
+        snapshots = {max(1, round(f * tc.num_updates)): f for f in tc.snapshots}
+        if update_idx in snapshots:
+            steps = update_idx * tc.steps_per_update
+            self.save(self.out_dir / "snapshots" / f"step_{steps:09d}.npz", state, update_idx,
+                      {"fraction_of_training": snapshots[update_idx]})
+        if (tc.checkpoint_every and update_idx % tc.checkpoint_every == 0) or (
+            update_idx == tc.num_updates
+        ):
+            self.save(self.out_dir / "last.npz", state, update_idx)
+
+
+def _rollout_and_update(env: Any, update: Callable[..., Any], state: ppo.PPOState,
+                        policy_apply: ppo.PolicyApply, tc: TrainConfig, update_idx: int,
+                        tracker: _EpisodeTracker) -> tuple[ppo.PPOState, dict[str, Any]]:
+    """One PPO iteration: a rollout with the current policy, then one jitted update."""
+    key = jax.random.fold_in(jax.random.key(tc.seed + 1), update_idx)
+    behaviour = policy_fn(Policy(policy_apply, ppo.policy_bundle(state)))
+    t0 = time.perf_counter()
+    traj = env.rollout(behaviour, tc.rollout_steps, key)
+    t1 = time.perf_counter()
+    reward_np = np.asarray(traj.reward)
+    _check_finite(reward_np, f"reward in the rollout of update {update_idx}")
+    tracker.add(reward_np, np.asarray(traj.terminated) | np.asarray(traj.truncated))
+    state, metrics = update(state, jax.tree.map(jnp.asarray, traj))
+    metrics = jax.device_get(metrics)
+    t2 = time.perf_counter()
+    if bool(metrics["nonfinite"]):
+        raise ValueError(
+            f"PPO update {update_idx} produced non-finite values "
+            "(learning reward or KL): check reward_fn / the reward model"
+        )
+    record = _to_jsonable(metrics)
+    episodes = tracker.pop()
+    if episodes:
+        record["train_episode_return"] = float(np.mean(episodes))
+        record["train_episodes"] = len(episodes)
+    record.update(update=update_idx, env_steps=update_idx * tc.steps_per_update,
+                  rollout_s=t1 - t0, update_s=t2 - t1)
+    return state, record
+
+
 def train(
     train_config: TrainConfig,
     ppo_config: ppo.PPOConfig,
@@ -183,96 +311,33 @@ def train(
     Raises ``ValueError`` on non-finite rewards or updates.
     """
     tc = train_config
-    if env_factory is None:
-        from prefrl.envs import make_task
-
-        task = make_task(tc.task)
-        env_factory = _default_env_factory(task, tc.num_threads)
-        task_header = task.to_header()
-        if target_speed is None:
-            target_speed = task.params_dict.get("target_speed")
+    env_factory, task_header, target_speed = _environments(tc, env_factory, task_header,
+                                                           target_speed)
     env = env_factory(tc.num_envs, tc.seed)
-    obs_dim, act_dim = int(env.obs_dim if hasattr(env, "obs_dim") else env.task.obs_dim), int(
-        env.act_dim if hasattr(env, "act_dim") else env.task.act_dim
-    )
+    obs_dim = int(env.obs_dim if hasattr(env, "obs_dim") else env.task.obs_dim)
+    act_dim = int(env.act_dim if hasattr(env, "act_dim") else env.task.act_dim)
     num_updates = tc.num_updates
     ref_params, ref_apply = (None, None) if reference is None else reference
-    # Cached: runs with the same settings (seeds of a bench, resumed runs) compile once;
-    # the reward's and π_ref's parameters travel in the state, not in the compiled code.
-    try:
-        learner, update = _jitted_learner(ppo_config, obs_dim, act_dim, num_updates, reward_fn,
-                                          ref_apply)
-    except TypeError:  # an unhashable reward_fn / apply: compile for this run only
-        learner, update = _jitted_learner.__wrapped__(ppo_config, obs_dim, act_dim, num_updates,
-                                                      reward_fn, ref_apply)
+    learner, update = _learner(ppo_config, obs_dim, act_dim, num_updates, reward_fn, ref_apply)
     policy_apply = ppo.make_policy_apply(ppo_config, act_dim)
-
-    out_dir = Path(tc.out_dir) if tc.out_dir else None
-    train_header = config_lib.to_dict(tc)
-    state = learner.init(jax.random.key(tc.seed))
+    files = _RunFiles(Path(tc.out_dir) if tc.out_dir else None, ppo_config, tc, obs_dim,
+                      act_dim, task_header, reward_name)
     inputs = {"reward_params": reward_params, "ref_params": ref_params}
-    state = state.replace(**inputs)
+    state = learner.init(jax.random.key(tc.seed)).replace(**inputs)
     if init_checkpoint is not None:
-        loaded, header = checkpoints.load_ppo(init_checkpoint, obs_dim=obs_dim)
-        shapes = jax.tree.map(jnp.shape, (state.policy_params, state.value_params))
-        if jax.tree.map(jnp.shape, (loaded.policy_params, loaded.value_params)) != shapes:
-            raise ValueError(
-                f"{init_checkpoint}: network sizes {header['policy_hidden']}/"
-                f"{header['value_hidden']} differ from this run's "
-                f"{list(ppo_config.policy_hidden)}/{list(ppo_config.value_hidden)}"
-            )
-        state = state.replace(
-            policy_params=loaded.policy_params,
-            value_params=loaded.value_params,
-            obs_stats=loaded.obs_stats,
-            return_stats=loaded.return_stats,
-        )
-    start_update = 0
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        last = out_dir / "last.npz"
-        if tc.resume and last.exists():
-            state, header = checkpoints.load_ppo(last, obs_dim=obs_dim, template=state)
-            state = state.replace(**inputs)
-            _check_same_run(header, ppo_config, tc, last)
-            start_update = int(header["progress"]["update"])
-            env.close() if hasattr(env, "close") else None
-            # Fresh environments, seeded differently from the interrupted run's.
-            env = env_factory(tc.num_envs, tc.seed + 7919 * start_update)
-            if log:
-                log(f"resuming {last} at update {start_update}/{num_updates}")
-        else:
-            for name in ("metrics.jsonl", "evals.jsonl"):
-                if (out_dir / name).exists():
-                    (out_dir / name).unlink()
+        state = _start_from_checkpoint(state, init_checkpoint, obs_dim, ppo_config)
+    state, start_update = files.resume(state, inputs, log)
+    if start_update:
+        env.close() if hasattr(env, "close") else None
+        # Fresh environments, seeded differently from the interrupted run's.
+        env = env_factory(tc.num_envs, tc.seed + 7919 * start_update)
     eval_env = env_factory(tc.eval_episodes, tc.seed + 1_000_003)
-    snapshot_updates = {max(1, round(f * num_updates)): f for f in tc.snapshots}
-
-    def save(path: Path, update_idx: int, extra: Mapping[str, Any] | None = None) -> None:
-        checkpoints.save_ppo(
-            path,
-            state,
-            config=ppo_config,
-            obs_dim=obs_dim,
-            act_dim=act_dim,
-            num_updates=num_updates,
-            task=task_header,
-            reward=reward_name,
-            train_config=train_header,
-            progress={"update": update_idx, "env_steps": update_idx * tc.steps_per_update,
-                      "num_updates": num_updates},
-            extra=extra,
-        )
 
     def run_eval(update_idx: int) -> dict[str, Any]:
         key = jax.random.fold_in(jax.random.key(tc.seed + 2), update_idx)
-        result = evaluate_policy(
-            eval_env,
-            policy_fn(Policy(policy_apply, ppo.policy_bundle(state)), deterministic=True),
-            key,
-            target_speed=target_speed,
-            discount=ppo_config.discount,
-        )
+        policy = policy_fn(Policy(policy_apply, ppo.policy_bundle(state)), deterministic=True)
+        result = evaluate_policy(eval_env, policy, key, target_speed=target_speed,
+                                 discount=ppo_config.discount)
         result.update(update=update_idx, env_steps=update_idx * tc.steps_per_update)
         return result
 
@@ -286,8 +351,6 @@ def train(
 
         bar = tqdm(total=num_updates, initial=start_update, unit="upd", dynamic_ncols=True)
     t_start = time.perf_counter()
-    rollout_s = update_s = 0.0
-    env_steps_done = 0
     last_train_return = float("nan")
     update_idx = start_update
     try:
@@ -295,60 +358,20 @@ def train(
             if stop_after_updates is not None and update_idx > stop_after_updates:
                 update_idx -= 1
                 break
-            key = jax.random.fold_in(jax.random.key(tc.seed + 1), update_idx)
-            behaviour = policy_fn(Policy(policy_apply, ppo.policy_bundle(state)))
-            t0 = time.perf_counter()
-            traj = env.rollout(behaviour, tc.rollout_steps, key)
-            t1 = time.perf_counter()
-            reward_np = np.asarray(traj.reward)
-            _check_finite(reward_np, f"reward in the rollout of update {update_idx}")
-            tracker.add(reward_np, np.asarray(traj.terminated) | np.asarray(traj.truncated))
-            batch = jax.tree.map(jnp.asarray, traj)
-            state, metrics = update(state, batch)
-            metrics = jax.device_get(metrics)
-            t2 = time.perf_counter()
-            rollout_s += t1 - t0
-            update_s += t2 - t1
-            env_steps_done += tc.steps_per_update
-            if bool(metrics["nonfinite"]):
-                raise ValueError(
-                    f"PPO update {update_idx} produced non-finite values "
-                    "(learning reward or KL): check reward_fn / the reward model"
-                )
-            record = _to_jsonable(metrics)
-            episodes = tracker.pop()
-            if episodes:
-                last_train_return = float(np.mean(episodes))
-                record["train_episode_return"] = last_train_return
-                record["train_episodes"] = len(episodes)
-            record.update(
-                update=update_idx,
-                env_steps=update_idx * tc.steps_per_update,
-                rollout_s=t1 - t0,
-                update_s=t2 - t1,
-            )
+            state, record = _rollout_and_update(env, update, state, policy_apply, tc,
+                                                update_idx, tracker)
+            last_train_return = record.get("train_episode_return", last_train_return)
+            result = None
             if (tc.eval_every and update_idx % tc.eval_every == 0) or update_idx == num_updates:
                 result = run_eval(update_idx)
                 evaluations.append(result)
                 record["eval_return"] = result["mean_return"]
                 if "mean_speed_error" in result:
                     record["eval_speed_error"] = result["mean_speed_error"]
-                if out_dir is not None:
-                    _append_jsonl(out_dir / "evals.jsonl", result)
                 if log:
                     log(json.dumps({k: v for k, v in result.items() if k != "returns"}))
             history.append(record)
-            if out_dir is not None:
-                _append_jsonl(out_dir / "metrics.jsonl", record)
-                if update_idx in snapshot_updates:
-                    frac = snapshot_updates[update_idx]
-                    steps = update_idx * tc.steps_per_update
-                    snap = out_dir / "snapshots" / f"step_{steps:09d}.npz"
-                    save(snap, update_idx, {"fraction_of_training": frac})
-                if (tc.checkpoint_every and update_idx % tc.checkpoint_every == 0) or (
-                    update_idx == num_updates
-                ):
-                    save(out_dir / "last.npz", update_idx)
+            files.after_update(state, update_idx, record, result)
             if bar is not None:
                 bar.update(1)
                 postfix = {"ret": f"{last_train_return:.1f}", "kl": f"{record['kl']:.4f}"}
@@ -362,24 +385,19 @@ def train(
             if hasattr(e, "close"):
                 e.close()
     wall = time.perf_counter() - t_start
-    if out_dir is not None and update_idx == num_updates:
+    if files.out_dir is not None and update_idx == num_updates:
         final_eval = evaluations[-1] if evaluations else {}
-        save(out_dir / "final.npz", update_idx,
-             {"eval": {k: v for k, v in final_eval.items() if k != "returns"}})
+        files.save(files.out_dir / "final.npz", state, update_idx,
+                   {"eval": {k: v for k, v in final_eval.items() if k != "returns"}})
     if log:
-        log(
-            f"{env_steps_done} env steps in {wall:.1f} s "
-            f"(rollout {rollout_s:.1f} s, update {update_s:.1f} s, "
-            f"{env_steps_done / max(wall, 1e-9):.0f} steps/s)"
-        )
-    return TrainResult(
-        state=state,
-        history=history,
-        evaluations=evaluations,
-        env_steps=update_idx * tc.steps_per_update,
-        wall_s=wall,
-        out_dir=out_dir,
-    )
+        rollout_s = sum(h["rollout_s"] for h in history)
+        update_s = sum(h["update_s"] for h in history)
+        steps = len(history) * tc.steps_per_update
+        log(f"{steps} env steps in {wall:.1f} s (rollout {rollout_s:.1f} s, update "
+            f"{update_s:.1f} s, {steps / max(wall, 1e-9):.0f} steps/s)")
+    return TrainResult(state=state, history=history, evaluations=evaluations,
+                       env_steps=update_idx * tc.steps_per_update, wall_s=wall,
+                       out_dir=files.out_dir)
 
 
 def load_reference(path: str | Path) -> tuple[Any, ppo.PolicyApply]:
@@ -396,14 +414,10 @@ def rlhf_kwargs(
     if reward_model_path:
         from prefrl.learners import reward_model
 
-        rm_state, _ = checkpoints.load_reward_model(reward_model_path)
-        r_hat = reward_model.reward_fn(rm_state)
-
-        def learned_reward(obs: Any, action: Any, next_obs: Any, extras: Any) -> Any:
-            del next_obs, extras
-            return r_hat(obs, action)
-
-        kwargs.update(reward_fn=learned_reward, reward_name=f"learned:{reward_model_path}")
+        # The model's arrays travel in PPO's state (reward_params), not in the compiled code.
+        (model, rm_state), _ = checkpoints.load_reward_model(reward_model_path)
+        kwargs.update(reward_fn=reward_model.PPOReward(model), reward_params=rm_state,
+                      reward_name=f"learned:{reward_model_path}")
     if ppo_config.kl_ref_coef > 0 and not reference_path:
         raise ValueError("--kl-ref-coef > 0 needs --reference (the frozen policy π_ref)")
     if reference_path:

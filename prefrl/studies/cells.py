@@ -19,7 +19,7 @@ environment loop runs seeds in turn).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefrl.studies.cell_data import (
@@ -72,9 +72,11 @@ def _pool_values_fn(config: Any) -> Callable[..., Any]:
 
     from prefrl.learners import reward_model
 
+    model = reward_model.model(config)
+
     def one(state, obs, action, mask):  # noqa: ANN001, ANN202
-        r_hat = reward_model.reward_fn(state)(obs, action)
-        return r_hat, reward_model.segment_scores(state, obs, action, mask)
+        r_hat = reward_model.reward_fn(model, state)(obs, action)
+        return r_hat, reward_model.segment_scores(model, state, obs, action, mask)
 
     return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
 
@@ -93,7 +95,7 @@ def fit_reward_models(
     import jax.numpy as jnp
     import numpy as np
 
-    from prefrl.learners import reward_model
+    from prefrl.data import pairs
     from prefrl.loops import fit as reward_fit
 
     config = _reward_model_config(cell, cell.assumption)
@@ -104,7 +106,7 @@ def fit_reward_models(
     for s, seed in enumerate(seeds):
         # Host-side value checks where data enters (e.g. a single-class label set).
         one = jax.tree.map(lambda x, s=s: x[s], host)
-        reward_model.validate_pairs(one, what=f"{cell.label()} seed {seed}")
+        pairs.validate(one, what=f"{cell.label()} seed {seed}")
     result = _fit_fn(config)(key_fit, batches)
     reward_fit.check_finite(
         {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in result.metrics.items()
@@ -314,14 +316,6 @@ def _run_offline(cell: CellConfig, seeds: Sequence[int], budget_scale: float) ->
 # -- RLHF: reward model + PPO ----------------------------------------------------------
 
 
-def _learned_reward(obs: Any, action: Any, next_obs: Any, extras: Mapping[str, Any]) -> Any:
-    """PPO's ``reward_fn``: the fitted model r̂ (or Â) passed as ``reward_params``."""
-    from prefrl.learners import reward_model
-
-    del next_obs
-    return reward_model.reward_fn(extras["reward_params"])(obs, action)
-
-
 def _run_rlhf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -> list[dict]:
     """``rm_pr+ppo`` / ``rm_regret+ppo``: fit r̂ or Â (seeds vmapped), then PPO on it per seed.
 
@@ -335,7 +329,7 @@ def _run_rlhf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -
     import jax.numpy as jnp
     import numpy as np
 
-    from prefrl.learners import bc, ppo
+    from prefrl.learners import bc, ppo, reward_model
     from prefrl.loops import offline
     from prefrl.loops import ppo as training
 
@@ -358,6 +352,8 @@ def _run_rlhf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -
         jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys), first, second, label, *pool, val
     )
 
+    learned_reward = reward_model.PPOReward(reward_model.model(
+        _reward_model_config(cell, cell.assumption)))
     ppo_config = ppo.PPOConfig(
         discount=st.discount, policy_hidden=tuple(st.policy_hidden),
         value_hidden=tuple(st.policy_hidden), kl_ref_coef=st.ppo_kl_coef,
@@ -373,7 +369,7 @@ def _run_rlhf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -
             checkpoint_every=0, out_dir=None, progress=False,
         )
         result = training.train(
-            train_config, ppo_config, reward_fn=_learned_reward,
+            train_config, ppo_config, reward_fn=learned_reward,
             reward_params=jax.tree.map(lambda x, s=s: x[s], states),
             reward_name=f"learned ({cell.assumption})",
             reference=(jax.tree.map(lambda x, s=s: x[s], ref_output.params), network.apply),

@@ -86,12 +86,12 @@ def collect_pool(
     behaviours: list[tuple[str, Any]] = []
     for i in behaviour_checkpoints(experts, config.max_checkpoints):
         policy, _ = checkpoints.load_policy(experts.checkpoints[i], deterministic=False,
-                                           obs_dim=task.obs_dim)
+                                            obs_dim=task.obs_dim)
         behaviours.append((f"{experts.checkpoints[i].name}@{int(experts.progress[i])}", policy))
     if overshoot is not None:
         for i in behaviour_checkpoints(overshoot, config.overshoot_checkpoints):
             policy, _ = checkpoints.load_policy(overshoot.checkpoints[i], deterministic=False,
-                                               obs_dim=task.obs_dim)
+                                                obs_dim=task.obs_dim)
             name = overshoot.headers[i].get("task", overshoot.directory.name)
             behaviours.append((f"{name}:{overshoot.checkpoints[i].name}@"
                                f"{int(overshoot.progress[i])}", policy))
@@ -142,7 +142,8 @@ def fit_reward_model(config: DemoConfig, dataset: PreferenceDataset, assumption:
                      split: Mapping[str, np.ndarray], discount: float, key: Array) -> Any:
     """Fit r̂ (``partial_return``, γ = 1) or Â (``regret``, γ = ``discount``) on its own labels.
 
-    Returns the fitted :class:`prefrl.learners.reward_model.RewardModelState`
+    Returns ``(model, state)``: the :class:`prefrl.learners.reward_model.RewardModel`
+    and the fitted state
     (best-by-validation members, output standardised on the training segments).
     """
     from prefrl.learners import reward_model as rm
@@ -155,16 +156,16 @@ def fit_reward_model(config: DemoConfig, dataset: PreferenceDataset, assumption:
         num_steps=config.rm_steps, eval_every=max(1, min(50, config.rm_steps)),
         discount=discount if assumption == "regret" else 1.0,
     )
-    train = rm.pair_batch_from_dataset(dataset, assumption, split["train"])
-    rm.validate_pairs(train, what=f"{assumption} training labels")
+    train = pairs.from_dataset(dataset, assumption, split["train"])
+    pairs.validate(train, what=f"{assumption} training labels")
     valid = None
     if len(split["valid"]):
-        valid = rm.pair_batch_from_dataset(dataset, assumption, split["valid"])
+        valid = pairs.from_dataset(dataset, assumption, split["valid"])
     # Data as arguments, not closed-over constants: XLA would fold megabytes of
     # constants into the program and compile far longer.
     result = jax.jit(reward_fit.fit, static_argnums=1)(key, rm_config, train, valid)
     reward_fit.check_finite(result.metrics)
-    return result.state
+    return rm.model(rm_config), result.state
 
 
 def _heldout_accuracy(dataset: PreferenceDataset, indices: np.ndarray, scores: Array
@@ -177,13 +178,13 @@ def _heldout_accuracy(dataset: PreferenceDataset, indices: np.ndarray, scores: A
     return evaluation.preference_accuracies(scores[first], scores[second], labels, weights)
 
 
-def reward_model_accuracy(state: Any, dataset: PreferenceDataset, indices: np.ndarray
-                          ) -> dict[str, float]:
+def reward_model_accuracy(model: Any, state: Any, dataset: PreferenceDataset,
+                          indices: np.ndarray) -> dict[str, float]:
     """Held-out accuracy of a reward model's segment scores under every label set (ties out)."""
     from prefrl.learners import reward_model as rm
 
     seg = dataset.segments
-    scores = rm.segment_scores(state, *(jnp.asarray(x, jnp.float32)
+    scores = rm.segment_scores(model, state, *(jnp.asarray(x, jnp.float32)
                                         for x in (seg.obs, seg.action, seg.mask)))
     return _heldout_accuracy(dataset, indices, scores)
 
@@ -203,14 +204,14 @@ def implicit_accuracy(network: Any, params: Any, dataset: PreferenceDataset,
 # --------------------------------------------------------------------------- policies
 
 
-def train_ppo_on(config: DemoConfig, task: Any, reward_state: Any, name: str,
+def train_ppo_on(config: DemoConfig, task: Any, model: Any, reward_state: Any, name: str,
                  log: Log | None = None) -> Any:
     """PPO from scratch on the standardised learned reward; returns ``training.TrainResult``."""
     from prefrl.learners import ppo
     from prefrl.learners import reward_model as rm
     from prefrl.loops import ppo as training
 
-    learned = rm.reward_fn(reward_state)
+    learned = rm.reward_fn(model, reward_state)
 
     def reward_fn(obs: Array, action: Array, next_obs: Array, extras: Any) -> Array:
         del next_obs, extras
@@ -389,8 +390,8 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
     models = {"partial_return": fit_reward_model(config, dataset, "partial_return", split,
                                                  discount, key_pr),
               "regret": fit_reward_model(config, dataset, "regret", split, discount, key_regret)}
-    accuracy = {name: reward_model_accuracy(state, dataset, split["test"])
-                for name, state in models.items()}
+    accuracy = {name: reward_model_accuracy(*fitted, dataset, split["test"])
+                for name, fitted in models.items()}
 
     stage("offline: BC and CPL")
     train_val = subset(dataset, np.sort(np.concatenate([split["train"], split["valid"]])))
@@ -401,7 +402,7 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
     for i, name in enumerate(LABELS):
         what = "r̂ (partial return)" if name == "partial_return" else "Â (regret)"
         stage(f"PPO on the learned {what} ({i + 1}/2)")
-        result, ppo_config = train_ppo_on(config, task, models[name], name, log=None)
+        result, ppo_config = train_ppo_on(config, task, *models[name], name, log=None)
         apply = ppo.make_policy_apply(ppo_config, task.act_dim)
         policy = policy_fn(Policy(apply, ppo.policy_bundle(result.state)), deterministic=True)
         method = "PPO on learned r̂" if name == "partial_return" else "PPO on learned Â"
@@ -434,7 +435,7 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
 
     stage("evaluating expert, BC, CPL and random policies")
     expert_policy, _ = checkpoints.load_policy(experts.final, deterministic=True,
-                                              obs_dim=task.obs_dim)
+                                               obs_dim=task.obs_dim)
     heldout = split["test"]
     reference = [{"method": "expert (PPO, true reward)", "labels": "-",
                   **evaluate(config, task, expert_policy)}]

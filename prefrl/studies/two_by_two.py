@@ -353,7 +353,6 @@ def pair_batch(data: StudyData, split: str, label: str, rows: np.ndarray | None 
     return pairs.gather(data, first, second, lab)
 
 
-score_segments = rm.segment_scores
 
 
 class EvalSample(NamedTuple):
@@ -399,11 +398,11 @@ def eval_sample(data: StudyData, config: StudyConfig) -> EvalSample:
         jnp.asarray(cov_act), np.asarray(true_can))
 
 
-def _seed_arrays(state: rm.RewardModelState, sample: EvalSample, discount: float
-                 ) -> tuple[Array, Array, Array]:
+def _seed_arrays(model: rm.RewardModel, state: rm.RewardModelState, sample: EvalSample,
+                 discount: float) -> tuple[Array, Array, Array]:
     """One model's segment scores ``[S]``, step values ``[T]`` and C(r̂) ``[E]``."""
-    f = rm.reward_fn(state)
-    scores = score_segments(state, sample.seg_obs, sample.seg_action, sample.seg_mask)
+    f = rm.reward_fn(model, state)
+    scores = rm.segment_scores(model, state, sample.seg_obs, sample.seg_action, sample.seg_mask)
     values = f(sample.step_obs, sample.step_action)
     canonical = evaluation.canonicalize(
         evaluation.state_action_reward(f), sample.epic_obs, sample.epic_action,
@@ -442,10 +441,10 @@ def _fit_seeds(keys: Array, model_cfg: rm.RewardModelConfig, train: rm.PairBatch
     return jax.vmap(lambda k: reward_fit.fit(k, model_cfg, train, valid))(keys)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _seed_arrays_vmapped(states: rm.RewardModelState, sample: EvalSample, discount: float
-                         ) -> tuple[Array, Array, Array]:
-    return jax.vmap(lambda st: _seed_arrays(st, sample, discount))(states)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _seed_arrays_vmapped(model: rm.RewardModel, states: rm.RewardModelState,
+                         sample: EvalSample, discount: float) -> tuple[Array, Array, Array]:
+    return jax.vmap(lambda st: _seed_arrays(model, st, sample, discount))(states)
 
 
 def run_cell(config: StudyConfig, data: StudyData, label: str, assumption: str,
@@ -457,12 +456,12 @@ def run_cell(config: StudyConfig, data: StudyData, label: str, assumption: str,
     parts = pairs.split(num_train, {"valid": config.valid_fraction}, config.seed + 1, min_part=1)
     train = pair_batch(data, "train", label, parts["train"])
     valid = pair_batch(data, "train", label, parts["valid"])
-    rm.validate_pairs(train, what=f"train labels {label!r}")
+    pairs.validate(train, what=f"train labels {label!r}")
     keys = jax.random.split(jax.random.key(config.seed), config.seeds)
     fits = _fit_seeds(keys, model_cfg, train, valid)
     reward_fit.check_finite(jax.tree.map(lambda x: np.moveaxis(np.asarray(x), 0, 1), fits.metrics))
     sample = eval_sample(data, config) if sample is None else sample
-    arrays = _seed_arrays_vmapped(fits.state, sample, config.discount)
+    arrays = _seed_arrays_vmapped(rm.model(model_cfg), fits.state, sample, config.discount)
     scores, values, canonical = (np.asarray(x) for x in arrays)
     return [cell_metrics(scores[i], values[i], canonical[i], sample, data)
             for i in range(config.seeds)]

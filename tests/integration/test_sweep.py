@@ -21,7 +21,7 @@ from prefrl.sweeps import execute as sweep_execute
 from prefrl.sweeps import spec as sweep_spec
 from prefrl.sweeps import store as sweep_store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "experiments" / "sweeps" / "tiny.toml"
 BENCHMARK = REPO / "experiments" / "sweeps" / "halfcheetah_benchmark.toml"
 

@@ -30,7 +30,7 @@ from prefrl.types import Trajectory
 
 GAMMA = 0.99
 TINY_PPO = ppo.PPOConfig(policy_hidden=(8,), value_hidden=(8,), discount=GAMMA)
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _trajectory(rng: np.random.Generator, steps: int, envs: int, spec) -> Trajectory:
@@ -52,7 +52,7 @@ def files(tmp_path_factory):
     spec = make_task("target-speed")
     state = ppo.make(TINY_PPO, spec.obs_dim, spec.act_dim, num_updates=1).init(jax.random.key(0))
     expert = checkpoints.save_ppo(tmp / "expert.npz", state, config=TINY_PPO, obs_dim=spec.obs_dim,
-                             act_dim=spec.act_dim, num_updates=1, task=spec.to_header())
+                                  act_dim=spec.act_dim, num_updates=1, task=spec.to_header())
     rng = np.random.default_rng(0)
     parts = [_trajectory(rng, 48, envs, spec) for envs in (3, 3)]
     traj = concatenate_trajectories(parts)

@@ -1,0 +1,6 @@
+"""End-to-end tests (commands, benchmarks, the demo, sweeps); helpers live in ``tests/``."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
