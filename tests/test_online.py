@@ -88,7 +88,7 @@ def recorded():
             "tags": pool.tags[filled].copy(),
             "markers": markers.copy(),
             "newest_marker": float(pool.arrays["obs"][(pool.head - 1) % pool.capacity, 0, 2]),
-            "probe": np.asarray(rm.reward_fn(run.rm_state)(PROBE_OBS, PROBE_ACT)),
+            "probe": np.asarray(rm.reward_fn(run.model, run.rm_state)(PROBE_OBS, PROBE_ACT)),
             "cache": run.update._cache_size(),
         })
 
@@ -136,14 +136,14 @@ def test_round_records_hold_the_logged_quantities(recorded):
 def test_no_leak_true_rewards_reach_only_the_oracle(recorded, monkeypatch):
     """Scramble the rewards PPO's batch carries: the run's results do not change."""
     result, _ = recorded
-    original = online._Run.ppo_batch
+    original = online.Run.ppo_batch
 
     def scrambled(self, traj):
         batch = original(self, traj)
         noise = jax.random.normal(jax.random.key(7), batch.reward.shape) * 100.0
         return batch.replace(reward=noise)
 
-    monkeypatch.setattr(online._Run, "ppo_batch", scrambled)
+    monkeypatch.setattr(online.Run, "ppo_batch", scrambled)
     other = _train()
     same = jax.tree.map(lambda a, b: np.array_equal(_raw(a), _raw(b)),
                         result["ppo_state"].policy_params, other["ppo_state"].policy_params)

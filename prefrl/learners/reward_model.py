@@ -15,12 +15,9 @@ an action by the Bradley–Terry loss on its discounted sum over each segment
   preferences and mistaking it for reward"): f is the optimal advantage Â and
   the score is −regret (:func:`prefrl.preference.regret_score`, γ the MDP's
   discount). Since A* is r shaped by the potential V*, a policy that
-  maximises Â as its reward has the same optimum as one maximising r. Given
-  the same γ the two are one optimisation; what differs is what f *is*.
-  ``assumption="regret"`` is the old name of the Â learner (it learns Â,
-  not a regret-model r̂; that is ``prefrl.learners.regret_sf``): still
-  accepted, kept as given (saved files round-trip), with a
-  ``DeprecationWarning``.
+  maximises Â as its reward has the same optimum as one maximising r.
+  ``"regret"`` is Â's old name (a regret-model r̂ is ``prefrl.learners.regret_sf``):
+  still accepted with a ``DeprecationWarning``.
 
 Practice (Christiano 2017, B-Pref, imitation; docs/design.md §4): an ensemble
 of M members trained in one step (one batched network; ``vmap`` over members
@@ -62,10 +59,7 @@ Array = jax.Array
 PRNGKey = jax.Array
 
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": nn.relu,
-    "leaky_relu": nn.leaky_relu,
-    "tanh": nn.tanh,
-}
+    "relu": nn.relu, "leaky_relu": nn.leaky_relu, "tanh": nn.tanh}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +97,9 @@ class RewardModelConfig:
             raise ValueError(f"assumption must be 'partial_return' or 'advantage' (old name "
                              f"'regret'), got {self.assumption!r}")
         if self.assumption == "regret":
-            warnings.warn("RewardModelConfig(assumption='regret') fits the advantage Â; call it "
-                          "assumption='advantage' (the regret-model reward r̂ is "
-                          "prefrl.learners.regret_sf)", DeprecationWarning, stacklevel=3)
+            warnings.warn("assumption='regret' fits the advantage Â; call it 'advantage' (the "
+                          "regret-model r̂ is prefrl.learners.regret_sf)", DeprecationWarning,
+                          stacklevel=3)
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}")
         if self.combine not in ("mean", "warm"):
@@ -132,8 +126,6 @@ class RewardModelConfig:
         if self.assumption == "partial_return":
             return preference.partial_return
         return preference.regret_score
-
-
 
 
 @struct.dataclass

@@ -423,8 +423,8 @@ def run_demo(config: DemoConfig, log: Log | None = print) -> dict[str, Any]:
         rows.append({"method": "online PPO, refitted r̂",
                      "labels": f"partial_return ({result['labels_used']} online)",
                      **evaluate(config, task, policy),
-                     "heldout_accuracy": reward_model_accuracy(result["reward_state"], dataset,
-                                                               split["test"]),
+                     "heldout_accuracy": reward_model_accuracy(
+                         result["reward_model"], result["reward_state"], dataset, split["test"]),
                      "train_wall_s": result["wall_s"]})
         ppo_curves["online"] = {
             "env_steps": [float(h["update"] * config.ppo_envs * config.ppo_rollout_steps)

@@ -1,0 +1,120 @@
+"""The online loop's settings (:mod:`prefrl.loops.online`) and its default reward model."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from prefrl.config import field
+from prefrl.learners import reward_model as rm
+from prefrl.loops.schedule import SCHEDULES, label_schedule
+
+SELECTIONS = ("uniform", "disagreement", "entropy")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """The loop's settings (PPO, reward model and oracle have configs of their own)."""
+
+    task: str = field("run", "task name: run, run-backward, target-speed")
+    total_steps: int = field(1_000_000, "environment steps of PPO")
+    num_envs: int = field(64, "parallel environments (B)")
+    rollout_steps: int = field(64, "steps per environment per PPO update (T)")
+    seed: int = field(0, "seed of everything in the run")
+    label_budget: int = field(1000, "labels of the whole run (skipped queries count)")
+    schedule: str = field("hyperbolic", "label schedule: constant or hyperbolic")
+    initial_fraction: float = field(0.25, "share of the budget labelled before any RL")
+    schedule_tau: float = field(250_000.0, "hyperbolic schedule's time constant (env steps)")
+    refit_every: int = field(8, "PPO updates per labelling round")
+    label_until: float = field(1.0, "fraction of training after which no round is held")
+    segment_length: int = field(25, "steps per segment (k)")
+    segment_stride: int = field(25, "steps between segment starts in a rollout")
+    pool_capacity: int = field(1024, "segments kept in the FIFO candidate pool")
+    selection: str = field("uniform", "query selection: uniform, disagreement, entropy")
+    oversample: int = field(10, "candidates per selected query (B-Pref)")
+    valid_fraction: float = field(0.1, "labels held out for validation (not trained on)")
+    initial_fit_steps: int = field(600, "reward-fit updates after the first labels")
+    initial_rollouts: int = field(
+        1, "rollouts of the initial policy whose segments seed the pool (the first is PPO's)")
+    offline_dataset: str = field(
+        "", "label the whole budget from this dataset's queries at the start, none online "
+        "(the snapshot-pool ablation); '' = online")
+    offline_label: str = field("partial_return", "which labels of offline_dataset to use")
+    heldout_queries: int = field(128, "fresh evaluation queries per round (not in the budget)")
+    expert: str = field("", "expert PPO checkpoint whose critic V_E the regret oracle uses")
+    reference: str = field("", "frozen π_ref (policy file or PPO checkpoint) for PPO's "
+                           "KL penalty (kl_ref_coef of the PPO config); '' = none")
+    eval_every: int = field(25, "evaluate the policy every this many updates (0: at the end)")
+    eval_episodes: int = field(8, "deterministic evaluation episodes")
+    out_dir: str = field("", "output folder (rounds.jsonl, evals.jsonl, last.npz); '' = none")
+    checkpoint_every: int = field(25, "write out_dir/last.npz every this many updates")
+    resume: bool = field(True, "resume from out_dir/last.npz when it exists")
+    progress: bool = field(True, "progress bar on a terminal")
+    num_threads: int | None = field(None, "physics threads (default: all cores)")
+
+    def __post_init__(self) -> None:
+        if self.label_budget < 1:
+            raise ValueError(f"label_budget must be >= 1, got {self.label_budget}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; use one of {SELECTIONS}")
+        for name in ("total_steps", "num_envs", "rollout_steps", "refit_every", "segment_length",
+                     "segment_stride", "oversample", "initial_fit_steps", "eval_episodes",
+                     "initial_rollouts", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.segment_length > self.rollout_steps:
+            raise ValueError(f"segment_length {self.segment_length} is longer than the rollout "
+                             f"(rollout_steps {self.rollout_steps})")
+        if not 0.0 <= self.initial_fraction <= 1.0:
+            raise ValueError(f"initial_fraction must be in [0, 1], got {self.initial_fraction}")
+        if not 0.0 < self.label_until <= 1.0:
+            raise ValueError(f"label_until must be in (0, 1], got {self.label_until}")
+        if not 0.0 <= self.valid_fraction < 0.5:
+            raise ValueError(f"valid_fraction must be in [0, 0.5), got {self.valid_fraction}")
+        if self.heldout_queries < 0 or self.eval_every < 0:
+            raise ValueError("heldout_queries and eval_every must be >= 0")
+        if self.pool_capacity < 2:
+            raise ValueError(f"pool_capacity must be >= 2, got {self.pool_capacity}")
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.rollout_steps
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, math.ceil(self.total_steps / self.steps_per_update))
+
+    def round_updates(self) -> np.ndarray:
+        """PPO updates (1-based) at whose rollout a round is held; round 0 at update 1."""
+        last = max(1, int(self.label_until * self.num_updates))
+        return np.arange(1, last + 1, self.refit_every)
+
+    def schedule_counts(self) -> np.ndarray:
+        """Labels per round (exactly ``label_budget`` in all)."""
+        updates = self.round_updates()
+        steps = (updates[1:] - 1) * self.steps_per_update
+        if self.offline_dataset:
+            return np.concatenate([[self.label_budget], np.zeros(len(steps), np.int64)])
+        return label_schedule(self.label_budget, steps, kind=self.schedule,
+                              initial_fraction=self.initial_fraction, tau=self.schedule_tau)
+
+
+def default_reward_config(**overrides: Any) -> rm.RewardModelConfig:
+    """The online loop's reward model: a small ensemble refitted often, warm-started.
+
+    3 × (64, 64) leaky-ReLU members on (s, a), Adam 1e-3, 64 queries a step,
+    100 steps a refit: sized so that fits cost a fraction of PPO's wall-clock.
+    """
+    base = dict(assumption="partial_return", hidden=(64, 64), ensemble_size=3,
+                learning_rate=1e-3, batch_size=64, num_steps=100, eval_every=100,
+                chunk_pairs=64, normalize=False)
+    base.update(overrides)
+    return rm.RewardModelConfig(**base)
+
+
+__all__ = ["SELECTIONS", "OnlineConfig", "default_reward_config"]

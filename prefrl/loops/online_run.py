@@ -1,0 +1,335 @@
+"""One online run's host state and its steps: rollouts, selection, labels, refits, evaluation.
+
+:class:`Run` holds the environments, the segment pool, the labelled pairs, the
+PPO and reward-model states and the named PRNG keys; :mod:`prefrl.loops.online`
+drives it. Every jitted function here takes arrays of fixed shapes (padded
+query counts, a fixed-capacity pool), so each compiles once per run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prefrl import evaluation, oracles
+from prefrl.data import pairs, queries
+from prefrl.data.pool import LabelBuffer, SegmentPool
+from prefrl.data.segments import segment
+from prefrl.learners import ppo
+from prefrl.learners import reward_model as rm
+from prefrl.loops import active
+from prefrl.loops import fit as fit_loop
+from prefrl.loops.online_config import OnlineConfig
+from prefrl.policies import Policy, policy_fn
+from prefrl.rollout import evaluate_policy
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reward_and_stats(model: rm.RewardModel, state: Any, obs: jax.Array, action: jax.Array
+                      ) -> tuple[jax.Array, ...]:
+    raw = rm.combined_output(model, state, obs, action)
+    return raw, jnp.mean(raw), jnp.std(raw)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _segment_returns(model: rm.RewardModel, state: Any, obs: jax.Array, action: jax.Array,
+                     mask: jax.Array) -> jax.Array:
+    """``[N]`` partial return of the ensemble-mean r̂ over each segment (for accuracy)."""
+    return jnp.sum(rm.reward_fn(model, state)(obs, action) * mask, axis=-1)
+
+
+_evaluate = jax.jit(rm.evaluate, static_argnums=0, static_argnames="chunk")
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _acquisition(probs: jax.Array, method: str) -> jax.Array:
+    return queries.acquisition(probs, method)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pool_probs(model: rm.RewardModel, state: Any, pool: Any, first: jax.Array,
+                second: jax.Array) -> jax.Array:
+    """``[M, C]``: each member's P(σ¹ ≻ σ²) for candidate queries of the pool."""
+    batch = pairs.gather(pool, first, second, jnp.zeros(first.shape, jnp.float32))
+    return active.ensemble_preferences(model, state, batch)
+
+
+def for_ppo(state: Any) -> Any:
+    # What PPO needs of the reward model: parameters and standardisation (no optimiser).
+    return state.replace(opt_state=None)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class Run:
+    """The mutable host state of one online run (environments, buffers, keys, logs)."""
+
+    def __init__(self, config: OnlineConfig, ppo_config: ppo.PPOConfig,
+                 reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig,
+                 env_factory: Callable[[int, int], Any] | None, log: Callable[[str], None] | None):
+        from prefrl.envs import make_task
+
+        self.c, self.ppo_config, self.oracle = config, ppo_config, oracle
+        self.log = log
+        self.task = make_task(config.task)
+        if env_factory is None:
+            env_factory = functools.partial(_batched_env, self.task, config.num_threads)
+        self.env = env_factory(config.num_envs, config.seed)
+        self.eval_env = env_factory(config.eval_episodes, config.seed + 1_000_003)
+        self.obs_dim, self.act_dim = int(self.env.obs_dim), int(self.env.act_dim)
+        self.value_fn = _critic(config, oracle, self.obs_dim)
+        self.reward_config = dataclasses.replace(reward_config, normalize=False)
+        self.fit_config = self.reward_config
+        self.model = rm.model(self.fit_config)
+        self.counts = config.schedule_counts()
+        self.round_updates = config.round_updates()
+        self.max_round = int(self.counts.max())
+        key = jax.random.key(config.seed)
+        names = ("ppo", "rollout", "select", "label", "fit", "heldout", "eval", "initial")
+        self.keys = dict(zip(names, jax.random.split(key, len(names)), strict=True))
+        ref_params, ref_apply = _reference(config, ppo_config)
+        self.learner = ppo.make(ppo_config, self.obs_dim, self.act_dim,
+                                num_updates=config.num_updates,
+                                reward_fn=rm.PPOReward(self.model),
+                                reference_apply=ref_apply)
+        self.update = jax.jit(self.learner.update)
+        self.policy_apply = ppo.make_policy_apply(ppo_config, self.act_dim)
+        self.ppo_state = self.learner.init(self.keys["ppo"]).replace(ref_params=ref_params)
+        self.pool: SegmentPool | None = None
+        self._pool_device: tuple[int, Any] | None = None
+        self.labels = LabelBuffer(config.label_budget, config.segment_length, self.obs_dim,
+                                  self.act_dim)
+        self.rm_state: Any = None
+        self.labels_used = 0
+        self.timing = {"rollout_s": 0.0, "ppo_s": 0.0, "select_label_s": 0.0, "fit_s": 0.0,
+                       "eval_s": 0.0}
+        self.rounds: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self.round_at = {int(u): r for r, u in enumerate(self.round_updates)}
+        self.wall_before = 0.0
+
+    def start_fresh(self) -> None:
+        """Reset the environments and fill the pool with any extra initial rollouts."""
+        self.env.reset()
+        for extra in range(1, self.c.initial_rollouts):
+            self.rollout(0, extra=extra)
+
+    # ----------------------------------------------------------------- pieces
+
+    def rollout(self, update_idx: int, extra: int = 0) -> Any:
+        """PPO's rollout of ``update_idx`` (``extra > 0``: an extra initial-pool rollout)."""
+        behaviour = policy_fn(Policy(self.policy_apply, ppo.policy_bundle(self.ppo_state)))
+        key = jax.random.fold_in(self.keys["rollout"], update_idx)
+        if extra:
+            key = jax.random.fold_in(jax.random.fold_in(self.keys["initial"], extra), 0)
+        t0 = time.perf_counter()
+        traj = self.env.rollout(behaviour, self.c.rollout_steps, key)
+        self.timing["rollout_s"] += time.perf_counter() - t0
+        segs = segment(traj, self.c.segment_length, self.c.segment_stride)
+        if self.pool is None:
+            self.pool = SegmentPool(self.c.pool_capacity, segs)
+        rows = self.pool.add(segs, tag=update_idx)
+        return traj, rows
+
+    def select(self, round_idx: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` queries from the pool: ``oversample × n`` uniform candidates, the best ``n`` kept.
+
+        Candidates are drawn at a fixed count and scored all at once (one
+        compile for every round); only the first ``oversample × n`` compete.
+        Ties (and ``uniform``) are broken by a seeded random order.
+        """
+        num_candidates = max(2, self.c.oversample * self.max_round)
+        key_c, key_s = jax.random.split(jax.random.fold_in(self.keys["select"], round_idx))
+        first, second = queries.uniform_pairs(key_c, self.pool.count, num_candidates)
+        method = self.c.selection if self.rm_state is not None else "uniform"
+        if method == "uniform":
+            values = np.zeros(num_candidates)
+        else:
+            probs = _pool_probs(self.model, self.rm_state, self.pool_device(), first, second)
+            values = np.asarray(_acquisition(probs, method), np.float64)
+        values[min(n * self.c.oversample, num_candidates):] = -np.inf
+        tie_break = np.asarray(jax.random.uniform(key_s, (num_candidates,)))
+        chosen = np.lexsort((tie_break, -values))[:n]
+        return np.asarray(first)[chosen], np.asarray(second)[chosen]
+
+    def pool_device(self) -> Any:
+        """The pool's arrays on the device, copied once per round."""
+        if self._pool_device is None or self._pool_device[0] != self.pool.version:
+            self._pool_device = (self.pool.version,
+                                 jax.tree.map(jnp.asarray, self.pool.segments()))
+        return self._pool_device[1]
+
+    def ppo_batch(self, traj: Any) -> Any:
+        """The rollout as PPO's update sees it (its ``reward`` field is logged, never learned)."""
+        return jax.tree.map(jnp.asarray, traj)
+
+    def label(self, key: jax.Array, first: np.ndarray, second: np.ndarray,
+              oracle: oracles.OracleConfig) -> oracles.Labels:
+        """The oracle's labels, padded to a fixed query count so one compile serves every round."""
+        size = max(self.max_round, self.c.heldout_queries, 1)
+        out = oracles.label_queries(oracle, key, self.pool_device(), _pad(first, size),
+                                    _pad(second, size),
+                                    self.value_fn if oracle.model == "regret" else None)
+        n = first.shape[0]
+        return jax.tree.map(lambda x: np.asarray(x)[:n], out)
+
+    def refit(self, round_idx: int, traj: Any) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        key = jax.random.fold_in(self.keys["fit"], round_idx)
+        train, valid = self.labels.batch(0), self.labels.batch(1)
+        init = None if self.rm_state is None else self.rm_state.params
+        train = jax.tree.map(jnp.asarray, train)
+        # The first fit is several refits in a row: one compiled fit serves every round.
+        repeats = -(-self.c.initial_fit_steps // self.fit_config.num_steps) if init is None else 1
+        for i in range(repeats):
+            fitted = _fit(jax.random.fold_in(key, i), self.fit_config, train, init)
+            fit_loop.check_finite(jax.device_get(fitted.metrics))
+            init = fitted.state.params
+        state = fitted.state
+        obs = jnp.asarray(traj.obs).reshape(-1, self.obs_dim)
+        act = jnp.asarray(traj.action).reshape(-1, self.act_dim)
+        raw, mean, std = _reward_and_stats(self.model, state, obs, act)
+        self.rm_state = state.replace(reward_mean=mean, reward_std=std + 1e-8)
+        self.ppo_state = self.ppo_state.replace(reward_params=for_ppo(self.rm_state))
+        self.timing["fit_s"] += time.perf_counter() - t0
+        out = {
+            "fit_train_loss": float(np.mean(fitted.metrics["train_loss"][-1])),
+            "fit_train_accuracy": float(np.mean(fitted.metrics["train_accuracy"][-1])),
+            "reward_pearson": evaluation.pearson(np.asarray(raw),
+                                                 np.asarray(traj.reward).reshape(-1)),
+        }
+        if float(np.sum(valid.weight)) > 0:
+            v = _evaluate(self.model, self.rm_state, jax.tree.map(jnp.asarray, valid))
+            out.update(valid_loss=float(np.mean(v["loss"])),
+                       valid_accuracy=float(np.mean(v["accuracy"])))
+        return out
+
+    def heldout(self, round_idx: int, rows: np.ndarray) -> dict[str, float]:
+        """Accuracy of r̂ on fresh queries among the newest rollout's segments, per oracle."""
+        n = self.c.heldout_queries
+        if n == 0 or rows.shape[0] < 2 or self.rm_state is None:
+            return {}
+        key = jax.random.fold_in(self.keys["heldout"], round_idx)
+        k_pairs, k_pr, k_rg = jax.random.split(key, 3)
+        f, s = queries.uniform_pairs(k_pairs, rows.shape[0], n)
+        f, s = rows[np.asarray(f)], rows[np.asarray(s)]
+        seg = self.pool_device()
+        score = np.asarray(_segment_returns(self.model, self.rm_state, seg.obs, seg.action,
+                                            seg.mask))
+        out = {}
+        oracle_models = [("partial_return", 1.0)]
+        if self.value_fn is not None:
+            oracle_models.append(("regret", float(self.oracle_discount)))
+        for (model, gamma), k in zip(oracle_models, (k_pr, k_rg), strict=False):
+            rational = oracles.OracleConfig(model=model, discount=gamma)
+            lab = self.label(k, f, s, rational)
+            out[f"heldout_acc_{model}"] = evaluation.preference_accuracy(
+                score[f], score[s], lab.label)
+        return out
+
+    @property
+    def oracle_discount(self) -> float:
+        return self.oracle.discount if self.oracle.model == "regret" else _critic_discount(self.c)
+
+    def evaluate(self, update_idx: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        key = jax.random.fold_in(self.keys["eval"], update_idx)
+        policy = policy_fn(Policy(self.policy_apply, ppo.policy_bundle(self.ppo_state)),
+                           deterministic=True)
+        result = evaluate_policy(self.eval_env, policy, key,
+                                 target_speed=self.task.params_dict.get("target_speed"))
+        self.timing["eval_s"] += time.perf_counter() - t0
+        result.update(update=update_idx, env_steps=update_idx * self.c.steps_per_update)
+        return result
+
+    def close(self) -> None:
+        for e in (self.env, self.eval_env):
+            if hasattr(e, "close"):
+                e.close()
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _fit(key: jax.Array, config: rm.RewardModelConfig, train: Any, init_params: Any) -> Any:
+    return fit_loop.fit(key, config, train, None, init_params=init_params)
+
+
+def _pad(x: Any, size: int) -> np.ndarray:
+    # Host-side padding to a fixed query count: the jitted consumers compile once.
+    x = np.asarray(x, np.int32)
+    if x.shape[0] > size:
+        raise ValueError(f"{x.shape[0]} queries exceed the padded size {size}")
+    return np.concatenate([x, np.zeros((size - x.shape[0],), np.int32)])
+
+
+def _batched_env(task: Any, num_threads: int | None, num_envs: int, seed: int) -> Any:
+    from prefrl.rollout import BatchedEnv
+
+    return BatchedEnv(task, num_envs=num_envs, seed=seed, num_threads=num_threads,
+                      dtype=np.float32)
+
+
+def _reference(config: OnlineConfig, ppo_config: ppo.PPOConfig) -> tuple[Any, Any]:
+    """``(params, apply)`` of π_ref, or ``(None, None)``."""
+    if not config.reference:
+        if ppo_config.kl_ref_coef > 0:
+            raise ValueError("kl_ref_coef > 0 needs a reference policy (reference / --reference)")
+        return None, None
+    from prefrl.loops.ppo import load_reference
+
+    return load_reference(config.reference)
+
+
+def _critic_discount(config: OnlineConfig) -> float:
+    from prefrl.io import load_npz
+
+    if not config.expert:
+        return 0.99
+    _, header = load_npz(config.expert, kind="ppo_checkpoint")
+    return float(header["discount"])
+
+
+def _critic(config: OnlineConfig, oracle: oracles.OracleConfig, obs_dim: int) -> Any:
+    """V_E of the expert checkpoint (true-reward units), or None without an expert."""
+    if not config.expert:
+        if oracle.model == "regret":
+            raise ValueError("the regret oracle needs an expert critic: set expert "
+                             "(--expert PATH to a PPO checkpoint trained on the true reward)")
+        return None
+    from prefrl import checkpoints
+
+    if not Path(config.expert).is_file():
+        raise FileNotFoundError(f"expert checkpoint {config.expert} not found")
+    _, header = checkpoints.load_ppo(config.expert, obs_dim=obs_dim)
+    if header.get("task") not in (None, config.task):
+        raise ValueError(f"expert {config.expert} was trained on task {header.get('task')!r}, "
+                         f"the run is on {config.task!r}")
+    if oracle.model == "regret" and abs(float(header["discount"]) - oracle.discount) > 1e-9:
+        raise ValueError(f"the regret oracle's discount {oracle.discount} differs from the "
+                         f"expert critic's γ = {header['discount']}")
+    return checkpoints.load_value_fn(config.expert, obs_dim=obs_dim)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.generic | np.ndarray):
+        return np.asarray(x).tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
