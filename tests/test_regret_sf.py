@@ -21,6 +21,8 @@ import pytest
 from prefrl import tabular
 from prefrl.learners import regret_sf as rs
 from prefrl.learners import reward_model
+from prefrl.learners import sf_networks as nets
+from prefrl.learners import successor_features as sf
 
 GAMMA = 0.9
 
@@ -235,7 +237,7 @@ def test_fit_successor_features_recovers_the_linear_solve(method, rounds, steps)
                                    time_limit=15)
     feats = tabular.one_hot_features(num_states, num_actions)
     eye_s, eye_a = np.eye(num_states, dtype=np.float32), np.eye(num_actions, dtype=np.float32)
-    rollouts = rs.LibraryRollouts(
+    rollouts = sf.LibraryRollouts(
         obs=jnp.asarray(eye_s[roll["state"]]), action=jnp.asarray(eye_a[roll["action"]]),
         next_obs=jnp.asarray(eye_s[roll["next_state"]]),
         terminated=jnp.asarray(roll["terminated"]), truncated=jnp.asarray(roll["truncated"]))
@@ -244,9 +246,9 @@ def test_fit_successor_features_recovers_the_linear_solve(method, rounds, steps)
     psi_net = nn.Dense(num_states * num_actions, use_bias=False)
     params = jax.vmap(lambda k: psi_net.init(k, rollouts.obs[0, 0, 0]))(
         jax.random.split(jax.random.key(0), len(library)))
-    sf_cfg = rs.SFFitConfig(method=method, num_rounds=rounds, steps_per_round=steps,
+    sf_cfg = sf.SFFitConfig(method=method, num_rounds=rounds, steps_per_round=steps,
                             learning_rate=0.1)
-    fit = jax.jit(lambda k, p, ro, f: rs.fit_successor_features(
+    fit = jax.jit(lambda k, p, ro, f: sf.fit_successor_features(
         k, sf_cfg, psi_net, p, ro, f, discount=GAMMA))
     params, metrics = fit(jax.random.key(1), params, rollouts, phi_t)
     assert metrics["loss"].shape == (rounds, len(library))
@@ -263,13 +265,13 @@ def test_successor_targets_mc_known_answer():
     next_psi = jnp.full((3, 1, 1), 10.0)
     trunc = jnp.array([[False], [True], [False]])
     term = jnp.zeros((3, 1), bool)
-    g = rs.successor_targets(phi, next_psi, term, trunc, discount=0.5, method="mc")
+    g = sf.successor_targets(phi, next_psi, term, trunc, discount=0.5, method="mc")
     # t=2 (end of data): 1 + 0.5·10 = 6; t=1 (truncated): 1 + 0.5·10 = 6; t=0: 1 + 0.5·6 = 4.
     np.testing.assert_allclose(np.asarray(g)[:, 0, 0], [4.0, 6.0, 6.0])
     # Terminated at t=1: no bootstrap there: 1; t=0: 1 + 0.5·1 = 1.5.
-    g = rs.successor_targets(phi, next_psi, trunc, jnp.zeros((3, 1), bool), discount=0.5)
+    g = sf.successor_targets(phi, next_psi, trunc, jnp.zeros((3, 1), bool), discount=0.5)
     np.testing.assert_allclose(np.asarray(g)[:, 0, 0], [1.5, 1.0, 6.0])
-    td = rs.successor_targets(phi, next_psi, term, trunc, discount=0.5, method="td")
+    td = sf.successor_targets(phi, next_psi, term, trunc, discount=0.5, method="td")
     np.testing.assert_allclose(np.asarray(td)[:, 0, 0], [6.0, 6.0, 6.0])
 
 
@@ -324,7 +326,7 @@ def _frozen_phi(obs, action):
 
 CONTRACT_SETUPS = {
     "learned_phi_psi_network": dict(
-        phi=rs.default_phi_network(4, (8,)), psi_network=rs.default_psi_network(4, (8,)),
+        phi=nets.default_phi_network(4, (8,)), psi_network=nets.default_psi_network(4, (8,)),
         num_policies=3, batch=_network_batch(3)),
     "frozen_phi_given_psi": dict(phi=_frozen_phi, psi_network=None, num_policies=0,
                                  batch=_given_batch(3)),
@@ -378,12 +380,12 @@ def test_alternating_refit_with_learned_phi_scan_equals_host_loop():
     cfg, learner, init, update = contract_learner("learned_phi_psi_network")
     setup = CONTRACT_SETUPS["learned_phi_psi_network"]
     phi_net, psi_net, batch = setup["phi"], setup["psi_network"], setup["batch"]
-    refit = rs.make_refit(cfg, rs.SFFitConfig(num_rounds=2, steps_per_round=5, batch_size=16),
+    refit = sf.make_refit(cfg, sf.SFFitConfig(num_rounds=2, steps_per_round=5, batch_size=16),
                           phi_net, psi_net)
     rng = np.random.default_rng(4)
     truncated = np.zeros((3, 10, 3), bool)
     truncated[:, 4] = True
-    rollouts = rs.LibraryRollouts(
+    rollouts = sf.LibraryRollouts(
         obs=rng.normal(size=(3, 10, 3, 3)).astype(np.float32),
         action=rng.uniform(-1, 1, (3, 10, 3, 2)).astype(np.float32),
         next_obs=rng.normal(size=(3, 10, 3, 3)).astype(np.float32),
@@ -393,7 +395,7 @@ def test_alternating_refit_with_learned_phi_scan_equals_host_loop():
 
     # The scan version. Data as arguments, not closed-over constants (XLA would
     # constant-fold through them).
-    run = jax.jit(lambda st, ro, b: rs.alternate(learner.update, refit, st, key, ro, lambda k: b,
+    run = jax.jit(lambda st, ro, b: sf.alternate(learner.update, refit, st, key, ro, lambda k: b,
                                                  num_updates=6, refit_every=3))
     scanned, scan_metrics = run(state0, rollouts, batch)
     psi_loss = np.asarray(scan_metrics["psi_loss"])
@@ -451,7 +453,7 @@ def test_psi_inputs_and_pair_batch_from_a_segment_pool():
     again = rs.from_pair_batch(plain, pairs.psi_in_1, pairs.psi_in_2)
     assert again.psi_in_1 is pairs.psi_in_1 and again.obs_2 is pairs.obs_2
     learner = rs.make(rs.RegretSFConfig(num_policies=2), _frozen_phi,
-                      psi_network=rs.default_psi_network(4, (4,)))
+                      psi_network=nets.default_psi_network(4, (4,)))
     with pytest.raises(TypeError, match="from_pair_batch"):
         learner.init(jax.random.key(0), plain)
 
@@ -461,19 +463,20 @@ def test_reward_model_hidden_layer_as_frozen_features():
     z = np.zeros
     batch = reward_model.PairBatch(z((2, 3, 4)), z((2, 3, 2)), np.ones((2, 3)), z((2, 3, 4)),
                                    z((2, 3, 2)), np.ones((2, 3)), np.array([0.0, 1.0]))
+    rm_model = reward_model.model(cfg)
     rm_state = jax.jit(reward_model.make(cfg).init)(jax.random.key(0), batch)
-    phi = rs.reward_model_features(rm_state)
+    phi = nets.reward_model_features(rm_model, rm_state)
     rng = np.random.default_rng(1)
     obs = rng.normal(size=(7, 4)).astype(np.float32)
     act = rng.uniform(-1, 1, (7, 2)).astype(np.float32)
 
     @jax.jit
     def check(rm_state, obs, act):
-        feats = rs.reward_model_features(rm_state)(obs, act)
+        feats = nets.reward_model_features(rm_model, rm_state)(obs, act)
         out = rm_state.params["params"]["Dense_2"]
         # w = the output kernels / M reproduces the ensemble mean (up to the output biases).
         w = jnp.concatenate([out["kernel"][0, :, 0], out["kernel"][1, :, 0]]) / 2
-        mean_out = reward_model.member_outputs(rm_state, obs, act).mean(axis=0)
+        mean_out = reward_model.member_outputs(rm_model, rm_state, obs, act).mean(axis=0)
         return feats, feats @ w + out["bias"][:, 0].mean(), mean_out
 
     feats, rebuilt, mean_out = check(rm_state, obs, act)
@@ -506,7 +509,7 @@ def test_bad_input_raises_clear_errors():
 
     # A ψ network over a library of the wrong observation size.
     net_cfg = rs.RegretSFConfig(num_policies=2)
-    psi_net = rs.default_psi_network(6, (8,))
+    psi_net = nets.default_psi_network(6, (8,))
     net_learner = rs.make(net_cfg, _frozen_phi, psi_network=psi_net)
     batch = _network_batch(1)
     wrong = batch._replace(psi_in_1=np.zeros((6, 2, 5)), psi_in_2=np.zeros((6, 2, 5)))
@@ -518,18 +521,18 @@ def test_bad_input_raises_clear_errors():
         jax.eval_shape(net_learner.update, net_state, other_obs)
     with pytest.raises(ValueError, match="feature width mismatch.*ψ network outputs width 5"):
         jax.eval_shape(rs.make(net_cfg, _frozen_phi,
-                               psi_network=rs.default_psi_network(5, (8,))).init, key, batch)
+                               psi_network=nets.default_psi_network(5, (8,))).init, key, batch)
     with pytest.raises(ValueError, match="num_policies >= 1"):
         rs.make(rs.RegretSFConfig(), _frozen_phi, psi_network=psi_net)
     with pytest.raises(ValueError, match="num_policies=2 is for a ψ network"):
         rs.make(net_cfg, _frozen_phi)
 
     # fit_successor_features: wrong observation size, wrong |Π|, wrong φ width.
-    rollouts = rs.LibraryRollouts(np.zeros((2, 5, 3, 4)), np.zeros((2, 5, 3, 2)),
+    rollouts = sf.LibraryRollouts(np.zeros((2, 5, 3, 4)), np.zeros((2, 5, 3, 2)),
                                   np.zeros((2, 5, 3, 4)), np.zeros((2, 5, 3), bool),
                                   np.zeros((2, 5, 3), bool))
-    fit = lambda p, f: jax.eval_shape(lambda p, f: rs.fit_successor_features(
-        key, rs.SFFitConfig(), psi_net, p, rollouts, f, discount=0.9), p, f)
+    fit = lambda p, f: jax.eval_shape(lambda p, f: sf.fit_successor_features(
+        key, sf.SFFitConfig(), psi_net, p, rollouts, f, discount=0.9), p, f)
     phi_t = np.zeros((2, 5, 3, 6))
     with pytest.raises(ValueError, match="rejects observations of size 4"):
         fit(net_state.psi_params, phi_t)
@@ -546,4 +549,4 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="gpi_temperature"):
         rs.RegretSFConfig(gpi_temperature=-1.0)
     with pytest.raises(ValueError, match="method"):
-        rs.SFFitConfig(method="lstd")
+        sf.SFFitConfig(method="lstd")
