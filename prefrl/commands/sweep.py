@@ -65,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     def on_plan(todo: int, done: int) -> None:
         nonlocal bar
         print(f"{spec.name}: {done} runs already done, {todo} to run", file=sys.stderr)
-        bar = tqdm(total=todo, unit="run", desc=spec.name, disable=args.no_progress,
-                   file=sys.stderr, dynamic_ncols=True)
+        quiet = args.no_progress or not sys.stderr.isatty()  # no bar frames in log files
+        bar = tqdm(total=todo, unit="run", desc=spec.name, disable=quiet, file=sys.stderr,
+                   dynamic_ncols=True)
 
     def on_records(records: list[dict]) -> None:
         if bar is not None:

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -346,7 +347,7 @@ def train(
     tracker = _EpisodeTracker(tc.num_envs)
     env.reset()
     bar = None
-    if tc.progress:
+    if tc.progress and sys.stderr.isatty():  # a bar only on a terminal: logs stay clean
         from tqdm import tqdm
 
         bar = tqdm(total=num_updates, initial=start_update, unit="upd", dynamic_ncols=True)
