@@ -369,13 +369,11 @@ class BatchedEnv:
         if steps.shape != (B,) or (steps < 0).any() or (steps >= self.task.episode_length).any():
             raise ValueError(f"steps must be [B] = ({B},) in [0, {self.task.episode_length}), "
                              f"got {steps}")
-        for i, d in enumerate(self._datas):
-            mujoco.mj_resetData(m, d)
-            d.qpos[:] = qpos[i]
-            d.qvel[:] = qvel[i]
-            mujoco.mj_forward(m, d)
-            self._qpos[i] = d.qpos
-            self._qvel[i] = d.qvel
+        # mj_resetData, write (qpos, qvel), mj_forward on every row: as _reset_envs.
+        self._batch.reset(None, stage=mujoco.mjtStage.mjSTAGE_NONE)
+        self._qpos_view[...] = qpos
+        self._qvel_view[...] = qvel
+        self._batch.forward(None)
         self._steps = steps.copy()
         self._is_reset = True
         return self.obs
