@@ -1,4 +1,4 @@
-"""The label-model × learner study (prefrl.studies.learner_assumption) and its pieces:
+"""The label-model × learner study (prefrl.studies.learner_assumption*) and its pieces:
 restarting the C engine from stored states, library rollouts, the ψ-fit quality
 metric, bad input, the cell runner and the resumable driver."""
 
@@ -14,12 +14,17 @@ import numpy as np
 import pytest
 from prefrl.envs import make_task
 
-from prefrl import checkpoint
+from prefrl import checkpoints
 from prefrl.data.segments import segment
-from prefrl.learners import ppo, regret_sf
+from prefrl.learners import ppo
 from prefrl.learners import reward_model as rm
+from prefrl.learners import successor_features as sf
+from prefrl.report import learner_assumption as report
 from prefrl.rollout import BatchedEnv
 from prefrl.studies import learner_assumption as la
+from prefrl.studies import learner_assumption_cells as cells
+from prefrl.studies import learner_assumption_config as settings
+from prefrl.studies import learner_assumption_library as library
 
 _W = np.random.default_rng(0).normal(size=(17, 6)).astype(np.float32) * 0.3
 
@@ -64,9 +69,9 @@ def test_library_rollouts_from_pool_start_states_reproduce_the_segments():
         traj = env.rollout(_policy, 60, jax.random.key(1))
     pool = segment(traj, 10, 10)  # 12 segments, starts at t = 0, 10, …, 50
     idx = np.array([3, 8, 11])
-    starts = la.segment_start_states(pool, idx, episode_length=1000)
+    starts = library.segment_start_states(pool, idx, episode_length=1000)
     assert np.array_equal(starts.steps, np.asarray(pool.source)[idx, 1])
-    lib = la.library_rollouts("run", [_policy, _policy], steps=10, reset_envs=1, starts=starts,
+    lib = library.library_rollouts("run", [_policy, _policy], steps=10, reset_envs=1, starts=starts,
                               seed=7, num_threads=1)
     assert lib.obs.shape == (2, 10, 4, 17) and lib.action.shape == (2, 10, 4, 6)
     assert lib.truncated.shape == lib.terminated.shape == (2, 10, 4)
@@ -81,8 +86,8 @@ def test_library_rollouts_from_pool_start_states_reproduce_the_segments():
         np.testing.assert_allclose(lib.next_obs[p, :, 1:], np.swapaxes(pool.next_obs[idx], 0, 1),
                                    atol=1e-5)
     # The episode's step carries over: 3 steps before the time limit, it truncates there.
-    late = la.StartStates(starts.qpos[:1], starts.qvel[:1], np.array([997]))
-    lib = la.library_rollouts("run", [_policy], steps=5, reset_envs=0, starts=late, seed=0,
+    late = library.StartStates(starts.qpos[:1], starts.qvel[:1], np.array([997]))
+    lib = library.library_rollouts("run", [_policy], steps=5, reset_envs=0, starts=late, seed=0,
                               num_threads=1)
     assert lib.truncated[0, :, 0].tolist() == [False, False, True, False, False]
 
@@ -105,21 +110,21 @@ def test_psi_fit_quality_known_answers():
     exact = phi / (1 - gamma)
     # G_t = Σ_{j<T−t} γ^j c + γ^{T−t} ψ(s_T) = c / (1 − γ) when ψ is exact: error 0.
     w = jnp.array([1.0, -2.0])
-    q = la.psi_fit_quality(exact, exact, phi, done, done, discount=gamma, w=w)
+    q = library.psi_fit_quality(exact, exact, phi, done, done, discount=gamma, w=w)
     assert float(q["psi_rel_error"]) == pytest.approx(0.0, abs=1e-6)
     # T = 8, ⌈T/2⌉ = 4 rows count; the largest bootstrap weight is γ^(8 − 4 + 1) = γ^5.
     assert float(q["tail_weight"]) == pytest.approx(gamma ** 5)
     # ψ ≡ 0: G_t = c (1 − γ^{T−t}) / (1 − γ), and ‖0 − G‖ / ‖G‖ = 1.
     zero = np.zeros_like(phi)
-    q = la.psi_fit_quality(zero, zero, phi, done, done, discount=gamma, w=w)
+    q = library.psi_fit_quality(zero, zero, phi, done, done, discount=gamma, w=w)
     assert float(q["psi_rel_error"]) == pytest.approx(1.0, abs=1e-6)
     # ψ = 2 × exact: G_t = c/(1−γ) (1 + γ^{T−t}); t = 0..3 of T = 8.
     g = 0.5 / (1 - gamma) * (1 + gamma ** (8 - np.arange(4)))
     expected = np.linalg.norm(2 * 0.5 / (1 - gamma) - g) / np.linalg.norm(g)
-    q = la.psi_fit_quality(2 * exact, 2 * exact, phi, done, done, discount=gamma, w=w)
+    q = library.psi_fit_quality(2 * exact, 2 * exact, phi, done, done, discount=gamma, w=w)
     assert float(q["psi_rel_error"]) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match=r"\[Π, T, B, d\]"):
-        la.psi_fit_quality(exact[..., :1], exact, phi, done, done, discount=gamma)
+        library.psi_fit_quality(exact[..., :1], exact, phi, done, done, discount=gamma)
 
 
 def test_fit_library_psi_recovers_constant_successor_features():
@@ -127,18 +132,18 @@ def test_fit_library_psi_recovers_constant_successor_features():
     gamma, shape = 0.8, (2, 30, 4)
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(*shape, 3)).astype(np.float32)
-    lib = regret_sf.LibraryRollouts(obs, np.zeros((*shape, 1), np.float32), obs,
+    lib = sf.LibraryRollouts(obs, np.zeros((*shape, 1), np.float32), obs,
                                     np.zeros(shape, bool), np.zeros(shape, bool))
     phi = np.ones((*shape, 2), np.float32)
-    cfg = la.quick_config(discount=gamma, psi_hidden=(16,))
-    net = la.psi_network_for(cfg, obs, 2)
-    fit = la.regret_sf.SFFitConfig(num_rounds=4, steps_per_round=150, learning_rate=3e-3)
-    params, metrics = la.fit_library_psi(jax.random.key(0), fit, net, lib, phi, discount=gamma)
+    cfg = settings.quick_config(discount=gamma, psi_hidden=(16,))
+    net = library.psi_network_for(cfg, obs, 2)
+    fit = sf.SFFitConfig(num_rounds=4, steps_per_round=150, learning_rate=3e-3)
+    params, metrics = library.fit_library_psi(jax.random.key(0), fit, net, lib, phi, discount=gamma)
     assert np.asarray(metrics["loss"]).shape == (4, 2)
-    psi = la._psi_own(net, params, jnp.asarray(obs))
+    psi = library.psi_own(net, params, jnp.asarray(obs))
     np.testing.assert_allclose(np.asarray(psi), 1 / (1 - gamma), rtol=0.1)
     assert float(jnp.mean(psi)) == pytest.approx(1 / (1 - gamma), rel=0.02)
-    q = la.psi_fit_quality(psi, psi, phi, lib.terminated, lib.truncated, discount=gamma)
+    q = library.psi_fit_quality(psi, psi, phi, lib.terminated, lib.truncated, discount=gamma)
     assert float(q["psi_rel_error"]) < 0.05
 
 
@@ -153,7 +158,7 @@ def _fake_experts(folder: Path, obs_dim: int = 17, steps=(0, 1000)) -> list[Path
     paths = []
     for i, env_steps in enumerate(steps):
         name = "final.npz" if i == len(steps) - 1 else f"snapshots/step_{env_steps:09d}.npz"
-        paths.append(checkpoint.save(
+        paths.append(checkpoints.save_ppo(
             folder / name, learner.init(jax.random.key(i)), config=config, obs_dim=obs_dim,
             act_dim=6, num_updates=1, task=make_task("target-speed").to_header(),
             progress={"update": i, "env_steps": env_steps}))
@@ -163,44 +168,47 @@ def _fake_experts(folder: Path, obs_dim: int = 17, steps=(0, 1000)) -> list[Path
 def test_library_of_snapshots_with_and_without_the_final_expert(tmp_path):
     _fake_experts(tmp_path / "target-speed", steps=(0, 500, 1000))
     spec = make_task("target-speed")
-    lib = la.load_library(la.quick_config(experts_dir=str(tmp_path)), spec)
+    lib = library.load_library(settings.quick_config(experts_dir=str(tmp_path)), spec)
     assert lib.names == ["snapshots/step_000000000.npz", "snapshots/step_000000500.npz",
                          "target-speed/final.npz"]
-    lib = la.load_library(la.quick_config(experts_dir=str(tmp_path), library_final=False), spec)
+    config = settings.quick_config(experts_dir=str(tmp_path), library_final=False)
+    lib = library.load_library(config, spec)
     assert [p.name for p in lib.paths] == ["step_000000000.npz", "step_000000500.npz"]
 
 
 def test_bad_inputs_raise_clear_errors_before_any_fitting(tmp_path):
     spec = make_task("target-speed")
     with pytest.raises(FileNotFoundError, match="library path .*missing.npz does not exist"):
-        la.load_library(la.quick_config(library=(str(tmp_path / "missing.npz"),)), spec)
+        library.load_library(settings.quick_config(library=(str(tmp_path / "missing.npz"),)), spec)
     small = _fake_experts(tmp_path / "small", obs_dim=5, steps=(0,))
     with pytest.raises(ValueError, match="library policy .*observation size mismatch.*obs_dim 5"):
-        la.load_library(la.quick_config(library=(str(small[0]),)), spec)
+        library.load_library(settings.quick_config(library=(str(small[0]),)), spec)
     # φ of width 5 against ψ heads of width 7: raises while checking shapes.
     shape = (2, 4, 3)
     obs = np.zeros((*shape, 17), np.float32)
-    lib = regret_sf.LibraryRollouts(obs, np.zeros((*shape, 6), np.float32), obs,
+    lib = sf.LibraryRollouts(obs, np.zeros((*shape, 6), np.float32), obs,
                                     np.zeros(shape, bool), np.zeros(shape, bool))
-    net = la.psi_network_for(la.quick_config(), obs, 7)
-    fit = regret_sf.SFFitConfig(num_rounds=1, steps_per_round=1)
+    net = library.psi_network_for(settings.quick_config(), obs, 7)
+    fit = sf.SFFitConfig(num_rounds=1, steps_per_round=1)
     with pytest.raises(ValueError, match="feature width mismatch: φ has width 5"):
-        la.fit_library_psi(jax.random.key(0), fit, net, lib, np.zeros((*shape, 5)), discount=0.9)
+        library.fit_library_psi(jax.random.key(0), fit, net, lib, np.zeros((*shape, 5)),
+                                discount=0.9)
     with pytest.raises(ValueError, match=r"phi_t must be \[Π, T, B, d\]"):
-        la.fit_library_psi(jax.random.key(0), fit, net, lib, np.zeros((1, 4, 3, 7)),
+        library.fit_library_psi(jax.random.key(0), fit, net, lib, np.zeros((1, 4, 3, 7)),
                            discount=0.9)
     # The driver loads every task's inputs before the first cell: no cell file is written.
     _fake_experts(tmp_path / "experts" / "target-speed")
-    config = la.quick_config(experts_dir=str(tmp_path / "experts"), out_dir=str(tmp_path / "out"))
+    config = settings.quick_config(experts_dir=str(tmp_path / "experts"),
+                                   out_dir=str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="library path .*run does not exist"):
         la.run(config)
     assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="labelled pool .*nowhere/run.npz not found"):
-        la.run(la.quick_config(tasks=("run",), data_dir=str(tmp_path / "nowhere")))
+        la.run(settings.quick_config(tasks=("run",), data_dir=str(tmp_path / "nowhere")))
     with pytest.raises(ValueError, match="learners must be a non-empty subset"):
-        la.quick_config(learners=("cpl",))
+        settings.quick_config(learners=("cpl",))
     with pytest.raises(ValueError, match="unknown task"):
-        la.quick_config(tasks=("walk",))
+        settings.quick_config(tasks=("walk",))
 
 
 # --------------------------------------------------------------------------- #
@@ -212,7 +220,7 @@ def test_advantage_is_the_name_of_the_a_hat_learner_and_regret_is_deprecated():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         new = rm.RewardModelConfig(assumption="advantage", discount=0.9)
-    with pytest.warns(DeprecationWarning, match="assumption='advantage'"):
+    with pytest.warns(DeprecationWarning, match="'advantage'"):
         old = rm.RewardModelConfig(assumption="regret", discount=0.9)
     assert new.score_fn is old.score_fn  # the same learner: Σ γ^t Â
     assert old.assumption == "regret"  # kept as given: saved files round-trip
@@ -229,16 +237,16 @@ _TINY = dict(tasks=("target-speed",), seeds=1, ppo_steps=256, eval_episodes=1, e
 
 
 def test_cell_runner_returns_every_metric_for_every_learner(tmp_path):
-    config = la.quick_config(out_dir=str(tmp_path), **_TINY)
-    ctx = la.TaskContext(config, "target-speed")
-    records = {learner: la.run_cell(config, ctx, "regret", learner, 0)
-               for learner in la.LEARNERS}
+    config = settings.quick_config(out_dir=str(tmp_path), **_TINY)
+    ctx = cells.TaskContext(config, "target-speed")
+    records = {learner: cells.run_cell(config, ctx, "regret", learner, 0)
+               for learner in settings.LEARNERS}
     for learner, record in records.items():
         assert {k: record[k] for k in ("task", "label", "learner", "seed")} == {
             "task": "target-speed", "label": "regret", "learner": learner, "seed": 0}
         assert record["fingerprint"] == config.fingerprint()
         m = record["metrics"]
-        assert set(la.METRICS) <= set(m)
+        assert set(settings.METRICS) <= set(m)
         for name in ("acc_pr", "acc_regret"):
             assert 0.0 <= m[name] <= 1.0
         assert np.isfinite(m["return"]) and np.isfinite(m["speed_error"])
@@ -246,18 +254,18 @@ def test_cell_runner_returns_every_metric_for_every_learner(tmp_path):
             assert m["epic_r"] is None
         else:
             assert 0.0 <= m["epic_r"] <= 1.0 and m["ppo_env_steps"] == 256
-    sf = records["regret_sf_ppo"]["metrics"]
-    assert sf["library_size"] == 6  # 5 snapshots + final (the 100 % snapshot merged)
+    sf_metrics = records["regret_sf_ppo"]["metrics"]
+    assert sf_metrics["library_size"] == 6  # 5 snapshots + final (the 100 % snapshot merged)
     for name in ("psi_rel_error", "value_rel_error", "negative_regret_fraction", "tail_weight"):
-        assert np.isfinite(sf[name])
+        assert np.isfinite(sf_metrics[name])
     # Both advantage learners share one fitted Â.
     a, b = records["advantage_ppo"]["metrics"], records["advantage_greedy"]["metrics"]
     assert (a["acc_pr"], a["acc_regret"]) == (b["acc_pr"], b["acc_regret"])
-    json.dumps(la._jsonable(records))
+    json.dumps(la.jsonable(records))
 
 
 def test_driver_writes_one_file_per_cell_and_resumes(tmp_path):
-    config = la.quick_config(out_dir=str(tmp_path), learners=("advantage_greedy",),
+    config = settings.quick_config(out_dir=str(tmp_path), learners=("advantage_greedy",),
                              labels=("regret",), **_TINY)
     first = la.run(config)
     path = la.cell_path(tmp_path, "target-speed", "regret", "advantage_greedy", 0)
@@ -267,20 +275,20 @@ def test_driver_writes_one_file_per_cell_and_resumes(tmp_path):
     assert (again["cells_run"], again["cells_skipped"]) == (0, 1)
     assert again["tables"] == first["tables"]
     row = again["tables"]["target-speed"]["regret/advantage_greedy"]
-    assert set(row["iqm"]) == {*la.METRICS, "speed_error"} and row["iqm"]["epic_r"] is None
-    text = la.format_markdown(again)
+    assert set(row["iqm"]) == {*settings.METRICS, "speed_error"} and row["iqm"]["epic_r"] is None
+    text = report.format_markdown(again)
     assert "Â greedy (AWR)" in text and "β_KL = 0.0" in text and "256 environment steps" in text
     with pytest.raises(ValueError, match="other settings"):
-        la.run(la.quick_config(out_dir=str(tmp_path), learners=("advantage_greedy",),
+        la.run(settings.quick_config(out_dir=str(tmp_path), learners=("advantage_greedy",),
                                labels=("regret",), **{**_TINY, "awr_beta": 2.0}))
 
 
 @pytest.mark.slow
 def test_learned_phi_with_psi_refits_and_kl_to_a_bc_reference(tmp_path):
     """φ learned in alternation with ψ; PPO with β_KL > 0 to the BC policy (~50 s)."""
-    config = la.quick_config(out_dir=str(tmp_path), phi="learned", kl_ref_coef=0.1, **_TINY)
-    ctx = la.TaskContext(config, "target-speed")
-    m = la.run_cell(config, ctx, "partial_return", "regret_sf_ppo", 0)["metrics"]
+    config = settings.quick_config(out_dir=str(tmp_path), phi="learned", kl_ref_coef=0.1, **_TINY)
+    ctx = cells.TaskContext(config, "target-speed")
+    m = cells.run_cell(config, ctx, "partial_return", "regret_sf_ppo", 0)["metrics"]
     assert all(np.isfinite(m[k]) for k in ("psi_rel_error", "value_rel_error", "acc_pr",
                                            "epic_r", "return", "psi_loss"))
     assert m["ppo_ref_kl"] != 0.0  # the KL to π_ref is measured (and penalised)
@@ -297,10 +305,10 @@ def test_quick_mode_runs_the_whole_table_and_ends_with_one_json_line(tmp_path, c
     assert module.main(["--quick", "--out-dir", str(tmp_path)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(last)
-    assert summary["cells_run"] == 2 * 2 * 4 * la.QUICK["seeds"]
-    assert summary["ppo_steps"] == la.QUICK["ppo_steps"] and summary["kl_ref_coef"] == 0.0
+    assert summary["cells_run"] == 2 * 2 * 4 * settings.QUICK["seeds"]
+    assert summary["ppo_steps"] == settings.QUICK["ppo_steps"] and summary["kl_ref_coef"] == 0.0
     assert set(summary["iqm_return"]) == {"target-speed", "run"}
     assert len(summary["iqm_return"]["run"]) == 8
-    report = json.loads((tmp_path / "learner_assumption.json").read_text())
-    assert report["tables"]["run"]["regret/regret_sf_ppo"]["iqm"]["psi_rel_error"] is not None
+    written = json.loads((tmp_path / "learner_assumption.json").read_text())
+    assert written["tables"]["run"]["regret/regret_sf_ppo"]["iqm"]["psi_rel_error"] is not None
     assert "## target-speed" in (tmp_path / "learner_assumption.md").read_text()
