@@ -62,7 +62,22 @@ def act(policy: Policy, obs: Array, key: Array, *, deterministic: bool = False) 
 
 
 def policy_fn(policy: Policy, *, deterministic: bool = False) -> PolicyFn:
-    """``policy_fn(obs, key) -> action`` for rollouts and evaluation (one jitted call a step)."""
+    """``policy_fn(obs, key) -> action`` for rollouts and evaluation (one jitted call a step).
+
+    Cost of one call, the only host↔device traffic being the ``[B, 17]`` float32
+    observation in and the ``[B, 6]`` action out (2×64 policy, measured on the
+    2-core box at load ≈ 1.5): ~75 µs to dispatch and ~90 µs until the action
+    is on the host at B = 64; ~150 / ~180 µs at B = 256, where the computation
+    (MLP and threefry sampling) dominates. The numpy observation is passed as
+    it is: ``jnp.asarray(obs)`` first adds ~30 µs. The parameters stay an
+    argument: closing over them saved ~30 µs a call at B = 64 and nothing at
+    B = 256, but would recompile for every new parameter set (every PPO
+    iteration). With JAX's CPU async dispatch (the default) each call also
+    hands the work to another thread, which costs much more on a loaded
+    machine (measured at load ≈ 7: ~300 µs at B = 64 against ~65 µs with
+    ``jax.config.update("jax_cpu_enable_async_dispatch", False)`` set before
+    JAX starts, an application-level choice this library does not make).
+    """
     try:
         hash(policy.apply)
     except TypeError:

@@ -21,7 +21,7 @@ state output is ``mjSTATE_FULLPHYSICS``), so from the second control step on
 the solver starts cold and drifts from Gymnasium (measured with random actions,
 B = 64: bit-equal for the first control step, max |Δqpos| 4e-8 after 50 steps,
 1.3 after 200). It was not faster either: ~69 k env-steps/s closed loop at
-B = 64 against ~85 k for ``Batch.step`` (physics only, 2 threads, idle box).
+B = 64 against ~85 k for ``Batch.step`` (physics only, 2 threads, near-idle box).
 A hand-written compiled stepping loop would be what ``Batch`` already is.
 
 MJX backend — :func:`mjx_rollout`: the same tasks in pure JAX
@@ -519,7 +519,8 @@ def policy_from_params(
 
     ``apply_fn(params, obs) -> (mean, log_std)`` (e.g. ``GaussianPolicy(...).apply``);
     samples ``tanh(N(mean, σ))``, or ``tanh(mean)`` when ``deterministic``.
-    The same as :func:`prefrl.policies.policy_fn` of ``Policy(apply_fn, params)``.
+    The same as :func:`prefrl.policies.policy_fn` of ``Policy(apply_fn, params)``
+    (its docstring gives the measured cost of one call).
     """
     return policies.policy_fn(policies.Policy(apply_fn, params), deterministic=deterministic)
 
