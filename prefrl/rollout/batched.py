@@ -1,40 +1,12 @@
-"""Batched rollouts of the half-cheetah tasks on either backend (docs/design.md §5).
+"""The C-engine backend: :class:`BatchedEnv`, B environments as one ``mujoco.batch.Batch``.
 
-CPU backend — :class:`BatchedEnv`: ``B`` environments as one
-``mujoco.batch.Batch`` (MuJoCo ≥ 4.0), a state row per environment
-(``mjSTATE_INTEGRATION``: time, qpos, qvel, act, the solver warm-start
-``qacc_warmstart``, ctrl, …) stepped by MuJoCo's C engine on a thread pool.
-One call per control step moves the whole batch through the ``frame_skip = 5``
-``mj_step`` substeps (Gymnasium HalfCheetah-v5's ``do_simulation``): no Python
-runs per environment per step. Observations, rewards and velocities are
-computed afterwards for the whole ``[T, B]`` block; only an environment that
-reaches the episode length runs Python (its reset draws, once per episode).
-The policy is one jitted call per control step for the whole batch. Because
-each row carries the warm-start and each environment keeps its own reset
-generator, rollouts reproduce Gymnasium's HalfCheetah-v5 bit for bit at any
-thread count, and :meth:`BatchedEnv.state_dict` resumes them bit for bit.
-
-Why ``mujoco.batch`` rather than ``mujoco.rollout.rollout(model, data, state,
-control, nstep=5, initial_warmstart=…, persistent_pool=True)`` once per control
-step: rollout takes a warm-start in but does not give the final one back (its
-state output is ``mjSTATE_FULLPHYSICS``), so from the second control step on
-the solver starts cold and drifts from Gymnasium (measured with random actions,
-B = 64: bit-equal for the first control step, max |Δqpos| 4e-8 after 50 steps,
-1.3 after 200). It was not faster either: ~69 k env-steps/s closed loop at
-B = 64 against ~85 k for ``Batch.step`` (physics only, 2 threads, near-idle box).
-A hand-written compiled stepping loop would be what ``Batch`` already is.
-
-MJX backend — :func:`mjx_rollout`: the same tasks in pure JAX
-(``prefrl.envs.mjx``), ``jit`` + ``vmap`` + ``lax.scan`` end to end, for GPUs.
-
-Both return the same time-major :class:`prefrl.types.Trajectory` ``[T, B, …]``,
-so nothing downstream knows which backend ran.
+Why this design and what it measured: :mod:`prefrl.rollout`'s docstring.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -42,7 +14,6 @@ import mujoco
 import numpy as np
 from mujoco import batch as mj_batch
 
-from prefrl import policies
 from prefrl.envs.tasks import TaskSpec, as_task, load_model
 from prefrl.policies import PolicyFn
 from prefrl.types import Trajectory
@@ -511,135 +482,4 @@ class BatchedEnv:
         )
 
 
-# --------------------------------------------------------------------- policies
-def policy_from_params(
-    apply_fn: Callable[..., Any], params: Any, deterministic: bool = False
-) -> PolicyFn:
-    """A ``policy_fn(obs, key) -> action`` for a tanh-Gaussian policy network.
-
-    ``apply_fn(params, obs) -> (mean, log_std)`` (e.g. ``GaussianPolicy(...).apply``);
-    samples ``tanh(N(mean, σ))``, or ``tanh(mean)`` when ``deterministic``.
-    The same as :func:`prefrl.policies.policy_fn` of ``Policy(apply_fn, params)``
-    (its docstring gives the measured cost of one call).
-    """
-    return policies.policy_fn(policies.Policy(apply_fn, params), deterministic=deterministic)
-
-
-random_policy = policies.random_policy
-
-
-# --------------------------------------------------------------------- evaluation
-def evaluate_policy(
-    env: Any,
-    policy_fn: PolicyFn,
-    key: jax.Array,
-    *,
-    target_speed: float | None = None,
-    discount: float | None = None,
-    num_steps: int | None = None,
-) -> dict[str, Any]:
-    """The project's one evaluator: one episode in each of ``env``'s B environments.
-
-    Resets ``env``, runs ``num_steps`` (default: the task's episode length)
-    and returns ``mean_return``/``std_return``/``returns`` (undiscounted sum of
-    the task reward per environment), ``episodes``, ``episode_length``,
-    ``mean_speed`` (mean v_x) and, with ``target_speed``, ``mean_speed_error``
-    (mean |v_x − v*| over all steps); with ``discount``,
-    ``mean_discounted_return`` from the initial states. Raises ``ValueError``
-    on a non-finite reward.
-    """
-    env.reset()
-    length = int(num_steps) if num_steps is not None else episode_length_of(env)
-    traj = env.rollout(policy_fn, length, key)
-    reward = np.asarray(traj.reward, np.float64)
-    if not np.all(np.isfinite(reward)):
-        t, b = np.argwhere(~np.isfinite(reward))[0][:2]
-        raise ValueError(f"non-finite evaluation reward (first at step {t}, env {b})")
-    returns = reward.sum(axis=0)
-    speed = np.asarray(traj.x_velocity, np.float64)
-    out: dict[str, Any] = {
-        "mean_return": float(returns.mean()),
-        "std_return": float(returns.std()),
-        "returns": [float(r) for r in returns],
-        "episodes": int(returns.shape[0]),
-        "episode_length": length,
-        "mean_speed": float(np.mean(speed)),
-    }
-    if target_speed is not None:
-        out["mean_speed_error"] = float(np.mean(np.abs(speed - target_speed)))
-    if discount is not None:
-        weights = discount ** np.arange(length)
-        out["mean_discounted_return"] = float((weights[:, None] * reward).sum(0).mean())
-    return out
-
-
-def evaluate_on_task(
-    task: str | TaskSpec,
-    policy_fn: PolicyFn,
-    *,
-    episodes: int,
-    seed: int,
-    num_steps: int | None = None,
-    num_threads: int | None = None,
-    discount: float | None = None,
-) -> dict[str, Any]:
-    """:func:`evaluate_policy` on fresh environments of ``task`` seeded by ``seed``.
-
-    The environments' resets and the policy's key both derive from ``seed``,
-    so two policies evaluated with the same seed meet the same start states.
-    """
-    spec = as_task(task)
-    with BatchedEnv(spec, num_envs=int(episodes), seed=int(seed), num_threads=num_threads,
-                    dtype=np.float32) as env:
-        return evaluate_policy(env, policy_fn, jax.random.key(int(seed)),
-                               target_speed=spec.params_dict.get("target_speed"),
-                               discount=discount, num_steps=num_steps)
-
-
-def episode_length_of(env: Any) -> int:
-    """The episode length of a ``BatchedEnv`` (or any env with ``task.episode_length``)."""
-    if hasattr(env, "episode_length"):
-        return int(env.episode_length)
-    return int(env.task.episode_length)
-
-
-def stack_trajectories(trajs: list[Trajectory], axis: int = 0) -> Trajectory:
-    """Concatenate trajectories along time (``axis=0``) or batch (``axis=1``)."""
-    if not trajs:
-        raise ValueError("no trajectories to concatenate")
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=axis), *trajs)
-
-
-# --------------------------------------------------------------------- MJX backend
-def mjx_rollout(
-    task: str | TaskSpec,
-    policy_fn: PolicyFn,
-    state: Any,
-    num_steps: int,
-    key: jax.Array,
-) -> tuple[Any, Trajectory]:
-    """Pure-JAX rollout with MJX: ``(state, Trajectory [T, B, …])``.
-
-    ``state`` is a batched :class:`prefrl.envs.mjx.EnvState` from
-    ``prefrl.envs.mjx.reset(task, keys)``; ``policy_fn(obs [B, 17], key)`` must
-    be traceable. ``lax.scan`` over steps, ``vmap`` over environments; wrap in
-    ``jax.jit`` (``task``, ``policy_fn`` and ``num_steps`` static) to compile
-    once. Auto-resets follow the CPU backend's contract.
-    """
-    from prefrl.envs import mjx as mjx_env
-
-    spec = as_task(task)
-    return mjx_env.rollout(spec, policy_fn, state, int(num_steps), key)
-
-
-__all__ = [
-    "BatchedEnv",
-    "evaluate_on_task",
-    "evaluate_policy",
-    "mjx_rollout",
-    "observation",
-    "policy_from_params",
-    "random_policy",
-    "reset_rng",
-    "stack_trajectories",
-]
+__all__ = ["BatchedEnv", "observation", "reset_rng"]
