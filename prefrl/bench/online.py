@@ -186,6 +186,21 @@ def summarize(runs: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     return summary
 
 
+def format_table(summary: dict[str, Any]) -> str:
+    """Markdown: one line per (task, row), IQM [95 % CI], normalised IQM, per-seed returns."""
+    lines = ["| task | row | seeds | true return IQM [95 % CI] | normalised | per seed | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for task, rows in summary["table"].items():
+        order = [r for r in ROWS.get(task, ()) if r in rows] + sorted(set(rows) - set(ROWS[task]))
+        for row in order:
+            r = rows[row]
+            per_seed = ", ".join(f"{x:.0f}" for x in r["returns"])
+            lines.append(f"| {task} | {row} | {len(r['seeds'])} | {r['iqm']:.0f} "
+                         f"[{r['ci95'][0]:.0f}, {r['ci95'][1]:.0f}] | {r['normalised_iqm']:.2f} | "
+                         f"{per_seed} | {r['mean_wall_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _plot(rows: dict[str, dict[str, list]], path: Path) -> None:
     import matplotlib
 
@@ -193,6 +208,8 @@ def _plot(rows: dict[str, dict[str, list]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted(rows)
+    if not tasks:
+        return
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for row, rs in sorted(rows[task].items()):
@@ -277,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                                                      "wall_s")}), flush=True)
     summary = summarize(load_runs(out), out)
     atomic_write_json(out / "summary.json", summary)
+    from prefrl.io import atomic_write_text
+
+    atomic_write_text(out / "summary.md", format_table(summary))
     line = {k: summary[k] for k in ("bench", "true_reward_return", "online_return",
                                     "offline_return", "labels", "online_wall_s", "ppo_wall_s",
                                     "runs")}
