@@ -1,6 +1,7 @@
 """The contract every learner keeps (prefrl.learners): a pair of pure functions.
 
-For each learner — reward model, CPL, contrastive DPO, BC, PPO — with a
+For each learner — reward model, CPL, contrastive DPO, BC, PPO, the regret-model
+reward via successor features, Â used as a policy (AWR) — with a
 foreign optax transform (not the learner's default), on tiny sizes:
 
 * ``init(key, example_batch)`` and ``update(state, batch)`` run;
@@ -20,7 +21,9 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+from prefrl.learners import advantage_policy as ap
 from prefrl.learners import bc, cpl, ppo
+from prefrl.learners import regret_sf as rs
 from prefrl.learners import reward_model as rm
 from prefrl.networks import GaussianPolicy
 from prefrl.types import PairBatch, Trajectory
@@ -74,6 +77,24 @@ def _arrays(tree: Any) -> Any:
         x.dtype, jax.dtypes.prng_key) else x, tree)
 
 
+def sf_batch(policies: int = 3, width: int = 4) -> rs.SFPairBatch:
+    """The pair batch plus precomputed ψ^π(s_0), ψ^π(s_k) ``[B, 2, Π, d]`` of each side."""
+    pb = pair_batch()
+    psi = jax.random.normal(jax.random.key(9), (2, B, 2, policies, width))
+    return rs.SFPairBatch(*pb[:7], psi_in_1=psi[0], psi_in_2=psi[1])
+
+
+def frozen_phi(obs: jax.Array, action: jax.Array) -> jax.Array:
+    # d = 4 features: tanh of the first two observations and the two actions.
+    return jnp.concatenate([jnp.tanh(obs[..., :2]), action], axis=-1)
+
+
+def advantage_batch() -> ap.AdvantageBatch:
+    pb = pair_batch()
+    return ap.AdvantageBatch(pb.obs_1, pb.action_1, pb.mask_1,
+                             advantage=jnp.sum(pb.obs_1[..., :ACT] * pb.action_1, -1))
+
+
 def _dpo_start(state: Any) -> Any:
     return state.replace(ref_params=state.params)
 
@@ -95,6 +116,12 @@ CASES: dict[str, Callable[[], Case]] = {
         ppo.make(ppo.PPOConfig(num_epochs=2, num_minibatches=2, policy_hidden=(8,),
                                value_hidden=(8,), anneal_lr=False), OBS, ACT,
                  optimizer=foreign_optimizer()), trajectory()),
+    "regret_sf": lambda: Case(
+        rs.make(rs.RegretSFConfig(discount=0.95, gpi_temperature=0.01), frozen_phi,
+                foreign_optimizer()), sf_batch()),
+    "advantage_policy": lambda: Case(
+        ap.make(ap.AdvantagePolicyConfig(beta=0.5), ap.default_network(ACT, (8,)),
+                foreign_optimizer()), advantage_batch()),
 }
 
 
