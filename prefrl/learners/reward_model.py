@@ -128,6 +128,11 @@ class RewardModelConfig:
         return preference.regret_score
 
 
+def fitted_function(assumption: str) -> str:
+    """The reward model's ``assumption`` for a preference model: ``"regret"`` → ``"advantage"``."""
+    return "advantage" if assumption == "regret" else assumption
+
+
 @struct.dataclass
 class RewardModelState:
     """Training state, arrays only. ``params`` leaves are stacked ``[M, …]`` over members.
@@ -480,21 +485,8 @@ def evaluate(model: RewardModel, state: RewardModelState, batch: PairBatch, chun
 
 
 __all__ = [
-    "PPOReward",
-    "PairBatch",
-    "RewardModel",
-    "RewardModelConfig",
-    "RewardModelState",
-    "check_compatible",
-    "combined_output",
-    "combined_params",
-    "default_network",
-    "default_optimizer",
-    "input_size",
-    "evaluate",
-    "make",
-    "model",
-    "member_outputs",
-    "reward_fn",
-    "segment_scores",
+    "PPOReward", "PairBatch", "RewardModel", "RewardModelConfig", "RewardModelState",
+    "check_compatible", "combined_output", "combined_params", "default_network",
+    "default_optimizer", "evaluate", "fitted_function", "input_size", "make", "member_outputs",
+    "model", "reward_fn", "segment_scores",
 ]

@@ -43,7 +43,7 @@ def _reward_model_config(cell: CellConfig, assumption: str) -> Any:
 
     st = cell.settings
     return reward_model.RewardModelConfig(
-        assumption=assumption,
+        assumption=reward_model.fitted_function(assumption),
         hidden=st.reward_hidden,
         ensemble_size=st.reward_ensemble,
         learning_rate=st.reward_learning_rate,

@@ -152,7 +152,7 @@ def fit_reward_model(config: DemoConfig, dataset: PreferenceDataset, assumption:
     from prefrl.loops import fit as reward_fit
 
     rm_config = rm.RewardModelConfig(
-        assumption=assumption,  # type: ignore[arg-type]
+        assumption=rm.fitted_function(assumption),  # type: ignore[arg-type]
         hidden=tuple(config.rm_hidden), ensemble_size=config.rm_ensemble,
         learning_rate=config.rm_learning_rate, batch_size=config.rm_batch_size,
         num_steps=config.rm_steps, eval_every=max(1, min(50, config.rm_steps)),

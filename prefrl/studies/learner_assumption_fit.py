@@ -62,7 +62,7 @@ Params = Any
 def rm_config(config: LearnerAssumptionConfig, assumption: str) -> rm.RewardModelConfig:
     """r̂ (``partial_return``, γ_p = 1) or Â (``advantage``, γ)."""
     return rm.RewardModelConfig(
-        assumption=assumption,  # type: ignore[arg-type]
+        assumption=rm.fitted_function(assumption),  # type: ignore[arg-type]
         hidden=tuple(config.rm_hidden), ensemble_size=config.rm_ensemble,
         num_steps=config.rm_steps, batch_size=config.rm_batch_size,
         learning_rate=config.rm_learning_rate,

@@ -97,7 +97,7 @@ class StudyConfig:
     def model_config(self, assumption: str) -> rm.RewardModelConfig:
         """The learner of one column: γ_p = 1 for partial return, γ for regret."""
         return rm.RewardModelConfig(
-            assumption=assumption,  # type: ignore[arg-type]
+            assumption=rm.fitted_function(assumption),  # type: ignore[arg-type]
             hidden=self.hidden,
             ensemble_size=self.ensemble_size,
             num_steps=self.num_steps,

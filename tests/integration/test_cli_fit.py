@@ -4,6 +4,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import pytest
 from test_reward_model import CLI_MODEL, write_dataset
 
 from prefrl import checkpoints
@@ -16,8 +17,11 @@ def test_fit_command_writes_model_and_json(tmp_path, capsys):
 
     data = write_dataset(tmp_path / "d.npz")
     out, metrics = tmp_path / "m.npz", tmp_path / "m.json"
-    code = main(["fit", "--dataset", str(data), "--label", "regret", "--assumption", "regret",
-                 "--discount", "0.9", "--out", str(out), "--metrics", str(metrics), *CLI_MODEL])
+    # The old name of the Â learner still works, with a deprecation warning.
+    with pytest.warns(DeprecationWarning, match="'advantage'"):
+        code = main(["fit", "--dataset", str(data), "--label", "regret", "--assumption",
+                     "regret", "--discount", "0.9", "--out", str(out), "--metrics", str(metrics),
+                     *CLI_MODEL])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["assumption"] == "regret" and summary["num_train"] == 180
