@@ -128,7 +128,8 @@ def test_round_records_hold_the_logged_quantities(recorded):
     _, seen = recorded
     last = seen[-1]["record"]
     for key in ("labels_used", "true_reward", "reward_pearson", "heldout_acc_partial_return",
-                "fit_train_loss", "value_loss_after", "value_loss_before", "wall"):
+                "fit_train_loss", "value_loss_after", "value_loss_before", "proxy_reward",
+                "wall"):
         assert key in last, key
     assert set(last["wall"]) >= {"rollout_s", "ppo_s", "select_label_s", "fit_s"}
 
@@ -218,3 +219,19 @@ def test_killed_run_resumes_to_the_same_final_state(recorded, tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["final"]["mean_return"] == (
         resumed["final"]["mean_return"])
 
+
+
+@pytest.mark.slow
+def test_online_labels_beat_a_fixed_random_policy_pool_on_target_speed():
+    """Christiano et al.'s ablation at a small budget: the same labels, queried before any RL
+    from the initial (random) policy, give a reward that PPO exploits past v* = 2."""
+    def final_return(**changes):
+        config = online.OnlineConfig(task="target-speed", total_steps=400_000, label_budget=300,
+                                     eval_every=0, eval_episodes=2, progress=False, seed=3,
+                                     **changes)
+        result = online.train(config)
+        return result["final"]["mean_return"]
+
+    online_return = final_return()
+    offline_return = final_return(initial_fraction=1.0, initial_rollouts=8)
+    assert online_return > offline_return + 500, (online_return, offline_return)

@@ -146,12 +146,10 @@ def _iteration(run: Run, update_idx: int, out_dir: Path | None,
     c = run.c
     traj, rows = run.rollout(update_idx)
     round_idx = run.round_at.get(update_idx)
+    record = None
     if round_idx is not None:
         record = _round(run, round_idx, update_idx, traj, rows)
         run.rounds.append(record)
-        _write(out_dir, "rounds.jsonl", record, run.log)
-        if callback is not None:
-            callback(run, record)
     t0 = time.perf_counter()
     run.ppo_state, metrics = run.update(run.ppo_state, run.ppo_batch(traj))
     metrics = jax.device_get(metrics)
@@ -161,7 +159,13 @@ def _iteration(run: Run, update_idx: int, out_dir: Path | None,
     run.history.append({"update": update_idx, "value_loss": float(metrics["value_loss"]),
                         "proxy_reward": float(metrics["proxy_reward"]),
                         "true_reward": float(metrics["true_reward"])})
-    _note_value_loss(run.rounds, run.history, run.round_at, update_idx)
+    if record is not None:
+        # Logged after the update, so the record holds PPO's view of the new reward.
+        _note_value_loss(run.rounds, run.history, run.round_at, update_idx)
+        record["proxy_reward"] = run.history[-1]["proxy_reward"]
+        _write(out_dir, "rounds.jsonl", record, run.log)
+        if callback is not None:
+            callback(run, record)
     if update_idx == c.num_updates or (c.eval_every and update_idx % c.eval_every == 0):
         result = run.evaluate(update_idx)
         result["labels_used"] = run.labels_used
