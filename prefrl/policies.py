@@ -50,17 +50,6 @@ def _act(apply: PolicyApply, deterministic: bool, params: Params, obs: Array, ke
 _act_jit = jax.jit(_act, static_argnums=(0, 1))
 
 
-def act(policy: Policy, obs: Array, key: Array, *, deterministic: bool = False) -> Array:
-    """``action [..., act]``: a sample of ``tanh(N(mean, σ))``, or ``tanh(mean)``."""
-    try:
-        return _act_jit(policy.apply, bool(deterministic), policy.params, obs, key)
-    except TypeError as err:  # an unhashable apply: compile a closure instead
-        if "hashable" not in str(err):
-            raise
-        return jax.jit(functools.partial(_act, policy.apply, bool(deterministic)))(
-            policy.params, obs, key)
-
-
 def policy_fn(policy: Policy, *, deterministic: bool = False) -> PolicyFn:
     """``policy_fn(obs, key) -> action`` for rollouts and evaluation (one jitted call a step).
 
@@ -102,4 +91,4 @@ def random_policy(act_dim: int) -> PolicyFn:
     return policy
 
 
-__all__ = ["Policy", "PolicyApply", "PolicyFn", "act", "log_prob", "policy_fn", "random_policy"]
+__all__ = ["Policy", "PolicyApply", "PolicyFn", "log_prob", "policy_fn", "random_policy"]

@@ -87,7 +87,7 @@ class Run:
         self.env = env_factory(config.num_envs, config.seed)
         self.eval_env = env_factory(config.eval_episodes, config.seed + 1_000_003)
         self.obs_dim, self.act_dim = int(self.env.obs_dim), int(self.env.act_dim)
-        self.value_fn = _critic(config, oracle, self.obs_dim)
+        self.value_fn, self.critic_discount = _critic(config, oracle, self.obs_dim)
         self.reward_config = dataclasses.replace(reward_config, normalize=False)
         self.fit_config = self.reward_config
         self.model = rm.model(self.fit_config)
@@ -230,17 +230,13 @@ class Run:
         out = {}
         oracle_models = [("partial_return", 1.0)]
         if self.value_fn is not None:
-            oracle_models.append(("regret", float(self.oracle_discount)))
+            oracle_models.append(("regret", self.critic_discount))
         for (model, gamma), k in zip(oracle_models, (k_pr, k_rg), strict=False):
             rational = oracles.OracleConfig(model=model, discount=gamma)
             lab = self.label(k, f, s, rational)
             out[f"heldout_acc_{model}"] = evaluation.preference_accuracy(
                 score[f], score[s], lab.label)
         return out
-
-    @property
-    def oracle_discount(self) -> float:
-        return self.oracle.discount if self.oracle.model == "regret" else _critic_discount(self.c)
 
     def evaluate(self, update_idx: int) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -290,22 +286,14 @@ def _reference(config: OnlineConfig, ppo_config: ppo.PPOConfig) -> tuple[Any, An
     return load_reference(config.reference)
 
 
-def _critic_discount(config: OnlineConfig) -> float:
-    from prefrl.io import load_npz
-
-    if not config.expert:
-        return 0.99
-    _, header = load_npz(config.expert, kind="ppo_checkpoint")
-    return float(header["discount"])
-
-
-def _critic(config: OnlineConfig, oracle: oracles.OracleConfig, obs_dim: int) -> Any:
-    """V_E of the expert checkpoint (true-reward units), or None without an expert."""
+def _critic(config: OnlineConfig, oracle: oracles.OracleConfig, obs_dim: int
+            ) -> tuple[Any, float]:
+    """``(V_E, γ)`` of the expert checkpoint (true-reward units), or ``(None, 0.99)``."""
     if not config.expert:
         if oracle.model == "regret":
             raise ValueError("the regret oracle needs an expert critic: set expert "
                              "(--expert PATH to a PPO checkpoint trained on the true reward)")
-        return None
+        return None, 0.99
     from prefrl import checkpoints
 
     if not Path(config.expert).is_file():
@@ -317,7 +305,7 @@ def _critic(config: OnlineConfig, oracle: oracles.OracleConfig, obs_dim: int) ->
     if oracle.model == "regret" and abs(float(header["discount"]) - oracle.discount) > 1e-9:
         raise ValueError(f"the regret oracle's discount {oracle.discount} differs from the "
                          f"expert critic's γ = {header['discount']}")
-    return checkpoints.load_value_fn(config.expert, obs_dim=obs_dim)
+    return checkpoints.load_value_fn(config.expert, obs_dim=obs_dim), float(header["discount"])
 
 
 # --------------------------------------------------------------------------- the loop
