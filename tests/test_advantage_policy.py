@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from prefrl.learners import advantage_policy as ap
@@ -67,35 +66,6 @@ def test_awr_policy_mode_moves_to_argmax_of_a_hat():
     np.testing.assert_allclose(np.asarray(greedy), 0.5 * np.asarray(test_obs[:, 0]), atol=0.08)
     assert float(metrics["loss"][-1]) < float(metrics["loss"][0])
     assert float(metrics["clipped_fraction"][-1]) == 0.0
-
-
-def test_contract_vmap_over_seeds_foreign_optimizer_compiles_once():
-    obs, action = _bandit(1, 32)
-    mask = np.ones(32, np.float32)
-    mask[-3:] = 0.0
-    # Â precomputed in the batch (no a_hat needed), segments' leading shape [B, k] = [8, 4].
-    batch = ap.AdvantageBatch(obs.reshape(8, 4, 1), action.reshape(8, 4, 1), mask.reshape(8, 4),
-                              np.asarray(a_hat(obs, action)).reshape(8, 4))
-    cfg = ap.AdvantagePolicyConfig(beta=0.5, entropy_weight=1e-3)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1e-2, momentum=0.9))
-    network = ap.default_network(1, (8,))
-    learner = ap.make(cfg, network, opt)
-    keys = jax.random.split(jax.random.key(0), 3)
-    states = jax.jit(jax.vmap(learner.init, in_axes=(0, None)))(keys, batch)
-    step = jax.jit(jax.vmap(learner.update, in_axes=(0, None)))
-    for _ in range(3):
-        states, metrics = step(states, batch)
-    assert step._cache_size() == 1
-    init_one, update_one = jax.jit(learner.init), jax.jit(learner.update)
-    for i in range(3):
-        state = init_one(keys[i], batch)
-        for _ in range(3):
-            state, m = update_one(state, batch)
-        for a, b in zip(jax.tree.leaves(states), jax.tree.leaves(state), strict=True):
-            np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b), rtol=2e-5, atol=1e-6)
-        assert float(m["loss"]) == pytest.approx(float(metrics["loss"][i]), rel=1e-5)
-    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(state))
-    assert np.all(np.isfinite(np.asarray(metrics["loss"])))
 
 
 def test_bad_input():

@@ -1,8 +1,8 @@
 """The contract every learner keeps (prefrl.learners): a pair of pure functions.
 
 For each learner — reward model, CPL, contrastive DPO, BC, PPO, the regret-model
-reward via successor features, Â used as a policy (AWR) — with a
-foreign optax transform (not the learner's default), on tiny sizes:
+reward via successor features (given ψ, and a learned φ with a ψ network), Â
+used as a policy (AWR) — with a foreign optax transform (not the learner's default), on tiny sizes:
 
 * ``init(key, example_batch)`` and ``update(state, batch)`` run;
 * ``jax.jit(jax.vmap(update))`` over 3 seeds gives what the seeds give one
@@ -25,6 +25,7 @@ from prefrl.learners import advantage_policy as ap
 from prefrl.learners import bc, cpl, ppo
 from prefrl.learners import regret_sf as rs
 from prefrl.learners import reward_model as rm
+from prefrl.learners import sf_networks as sf_nets
 from prefrl.networks import GaussianPolicy
 from prefrl.types import PairBatch, Trajectory
 
@@ -84,6 +85,13 @@ def sf_batch(policies: int = 3, width: int = 4) -> rs.SFPairBatch:
     return rs.SFPairBatch(*pb[:7], psi_in_1=psi[0], psi_in_2=psi[1])
 
 
+def sf_network_batch() -> rs.SFPairBatch:
+    """The pair batch plus each side's end states s_0, s_k ``[B, 2, obs]`` (ψ-network inputs)."""
+    pb = pair_batch()
+    ends = lambda obs: jnp.stack([obs[:, 0], obs[:, -1]], axis=1)  # noqa: E731
+    return rs.SFPairBatch(*pb[:7], psi_in_1=ends(pb.obs_1), psi_in_2=ends(pb.obs_2))
+
+
 def frozen_phi(obs: jax.Array, action: jax.Array) -> jax.Array:
     # d = 4 features: tanh of the first two observations and the two actions.
     return jnp.concatenate([jnp.tanh(obs[..., :2]), action], axis=-1)
@@ -119,6 +127,11 @@ CASES: dict[str, Callable[[], Case]] = {
     "regret_sf": lambda: Case(
         rs.make(rs.RegretSFConfig(discount=0.95, gpi_temperature=0.01), frozen_phi,
                 foreign_optimizer()), sf_batch()),
+    "regret_sf_learned_phi": lambda: Case(
+        rs.make(rs.RegretSFConfig(discount=0.95, num_policies=3, gpi_temperature=0.01,
+                                  label_smoothing=0.1),
+                sf_nets.default_phi_network(4, (8,)), foreign_optimizer(),
+                psi_network=sf_nets.default_psi_network(4, (8,))), sf_network_batch()),
     "advantage_policy": lambda: Case(
         ap.make(ap.AdvantagePolicyConfig(beta=0.5), ap.default_network(ACT, (8,)),
                 foreign_optimizer()), advantage_batch()),

@@ -8,14 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reward_fits
 from _readme import readme_example
+from reward_fits import FIT_MODEL
 
-from prefrl import checkpoints, evaluation
+from prefrl import checkpoints
 from prefrl.bench import reward as reward_bench
 from prefrl.data import pairs as pair_data
 from prefrl.learners import reward_model as rm
 from prefrl.loops import active
-from prefrl.loops import fit as reward_fit
 from prefrl.studies import two_by_two as study
 
 OBS, ACT, K = 3, 2, 4
@@ -129,86 +130,6 @@ def test_regret_assumption_discounts_the_advantage_sum():
         np.testing.assert_allclose(metrics["loss"], [expected], rtol=1e-5)
 
 
-def synthetic_train(num_train=2000, seed=0, label="partial_return", length=10):
-    cfg = study.StudyConfig(num_segments=1000, num_train=num_train, num_test=200,
-                            segment_length=length, seed=seed)
-    data = study.synthetic_data(cfg)
-    return data, study.pair_batch(data, "train", label), study.pair_batch(data, "test", label)
-
-
-def fast_fit_config(**kw):
-    base = dict(hidden=(64, 64), ensemble_size=2, num_steps=500, batch_size=64,
-                learning_rate=3e-3, eval_every=100, chunk_pairs=64)
-    base.update(kw)
-    return rm.RewardModelConfig(**base)
-
-
-# One compiled fit shared by the tests below (compiling is the slow part on CPU).
-FIT_CFG = fast_fit_config()
-FIT_MODEL = rm.model(FIT_CFG)
-_FIT = jax.jit(lambda key, train, valid: reward_fit.fit(key, FIT_CFG, train, valid))
-TINY_CFG = fast_fit_config(num_steps=10, eval_every=5, hidden=(8,), ensemble_size=3)
-
-
-@pytest.fixture(scope="module")
-def synth():
-    return synthetic_train(num_train=2000)
-
-
-@pytest.fixture(scope="module")
-def fitted(synth):
-    _, train, test = synth
-    return _FIT(jax.random.key(0), train, test)
-
-
-def test_same_key_identical_parameters_and_different_key_differs(synth, fitted):
-    _, train, test = synth
-    again = _FIT(jax.random.key(0), train, test)
-    jax.tree.map(np.testing.assert_array_equal, fitted.state.params, again.state.params)
-    other = _FIT(jax.random.key(1), train, test)
-    assert not np.array_equal(fitted.state.params["params"]["Dense_0"]["kernel"],
-                              other.state.params["params"]["Dense_0"]["kernel"])
-
-
-def test_learns_true_reward_from_2000_labels(synth, fitted):
-    data, train, test = synth
-    reward_fit.check_finite(fitted.metrics)
-    state = fitted.state
-    on = np.asarray(data.mask) > 0
-    learned = rm.reward_fn(FIT_MODEL, state)(jnp.asarray(data.obs), jnp.asarray(data.action))
-    rho = evaluation.pearson(np.asarray(learned)[on], data.reward[on])
-    assert rho > 0.95, rho
-    # Output normalisation: r̂ has mean 0, std 1 over the training steps.
-    train_vals = np.asarray(rm.reward_fn(FIT_MODEL, state)(
-        jnp.concatenate([train.obs_1, train.obs_2]), jnp.concatenate([train.action_1,
-                                                                       train.action_2])))
-    np.testing.assert_allclose([train_vals.mean(), train_vals.std()], [0.0, 1.0], atol=1e-3)
-    # Early stopping kept each member's best validation loss.
-    best = np.asarray(fitted.metrics["valid_loss"]).min(axis=0)
-    np.testing.assert_allclose(rm.evaluate(FIT_MODEL, state, test)["loss"], best, rtol=1e-4)
-    assert np.all(np.asarray(fitted.metrics["best_step"]) % FIT_CFG.eval_every == 0)
-
-
-def _tiny_fit(key, train, learning_rate):
-    # SGD, not Adam: Adam turns float-rounding differences in near-zero
-    # gradients into full-size steps, so batched and single runs would drift.
-    return reward_fit.fit(key, TINY_CFG, train, optimizer=optax.sgd(learning_rate))
-
-
-_TINY_FIT = jax.jit(_tiny_fit)
-
-
-@pytest.mark.slow
-def test_fit_vmaps_over_seeds(synth):
-    _, train, _ = synth
-    keys = jax.random.split(jax.random.key(0), 4)
-    many = jax.jit(jax.vmap(_tiny_fit, in_axes=(0, None, None)))(keys, train, 1e-2)
-    one = _TINY_FIT(keys[2], train, 1e-2)
-    chex_close(jax.tree.map(lambda x: x[2], many.state.params), one.state.params,
-               rtol=1e-4, atol=1e-5)
-    assert many.metrics["train_loss"].shape == (4, 10, 3)
-
-
 def test_warm_members_share_init_and_reward_fn_uses_averaged_weights():
     batch = random_batch(jax.random.key(4))
     cfg = small_config(combine="warm")
@@ -229,47 +150,9 @@ def test_warm_members_share_init_and_reward_fn_uses_averaged_weights():
     assert not np.allclose(expected, mean_of_members, atol=1e-3)
 
 
-def test_ensemble_preferences_feed_select_queries(synth, fitted):
-    from prefrl.data.queries import select_queries
-
-    data, train, _ = synth
-    state = fitted.state
-    probs = active.ensemble_preferences(FIT_MODEL, state, train)
-    assert probs.shape == (2, 2000) and np.all((probs >= 0) & (probs <= 1))
-    segs = type("Pool", (), dict(obs=data.obs, action=data.action, mask=data.mask))
-    first, second = data.train
-    score_fn = active.pool_score_fn(FIT_MODEL, state, segs, chunk=1000)
-    np.testing.assert_allclose(score_fn(first, second), probs, rtol=1e-5, atol=1e-6)
-    f, s = select_queries(jax.random.key(1), (first, second), 10, score_fn, "disagreement")
-    var = np.var(np.asarray(probs), axis=0)
-    chosen = [int(np.flatnonzero((first == a) & (second == b))[0]) for a, b in zip(
-        np.asarray(f), np.asarray(s), strict=True)]
-    # The 10 chosen queries are the 10 of largest variance across members.
-    np.testing.assert_allclose(np.sort(var[chosen]), np.sort(var)[-10:], rtol=1e-6)
-
-
-@pytest.mark.slow
-def test_active_rounds_ask_each_query_once():
-    from prefrl.loops.active import active_rounds
-
-    data, _, _ = synthetic_train(num_train=600)
-    cfg = TINY_CFG
-    segs = type("Pool", (), dict(obs=data.obs, action=data.action, mask=data.mask))
-    labels = data.labels["train"]["partial_return"]
-    lookup = {(int(a), int(b)): lab for a, b, lab in zip(*data.train, labels, strict=True)}
-    label_fn = lambda f, s: np.array([lookup[(int(a), int(b))] for a, b in zip(f, s,
-                                                                                 strict=True)])
-    out = active_rounds(jax.random.key(0), cfg, segs, data.train, label_fn, rounds=3,
-                        per_round=50, method="disagreement")
-    assert out.first.shape == (150,) and np.bincount(out.round).tolist() == [50, 50, 50]
-    pairs = set(zip(out.first.tolist(), out.second.tolist(), strict=True))
-    assert len(pairs) == len({(int(a), int(b)) for a, b in zip(*data.train, strict=True)} & pairs)
-    np.testing.assert_array_equal(out.label, label_fn(out.first, out.second))
-
-
-def test_save_load_roundtrip(tmp_path, synth, fitted):
-    _, _, batch = synth
-    state = fitted.state
+def test_save_load_roundtrip(tmp_path):
+    _, _, batch = reward_fits.synth()
+    state = reward_fits.fitted().state
     path = checkpoints.save_reward_model(tmp_path / "model.npz", FIT_MODEL, state, obs_dim=6,
                                          act_dim=2, segment_length=10, extra={"note": "x"})
     (model, loaded), header = checkpoints.load_reward_model(path)
@@ -313,17 +196,6 @@ def test_empty_and_single_class_labels_error():
     with pytest.raises(ValueError, match="weight 0"):
         pair_data.validate(skipped)
     pair_data.validate(random_batch(jax.random.key(0)))  # a good batch passes
-
-
-def test_nan_run_names_step_and_metric(synth):
-    _, train, _ = synth
-    result = jax.jit(lambda k: reward_fit.fit(k, TINY_CFG, train, optimizer=optax.sgd(1e30)))(
-        jax.random.key(0))
-    with pytest.raises(reward_fit.NonFiniteError,
-                       match=r"metric '.*' became non-finite at step \d+"):
-        reward_fit.check_finite(result.metrics)
-    # The skipped updates left finite parameters behind (nothing NaN to save by accident).
-    assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(result.state.params))
 
 
 def test_config_rejects_bad_values():

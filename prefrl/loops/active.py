@@ -153,7 +153,7 @@ def active_rounds(
         weight[rows] = 1.0
         train = _pairs(segments, cand_first[asked], cand_second[asked], labels)
         train = train._replace(weight=jnp.asarray(weight))
-        rm.validate_pairs(train, what=f"round {r} labels")
+        pairs.validate(train, what=f"round {r} labels")
         state, metrics = fit(key_fit, train)
         reward_fit.check_finite(metrics)
     return ActiveResult(state, cand_first[asked], cand_second[asked], labels,

@@ -6,7 +6,7 @@ Why this design and what it measured: :mod:`prefrl.rollout`'s docstring.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -45,7 +45,14 @@ def _key_block(key: jax.Array, block: int) -> tuple[jax.Array, ...]:
     # so one compiled function serves every num_steps (splitting into T keys directly
     # recompiles for each new T, which costs seconds on a loaded CPU). A tuple of 256
     # outputs costs one dispatch; slicing a [256] key array costs one dispatch per key.
-    return tuple(jax.random.split(jax.random.fold_in(key, block), _KEY_BLOCK))
+    # A stacked key [S] (several seeds in one env) gives [S] keys per step, key_t[s] being
+    # exactly seed s's own single-key stream.
+    def blocks(k: jax.Array) -> jax.Array:
+        return jax.random.split(jax.random.fold_in(k, block), _KEY_BLOCK)
+
+    if key.ndim == 0:
+        return tuple(blocks(key))
+    return tuple(jax.vmap(blocks)(key).swapaxes(0, 1))
 
 
 # The components of MuJoCo's mjSTATE_INTEGRATION state row, in row order (mjtState bits),
@@ -83,7 +90,10 @@ class BatchedEnv:
     Args:
       task: a task name (default parameters) or a :class:`prefrl.envs.TaskSpec`.
       num_envs: B ≥ 1.
-      seed: seeds the per-environment reset generators (:func:`reset_rng`).
+      seed: seeds the per-environment reset generators (:func:`reset_rng`). A
+        sequence of S seeds splits the B environments into S equal blocks,
+        block s resetting exactly like ``BatchedEnv(num_envs=B // S, seed=seeds[s])``:
+        several training seeds in one batch (:mod:`prefrl.loops.ppo_seeds`).
       num_threads: physics threads (default: CPU count, at most B).
       dtype: dtype of the float leaves of returned trajectories; float64 (the
         default) keeps MuJoCo's numbers exactly, float32 halves memory.
@@ -99,7 +109,7 @@ class BatchedEnv:
         self,
         task: str | TaskSpec,
         num_envs: int,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         num_threads: int | None = None,
         dtype: Any = np.float64,
     ) -> None:
@@ -117,7 +127,12 @@ class BatchedEnv:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         self.num_envs = int(num_envs)
         self.num_threads = min(int(num_threads), self.num_envs)
-        self.seed = int(seed)
+        seeds = (seed,) if isinstance(seed, int | np.integer) else tuple(seed)
+        if not seeds or self.num_envs % len(seeds):
+            raise ValueError(f"num_envs = {self.num_envs} must split into equal blocks, one "
+                             f"per seed; got {len(seeds)} seeds")
+        self.seeds = tuple(int(x) for x in seeds)
+        self.seed = self.seeds[0]
 
         self.model = load_model()
         m = self.model
@@ -135,9 +150,13 @@ class BatchedEnv:
         self._qpos_at = mujoco.mj_stateSize(m, mujoco.mjtState.mjSTATE_TIME)
 
         self._bind(self._new_batch(self.num_threads))
-        self._rngs = [reset_rng(self.seed, i) for i in range(self.num_envs)]
+        self._rngs = self._reset_rngs()
         self._steps = np.zeros(self.num_envs, np.int64)  # steps taken in the current episode
         self._is_reset = False
+
+    def _reset_rngs(self) -> list[np.random.Generator]:
+        block = self.num_envs // len(self.seeds)
+        return [reset_rng(self.seeds[i // block], i % block) for i in range(self.num_envs)]
 
     def _new_batch(self, num_threads: int) -> mj_batch.Batch:
         # Not persistent: one MjData per thread, each step loads an env's state row and
@@ -210,7 +229,8 @@ class BatchedEnv:
         """
         if seed is not None:
             self.seed = int(seed)
-            self._rngs = [reset_rng(self.seed, i) for i in range(self.num_envs)]
+            self.seeds = (self.seed,)
+            self._rngs = self._reset_rngs()
         self._reset_envs(None)
         self._is_reset = True
         return self.obs
@@ -317,7 +337,9 @@ class BatchedEnv:
             self._batch.bind(name)[...] = arrays[name]
         self._steps = steps.astype(np.int64)
         self._rngs = rngs
-        self.seed = int(arrays["seed"])
+        if int(arrays["seed"]) != self.seed:
+            self.seed = int(arrays["seed"])
+            self.seeds = (self.seed,)
         self._is_reset = True
 
     def set_state(self, qpos: Any, qvel: Any, steps: Any = None) -> np.ndarray:

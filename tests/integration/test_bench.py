@@ -1,4 +1,4 @@
-"""``prefrl bench cpl`` on a tiny budget (the benchmark's whole path)."""
+"""The benchmarks on tiny budgets (each one's whole path)."""
 
 import json
 
@@ -42,3 +42,19 @@ def test_bench_cpl_smoke(tmp_path, capsys):
     data = tmp_path / "data" / "cpl_run.npz"
     assert bench.main([*args, "--datasets", f"run={data}", "--merge", "true"]) == 0
     assert json.loads(out.read_text())["merged_runs"] == 2
+
+
+def test_bench_ppo_trains_seeds_in_one_batch_and_compares_with_one(tmp_path, capsys):
+    from prefrl.bench import ppo as bench
+
+    out = tmp_path / "ppo.json"
+    assert bench.main(["--total-steps", "128", "--seeds", "0", "1", "--num-envs", "4",
+                       "--rollout-steps", "16", "--num-minibatches", "2",
+                       "--eval-episodes", "1", "--out", str(out)]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["mode"] == "seeds_in_one_batch" and last["seeds"] == [0, 1]
+    assert [r["seed"] for r in last["runs"]] == [0, 1]
+    assert last["one_seed_wall_s"] > 0 and last["seeds_vs_one_wall_ratio"] > 0
+    low, high = last["iqm_eval_return_ci95"]
+    assert low <= last["iqm_eval_return"] <= high
+    assert json.loads(out.read_text()) == last
