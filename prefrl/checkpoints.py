@@ -26,6 +26,11 @@ Kinds (:data:`KINDS`; :func:`load` dispatches on the header's ``kind``):
 - ``reward_model`` (:func:`save_reward_model`, :func:`load_reward_model`): a
   fitted :class:`prefrl.learners.reward_model.RewardModelState`, ``params/…``
   ``[M, …]``, ``reward_mean``, ``reward_std``.
+- ``regret_sf_reward`` (:func:`save_regret_sf_reward`, :func:`load_regret_sf_reward`):
+  a regret-model reward r̂ = w·φ (:mod:`prefrl.reward_files`).
+
+The naming scheme lives in :mod:`prefrl.param_scheme`, the two reward kinds
+in :mod:`prefrl.reward_files`; this module re-exports both.
 
 Any policy file (a PPO checkpoint or a ``policy``) loads as a
 :class:`prefrl.policies.Policy` (:func:`read_policy`) or straight away as an
@@ -52,101 +57,31 @@ import numpy as np
 
 from prefrl import config as config_lib
 from prefrl.io import FileFormatError, load_npz, read_kind, save_npz
+from prefrl.param_scheme import (  # noqa: F401 (the scheme's public names live here too)
+    NonFiniteError,
+    _check_finite,
+    _refuse_non_finite,
+    array_name,
+    flatten,
+    unflatten,
+    unflatten_dict,
+)
+from prefrl.reward_files import (
+    REGRET_SF_KIND,
+    REWARD_MODEL_KIND,
+    check_reward_model_fits,
+    load_regret_sf_reward,
+    load_reward_model,
+    reward_model_state,
+    save_regret_sf_reward,
+    save_reward_model,
+)
 
 PolicyFn = Callable[[Any, jax.Array], jax.Array]
 
 PPO_KIND = "ppo_checkpoint"
 POLICY_KIND = "policy"
-REWARD_MODEL_KIND = "reward_model"
 _STATE = "state"
-
-
-class NonFiniteError(ValueError):
-    """Refusing to write parameters that hold NaN or inf."""
-
-
-# --------------------------------------------------------------------------- the scheme
-
-
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _part(entry: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-def array_name(prefix: str, path: tuple) -> str:
-    """``prefix/part/part/…``: the name of the leaf at ``path`` (a pytree key path)."""
-    return "/".join([prefix, *(_part(p) for p in path)])
-
-
-def flatten(tree: Any, prefix: str) -> dict[str, np.ndarray]:
-    """``{name: array}`` for every leaf of ``tree`` (names by :func:`array_name`)."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        value = jax.random.key_data(leaf) if _is_key(leaf) else leaf
-        out[array_name(prefix, path)] = np.asarray(value)
-    return out
-
-
-def unflatten(template: Any, arrays: Mapping[str, np.ndarray], prefix: str, where: str) -> Any:
-    """Fill ``template``'s structure from ``arrays`` (names as :func:`flatten` writes them).
-
-    A leaf missing under its name is looked up under its older name
-    ``prefix + keystr(path)`` (PPO checkpoints written before this scheme).
-    Raises ``FileFormatError`` naming a missing array or a shape mismatch;
-    dtypes follow the template.
-    """
-    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-    leaves = []
-    for path, leaf in paths:
-        name = array_name(prefix, path)
-        if name not in arrays:
-            name = prefix + jax.tree_util.keystr(path)
-        if name not in arrays:
-            raise FileFormatError(f"{where}: missing array {array_name(prefix, path)!r}")
-        value = arrays[name]
-        expected = jax.random.key_data(leaf) if _is_key(leaf) else leaf
-        if tuple(value.shape) != tuple(np.shape(expected)):
-            raise FileFormatError(
-                f"{where}: array {name!r} has shape {value.shape}, expected "
-                f"{tuple(np.shape(expected))} (network sizes do not match the header?)"
-            )
-        if _is_key(leaf):
-            leaves.append(jax.random.wrap_key_data(jnp.asarray(value, jnp.uint32)))
-        else:
-            leaves.append(jnp.asarray(value, dtype=np.asarray(expected).dtype))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def unflatten_dict(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, Any]:
-    """The nested dict of every array under ``prefix/`` (flax parameters need no template)."""
-    out: dict[str, Any] = {}
-    for name, value in arrays.items():
-        if not name.startswith(prefix + "/"):
-            continue
-        node = out
-        *parents, last = name[len(prefix) + 1:].split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = jnp.asarray(value)
-    return out
-
-
-def _refuse_non_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
-    for name, value in arrays.items():
-        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-            raise NonFiniteError(f"refusing to save {what}: array {name!r} is not finite")
-
-
-def _check_finite(arrays: Mapping[str, np.ndarray], where: str) -> None:
-    for name, value in arrays.items():
-        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-            raise FileFormatError(f"{where}: array {name!r} contains NaN or inf")
 
 
 # --------------------------------------------------------------------------- PPO checkpoints
@@ -367,83 +302,6 @@ def load_policy(
         **header, "apply": policy.apply, "params": policy.params}
 
 
-# --------------------------------------------------------------------------- reward models
-
-
-def save_reward_model(path: Any, model: Any, state: Any, *, obs_dim: int, act_dim: int,
-                      segment_length: int, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write a fitted reward model atomically (no pickle); refuses non-finite parameters.
-
-    ``model`` is the :class:`prefrl.learners.reward_model.RewardModel` of the
-    arrays-only ``state``. Arrays: ``params/…`` ``[M, …]``, ``reward_mean``,
-    ``reward_std``; the header holds the config, the input sizes and the
-    segment length of the data it was fitted on and ``extra`` (e.g. metrics).
-    """
-    arrays = flatten(jax.device_get(state.params), "params")
-    arrays["reward_mean"] = np.asarray(state.reward_mean)
-    arrays["reward_std"] = np.asarray(state.reward_std)
-    _refuse_non_finite(arrays, str(path))
-    header = {
-        "kind": REWARD_MODEL_KIND,
-        "schema_version": 1,
-        "config": config_lib.to_dict(model.config),
-        "network": type(model.network).__name__,
-        "obs_dim": int(obs_dim),
-        "act_dim": int(act_dim),
-        "segment_length": int(segment_length),
-        "extra": dict(extra or {}),
-    }
-    return save_npz(path, arrays, header)
-
-
-def load_reward_model(path: Any) -> tuple[tuple[Any, Any], dict[str, Any]]:
-    """Read a model written by :func:`save_reward_model`: ``((model, state), header)``.
-
-    The model has the config's default network; the state has the default
-    optimizer's fresh ``opt_state``. Raises
-    ``FileFormatError`` naming the problem for a wrong kind, missing or
-    mis-shaped arrays or non-finite values.
-    """
-    from prefrl.learners import reward_model as rm
-    from prefrl.types import PairBatch
-
-    arrays, header = load_npz(path, kind=REWARD_MODEL_KIND,
-                              required=("reward_mean", "reward_std"))
-    try:
-        config = config_lib.from_mapping(rm.RewardModelConfig, header["config"], where=str(path))
-        obs_dim, act_dim = int(header["obs_dim"]), int(header["act_dim"])
-        length = int(header["segment_length"])
-    except KeyError as err:
-        raise FileFormatError(f"{path}: header lacks {err}") from err
-    _check_finite(arrays, str(path))
-    segment = (jnp.zeros((1, length, obs_dim)), jnp.zeros((1, length, act_dim)),
-               jnp.ones((1, length)))
-    example = PairBatch(*segment, *segment, jnp.zeros((1,)))
-    state = rm.make(config).init(jax.random.key(0), example)
-    state = state.replace(
-        params=unflatten(state.params, arrays, "params", str(path)),
-        reward_mean=jnp.asarray(arrays["reward_mean"], jnp.float32),
-        reward_std=jnp.asarray(arrays["reward_std"], jnp.float32),
-    )
-    return (rm.model(config), state), header
-
-
-def check_reward_model_fits(header: Mapping[str, Any], batch: Any, where: str) -> None:
-    """``ValueError`` naming the mismatch when a saved model's data sizes differ from ``batch``'s.
-
-    The header records the observation size, action size and segment length
-    the model was fitted on.
-    """
-    length, obs_dim, act_dim = (int(n) for n in (batch.obs_1.shape[1], batch.obs_1.shape[2],
-                                                 batch.action_1.shape[2]))
-    for name, mine, theirs in (("observation size", obs_dim, header["obs_dim"]),
-                               ("action size", act_dim, header["act_dim"]),
-                               ("segment length", length, header["segment_length"])):
-        if mine != int(theirs):
-            raise ValueError(f"{where}: {name} mismatch: the data has {mine}, the reward model "
-                             f"was fitted on {theirs}")
-
-
 # --------------------------------------------------------------------------- the registry
 
 
@@ -459,6 +317,7 @@ KINDS: dict[str, Kind] = {
     POLICY_KIND: Kind(save_offline_policy,
                       lambda path: (lambda n, p, h: ((n, p), h))(*load_offline_policy(path))),
     REWARD_MODEL_KIND: Kind(save_reward_model, load_reward_model),
+    REGRET_SF_KIND: Kind(save_regret_sf_reward, load_regret_sf_reward),
 }
 
 
@@ -488,8 +347,11 @@ __all__ = [
     "load_policy",
     "load_ppo",
     "load_reward_model",
+    "load_regret_sf_reward",
     "load_value_fn",
     "read_policy",
+    "reward_model_state",
+    "save_regret_sf_reward",
     "save_offline_policy",
     "save_ppo",
     "save_reward_model",

@@ -255,3 +255,36 @@ def test_one_naming_scheme_round_trips(tmp_path):
     assert checkpoints.unflatten_dict(arrays, "p")["params"]["Dense_0"]["kernel"].shape == (2, 3)
     with pytest.raises(FileFormatError, match="missing array 'q/params/Dense_0/kernel'"):
         checkpoints.unflatten(tree, arrays, "q", "test")
+
+
+def test_regret_sf_reward_files_round_trip_both_kinds_of_phi(tmp_path):
+    from prefrl.learners import reward_model as rm
+    from prefrl.learners import sf_networks as nets
+    from prefrl.types import PairBatch
+
+    obs, act = jnp.linspace(-1, 1, 2 * 3 * 5).reshape(2, 3, 5), jnp.full((2, 3, 2), 0.3)
+    module = nets.default_phi_network(4, (8,))
+    learned = (nets.SFValue(nets.LearnedPhi(module)),
+               {"phi": module.init(jax.random.key(0), jnp.zeros((7,))),
+                "w": jnp.arange(4.0), "mean": jnp.float32(0.5), "std": jnp.float32(2.0)})
+    cfg = rm.RewardModelConfig(hidden=(6,), ensemble_size=2)
+    seg = (jnp.zeros((1, 3, 5)), jnp.zeros((1, 3, 2)), jnp.ones((1, 3)))
+    rm_state = rm.make(cfg).init(jax.random.key(1), PairBatch(*seg, *seg, jnp.ones((1,))))
+    frozen = (nets.SFValue(nets.FrozenPhi(rm.model(cfg))),
+              {"phi": rm_state.replace(opt_state=None), "w": jnp.ones(12),
+               "mean": jnp.float32(0.0), "std": jnp.float32(1.0)})
+    for name, (value, params) in {"learned": learned, "frozen": frozen}.items():
+        path = checkpoints.save_regret_sf_reward(tmp_path / f"{name}.npz", value, params,
+                                                 obs_dim=5, act_dim=2)
+        (loaded, loaded_params), header = checkpoints.load(path)
+        assert header["phi"]["kind"] == name and loaded == value
+        np.testing.assert_allclose(loaded(loaded_params, obs, act, obs),
+                                   value(params, obs, act, obs), rtol=1e-6)
+    with pytest.raises(ValueError, match="unsupported φ"):
+        checkpoints.save_regret_sf_reward(tmp_path / "x.npz", nets.SFValue(lambda p: p),
+                                          learned[1], obs_dim=5, act_dim=2)
+    with pytest.raises(checkpoints.NonFiniteError, match="not finite"):
+        checkpoints.save_regret_sf_reward(tmp_path / "nan.npz", learned[0],
+                                          {**learned[1], "w": jnp.full(4, jnp.nan)},
+                                          obs_dim=5, act_dim=2)
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "nan.npz").exists()

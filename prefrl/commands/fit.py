@@ -2,6 +2,8 @@
 
     prefrl fit --dataset data/labels.npz --label regret --assumption regret \\
         --discount 0.99 --out models/adv.npz
+    prefrl fit --learner regret_sf --dataset experiments/data/run.npz --label regret \\
+        --library experiments/experts/run --out models/regret_sf.npz   # r̂ under the regret model
     prefrl fit --study --study-seeds 5                       # the 2×2 study, synthetic
     prefrl fit --study --study-task half_cheetah --study-dataset D --study-expert E
 
@@ -14,6 +16,14 @@ an error naming the step and metric. ``--init MODEL`` warm-starts from a
 saved model (its observation size and segment length must match the
 dataset's). The last stdout line is a JSON summary (also written to
 ``--metrics`` if given).
+
+``--learner regret_sf`` fits a reward under the regret preference model
+(Knox et al. 2022) with successor features of a policy library
+(``--library``: PPO checkpoints or folders of them): see
+:mod:`prefrl.studies.regret_sf_job`; the reward-model options then shape the
+partial-return r̂ whose hidden layer is φ, and ``--phi``, ``--psi-*``,
+``--sf-*``, ``--library-*`` the rest. ``prefrl train ppo --reward-model``
+takes either file.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import argparse
 import dataclasses
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +51,11 @@ class FitConfig:
     """Options of ``prefrl fit`` besides the reward-model config."""
 
     dataset: str = field("", "labelled preference dataset (.npz from prefrl label)")
+    learner: Literal["reward_model", "regret_sf"] = field(
+        "reward_model", "reward_model: r̂ or Â by --assumption; regret_sf: r̂ = w·φ under the "
+        "regret model, with successor features of --library (Knox et al. 2022)")
+    library: tuple[str, ...] = field((), "regret_sf: the policy library Π (PPO checkpoint "
+                                     "files or folders of them)")
     label: str = field("partial_return", "which oracle's labels to fit (a name in the dataset)")
     out: str = field("", "output model file (.npz)")
     metrics: str = field("", "optional path for the JSON metrics (atomic)")
@@ -54,6 +69,7 @@ class FitConfig:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from prefrl.studies.regret_sf_job import RegretSFOptions
     from prefrl.studies.two_by_two import StudyConfig
 
     p = sub.add_parser(
@@ -66,6 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", action="store_true",
                    help="run the 2×2 study (labels × assumption) instead; options --study-*")
     cfg.add_dataclass_args(p, rm.RewardModelConfig)
+    cfg.add_dataclass_args(p, RegretSFOptions)
     cfg.add_dataclass_args(p, StudyConfig, prefix="study-")
     p.set_defaults(func=run)
 
@@ -166,6 +183,20 @@ def run(args: argparse.Namespace) -> int:
     if not (config.dataset and config.out):
         raise ValueError("prefrl fit needs --dataset FILE and --out FILE (or --study)")
     model_config = cfg.from_args(rm.RewardModelConfig, args)
-    summary = fit_dataset(config, model_config)
+    if config.learner == "regret_sf":
+        from prefrl.studies import regret_sf_job
+
+        options = cfg.from_args(regret_sf_job.RegretSFOptions, args)
+        summary = regret_sf_job.fit_regret_sf_dataset(
+            config, model_config, options, library=config.library,
+            discount_given=hasattr(args, "discount"))
+        if config.metrics:
+            from prefrl import io
+
+            io.atomic_write_json(config.metrics, summary)
+    else:
+        if config.library:
+            raise ValueError("--library is for --learner regret_sf")
+        summary = fit_dataset(config, model_config)
     print(json.dumps(summary))
     return 0

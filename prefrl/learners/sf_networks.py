@@ -21,6 +21,7 @@ errors raise before any fitting).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -202,7 +203,64 @@ def reward_model_features(model: rm.RewardModel, state: rm.RewardModelState) -> 
     return phi
 
 
+# --------------------------------------------------------------------------- #
+# The fitted reward r̂ = w·φ as hashable values (parameters travel as arrays)
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedPhi:
+    """φ_θ(s, a) of a flax module on concat(s, a), as ``phi_from(θ) -> φ``."""
+
+    module: nn.Module
+
+    def __call__(self, params: Params) -> PhiFn:
+        return lambda obs, action: self.module.apply(
+            params, jnp.concatenate([obs, action.astype(obs.dtype)], -1))
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenPhi:
+    """φ(s, a) = a reward model's last hidden layer, as ``phi_from(state) -> φ``."""
+
+    model: rm.RewardModel
+
+    def __call__(self, params: rm.RewardModelState) -> PhiFn:
+        return reward_model_features(self.model, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFValue:
+    """The standardised regret-model reward ``(w·φ(s, a) − mean) / std``.
+
+    ``value(params, obs, action, next_obs)`` with ``params = {"phi", "w",
+    "mean", "std"}``; frozen dataclasses, so jitted code taking them as static
+    arguments compiles once per kind of φ, not once per fit.
+    """
+
+    phi_from: Callable[[Params], PhiFn]
+
+    def __call__(self, params: Params, obs: Array, action: Array, next_obs: Array) -> Array:
+        del next_obs
+        phi = self.phi_from(params["phi"])
+        return (phi(obs, action) @ params["w"] - params["mean"]) / params["std"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SFReward:
+    """PPO's ``reward_fn`` for r̂ = w·φ; its parameters travel in ``state.reward_params``."""
+
+    value: SFValue
+
+    def __call__(self, obs: Array, action: Array, next_obs: Array, extras: Any) -> Array:
+        return self.value(extras["reward_params"], obs, action, next_obs)
+
+
 __all__ = [
+    "FrozenPhi",
+    "LearnedPhi",
+    "SFReward",
+    "SFValue",
     "PhiFn",
     "SFModel",
     "check_widths",

@@ -413,12 +413,17 @@ def rlhf_kwargs(
     """Keyword arguments of :func:`train` for PPO on a learned reward (+ KL to π_ref)."""
     kwargs: dict[str, Any] = {}
     if reward_model_path:
-        from prefrl.learners import reward_model
+        from prefrl.io import read_kind
+        from prefrl.learners import reward_model, sf_networks
 
-        # The model's arrays travel in PPO's state (reward_params), not in the compiled code.
-        (model, rm_state), _ = checkpoints.load_reward_model(reward_model_path)
-        kwargs.update(reward_fn=reward_model.PPOReward(model), reward_params=rm_state,
-                      reward_name=f"learned:{reward_model_path}")
+        # The reward's arrays travel in PPO's state (reward_params), not in the compiled code.
+        if read_kind(reward_model_path) == checkpoints.REGRET_SF_KIND:  # r̂ = w·φ (regret model)
+            (value, params), _ = checkpoints.load_regret_sf_reward(reward_model_path)
+            kwargs.update(reward_fn=sf_networks.SFReward(value), reward_params=params)
+        else:
+            (model, rm_state), _ = checkpoints.load_reward_model(reward_model_path)
+            kwargs.update(reward_fn=reward_model.PPOReward(model), reward_params=rm_state)
+        kwargs["reward_name"] = f"learned:{reward_model_path}"
     if ppo_config.kl_ref_coef > 0 and not reference_path:
         raise ValueError("--kl-ref-coef > 0 needs --reference (the frozen policy π_ref)")
     if reference_path:

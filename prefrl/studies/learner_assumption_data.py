@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +25,7 @@ from prefrl import evaluation
 from prefrl.data import pairs
 from prefrl.learners import ppo
 from prefrl.learners import reward_model as rm
-from prefrl.learners import sf_networks as nets
+from prefrl.learners.sf_networks import FrozenPhi, LearnedPhi, SFValue  # noqa: F401 (re-exported)
 from prefrl.studies.learner_assumption_config import (
     LABELS,
     LearnerAssumptionConfig,
@@ -176,39 +175,6 @@ class RMValue:
                  next_obs: Array) -> Array:
         del next_obs
         return rm.reward_fn(self.model, params)(obs, action)
-
-
-@dataclasses.dataclass(frozen=True)
-class LearnedPhi:
-    """φ_θ(s, a) of a flax module on concat(s, a), as ``phi_from(θ) -> φ``."""
-
-    module: nn.Module
-
-    def __call__(self, params: Params) -> nets.PhiFn:
-        return lambda obs, action: self.module.apply(
-            params, jnp.concatenate([obs, action.astype(obs.dtype)], -1))
-
-
-@dataclasses.dataclass(frozen=True)
-class FrozenPhi:
-    """φ(s, a) = a reward model's last hidden layer, as ``phi_from(state) -> φ``."""
-
-    model: rm.RewardModel
-
-    def __call__(self, params: rm.RewardModelState) -> nets.PhiFn:
-        return nets.reward_model_features(self.model, params)
-
-
-@dataclasses.dataclass(frozen=True)
-class SFValue:
-    """The standardised regret-model reward (w·φ(s, a) − mean) / std."""
-
-    phi_from: Callable[[Params], nets.PhiFn]
-
-    def __call__(self, params: Params, obs: Array, action: Array, next_obs: Array) -> Array:
-        del next_obs
-        phi = self.phi_from(params["phi"])
-        return (phi(obs, action) @ params["w"] - params["mean"]) / params["std"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,3 +60,78 @@ def test_fit_command_errors(tmp_path, capsys):
     assert main(["fit", "--dataset", str(huge), "--out", str(diverge), *CLI_MODEL]) == 2
     err = capsys.readouterr().err
     assert "became non-finite at step" in err and not diverge.exists()
+
+
+# --------------------------------------------------------------------------- #
+# --learner regret_sf: r̂ = w·φ under the regret model, on a dataset + a library
+# --------------------------------------------------------------------------- #
+
+_SF_TINY = ["--hidden", "16", "--ensemble-size", "2", "--num-steps", "20", "--eval-every", "10",
+            "--library-steps", "10", "--library-reset-envs", "2", "--library-pool-envs", "2",
+            "--heldout-envs", "2", "--heldout-steps", "10", "--psi-hidden", "16",
+            "--psi-rounds", "1", "--psi-steps-per-round", "5", "--psi-batch-size", "32",
+            "--sf-steps", "20", "--sf-batch-size", "16"]
+_POOL = "experiments/data/target-speed.npz"  # the shipped labelled pool (stored states)
+
+
+def _experts(folder, obs_dim=17, steps=(0, 1000)):
+    from prefrl.envs import make_task
+    from prefrl.learners import ppo
+
+    config = ppo.PPOConfig(policy_hidden=(8,), value_hidden=(8,))
+    learner = ppo.make(config, obs_dim, 6, num_updates=1)
+    for i, env_steps in enumerate(steps):
+        name = "final.npz" if i == len(steps) - 1 else f"snapshots/step_{env_steps:09d}.npz"
+        checkpoints.save_ppo(folder / name, learner.init(jax.random.key(i)), config=config,
+                             obs_dim=obs_dim, act_dim=6, num_updates=1,
+                             task=make_task("target-speed").to_header(),
+                             progress={"update": i, "env_steps": env_steps})
+    return folder
+
+
+def test_fit_regret_sf_writes_a_reward_ppo_can_optimise(tmp_path, capsys):
+    from prefrl.cli import main
+    from prefrl.learners import ppo
+    from prefrl.loops import ppo as ppo_loop
+
+    library = _experts(tmp_path / "experts")
+    out = tmp_path / "rsf.npz"
+    assert main(["fit", "--learner", "regret_sf", "--dataset", _POOL, "--label", "regret",
+                 "--library", str(library), "--out", str(out), *_SF_TINY]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["learner"] == "regret_sf" and summary["discount"] == 0.99
+    assert summary["library"] == ["snapshots/step_000000000.npz", "experts/final.npz"]
+    for name in ("train_accuracy", "valid_accuracy", "psi_rel_error", "value_rel_error"):
+        assert 0.0 <= summary[name] < 10.0, name
+    (value, params), header = checkpoints.load_regret_sf_reward(out)
+    assert header["task"]["task"] == "target-speed" and header["phi"]["kind"] == "frozen"
+    # PPO takes the file as its reward; the reward is standardised on the training steps.
+    kwargs = ppo_loop.rlhf_kwargs(str(out), None, ppo.PPOConfig())
+    obs = jnp.ones((3, 2, 17))
+    act = jnp.zeros((3, 2, 6))
+    reward = kwargs["reward_fn"](obs, act, obs, {"reward_params": kwargs["reward_params"]})
+    assert reward.shape == (3, 2) and bool(jnp.all(jnp.isfinite(reward)))
+    assert jnp.allclose(reward, value(params, obs, act, obs))
+
+
+def test_fit_regret_sf_refuses_bad_input_before_fitting(tmp_path, capsys):
+    from prefrl.cli import main
+
+    base = ["fit", "--learner", "regret_sf", "--dataset", _POOL, "--label", "regret",
+            "--out", str(tmp_path / "out" / "rsf.npz"), *_SF_TINY]
+    small = _experts(tmp_path / "small", obs_dim=5, steps=(0,))
+    cases = [
+        (["--library", str(tmp_path / "missing")], "library path"),
+        (["--library", str(small / "final.npz")], "observation size mismatch"),
+        (["--library", str(_experts(tmp_path / "ok")), "--phi-width", "0"], "phi_width"),
+        (["--library", str(tmp_path / "ok"), "--discount", "0.9"], "differs from the regret"),
+        ([], "needs --library"),
+        (["--library", str(tmp_path / "ok"), "--valid-fraction", "0"], "validation split"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, message
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["fit", "--dataset", _POOL, "--library", str(small), "--out",
+                 str(tmp_path / "out" / "m.npz")]) == 2
+    assert "--library is for --learner regret_sf" in capsys.readouterr().err
