@@ -50,7 +50,8 @@ def _key_block(key: jax.Array, block: int) -> tuple[jax.Array, ...]:
     def blocks(k: jax.Array) -> jax.Array:
         return jax.random.split(jax.random.fold_in(k, block), _KEY_BLOCK)
 
-    if key.ndim == 0:
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if key.ndim == (0 if typed else 1):  # one key (typed, or raw uint32 [2])
         return tuple(blocks(key))
     return tuple(jax.vmap(blocks)(key).swapaxes(0, 1))
 

@@ -11,6 +11,9 @@ environment loop runs seeds in turn).
 * ``rm_pr+ppo`` / ``rm_regret+ppo`` — the same fit, then PPO on the learned
   function (:mod:`prefrl.loops.ppo`), optionally KL-regularised to a BC π_ref;
 * ``cpl`` / ``dpo`` — CPL and contrastive DPO (:mod:`prefrl.loops.offline`): no RL;
+* ``regret_sf+ppo`` / ``advantage_greedy`` — the learners that really assume
+  regret (:mod:`prefrl.studies.cells_regret`): r̂ = w·φ via successor
+  features of the expert's snapshots, then PPO; Â used greedily (AWR), no RL;
 * ``online_{uniform,disagreement,entropy}+ppo`` — the online loop
   (:mod:`prefrl.loops.online`): the cell's oracle, noise (β, ε) and label
   budget, queries from the current policy's segments chosen by that rule.
@@ -317,7 +320,27 @@ def _run_offline(cell: CellConfig, seeds: Sequence[int], budget_scale: float) ->
 
 
 def _run_rlhf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -> list[dict]:
-    """``rm_pr+ppo`` / ``rm_regret+ppo``: fit r̂ or Â (seeds vmapped), then PPO on it per seed.
+    """``rm_pr+ppo`` / ``rm_regret+ppo``: fit r̂ or Â (seeds vmapped), then PPO on it per seed."""
+    import jax
+    import numpy as np
+
+    from prefrl.learners import reward_model
+
+    data = load_cell_data(cell)
+    states, train_loss, _, scores = fit_reward_models(cell, data, seeds)
+    learned_reward = reward_model.PPOReward(reward_model.model(
+        _reward_model_config(cell, cell.assumption)))
+    params = [jax.tree.map(lambda x, s=s: x[s], states) for s in range(len(seeds))]
+    extra = [{"reward_train_loss": float(train_loss[s]),
+              **heldout_accuracy(data, np.asarray(scores[s]))} for s in range(len(seeds))]
+    return ppo_on_rewards(cell, data, seeds, learned_reward, params,
+                          f"learned ({cell.assumption})", extra)
+
+
+def ppo_on_rewards(cell: CellConfig, data: CellData, seeds: Sequence[int], reward_fn: Any,
+                   reward_params: Sequence[Any], reward_name: str,
+                   extra: Sequence[dict[str, Any]]) -> list[dict]:
+    """PPO per seed on a learned reward (``reward_params[s]``); metrics plus ``extra[s]``.
 
     PPO's environment loop runs on the host, so its seeds run one after the
     other. π_ref is a BC policy of the dataset (seeds vmapped): the KL
@@ -327,16 +350,12 @@ def _run_rlhf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -
     """
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    from prefrl.learners import bc, ppo, reward_model
+    from prefrl.learners import bc, ppo
     from prefrl.loops import offline
     from prefrl.loops import ppo as training
 
     st = cell.settings
-    data = load_cell_data(cell)
-    states, train_loss, _, scores = fit_reward_models(cell, data, seeds)
-
     # π_ref by behaviour cloning on the pool, one per seed in one vmapped call.
     bc_config = _offline_config(st, st.bc_steps, 0)
     network = _offline_network(bc_config, data.segments)
@@ -351,9 +370,6 @@ def _run_rlhf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -
     ref_output, _ = _offline_fn("bc", bc_config, bc.BCConfig(), network)(
         jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys), first, second, label, *pool, val
     )
-
-    learned_reward = reward_model.PPOReward(reward_model.model(
-        _reward_model_config(cell, cell.assumption)))
     ppo_config = ppo.PPOConfig(
         discount=st.discount, policy_hidden=tuple(st.policy_hidden),
         value_hidden=tuple(st.policy_hidden), kl_ref_coef=st.ppo_kl_coef,
@@ -369,9 +385,8 @@ def _run_rlhf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -
             checkpoint_every=0, out_dir=None, progress=False,
         )
         result = training.train(
-            train_config, ppo_config, reward_fn=learned_reward,
-            reward_params=jax.tree.map(lambda x, s=s: x[s], states),
-            reward_name=f"learned ({cell.assumption})",
+            train_config, ppo_config, reward_fn=reward_fn, reward_params=reward_params[s],
+            reward_name=reward_name,
             reference=(jax.tree.map(lambda x, s=s: x[s], ref_output.params), network.apply),
         )
         final = result.evaluations[-1]
@@ -382,12 +397,11 @@ def _run_rlhf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -
             "mean_speed": final["mean_speed"],
             "kl_to_ref": float(hist[-1]["ref_kl"]),
             "proxy_reward": float(hist[-1]["proxy_reward"]),
-            "reward_train_loss": float(train_loss[s]),
             "env_steps": int(result.env_steps),
         }
         if "mean_speed_error" in final:
             metrics["mean_speed_error"] = final["mean_speed_error"]
-        metrics.update(heldout_accuracy(data, np.asarray(scores[s])))
+        metrics.update(extra[s])
         metrics["curves"] = {
             "env_steps": [int(h["env_steps"]) for h in hist],
             "proxy_reward": [float(h["proxy_reward"]) for h in hist],
@@ -458,4 +472,12 @@ RUNNERS: dict[str, Runner] = {
     "online_uniform+ppo": _run_online,
     "online_disagreement+ppo": _run_online,
     "online_entropy+ppo": _run_online,
+    "regret_sf+ppo": lambda *a: _regret_cells().run_regret_sf_ppo(*a),
+    "advantage_greedy": lambda *a: _regret_cells().run_advantage_greedy(*a),
 }
+
+
+def _regret_cells() -> Any:
+    from prefrl.studies import cells_regret
+
+    return cells_regret

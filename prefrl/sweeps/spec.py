@@ -37,12 +37,16 @@ LEARNER_ASSUMPTION = {
     "online_uniform+ppo": "partial_return",
     "online_disagreement+ppo": "partial_return",
     "online_entropy+ppo": "partial_return",
+    # Learners that really assume regret (prefrl.studies.cells_regret): the regret-model
+    # r̂ via successor features + PPO, and Â used greedily (AWR, no RL).
+    "regret_sf+ppo": "regret",
+    "advantage_greedy": "regret",
 }
 # Learners that only fit a reward (no policy): reported by held-out accuracy.
 FIT_ONLY_LEARNERS = ("rm_pr", "rm_regret")
 # Learners that need the task's expert file whatever the oracle (the regret
 # oracle always does: its V_E comes from the expert).
-_NEEDS_EXPERT: tuple[str, ...] = ()
+_NEEDS_EXPERT: tuple[str, ...] = ("regret_sf+ppo",)  # its library Π: the expert's folder
 
 
 class SweepError(ValueError):

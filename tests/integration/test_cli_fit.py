@@ -76,6 +76,7 @@ _POOL = "experiments/data/target-speed.npz"  # the shipped labelled pool (stored
 
 def _experts(folder, obs_dim=17, steps=(0, 1000)):
     from prefrl.envs import make_task
+
     from prefrl.learners import ppo
 
     config = ppo.PPOConfig(policy_hidden=(8,), value_hidden=(8,))

@@ -336,3 +336,31 @@ def test_sub_grids_give_the_union_of_their_points(tiny_dataset, tmp_path):
                     + text[end:], encoding="utf-8")
     with pytest.raises(sweep_spec.SweepError, match=r"grid\[1\]\.label_budgt"):
         sweep_spec.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}"])
+
+
+@pytest.mark.parametrize("learner", ["advantage_greedy", "regret_sf+ppo"])
+def test_regret_learner_cells_produce_complete_records(tiny_dataset, tmp_path, learner):
+    # The learners that really assume regret, as sweep cells: Â greedy (AWR) and the
+    # regret-model r̂ via successor features of the expert's snapshots, then PPO.
+    expert = REPO / "experiments" / "experts" / "run" / "final.npz"
+    spec = sweep_spec.load_sweep(TINY, [
+        f"tasks.run.dataset={json.dumps(str(tiny_dataset))}",
+        f"tasks.run.expert={json.dumps(str(expert))}", f"grid.learner=['{learner}']",
+        "grid.label_model=['regret']", "grid.epsilon=[0.0]", "seeds=[3]",
+        "settings.ppo_env_steps=512", "settings.ppo_num_envs=8", "settings.eval_episodes=1",
+        "settings.reward_steps=20", "settings.bc_steps=20", "settings.ppo_evals=1",
+    ])
+    outcome = sweep_execute.run_sweep(spec, tmp_path, cells.RUNNERS, budget_scale=0.01,
+                                      workers=1, compile_cache=False)
+    assert not outcome.failed, outcome.failed
+    (record,) = _records(tmp_path).values()
+    metrics = record["metrics"]
+    for name in ("true_return", "mean_speed", "heldout_accuracy_regret",
+                 "heldout_accuracy_partial_return"):
+        assert np.isfinite(metrics[name]), name
+    if learner == "regret_sf+ppo":
+        assert metrics["sf_library_size"] == 4  # the run expert's 3 snapshots + final.npz
+        assert np.isfinite(metrics["sf_psi_rel_error"]) and metrics["env_steps"] == 512
+    else:
+        assert np.isfinite(metrics["awr_loss"])
+    assert record["cell"]["learner"] == learner
