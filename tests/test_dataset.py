@@ -38,7 +38,7 @@ def make_dataset(n=6, k=4, q=5, seed=0):
 
 
 HEADER = dict(
-    task="run",
+    task="synthetic",
     oracles={"partial_return": {"model": "partial_return"}, "regret": {"model": "regret"}},
     seeds={"partial_return": 1, "regret": 2},
     meta={"trajectory": "t.npz"},
@@ -50,7 +50,7 @@ def test_round_trip_is_exact(tmp_path):
     path = ds.save(tmp_path / "d.npz", data, **HEADER)
     loaded, header = ds.load(path)
     assert_same(data, loaded)
-    assert header["task"] == "run"
+    assert header["task"] == "synthetic"
     assert header["schema_version"] == ds.SCHEMA_VERSION
     assert header["segment_length"] == 4
     assert header["num_queries"] == 5
@@ -69,7 +69,7 @@ def raw_header(**overrides):
     header = {
         "kind": ds.KIND,
         "schema_version": ds.SCHEMA_VERSION,
-        "task": "run",
+        "task": "synthetic",
         "labels": ["partial_return", "regret"],
     }
     header.update(overrides)
