@@ -55,15 +55,17 @@ def _recorded_task(path: str) -> str:
     """The task a policy file records (PPO header or offline policy ``meta``)."""
     from prefrl import checkpoints
     from prefrl.config import ConfigError
+    from prefrl.envs import TASKS
     from prefrl.io import load_npz, read_kind
 
     kind = read_kind(path)
     if kind == checkpoints.POLICY_KIND:
         _, header = load_npz(path, kind=kind)
         task = (header.get("meta") or {}).get("task")
-        if task in (None, "", "unknown"):
+        if task not in TASKS:
             raise ConfigError(f"{path}: a {header.get('algo', 'offline')!r} policy file that "
-                              "records no task; pass --task (e.g. --task run)")
+                              f"records no half-cheetah task (its dataset's task: {task!r}); "
+                              "pass --task (e.g. --task run)")
         return str(task)
     _, header = load_npz(path, kind=checkpoints.PPO_KIND)
     if "task" not in header:

@@ -115,6 +115,9 @@ def check_budget(config: LabelConfig, pool: Segments, option: str = "--budget") 
     from prefrl import preflight
     from prefrl.config import ConfigError
 
+    segment_bytes = sum(
+        np.dtype(x.dtype).itemsize * int(np.prod(x.shape[1:])) for x in jax.tree.leaves(pool))
+    preflight.check_memory(option, config.budget, config.budget * (2 * segment_bytes + 64))
     n = int(pool.obs.shape[0])
     distinct = n * (n - 1) // 2
     if config.pairing == "uniform" and config.budget > distinct:
@@ -122,9 +125,6 @@ def check_budget(config: LabelConfig, pool: Segments, option: str = "--budget") 
             f"{option} {config.budget} exceeds the {distinct} distinct pairs of the {n} "
             f"segments (length {config.segment_length}, stride {config.stride}); lower "
             f"{option} or label a longer trajectory")
-    segment_bytes = sum(
-        np.dtype(x.dtype).itemsize * int(np.prod(x.shape[1:])) for x in jax.tree.leaves(pool))
-    preflight.check_memory(option, config.budget, config.budget * (2 * segment_bytes + 64))
 
 
 def check_critic(critic: Mapping[str, Any], trajectory: Mapping[str, Any], *, discount: float,
