@@ -278,7 +278,8 @@ def _rollout_and_update(env: Any, update: Callable[..., Any], state: ppo.PPOStat
     metrics = jax.device_get(metrics)
     t2 = time.perf_counter()
     if bool(metrics["nonfinite"]):
-        raise checkpoints.NonFiniteError(f"PPO update {update_idx}: {_diverged(metrics)}")
+        raise checkpoints.NonFiniteError(
+            f"PPO update {update_idx} produced non-finite values: {_diverged(metrics)}")
     record = _to_jsonable(metrics)
     episodes = tracker.pop()
     if episodes:
