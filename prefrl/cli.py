@@ -3,6 +3,11 @@
 Each module in ``prefrl.commands`` exposes ``add_parser(subparsers)`` (which
 registers its options, typed by a frozen config dataclass) and sets
 ``func`` on the parser to the function that runs it.
+
+Exit status: 0 success; 2 a usage error (a bad option value or combination,
+as argparse's own errors); 1 a data error (a missing, unreadable, corrupt or
+mismatched file, or a run that diverged). Either way stderr gets one line
+naming the problem, never a traceback.
 """
 
 from __future__ import annotations
@@ -44,6 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_status(err: BaseException) -> int:
+    """1 for a data error (files, divergence), 2 for a usage error (option values)."""
+    from prefrl.config import ConfigError
+    from prefrl.io import FileFormatError
+
+    if isinstance(err, ConfigError):
+        return 2
+    data_errors: tuple[type[BaseException], ...] = (OSError, FileFormatError)
+    checkpoints = sys.modules.get("prefrl.checkpoints")
+    fit = sys.modules.get("prefrl.loops.fit")
+    for module in (checkpoints, fit):
+        if module is not None:  # a divergence: the run's numbers, not its options
+            data_errors += (module.NonFiniteError,)
+    return 1 if isinstance(err, data_errors) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:
         # Bad input: one clear line, no traceback.
-        print(f"prefrl {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"prefrl {args.command}: error: {message}", file=sys.stderr)
+        return exit_status(err)
     return int(result or 0)
 
 

@@ -47,6 +47,25 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+def parse_int(text: str) -> int:
+    """An integer option; scientific notation with an integral value (``1e6``) is accepted."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(value)
+
+
+def _option_type(tp: Any) -> Any:
+    return parse_int if tp is int else tp
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """Add one ``--option`` per field of the dataclass ``cls`` (``_`` becomes ``-``)."""
     hints = typing.get_type_hints(cls)
@@ -65,16 +84,14 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         origin = typing.get_origin(tp)
         if origin is tuple:
             inner = typing.get_args(tp)[0]
-            kwargs.update(nargs="*", type=inner)
+            kwargs.update(nargs="*", type=_option_type(inner))
         elif origin is typing.Literal:
             choices = typing.get_args(tp)
             kwargs.update(choices=choices, type=type(choices[0]))
         elif tp is bool:
             kwargs.update(type=_parse_bool, metavar="{true,false}")
-        elif optional and tp in (int, float, str):
-            kwargs.update(type=tp)
         else:
-            kwargs.update(type=tp)
+            kwargs.update(type=_option_type(tp))
         parser.add_argument(name, **kwargs)
 
 

@@ -38,7 +38,7 @@ def make_dataset(n=6, k=4, q=5, seed=0):
 
 
 HEADER = dict(
-    task="run",
+    task="synthetic",
     oracles={"partial_return": {"model": "partial_return"}, "regret": {"model": "regret"}},
     seeds={"partial_return": 1, "regret": 2},
     meta={"trajectory": "t.npz"},
@@ -50,7 +50,7 @@ def test_round_trip_is_exact(tmp_path):
     path = ds.save(tmp_path / "d.npz", data, **HEADER)
     loaded, header = ds.load(path)
     assert_same(data, loaded)
-    assert header["task"] == "run"
+    assert header["task"] == "synthetic"
     assert header["schema_version"] == ds.SCHEMA_VERSION
     assert header["segment_length"] == 4
     assert header["num_queries"] == 5
@@ -69,7 +69,7 @@ def raw_header(**overrides):
     header = {
         "kind": ds.KIND,
         "schema_version": ds.SCHEMA_VERSION,
-        "task": "run",
+        "task": "synthetic",
         "labels": ["partial_return", "regret"],
     }
     header.update(overrides)
@@ -287,3 +287,58 @@ def test_import_flat_bad_label_value():
     arrays["label"] = np.array([0.0, 0.2, 1.0])
     with pytest.raises(FileFormatError, match="label holds 0.2"):
         ds.from_flat(arrays)
+
+
+# ---------------------------------------------------------------------------
+# Meaning, not just shape: sizes vs the task, header vs arrays, self-pairs, padding.
+
+
+def test_sizes_that_disagree_with_the_header_task_are_refused(tmp_path):
+    data = make_dataset()  # observations of size 3, actions of size 2
+    with pytest.raises(FileFormatError, match="observation size 3 disagrees with the header's "
+                                              "task 'run' \\(observations of size 17\\)"):
+        ds.save(tmp_path / "d.npz", data, **{**HEADER, "task": "run"})
+    assert list(tmp_path.iterdir()) == []  # refused before writing
+    write_raw(tmp_path / "raw.npz", raw_arrays(), raw_header(task="target-speed"))
+    with pytest.raises(FileFormatError, match="observation size 3 disagrees"):
+        ds.load(tmp_path / "raw.npz")
+
+
+def test_header_that_disagrees_with_its_arrays(tmp_path):
+    for key, value in (("num_queries", 7), ("num_segments", 2), ("segment_length", 9)):
+        write_raw(tmp_path / "d.npz", raw_arrays(), raw_header(**{key: value}))
+        with pytest.raises(FileFormatError, match=f"header says {key} = {value}, but the "
+                                                  "arrays have"):
+            ds.load(tmp_path / "d.npz")
+    write_raw(tmp_path / "d.npz", raw_arrays(), raw_header(labels=["regret"]))
+    with pytest.raises(FileFormatError, match=r"labels \['partial_return'\] that the header"):
+        ds.load(tmp_path / "d.npz")
+
+
+def test_a_query_comparing_a_segment_with_itself(tmp_path):
+    data = make_dataset()
+    data = data.replace(second=data.second.at[3].set(data.first[3]))
+    with pytest.raises(FileFormatError, match="1 queries compare a segment with itself "
+                                              "\\(query 3"):
+        ds.save(tmp_path / "d.npz", data, **HEADER)
+    write_raw(tmp_path / "raw.npz", raw_arrays(data))
+    with pytest.raises(FileFormatError, match="compare a segment with itself"):
+        ds.load(tmp_path / "raw.npz")
+
+
+def test_all_padding_segments_error_when_used_and_warn_when_not(tmp_path):
+    data = make_dataset()
+    used = int(data.first[0])
+    mask = np.ones((6, 4), np.float32)
+    mask[used] = 0.0
+    with pytest.raises(FileFormatError, match="a segment whose mask is all zero"):
+        ds.save(tmp_path / "d.npz", data.replace(segments=data.segments.replace(mask=mask)),
+                **HEADER)
+    unused = sorted(set(range(6)) - set(np.asarray(data.first).tolist())
+                    - set(np.asarray(data.second).tolist()))
+    assert unused  # make_dataset leaves a segment out of every query
+    mask = np.ones((6, 4), np.float32)
+    mask[unused[0]] = 0.0
+    with pytest.warns(UserWarning, match="1 segment\\(s\\) have an all-zero mask; no query"):
+        ds.save(tmp_path / "d.npz", data.replace(segments=data.segments.replace(mask=mask)),
+                **HEADER)

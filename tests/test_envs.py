@@ -150,3 +150,21 @@ def test_envs_import_from_outside_the_repository_despite_a_local_envs_folder(tmp
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "2.0"
+
+
+def test_model_compiles_without_the_settotalmass_warning_and_equals_gymnasiums():
+    # MuJoCo prints its `settotalmass` deprecation warning from C, so run a fresh process.
+    import subprocess
+    import sys
+
+    code = "from prefrl.envs.tasks import _compiled_model; _compiled_model()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "settotalmass" not in out.stdout + out.stderr
+    ours = prefrl.envs.tasks._compiled_model()
+    reference = mujoco.MjModel.from_xml_path(prefrl.envs.model_path())
+    for name in dir(reference):
+        value = getattr(reference, name, None)
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(getattr(ours, name), value, err_msg=name)
+    for name in ("meanmass", "meaninertia", "meansize", "extent", "center"):
+        np.testing.assert_array_equal(getattr(ours.stat, name), getattr(reference.stat, name))

@@ -248,4 +248,4 @@ def write_dataset(path, *, length=10, obs_dim=6, num_queries=200, single_class=F
     ds = PreferenceDataset(segments=seg, first=data.train[0].astype(np.int32),
                            second=data.train[1].astype(np.int32), labels=labels,
                            label_mask={name: np.ones(num_queries, bool) for name in labels})
-    return dataset_io.save(path, ds, task="run")
+    return dataset_io.save(path, ds, task="synthetic")

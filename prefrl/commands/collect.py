@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from prefrl import config as cfg
-from prefrl.config import field
+from prefrl.config import ConfigError, field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,14 +82,23 @@ def _behaviour_policy(config: CollectConfig, act_dim: int) -> tuple[Any, dict[st
 
 def collect(config: CollectConfig) -> dict[str, Any]:
     """Run the rollout, write ``config.out``; returns the JSON summary."""
+    from prefrl import preflight
     from prefrl.data.trajectories import save_trajectory
     from prefrl.envs import make_task
     from prefrl.rollout import BatchedEnv
 
     if not config.out:
-        raise ValueError("give the output file: --out PATH")
+        raise ConfigError("give the output file: --out PATH")
+    preflight.check_output_file(config.out, "--out")
     params = {} if config.target_speed is None else {"target_speed": config.target_speed}
     spec = make_task(config.task, **params)
+    itemsize = 4 if config.float32 else 8
+    # The file holds [steps, num_envs] rows: name the larger factor.
+    option, value = max(("--steps", config.steps), ("--num-envs", config.num_envs),
+                        key=lambda pair: pair[1])
+    preflight.check_memory(option, value, preflight.trajectory_bytes(
+        config.steps, config.num_envs, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
+        itemsize=itemsize))
     policy_fn, policy_info = _behaviour_policy(config, spec.act_dim)
     dtype = np.float32 if config.float32 else np.float64
     with BatchedEnv(

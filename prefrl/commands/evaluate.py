@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
+
+from prefrl.config import parse_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,14 +26,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="policy checkpoint (.npz)")
+    p.add_argument("--checkpoint", required=True,
+                   help="policy checkpoint (.npz), or a training folder (its final.npz)")
     p.add_argument("--task", default=None, help="task name (default: the checkpoint's task)")
-    p.add_argument("--episodes", type=int, default=10, help="number of episodes")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the resets and the policy")
+    p.add_argument("--episodes", type=parse_int, default=10, help="number of episodes")
+    p.add_argument("--seed", type=parse_int, default=12345,
+                   help="seed of the resets and the policy")
     p.add_argument(
         "--stochastic", action="store_true", help="sample actions (default: tanh(mean))"
     )
     p.set_defaults(func=run)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file; a training folder stands for its ``final.npz`` (said on stderr)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    final = folder / "final.npz"
+    if not final.is_file():
+        raise FileNotFoundError(f"--checkpoint {path} is a folder without final.npz; "
+                                "give a checkpoint file")
+    print(f"prefrl eval: --checkpoint {path} is a folder; using {final}", file=sys.stderr)
+    return str(final)
+
+
+def _recorded_task(path: str) -> str:
+    """The task a policy file records (PPO header or offline policy ``meta``)."""
+    from prefrl import checkpoints
+    from prefrl.config import ConfigError
+    from prefrl.envs import TASKS
+    from prefrl.io import load_npz, read_kind
+
+    kind = read_kind(path)
+    if kind == checkpoints.POLICY_KIND:
+        _, header = load_npz(path, kind=kind)
+        task = (header.get("meta") or {}).get("task")
+        if task not in TASKS:
+            raise ConfigError(f"{path}: a {header.get('algo', 'offline')!r} policy file that "
+                              f"records no half-cheetah task (its dataset's task: {task!r}); "
+                              "pass --task (e.g. --task run)")
+        return str(task)
+    _, header = load_npz(path, kind=checkpoints.PPO_KIND)
+    if "task" not in header:
+        raise ConfigError(f"{path}: records no task; pass --task")
+    return str(header["task"])
 
 
 def evaluate_checkpoint(
@@ -40,20 +81,20 @@ def evaluate_checkpoint(
     deterministic: bool = True,
 ) -> dict:
     """Evaluate a checkpoint; returns the result dict printed by ``prefrl eval``."""
-    from prefrl import checkpoints
+    from prefrl import checkpoints, preflight
+    from prefrl.config import ConfigError
     from prefrl.envs import make_task
     from prefrl.rollout import evaluate_on_task
 
     if episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+        raise ConfigError(f"--episodes must be >= 1, got {episodes}")
+    checkpoint_path = resolve_checkpoint(checkpoint_path)
     if task is None:
-        from prefrl.io import load_npz
-
-        _, header = load_npz(checkpoint_path, kind=checkpoints.PPO_KIND)
-        if "task" not in header:
-            raise ValueError(f"{checkpoint_path}: records no task; pass --task")
-        task = header["task"]
+        task = _recorded_task(checkpoint_path)
     spec = make_task(task)
+    # One environment per episode, each keeping a whole episode.
+    preflight.check_memory("--episodes", episodes, preflight.trajectory_bytes(
+        spec.episode_length, episodes, obs_dim=spec.obs_dim, act_dim=spec.act_dim))
     policy_fn, info = checkpoints.load_policy(
         checkpoint_path, deterministic=deterministic, obs_dim=spec.obs_dim
     )

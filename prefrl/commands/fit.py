@@ -112,11 +112,17 @@ def split_queries(batch: rm.PairBatch, valid_fraction: float, seed: int
 
 def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[str, Any]:
     """Load, validate, fit, check, save; returns the JSON summary."""
-    from prefrl import io
+    from prefrl import io, preflight
     from prefrl.data import dataset as dataset_io
 
     start = time.perf_counter()
+    preflight.check_output_file(config.out, "--out")
+    if config.metrics:
+        preflight.check_output_file(config.metrics, "--metrics")
     ds, header = dataset_io.load(config.dataset)
+    preflight.check_memory("--batch-size", model_config.batch_size, preflight.batch_bytes(
+        model_config.batch_size, ds.segments.obs.shape[1:], ds.segments.action.shape[-1],
+        sum(model_config.hidden) * model_config.ensemble_size))
     batch = pairs.from_dataset(ds, config.label)
     pairs.validate(batch, what=f"{config.dataset} labels {config.label!r}")
     train, valid = split_queries(batch, config.valid_fraction, config.seed)

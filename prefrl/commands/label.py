@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefrl import config as cfg
-from prefrl.config import field
+from prefrl.config import ConfigError, field
 from prefrl.data.labelling import LabelConfig, label_pool
 
 ValueFn = Callable[[Any], Any]
@@ -33,45 +33,55 @@ class LabelCommandConfig(LabelConfig):
 
 
 def load_expert_value_fn(
-    path: str, *, discount: float | None = None, obs_dim: int | None = None
+    path: str, *, discount: float | None = None, obs_dim: int | None = None,
+    trajectory_header: dict[str, Any] | None = None,
 ) -> ValueFn:
-    """``prefrl.checkpoints.load_value_fn(path)``, checking the critic's discount.
+    """``prefrl.checkpoints.load_value_fn(path)``, after checking the critic fits.
 
-    When the checkpoint's header records its ``discount``, it must equal
-    ``discount`` (the regret score's γ): V_E is a discounted return with its
-    own γ, and the endpoint form is only a telescoped advantage sum with it.
+    The critic's header must agree with the trajectory's task and task
+    parameters, with ``discount`` (the regret score's γ: V_E is a discounted
+    return with its own γ, and the endpoint form is only a telescoped
+    advantage sum with it) and with the observation size
+    (:func:`prefrl.data.labelling.check_critic`).
     """
     from prefrl import checkpoints
+    from prefrl.data.labelling import check_critic
 
     if discount is not None:
         _, header = checkpoints.load_ppo(path)
-        expert_gamma = header.get("discount")
-        if expert_gamma is not None and abs(float(expert_gamma) - discount) > 1e-12:
-            raise ValueError(
-                f"--regret-discount {discount} differs from the expert critic's discount "
-                f"{expert_gamma} ({path}); set --regret-discount {expert_gamma}"
-            )
+        check_critic(header, trajectory_header or {}, discount=discount, obs_dim=obs_dim,
+                     where=path)
     return checkpoints.load_value_fn(path, obs_dim=obs_dim)
 
 
 def run_config(config: LabelCommandConfig, value_fn: ValueFn | None = None) -> dict[str, Any]:
-    """Run ``prefrl label`` from a config; returns the summary it prints."""
+    """Run ``prefrl label`` from a config; returns the summary it prints.
+
+    Every check (output path, budget, expert critic) runs before labelling,
+    so a refused input writes nothing.
+    """
+    from prefrl import preflight
     from prefrl.data import dataset as ds
+    from prefrl.data.labelling import check_budget
     from prefrl.data.segments import segment
     from prefrl.data.trajectories import load_trajectory
 
     if not config.trajectory:
-        raise ValueError("give the input trajectory file: --trajectory PATH")
+        raise ConfigError("give the input trajectory file: --trajectory PATH")
     if not config.output:
-        raise ValueError("give the output dataset file: --output PATH")
+        raise ConfigError("give the output dataset file: --output PATH")
     if "regret" in config.oracles and value_fn is None and not config.expert:
-        raise ValueError("the regret oracle needs an expert critic: pass --expert PATH")
+        raise ConfigError("the regret oracle needs an expert critic: pass --expert PATH")
+    preflight.check_output_file(config.output, "--output")
     traj, header = load_trajectory(config.trajectory)
+    pool = segment(traj, config.segment_length, config.stride)
+    if int(pool.obs.shape[0]) >= 2:
+        check_budget(config, pool)
     if "regret" in config.oracles and value_fn is None:
         value_fn = load_expert_value_fn(
-            config.expert, discount=config.regret_discount, obs_dim=int(traj.obs.shape[-1])
+            config.expert, discount=config.regret_discount, obs_dim=int(traj.obs.shape[-1]),
+            trajectory_header=header,
         )
-    pool = segment(traj, config.segment_length, config.stride)
     dataset, stats = label_pool(config, pool, value_fn)
     oracle_dicts = {n: cfg.to_dict(config.oracle(n)) for n in config.oracles}
     path = ds.save(

@@ -47,9 +47,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_memory(config: training.TrainConfig) -> None:
+    """Refuse ``--num-envs`` / ``--eval-episodes`` whose rollouts cannot fit in memory."""
+    from prefrl import preflight
+    from prefrl.envs import make_task
+
+    spec = make_task(config.task)
+    # A rollout is [rollout_steps, num_envs]; PPO's update holds a few copies of it.
+    preflight.check_memory("--num-envs", config.num_envs, 4 * preflight.trajectory_bytes(
+        config.rollout_steps, config.num_envs, obs_dim=spec.obs_dim, act_dim=spec.act_dim))
+    preflight.check_memory("--eval-episodes", config.eval_episodes, preflight.trajectory_bytes(
+        spec.episode_length, config.eval_episodes, obs_dim=spec.obs_dim, act_dim=spec.act_dim))
+
+
 def run(args: argparse.Namespace) -> int:
     train_config = config_lib.from_args(training.TrainConfig, args)
     ppo_config = config_lib.from_args(ppo.PPOConfig, args)
+    check_memory(train_config)
     kwargs = training.rlhf_kwargs(
         getattr(args, "reward_model", None), getattr(args, "reference", None), ppo_config
     )

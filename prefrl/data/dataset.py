@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,59 @@ def _check(where: str, arrays: Mapping[str, np.ndarray], label_names: list[str])
             raise FileFormatError(f"{where}: {key} contains NaN or inf")
 
 
+def _check_meaning(where: str, arrays: Mapping[str, np.ndarray], header: Mapping[str, Any]
+                   ) -> None:
+    """Raise FileFormatError where the arrays are well-formed but cannot mean what they say.
+
+    The header's sizes must be the arrays'; a half-cheetah task fixes the
+    observation and action sizes; a query never compares a segment with
+    itself; a segment a query uses has at least one real (unmasked) step.
+    An unused all-padding segment is harmless: a warning, not an error.
+    """
+    from prefrl.envs.tasks import TASKS, TaskSpec
+
+    obs, action = arrays["segments.obs"], arrays["segments.action"]
+    first, second = arrays["first"], arrays["second"]
+    actual = {"segment_length": obs.shape[1], "num_segments": obs.shape[0],
+              "num_queries": first.shape[0]}
+    for key, value in actual.items():
+        if key in header and header[key] != value:
+            raise FileFormatError(
+                f"{where}: header says {key} = {header[key]!r}, but the arrays have {value}")
+    names = header.get("labels") or []
+    extra = sorted(k.partition(".")[2] for k in arrays
+                   if k.startswith("label.") and k.partition(".")[2] not in names)
+    if extra:
+        raise FileFormatError(f"{where}: arrays hold labels {extra} that the header's "
+                              f"labels {list(names)} do not list")
+    task = header.get("task")
+    if task in TASKS:
+        spec = TaskSpec(name=task, params=())
+        for name, size in (("observation", spec.obs_dim), ("action", spec.act_dim)):
+            found = (obs if name == "observation" else action).shape[-1]
+            if found != size:
+                raise FileFormatError(
+                    f"{where}: {name} size {found} disagrees with the header's task {task!r} "
+                    f"({name}s of size {size}); was the file labelled for another task?")
+    same = np.flatnonzero(first == second)
+    if same.size:
+        q = int(same[0])
+        raise FileFormatError(
+            f"{where}: {same.size} queries compare a segment with itself (query {q}: segment "
+            f"{int(first[q])} vs itself); a preference needs two different segments")
+    empty = np.flatnonzero(~np.any(arrays["segments.mask"] != 0, axis=1))
+    if empty.size:
+        used = np.isin(first, empty) | np.isin(second, empty)
+        if used.any():
+            q = int(np.flatnonzero(used)[0])
+            raise FileFormatError(
+                f"{where}: {int(used.sum())} queries compare a segment whose mask is all zero "
+                f"(query {q}: segments {int(first[q])} and {int(second[q])}); such a segment "
+                "has no real step to prefer")
+        warnings.warn(f"{where}: {empty.size} segment(s) have an all-zero mask; no query uses "
+                      "them", stacklevel=3)
+
+
 def _to_arrays(dataset: PreferenceDataset) -> dict[str, np.ndarray]:
     if set(dataset.labels) != set(dataset.label_mask):
         raise ValueError(
@@ -178,6 +232,7 @@ def save(
         "seeds": {k: int(v) for k, v in (seeds or {}).items()},
         "meta": dict(meta or {}),
     }
+    _check_meaning(str(path), arrays, header)
     return save_npz(path, arrays, header)
 
 
@@ -186,8 +241,9 @@ def load(path: str | os.PathLike) -> tuple[PreferenceDataset, dict[str, Any]]:
 
     Raises ``FileNotFoundError`` or :class:`prefrl.io.FileFormatError` for a
     truncated or non-npz file, an unknown schema version, missing arrays,
-    shape mismatches, NaN/inf, labels outside {0, ½, 1}, or out-of-range
-    segment indices.
+    shape mismatches, NaN/inf, labels outside {0, ½, 1}, out-of-range
+    segment indices, or arrays that disagree with the header or its task
+    (:func:`_check_meaning`).
     """
     required = tuple(f"segments.{f}" for f in SEGMENT_FIELDS) + ("first", "second")
     arrays, header = load_npz(
@@ -197,6 +253,7 @@ def load(path: str | os.PathLike) -> tuple[PreferenceDataset, dict[str, Any]]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise FileFormatError(f"{path}: header 'labels' must be a list of names, got {names!r}")
     _check(str(path), arrays, names)
+    _check_meaning(str(path), arrays, header)
     segments = Segments(**{f: jnp.asarray(arrays[f"segments.{f}"]) for f in SEGMENT_FIELDS})
     dataset = PreferenceDataset(
         segments=segments,

@@ -10,7 +10,7 @@ queries with each oracle of :mod:`prefrl.oracles`, so one
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import jax
@@ -102,13 +102,81 @@ def _prune(pool: Segments, first: np.ndarray, second: np.ndarray):
     return pruned, remap[first], remap[second]
 
 
+def check_budget(config: LabelConfig, pool: Segments, option: str = "--budget") -> None:
+    """Refuse a budget beyond the pool's distinct pairs or the machine's memory.
+
+    ``N`` segments form ``N (N − 1) / 2`` distinct unordered pairs; asking for
+    more only repeats queries. Labelling gathers both segments of every
+    query, so it needs about ``budget × 2 × (bytes of one segment)``.
+
+    Raises:
+      prefrl.config.ConfigError: naming ``option`` (a usage error).
+    """
+    from prefrl import preflight
+    from prefrl.config import ConfigError
+
+    segment_bytes = sum(
+        np.dtype(x.dtype).itemsize * int(np.prod(x.shape[1:])) for x in jax.tree.leaves(pool))
+    preflight.check_memory(option, config.budget, config.budget * (2 * segment_bytes + 64))
+    n = int(pool.obs.shape[0])
+    distinct = n * (n - 1) // 2
+    if config.pairing == "uniform" and config.budget > distinct:
+        raise ConfigError(
+            f"{option} {config.budget} exceeds the {distinct} distinct pairs of the {n} "
+            f"segments (length {config.segment_length}, stride {config.stride}); lower "
+            f"{option} or label a longer trajectory")
+
+
+def check_critic(critic: Mapping[str, Any], trajectory: Mapping[str, Any], *, discount: float,
+                 obs_dim: int | None, where: str) -> None:
+    """Refuse an expert critic V_E (a PPO checkpoint header) that cannot score these segments.
+
+    Regret labels are only right when V_E is the value of the task whose
+    reward the trajectory carries (same task *and* parameters, e.g. v*), in
+    true-reward units, with the oracle's discount γ, on observations of the
+    trajectory's size (docs/design.md §3).
+
+    Raises:
+      prefrl.io.FileFormatError: naming the file and what disagrees.
+    """
+    from prefrl.envs.tasks import task_from_header
+    from prefrl.io import FileFormatError
+
+    problems = []
+    if obs_dim is not None and int(critic.get("obs_dim", obs_dim)) != obs_dim:
+        problems.append(f"its observation size {critic['obs_dim']} differs from the "
+                        f"trajectory's {obs_dim}")
+    gamma = critic.get("discount")
+    if gamma is not None and abs(float(gamma) - discount) > 1e-12:
+        problems.append(f"its discount {gamma} differs from --regret-discount {discount} "
+                        f"(set --regret-discount {gamma})")
+    if critic.get("reward", "true") != "true":
+        problems.append(f"it was trained on reward {critic['reward']!r}, not the task's "
+                        "true reward")
+    if "task" in critic and "task" in trajectory:
+        try:
+            ours, theirs = task_from_header(critic), task_from_header(trajectory)
+        except ValueError as err:
+            raise FileFormatError(f"{where}: {err}") from err
+        if ours != theirs:
+            problems.append(f"it is the critic of task {ours.name!r} {ours.params_dict}, but the "
+                            f"trajectory is of task {theirs.name!r} {theirs.params_dict}")
+    if problems:
+        raise FileFormatError(f"expert critic {where} cannot label these segments: "
+                              + "; ".join(problems))
+
+
 def label_pool(
-    config: LabelConfig, pool: Segments, value_fn: ValueFn | None = None
+    config: LabelConfig, pool: Segments, value_fn: ValueFn | None = None,
+    budget_option: str = "--budget",
 ) -> tuple[PreferenceDataset, dict[str, Any]]:
     """Sample queries from ``pool`` and label them with every configured oracle.
 
     Keys: ``PRNGKey(seed)`` splits into a query key and a label key; oracle
     number i (in ``config.oracles`` order) uses ``fold_in(label_key, i)``.
+
+    The budget is checked first (:func:`check_budget`; ``budget_option`` is
+    the name its error gives the budget).
 
     Returns:
       ``(dataset, stats)``; stats per oracle: fraction first preferred, ties,
@@ -122,6 +190,7 @@ def label_pool(
             f"the trajectory yields {int(pool.obs.shape[0])} segment(s) of length "
             f"{config.segment_length}; need at least 2"
         )
+    check_budget(config, pool, budget_option)
     key_queries, key_labels = jax.random.split(jax.random.PRNGKey(config.seed))
     first, second = _choose_pairs(config, key_queries, pool)
     first, second = np.asarray(first, np.int64), np.asarray(second, np.int64)
@@ -152,4 +221,4 @@ def label_pool(
     return dataset, stats
 
 
-__all__ = ["LabelConfig", "label_pool"]
+__all__ = ["LabelConfig", "check_budget", "check_critic", "label_pool"]

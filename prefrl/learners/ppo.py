@@ -141,8 +141,10 @@ class PPOConfig:
             raise ValueError(
                 f"value_clip_epsilon must be > 0 or None, got {self.value_clip_epsilon}"
             )
-        if not self.policy_hidden or not self.value_hidden:
-            raise ValueError("policy_hidden and value_hidden need at least one layer")
+        if not self.policy_hidden or not self.value_hidden or min(
+                (*self.policy_hidden, *self.value_hidden)) < 1:
+            raise ValueError(f"policy_hidden and value_hidden need layers of width >= 1, got "
+                             f"{self.policy_hidden} and {self.value_hidden}")
 
 
 # --------------------------------------------------------------------------- state and networks

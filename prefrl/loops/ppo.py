@@ -252,6 +252,16 @@ class _RunFiles:
             self.save(self.out_dir / "last.npz", state, update_idx)
 
 
+def _diverged(metrics: Mapping[str, Any]) -> str:
+    """Which of an update's numbers went non-finite, and what to change for it."""
+    if not np.isfinite(metrics["learning_reward"]):
+        return "the learning reward is non-finite: check reward_fn / the reward model"
+    bad = sorted(k for k, v in metrics.items()
+                 if k != "nonfinite" and not np.all(np.isfinite(np.asarray(v, float))))
+    return (f"the policy update diverged (non-finite {', '.join(bad)}) while the learning "
+            "reward stayed finite: lower --learning-rate (or --max-grad-norm)")
+
+
 def _rollout_and_update(env: Any, update: Callable[..., Any], state: ppo.PPOState,
                         policy_apply: ppo.PolicyApply, tc: TrainConfig, update_idx: int,
                         tracker: _EpisodeTracker) -> tuple[ppo.PPOState, dict[str, Any]]:
@@ -268,10 +278,8 @@ def _rollout_and_update(env: Any, update: Callable[..., Any], state: ppo.PPOStat
     metrics = jax.device_get(metrics)
     t2 = time.perf_counter()
     if bool(metrics["nonfinite"]):
-        raise ValueError(
-            f"PPO update {update_idx} produced non-finite values "
-            "(learning reward or KL): check reward_fn / the reward model"
-        )
+        raise checkpoints.NonFiniteError(
+            f"PPO update {update_idx} produced non-finite values: {_diverged(metrics)}")
     record = _to_jsonable(metrics)
     episodes = tracker.pop()
     if episodes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -161,8 +162,17 @@ def pair_indices(data: CellData, budget: int, keys: Any) -> tuple[Any, Any, Any]
     with the cell's oracle (β, ε) from the precomputed scores, in one jitted,
     seed-vmapped call cached per (oracle, budget, pool size).
     """
+    import jax
     import jax.numpy as jnp
 
+    from prefrl import preflight
+
+    # Checked before allocating: the gathered pairs (sample_pairs) hold two
+    # segments per query and seed.
+    segment_bytes = sum(x.dtype.itemsize * math.prod(x.shape[1:])
+                        for x in jax.tree.leaves(data.segments))
+    preflight.check_memory("label_budget", int(budget),
+                           int(keys.shape[0]) * int(budget) * (2 * segment_bytes + 16))
     fn = _pair_indices_fn(data.oracle, int(budget), int(data.train_idx.shape[0]))
     first, second, label = fn(keys, jnp.asarray(data.train_idx), jnp.asarray(data.rational),
                               jnp.asarray(data.preference))

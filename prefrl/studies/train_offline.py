@@ -75,11 +75,17 @@ def run(algo: offline.Algo, run_config: RunConfig, train_config: offline.TrainCo
 
     Nothing is written unless every seed trained to finite parameters.
     """
+    from prefrl import preflight
     from prefrl.data import dataset as dataset_io
 
     if not run_config.dataset:
         raise ValueError("--dataset is required (a file written by prefrl.data.dataset.save)")
+    for path in seed_paths(run_config.out, run_config.seeds):
+        preflight.check_output_file(path, "--out")
     dataset, header = dataset_io.load(run_config.dataset)
+    preflight.check_memory("--batch-size", train_config.batch_size, preflight.batch_bytes(
+        train_config.batch_size, dataset.segments.obs.shape[1:], dataset.segments.action.shape[-1],
+        sum(train_config.hidden) * len(run_config.seeds)))
     network = init_params = ref_params = None
     init_path = getattr(run_config, "init_policy", "")
     ref_path = getattr(run_config, "reference", "")

@@ -75,3 +75,54 @@ def test_label_command_regret_without_expert_is_a_clear_error(tmp_path, capsys):
     assert rc == 2
     assert "regret oracle needs an expert critic: pass --expert PATH" in capsys.readouterr().err
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_regret_oracle_refuses_a_critic_of_another_task_or_parameters(tmp_path, capsys):
+    """The critic's task, v*, γ and observation size must be the trajectory's."""
+    from pathlib import Path
+
+    from prefrl.envs import make_task
+
+    from prefrl import cli
+    from prefrl.data.trajectories import load_trajectory, save_trajectory
+
+    experts = Path(__file__).resolve().parents[2] / "experiments" / "experts"
+    traj = write_tiny_trajectory(tmp_path / "run.npz")
+    save_trajectory(tmp_path / "v3.npz", traj, task=make_task("target-speed", target_speed=3.0))
+    assert load_trajectory(tmp_path / "v3.npz")[1]["task_params"]["target_speed"] == 3.0
+    out = tmp_path / "out"
+    out.mkdir()
+    base = ["label", "--output", str(out / "d.npz"), "--segment-length", "5", "--stride", "5",
+            "--budget", "5", "--oracles", "regret"]
+    cases = [
+        ("run.npz", "run-backward", [], "it is the critic of task 'run-backward'"),
+        ("v3.npz", "target-speed", [],
+         "'target_speed': 2.0}, but the trajectory is of task 'target-speed' "
+         "{'ctrl_cost_weight': 0.1, 'target_speed': 3.0}"),
+        ("run.npz", "run", ["--regret-discount", "0.9"], "its discount 0.99 differs from "
+                                                         "--regret-discount 0.9"),
+    ]
+    for trajectory, expert, extra, message in cases:
+        code = cli.main([*base, "--trajectory", str(tmp_path / trajectory),
+                         "--expert", str(experts / expert / "final.npz"), *extra])
+        err = capsys.readouterr().err
+        assert code == 1 and message in err and "cannot label these segments" in err, err
+    assert list(out.iterdir()) == []
+
+
+def test_check_critic_observation_size_and_proxy_reward():
+    import pytest
+
+    from prefrl.data.labelling import check_critic
+    from prefrl.io import FileFormatError
+
+    run = {"task": "run", "task_params": {}}
+    with pytest.raises(FileFormatError, match="observation size 17 differs from the "
+                                              "trajectory's 11"):
+        check_critic({**run, "obs_dim": 17, "discount": 0.99}, run, discount=0.99, obs_dim=11,
+                     where="e.npz")
+    with pytest.raises(FileFormatError, match="trained on reward 'reward_model'"):
+        check_critic({**run, "reward": "reward_model"}, run, discount=0.99, obs_dim=None,
+                     where="e.npz")
+    check_critic({**run, "obs_dim": 17, "discount": 0.99}, run, discount=0.99, obs_dim=17,
+                 where="e.npz")

@@ -16,7 +16,7 @@ def test_cli_bc_then_dpo_roundtrip(tmp_path, capsys):
     from prefrl.data import dataset as dataset_io
 
     data = tmp_path / "data.npz"
-    dataset_io.save(data, synthetic_dataset(), task="run")
+    dataset_io.save(data, synthetic_dataset(), task="synthetic")
     common = ["--dataset", str(data), "--num-steps", "20", "--log-every", "20",
               "--hidden", "16", "--eval-task", "none", "--batch-size", "8"]
     assert main(["train", "bc", *common, "--out", str(tmp_path / "bc.npz")]) == 0
@@ -43,7 +43,7 @@ def test_cli_bc_then_dpo_roundtrip(tmp_path, capsys):
     assert jax.tree.structure(dpo_params) == jax.tree.structure(params)
     # A reference whose action dimension differs from the dataset's: a clear error.
     data2 = tmp_path / "data2.npz"
-    dataset_io.save(data2, synthetic_dataset(act_dim=2), task="run")
+    dataset_io.save(data2, synthetic_dataset(act_dim=2), task="synthetic")
     code = main(["train", "dpo", *common[2:], "--dataset", str(data2),
                  "--reference", str(tmp_path / "bc.npz"), "--out", str(tmp_path / "x.npz")])
     assert code == 2 and "action dimension 2 differs" in capsys.readouterr().err
