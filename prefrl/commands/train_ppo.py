@@ -3,9 +3,11 @@
     prefrl train ppo --task run --total-steps 1000000 --out-dir runs/ppo-run
 
 Writes ``metrics.jsonl`` (one line per update), ``evals.jsonl``, ``last.npz``
-(resumable: run the same command again after an interruption),
-``snapshots/step_*.npz`` (at ``--snapshots`` fractions of training) and
-``final.npz`` into ``--out-dir``; ends with one JSON line summarising the run.
+(resumable: run the same command again after an interruption; the run
+continues bit for bit as if uninterrupted), ``snapshots/step_*.npz`` (at
+``--snapshots`` fractions of training) and ``final.npz`` into ``--out-dir``;
+ends with one JSON line summarising the run. Running a finished run again
+trains nothing and prints its saved result (``--resume false`` starts over).
 
 RLHF: ``--reward-model rm.npz`` makes PPO optimise the learned r̂ (or Â) of a
 ``prefrl.learners.reward_model`` file instead of the true reward (the true
