@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -99,6 +100,8 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
     from prefrl.data import dataset as dataset_io
 
     start = time.perf_counter()
+    if config.metrics and Path(config.metrics).is_dir():
+        raise ValueError(f"--metrics {config.metrics} is a folder; give the JSON file to write")
     ds, header = dataset_io.load(config.dataset)
     batch = pairs.from_dataset(ds, config.label)
     pairs.validate(batch, what=f"{config.dataset} labels {config.label!r}")
@@ -143,7 +146,13 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
         segment_length=length, extra={"fit": summary, "seed": config.seed})
     summary["model"] = str(path)
     if config.metrics:
-        io.atomic_write_json(config.metrics, summary)
+        try:
+            io.atomic_write_json(config.metrics, summary)
+        except OSError as err:
+            # Nothing half-done: no model file without the metrics asked for with it.
+            Path(path).unlink(missing_ok=True)
+            raise ValueError(f"cannot write --metrics {config.metrics} ({err}); removed the "
+                             f"model {path} written before it") from err
     return summary
 
 

@@ -176,8 +176,8 @@ def killed_and_resumed(tmp_path_factory, tiny_dataset):
     path = runs_dir / f"{damaged}.json"
     path.write_text(path.read_text()[:100])
     # A killed writer can also leave a temporary file behind (killed between
-    # mkstemp and os.replace); the resumed sweep removes it.
-    (runs_dir / f".{damaged}.json.k1ll3d.tmp").write_text('{"kind": "prefr')
+    # mkstemp and os.replace), named after its (now dead) process; the resumed sweep removes it.
+    (runs_dir / f".{damaged}.json.k1ll3d.{proc.pid}.tmp").write_text('{"kind": "prefr')
     resumed = subprocess.run(_sweep_cmd(out, tiny_dataset, "--resume"), capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
