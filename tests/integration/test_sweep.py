@@ -33,7 +33,7 @@ def _random_policy_dataset(path: Path, num_envs: int = 4, steps: int = 200, k: i
     from prefrl.types import PreferenceDataset, Segments
 
     with BatchedEnv("run", num_envs=num_envs, seed=0, dtype=np.float32) as env:
-        traj = env.rollout(random_policy(6), steps, jax.random.PRNGKey(0))
+        traj = env.rollout(random_policy(6), steps, jax.random.key(0))
     per_env = steps // k
 
     def cut(x):  # [T, B, ...] -> [B * T/k, k, ...] (non-overlapping, never across a reset)
