@@ -202,3 +202,27 @@ def read_kind(path: str | os.PathLike) -> str | None:
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
         raise FileFormatError(f"{path}: corrupt header: {err}") from err
     return kind if isinstance(kind, str) else None
+
+
+def read_task(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"task": …, "task_params": …}`` that a prefrl ``.npz`` records ({} for none).
+
+    Looked up at the header's top level (PPO checkpoints, trajectories), in
+    ``meta`` (datasets, policy files) and in a reward model's ``extra.fit``,
+    so the files that meet in one command can be checked for the same task
+    parameters (``prefrl.envs.check_same_params``).
+    """
+    raw = read_npz_arrays(path).get(HEADER_KEY)
+    try:
+        header = {} if raw is None else json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FileFormatError(f"{path}: corrupt header: {err}") from err
+    if not isinstance(header, dict):
+        return {}
+    places = [header, header.get("meta") or {}, (header.get("extra") or {}).get("fit") or {}]
+    out = {}
+    for key in ("task", "task_params"):
+        found = [p[key] for p in places if isinstance(p, Mapping) and p.get(key) is not None]
+        if found:
+            out[key] = found[0]
+    return out

@@ -125,6 +125,7 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
         "label": config.label,
         "assumption": model_config.assumption,
         "task": header.get("task"),
+        "task_params": (header.get("meta") or {}).get("task_params"),
         "num_train": int(train.size),
         "num_valid": 0 if valid is None else int(valid.size),
         "steps": int(np.asarray(state.step)),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from prefrl import config as config_lib
 from prefrl.learners import ppo
@@ -49,9 +50,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_task_params(spec: Any, files: dict[str, str | None]) -> None:
+    """``ValueError`` naming both values when a file was made with other task parameters."""
+    from prefrl.envs import check_same_params
+    from prefrl.io import read_task
+
+    for option, path in files.items():
+        if path:
+            check_same_params(spec, read_task(path), f"{option} {path}")
+
+
 def run(args: argparse.Namespace) -> int:
     train_config = config_lib.from_args(training.TrainConfig, args)
     ppo_config = config_lib.from_args(ppo.PPOConfig, args)
+    check_task_params(train_config.task_spec(), {
+        f"--{name.replace('_', '-')}": getattr(args, name, None)
+        for name in ("reward_model", "reference", "init_checkpoint")})
     kwargs = training.rlhf_kwargs(
         getattr(args, "reward_model", None), getattr(args, "reference", None), ppo_config
     )
@@ -65,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     final = result.evaluations[-1] if result.evaluations else {}
     summary = {
         "task": train_config.task,
+        "task_params": train_config.task_spec().params_dict,
         "env_steps": result.env_steps,
         "wall_s": round(result.wall_s, 1),
         "mean_return": final.get("mean_return"),

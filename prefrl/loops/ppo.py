@@ -56,6 +56,8 @@ class TrainConfig:
     """The training run (algorithm settings live in :class:`prefrl.learners.ppo.PPOConfig`)."""
 
     task: str = field("run", "task name: run, run-backward, target-speed")
+    task_param: tuple[str, ...] = field(
+        (), "task parameter NAME=VALUE, repeatable (e.g. target_speed=3.0)", repeat=True)
     total_steps: int = field(1_000_000, "environment steps to train for")
     num_envs: int = field(64, "parallel environments (B)")
     rollout_steps: int = field(64, "steps per environment per update (T)")
@@ -79,6 +81,12 @@ class TrainConfig:
             raise ValueError("eval_every/checkpoint_every must be >= 0, eval_episodes >= 1")
         if any(not 0 < f <= 1 for f in self.snapshots):
             raise ValueError(f"snapshot fractions must lie in (0, 1], got {self.snapshots}")
+
+    def task_spec(self) -> Any:
+        """The :class:`prefrl.envs.TaskSpec` of ``task`` with its ``task_param`` values."""
+        from prefrl.envs import parse_task_params
+
+        return parse_task_params(self.task, self.task_param)
 
     @property
     def steps_per_update(self) -> int:
@@ -154,9 +162,7 @@ def _environments(tc: TrainConfig, env_factory: EnvFactory | None,
     """The environment factory (default: ``BatchedEnv`` on ``tc.task``) and the task's header."""
     if env_factory is not None:
         return env_factory, task_header, target_speed
-    from prefrl.envs import make_task
-
-    task = make_task(tc.task)
+    task = tc.task_spec()
     if target_speed is None:
         target_speed = task.params_dict.get("target_speed")
     return _default_env_factory(task, tc.num_threads), task.to_header(), target_speed

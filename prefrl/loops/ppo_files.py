@@ -157,7 +157,8 @@ def _check_same_run(
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     saved_tc = header.get("train_config", {})
     now_tc = config_lib.to_dict(tc)
-    keys = ("task", "total_steps", "num_envs", "rollout_steps", "seed")
+    keys = ("task", "task_param", "total_steps", "num_envs", "rollout_steps", "seed")
+    saved_tc = {"task_param": [], **saved_tc}  # files from before task parameters: defaults
     diff += [f"train.{k}" for k in keys if saved_tc.get(k) != now_tc.get(k)]
     if diff:
         raise ValueError(

@@ -5,8 +5,9 @@ with a traceback, after the sweep has started writing its result directory.
 :func:`check_sweep_data` reads each dataset once and refuses, naming the file
 and the problem: an unreadable (truncated) file, a file of another kind (a
 trajectory from ``prefrl collect`` instead of a dataset from ``prefrl label``),
-a grid segment length longer than the dataset's segments, and observation
-or action sizes that differ from the task's.
+a grid segment length longer than the dataset's segments, observation or
+action sizes that differ from the task's, and task parameters (``[tasks.X]
+task_params``) other than those the dataset was made with.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def check_sweep_data(spec: SweepSpec) -> None:
 
 
 def _check_dataset(source: str, path: str, cells: list[CellConfig]) -> None:
-    from prefrl.envs.tasks import make_task
+    from prefrl.envs.tasks import check_same_params, make_task
 
     where = f"{source}: [tasks.{cells[0].task}] dataset"
     try:
@@ -51,8 +52,14 @@ def _check_dataset(source: str, path: str, cells: list[CellConfig]) -> None:
         raise SweepError(
             f"{where}: grid segment_length {longest.segment_length} (cell {longest.label()}) "
             f"is longer than the segments of {path} ({length} steps)")
+    recorded = {"task": header.get("task"),
+                "task_params": (header.get("meta") or {}).get("task_params")}
     for name in sorted({c.task for c in cells}):
-        task = make_task(name)
+        task = make_task(name, **dict(cells[0].files.task_params))
+        try:
+            check_same_params(task, recorded, f"{path}")
+        except ValueError as err:
+            raise SweepError(f"{where}: {err}") from err
         if (obs.shape[-1], action.shape[-1]) != (task.obs_dim, task.act_dim):
             raise SweepError(
                 f"{where}: {path} has observation/action sizes {obs.shape[-1]}/"
