@@ -59,23 +59,9 @@ def _key_block(key: jax.Array, block: int) -> tuple[jax.Array, ...]:
 # named as the MjData fields. Together they are everything mj_step reads from one step to
 # the next (the solver warm-start qacc_warmstart included), so saving and restoring them
 # continues a simulation bit for bit.
-_STATE_FIELDS = (
-    "time",
-    "qpos",
-    "qvel",
-    "act",
-    "history",
-    "qacc_warmstart",
-    "ctrl",
-    "qfrc_applied",
-    "xfrc_applied",
-    "eq_active",
-    "mocap_pos",
-    "mocap_quat",
-    "userdata",
-    "plugin_state",
-    "plastic",
-)
+_STATE_FIELDS = ("time", "qpos", "qvel", "act", "history", "qacc_warmstart", "ctrl",
+                 "qfrc_applied", "xfrc_applied", "eq_active", "mocap_pos", "mocap_quat",
+                 "userdata", "plugin_state", "plastic")
 _STATE_DICT_VERSION = 1
 _MASK64 = (1 << 64) - 1
 
