@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 OBS_DIM = 17
@@ -230,3 +230,47 @@ def task_from_header(header: Mapping[str, Any]) -> TaskSpec:
     if "task" not in header:
         raise ValueError("header has no 'task' entry")
     return make_task(header["task"], **dict(header.get("task_params", {})))
+
+
+def parse_task_params(name: str, assignments: Sequence[str]) -> TaskSpec:
+    """The task ``name`` with ``NAME=VALUE`` parameter strings (``--task-param``) applied.
+
+    Raises ``ValueError`` naming the assignment for a malformed one, a value
+    that is not a finite number, or a name the task does not declare (listing
+    the valid names).
+    """
+    if name not in TASKS:
+        raise ValueError(_unknown_task_message(name))
+    valid = sorted(TASKS[name].defaults)
+    params: dict[str, float] = {}
+    for item in assignments:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--task-param {item!r}: expected NAME=VALUE; task {name!r} "
+                             f"has parameters {valid}")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--task-param {item!r}: {text!r} is not a number") from None
+        if value != value or abs(value) == float("inf"):
+            raise ValueError(f"--task-param {item!r}: the value must be a finite number")
+        params[key] = value
+    return make_task(name, **params)
+
+
+def check_same_params(task: TaskSpec, header: Mapping[str, Any], where: str) -> None:
+    """``ValueError`` when ``header`` (a file's) records ``task``'s name with other parameters.
+
+    Files of another task (e.g. a ``run`` expert used on ``target-speed``) and
+    files that record no parameters pass: only a silent parameter mismatch
+    (a dataset at v* = 3 meeting a critic trained at v* = 2) is refused.
+    """
+    params = header.get("task_params")
+    if header.get("task") != task.name or not isinstance(params, Mapping):
+        return
+    theirs = make_task(task.name, **dict(params)).params_dict
+    diff = {k: (theirs[k], v) for k, v in task.params_dict.items() if theirs.get(k) != v}
+    if diff:
+        text = ", ".join(f"{k}={a:g} there, {k}={b:g} here" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"{where} was made for task {task.name!r} with other parameters: {text}")

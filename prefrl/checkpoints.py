@@ -100,11 +100,14 @@ def save_ppo(
     train_config: Mapping[str, Any] | None = None,
     progress: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a PPO checkpoint atomically; returns its path.
 
     ``task`` is ``TaskSpec.to_header()`` (``{"task": name, "task_params": {...}}``).
     ``reward`` says what PPO optimised: ``"true"`` for the task's reward.
+    ``arrays`` are stored beside the state (names outside ``state/``), e.g. the
+    environments' state for an exact resume (:mod:`prefrl.loops.resume`).
     """
     # A learned reward's and π_ref's parameters have files of their own.
     state = jax.device_get(state.replace(reward_params=None, ref_params=None))
@@ -126,7 +129,7 @@ def save_ppo(
     }
     if task is not None:
         header.update(task)
-    return save_npz(path, flatten(state, _STATE), header)
+    return save_npz(path, {**(arrays or {}), **flatten(state, _STATE)}, header)
 
 
 def _ppo_config(header: Mapping[str, Any], where: str) -> Any:

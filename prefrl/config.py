@@ -21,11 +21,17 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it."""
 
 
-def field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with help text for ``--help``."""
+def field(default: Any, help: str, *, repeat: bool = False,  # noqa: A002 - mirrors argparse
+          **kwargs: Any) -> Any:
+    """A dataclass field with help text for ``--help``.
+
+    ``repeat`` (tuple fields): the option may be given several times and its
+    values accumulate (``--task-param a=1 --task-param b=2``).
+    """
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for sequence defaults (configs are frozen)")
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help, "repeat": repeat},
+                             **kwargs)
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -85,6 +91,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         if origin is tuple:
             inner = typing.get_args(tp)[0]
             kwargs.update(nargs="*", type=_option_type(inner))
+            if f.metadata.get("repeat"):
+                kwargs.update(nargs="+", action="extend")
         elif origin is typing.Literal:
             choices = typing.get_args(tp)
             kwargs.update(choices=choices, type=type(choices[0]))

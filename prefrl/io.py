@@ -5,6 +5,15 @@ travels inside the archive as the uint8 array ``__header__``; a header always
 holds ``kind`` (what the file is) and ``schema_version``. Every write goes to a
 temporary file in the destination directory and is moved into place with
 ``os.replace``, so a crash never leaves a half-written file under the real name.
+
+A temporary file is named ``.<name>.<random>.<pid>.tmp`` after its writer's
+process id. One left by a killed writer (``kill -9`` between creating and
+moving it) is removed by :func:`remove_stale_temp_files` once that process no
+longer runs; a live writer's file is never touched. The cleanup runs the first
+time a process writes into a folder (so every command, run and sweep cleans
+the folders it writes to) and when a sweep takes its result directory's lock.
+Process ids are checked on this machine: a folder must not be written from
+several machines at once.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -27,11 +37,57 @@ class FileFormatError(ValueError):
     """A file is missing, truncated, of the wrong kind, or fails validation."""
 
 
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")
+_CLEANED: set[Path] = set()  # folders this process has cleaned (once each)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (another user's counts as running)."""
+    if pid <= 0:  # 0 and negative numbers address process groups, not one process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Remove the ``.<name>.<random>.<pid>.tmp`` files of writers that no longer run.
+
+    Returns the removed paths. Files of a running process, and ``.tmp`` files
+    without a process id in their name, stay.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(".*.tmp"):
+        match = _TEMP_NAME.match(tmp.name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+
+    The first write of this process into a folder also removes the temporary
+    files killed writers left there (:func:`remove_stale_temp_files`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    folder = path.parent.resolve()
+    if folder not in _CLEANED:
+        _CLEANED.add(folder)
+        remove_stale_temp_files(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -146,3 +202,27 @@ def read_kind(path: str | os.PathLike) -> str | None:
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
         raise FileFormatError(f"{path}: corrupt header: {err}") from err
     return kind if isinstance(kind, str) else None
+
+
+def read_task(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"task": …, "task_params": …}`` that a prefrl ``.npz`` records ({} for none).
+
+    Looked up at the header's top level (PPO checkpoints, trajectories), in
+    ``meta`` (datasets, policy files) and in a reward model's ``extra.fit``,
+    so the files that meet in one command can be checked for the same task
+    parameters (``prefrl.envs.check_same_params``).
+    """
+    raw = read_npz_arrays(path).get(HEADER_KEY)
+    try:
+        header = {} if raw is None else json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FileFormatError(f"{path}: corrupt header: {err}") from err
+    if not isinstance(header, dict):
+        return {}
+    places = [header, header.get("meta") or {}, (header.get("extra") or {}).get("fit") or {}]
+    out = {}
+    for key in ("task", "task_params"):
+        found = [p[key] for p in places if isinstance(p, Mapping) and p.get(key) is not None]
+        if found:
+            out[key] = found[0]
+    return out

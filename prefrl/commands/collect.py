@@ -29,7 +29,10 @@ class CollectConfig:
     """Options of ``prefrl collect``."""
 
     task: str = field("run", "task name: run, run-backward, target-speed")
-    target_speed: float | None = field(None, "v* of target-speed (default: the task's 2.0)")
+    task_param: tuple[str, ...] = field(
+        (), "task parameter NAME=VALUE, repeatable (e.g. target_speed=3.0)", repeat=True)
+    target_speed: float | None = field(None, "v* of target-speed (same as --task-param "
+                                       "target_speed=V)")
     num_envs: int = field(16, "number of environments B stepped together")
     steps: int = field(1000, "control steps per environment (rows of the trajectory)")
     seed: int = field(0, "seed of the resets and of the policy's sampling")
@@ -80,18 +83,26 @@ def _behaviour_policy(config: CollectConfig, act_dim: int) -> tuple[Any, dict[st
     }
 
 
+def collect_task(config: CollectConfig) -> Any:
+    """The task with ``--task-param`` (and the older ``--target-speed``) applied."""
+    from prefrl.envs import parse_task_params
+
+    params = config.task_param
+    if config.target_speed is not None:
+        params = (*params, f"target_speed={config.target_speed!r}")
+    return parse_task_params(config.task, params)
+
+
 def collect(config: CollectConfig) -> dict[str, Any]:
     """Run the rollout, write ``config.out``; returns the JSON summary."""
     from prefrl import preflight
     from prefrl.data.trajectories import save_trajectory
-    from prefrl.envs import make_task
     from prefrl.rollout import BatchedEnv
 
     if not config.out:
         raise ConfigError("give the output file: --out PATH")
     preflight.check_output_file(config.out, "--out")
-    params = {} if config.target_speed is None else {"target_speed": config.target_speed}
-    spec = make_task(config.task, **params)
+    spec = collect_task(config)
     itemsize = 4 if config.float32 else 8
     # The file holds [steps, num_envs] rows: name the larger factor.
     option, value = max(("--steps", config.steps), ("--num-envs", config.num_envs),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from prefrl.config import parse_int
@@ -29,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="policy checkpoint (.npz), or a training folder (its final.npz)")
     p.add_argument("--task", default=None, help="task name (default: the checkpoint's task)")
+    p.add_argument("--task-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="task parameter, repeatable (e.g. target_speed=3.0; default: the "
+                        "checkpoint's); must match the checkpoint's for its own task")
     p.add_argument("--episodes", type=parse_int, default=10, help="number of episodes")
     p.add_argument("--seed", type=parse_int, default=12345,
                    help="seed of the resets and the policy")
@@ -79,19 +83,30 @@ def evaluate_checkpoint(
     episodes: int = 10,
     seed: int = 12345,
     deterministic: bool = True,
+    task_params: Sequence[str] = (),
 ) -> dict:
-    """Evaluate a checkpoint; returns the result dict printed by ``prefrl eval``."""
+    """Evaluate a checkpoint; returns the result dict printed by ``prefrl eval``.
+
+    Without ``task`` the checkpoint's task and task parameters are used;
+    ``task_params`` (``NAME=VALUE``) that differ from the checkpoint's for
+    its own task are refused (``ValueError`` naming both values).
+    """
     from prefrl import checkpoints, preflight
     from prefrl.config import ConfigError
-    from prefrl.envs import make_task
+    from prefrl.envs import check_same_params, parse_task_params
+    from prefrl.io import read_task
     from prefrl.rollout import evaluate_on_task
 
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     checkpoint_path = resolve_checkpoint(checkpoint_path)
+    recorded = read_task(checkpoint_path)
     if task is None:
         task = _recorded_task(checkpoint_path)
-    spec = make_task(task)
+        if not task_params and recorded.get("task") == task:
+            task_params = [f"{k}={v!r}" for k, v in (recorded.get("task_params") or {}).items()]
+    spec = parse_task_params(task, task_params)
+    check_same_params(spec, recorded, f"--checkpoint {checkpoint_path}")
     # One environment per episode, each keeping a whole episode.
     preflight.check_memory("--episodes", episodes, preflight.trajectory_bytes(
         spec.episode_length, episodes, obs_dim=spec.obs_dim, act_dim=spec.act_dim))
@@ -107,6 +122,7 @@ def evaluate_checkpoint(
     result.update(
         checkpoint=str(checkpoint_path),
         task=task,
+        task_params=spec.params_dict,
         trained_on=info.get("task"),
         deterministic=deterministic,
         seed=seed,
@@ -116,7 +132,8 @@ def evaluate_checkpoint(
 
 def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
-        args.checkpoint, args.task, args.episodes, args.seed, deterministic=not args.stochastic
+        args.checkpoint, args.task, args.episodes, args.seed, deterministic=not args.stochastic,
+        task_params=args.task_param,
     )
     print(json.dumps(result))
     return 0

@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import jax
@@ -145,6 +146,7 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
         "label": config.label,
         "assumption": model_config.assumption,
         "task": header.get("task"),
+        "task_params": (header.get("meta") or {}).get("task_params"),
         "num_train": int(train.size),
         "num_valid": 0 if valid is None else int(valid.size),
         "steps": int(np.asarray(state.step)),
@@ -166,7 +168,13 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
         segment_length=length, extra={"fit": summary, "seed": config.seed})
     summary["model"] = str(path)
     if config.metrics:
-        io.atomic_write_json(config.metrics, summary)
+        try:
+            io.atomic_write_json(config.metrics, summary)
+        except OSError as err:
+            # Nothing half-done: no model file without the metrics asked for with it.
+            Path(path).unlink(missing_ok=True)
+            raise ValueError(f"cannot write --metrics {config.metrics} ({err}); removed the "
+                             f"model {path} written before it") from err
     return summary
 
 

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_lib.load_sweep(args.sweep_file, args.overrides)
     spec_lib.check_budget_scale(args.budget_scale)
     if args.dry_run:
+        execute.check_before_writing(spec, args.out, args.workers)
         store = store_lib.ResultStore(args.out)
         units, summary = execute.plan(spec, store, RUNNERS, budget_scale=args.budget_scale,
                                       resume=args.resume)

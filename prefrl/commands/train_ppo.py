@@ -3,9 +3,11 @@
     prefrl train ppo --task run --total-steps 1000000 --out-dir runs/ppo-run
 
 Writes ``metrics.jsonl`` (one line per update), ``evals.jsonl``, ``last.npz``
-(resumable: run the same command again after an interruption),
-``snapshots/step_*.npz`` (at ``--snapshots`` fractions of training) and
-``final.npz`` into ``--out-dir``; ends with one JSON line summarising the run.
+(resumable: run the same command again after an interruption; the run
+continues bit for bit as if uninterrupted), ``snapshots/step_*.npz`` (at
+``--snapshots`` fractions of training) and ``final.npz`` into ``--out-dir``;
+ends with one JSON line summarising the run. Running a finished run again
+trains nothing and prints its saved result (``--resume false`` starts over).
 
 RLHF: ``--reward-model rm.npz`` makes PPO optimise the learned r̂ (or Â) of a
 ``prefrl.learners.reward_model`` file instead of the true reward (the true
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from prefrl import config as config_lib
 from prefrl.learners import ppo
@@ -60,10 +63,23 @@ def check_memory(config: training.TrainConfig) -> None:
         spec.episode_length, config.eval_episodes, obs_dim=spec.obs_dim, act_dim=spec.act_dim))
 
 
+def check_task_params(spec: Any, files: dict[str, str | None]) -> None:
+    """``ValueError`` naming both values when a file was made with other task parameters."""
+    from prefrl.envs import check_same_params
+    from prefrl.io import read_task
+
+    for option, path in files.items():
+        if path:
+            check_same_params(spec, read_task(path), f"{option} {path}")
+
+
 def run(args: argparse.Namespace) -> int:
     train_config = config_lib.from_args(training.TrainConfig, args)
     ppo_config = config_lib.from_args(ppo.PPOConfig, args)
     check_memory(train_config)
+    check_task_params(train_config.task_spec(), {
+        f"--{name.replace('_', '-')}": getattr(args, name, None)
+        for name in ("reward_model", "reference", "init_checkpoint")})
     kwargs = training.rlhf_kwargs(
         getattr(args, "reward_model", None), getattr(args, "reference", None), ppo_config
     )
@@ -77,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     final = result.evaluations[-1] if result.evaluations else {}
     summary = {
         "task": train_config.task,
+        "task_params": train_config.task_spec().params_dict,
         "env_steps": result.env_steps,
         "wall_s": round(result.wall_s, 1),
         "mean_return": final.get("mean_return"),

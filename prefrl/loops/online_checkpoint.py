@@ -2,14 +2,14 @@
 
 The file holds PPO's state, the reward model's parameters and standardisation,
 every labelled pair, the segment pool, both environments' physics and RNG
-states (``BatchedEnv.state_dict``) and the run's records, so a killed run
-resumes bit for bit where its last checkpoint was written, and its
+states (``BatchedEnv.state_dict``, stored by :mod:`prefrl.loops.resume`) and
+the run's records, so a killed run resumes bit for bit where its last
+checkpoint was written, and its
 ``rounds.jsonl``/``evals.jsonl`` never repeat a line.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from prefrl.data.pool import SegmentPool
 from prefrl.learners import reward_model as rm
+from prefrl.loops import resume
 from prefrl.loops.online_run import Run, for_ppo, jsonable
 
 KIND = "online_checkpoint"
@@ -34,12 +35,9 @@ def start_run(run: Run, out_dir: Path | None) -> int:
     if c.resume and last.exists():
         done = load(run, last)
         # The logs hold exactly what the checkpoint has seen: no repeated lines after resume.
-        from prefrl.io import atomic_write_text
-
         for name, records in (("rounds.jsonl", run.rounds), ("evals.jsonl", run.evals)):
-            lines = [json.dumps(jsonable({k: v for k, v in r.items() if k != "returns"}))
-                     for r in records]
-            atomic_write_text(out_dir / name, "".join(line + "\n" for line in lines))
+            resume.rewrite_jsonl(out_dir / name, [
+                jsonable({k: v for k, v in r.items() if k != "returns"}) for r in records])
         if run.log:
             run.log(f"resuming {last} at update {done}/{c.num_updates}")
         return done
@@ -67,8 +65,7 @@ def save(run: Run, path: Path, update_idx: int, wall: float) -> None:
         arrays.update(flatten(jax.device_get(rm_part), "reward"))
     arrays.update(run.labels.state_dict())
     arrays.update(run.pool.state_dict())
-    arrays.update({f"env.{k}": v for k, v in run.env.state_dict().items()})
-    arrays.update({f"eval_env.{k}": v for k, v in run.eval_env.state_dict().items()})
+    arrays.update(resume.env_arrays({"env": run.env, "eval_env": run.eval_env}) or {})
     header = {
         "kind": KIND, "schema_version": 1, "update": update_idx,
         "config": to_dict(run.c), "ppo_config": to_dict(run.ppo_config),
@@ -105,9 +102,7 @@ def load(run: Run, path: Path) -> int:
 
     run.pool = SegmentPool(run.c.pool_capacity, Segments(**segs_example))
     run.pool.load_state_dict(arrays)
-    run.env.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("env.")})
-    run.eval_env.load_state_dict({k[9:]: v for k, v in arrays.items()
-                                  if k.startswith("eval_env.")})
+    resume.restore_envs({"env": run.env, "eval_env": run.eval_env}, arrays)
     run.labels_used = int(header["labels_used"])
     run.rounds, run.evals, run.history = header["rounds"], header["evals"], header["history"]
     run.timing = {k: float(v) for k, v in header["timing"].items()}

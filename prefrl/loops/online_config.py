@@ -20,6 +20,8 @@ class OnlineConfig:
     """The loop's settings (PPO, reward model and oracle have configs of their own)."""
 
     task: str = field("run", "task name: run, run-backward, target-speed")
+    task_param: tuple[str, ...] = field(
+        (), "task parameter NAME=VALUE, repeatable (e.g. target_speed=3.0)", repeat=True)
     total_steps: int = field(1_000_000, "environment steps of PPO")
     num_envs: int = field(64, "parallel environments (B)")
     rollout_steps: int = field(64, "steps per environment per PPO update (T)")

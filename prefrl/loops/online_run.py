@@ -77,11 +77,11 @@ class Run:
     def __init__(self, config: OnlineConfig, ppo_config: ppo.PPOConfig,
                  reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig,
                  env_factory: Callable[[int, int], Any] | None, log: Callable[[str], None] | None):
-        from prefrl.envs import make_task
+        from prefrl.envs import parse_task_params
 
         self.c, self.ppo_config, self.oracle = config, ppo_config, oracle
         self.log = log
-        self.task = make_task(config.task)
+        self.task = parse_task_params(config.task, config.task_param)
         if env_factory is None:
             env_factory = functools.partial(_batched_env, self.task, config.num_threads)
         self.env = env_factory(config.num_envs, config.seed)
@@ -281,8 +281,12 @@ def _reference(config: OnlineConfig, ppo_config: ppo.PPOConfig) -> tuple[Any, An
         if ppo_config.kl_ref_coef > 0:
             raise ValueError("kl_ref_coef > 0 needs a reference policy (reference / --reference)")
         return None, None
+    from prefrl.envs import check_same_params, parse_task_params
+    from prefrl.io import read_task
     from prefrl.loops.ppo import load_reference
 
+    check_same_params(parse_task_params(config.task, config.task_param),
+                      read_task(config.reference), f"reference {config.reference}")
     return load_reference(config.reference)
 
 
@@ -302,6 +306,10 @@ def _critic(config: OnlineConfig, oracle: oracles.OracleConfig, obs_dim: int
     if header.get("task") not in (None, config.task):
         raise ValueError(f"expert {config.expert} was trained on task {header.get('task')!r}, "
                          f"the run is on {config.task!r}")
+    from prefrl.envs import check_same_params, parse_task_params
+
+    check_same_params(parse_task_params(config.task, config.task_param), header,
+                      f"expert {config.expert}")
     if oracle.model == "regret" and abs(float(header["discount"]) - oracle.discount) > 1e-9:
         raise ValueError(f"the regret oracle's discount {oracle.discount} differs from the "
                          f"expert critic's γ = {header['discount']}")

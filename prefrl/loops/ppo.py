@@ -10,9 +10,17 @@ evaluation, metrics as JSON lines, checkpoints (``last.npz`` every
 from ``last.npz`` after an interruption.
 
 Resuming restores the learner's full state (parameters, optimiser,
-normalisers, PRNG key) and the update counter; the environments restart from
-fresh resets seeded by ``(seed, update)`` — episodes in flight at the
-interruption are lost, which only shifts a few episode boundaries.
+normalisers, PRNG key), the update counter, both environments' state
+(physics with the solver warm-start, episode steps, reset generators) and the
+training episodes' running returns, all kept in ``last.npz`` by
+:mod:`prefrl.loops.resume`: a run stopped or killed between checkpoints and
+resumed ends with the same ``final.npz`` arrays, bit for bit, as an
+uninterrupted one. The updates after the checkpoint are redone, so
+``metrics.jsonl``/``evals.jsonl`` are first cut back to the checkpoint's
+update. Environments without ``state_dict`` (test doubles) restart from fresh
+resets seeded by ``(seed, update)`` instead, which only shifts a few episode
+boundaries. A finished run (``final.npz``) is not trained again: ``train``
+returns its saved result.
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from prefrl import checkpoints
-from prefrl import config as config_lib
 from prefrl.config import field
 from prefrl.learners import ppo
+from prefrl.loops import resume
+from prefrl.loops.ppo_files import EpisodeTracker as _EpisodeTracker
+from prefrl.loops.ppo_files import RunFiles as _RunFiles
 from prefrl.policies import Policy, policy_fn
 from prefrl.rollout import episode_length_of, evaluate_policy  # noqa: F401 (re-exported)
 
@@ -46,6 +56,8 @@ class TrainConfig:
     """The training run (algorithm settings live in :class:`prefrl.learners.ppo.PPOConfig`)."""
 
     task: str = field("run", "task name: run, run-backward, target-speed")
+    task_param: tuple[str, ...] = field(
+        (), "task parameter NAME=VALUE, repeatable (e.g. target_speed=3.0)", repeat=True)
     total_steps: int = field(1_000_000, "environment steps to train for")
     num_envs: int = field(64, "parallel environments (B)")
     rollout_steps: int = field(64, "steps per environment per update (T)")
@@ -69,6 +81,12 @@ class TrainConfig:
             raise ValueError("eval_every/checkpoint_every must be >= 0, eval_episodes >= 1")
         if any(not 0 < f <= 1 for f in self.snapshots):
             raise ValueError(f"snapshot fractions must lie in (0, 1], got {self.snapshots}")
+
+    def task_spec(self) -> Any:
+        """The :class:`prefrl.envs.TaskSpec` of ``task`` with its ``task_param`` values."""
+        from prefrl.envs import parse_task_params
+
+        return parse_task_params(self.task, self.task_param)
 
     @property
     def steps_per_update(self) -> int:
@@ -105,25 +123,6 @@ def _check_finite(x: np.ndarray, what: str) -> None:
         raise ValueError(f"non-finite {what} (first at step {t}, env {b}): {x[t, b]}")
 
 
-class _EpisodeTracker:
-    """Undiscounted returns of training episodes, from the rollouts' rewards and ends."""
-
-    def __init__(self, num_envs: int):
-        self.running = np.zeros(num_envs)
-        self.finished: list[float] = []
-
-    def add(self, reward: np.ndarray, done: np.ndarray) -> None:
-        for t in range(reward.shape[0]):
-            self.running += reward[t]
-            if done[t].any():
-                self.finished.extend(self.running[done[t]].tolist())
-                self.running[done[t]] = 0.0
-
-    def pop(self) -> list[float]:
-        out, self.finished = self.finished, []
-        return out
-
-
 def _to_jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in metrics.items():
@@ -132,12 +131,6 @@ def _to_jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(out[k], bool | np.bool_):
             out[k] = bool(out[k])
     return out
-
-
-def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
 
 
 @functools.lru_cache(maxsize=16)
@@ -169,9 +162,7 @@ def _environments(tc: TrainConfig, env_factory: EnvFactory | None,
     """The environment factory (default: ``BatchedEnv`` on ``tc.task``) and the task's header."""
     if env_factory is not None:
         return env_factory, task_header, target_speed
-    from prefrl.envs import make_task
-
-    task = make_task(tc.task)
+    task = tc.task_spec()
     if target_speed is None:
         target_speed = task.params_dict.get("target_speed")
     return _default_env_factory(task, tc.num_threads), task.to_header(), target_speed
@@ -190,66 +181,6 @@ def _start_from_checkpoint(state: ppo.PPOState, path: str | Path, obs_dim: int,
         )
     return state.replace(policy_params=loaded.policy_params, value_params=loaded.value_params,
                          obs_stats=loaded.obs_stats, return_stats=loaded.return_stats)
-
-
-@dataclasses.dataclass
-class _RunFiles:
-    """What a run writes under ``out_dir`` (checkpoints, JSON-lines logs); nothing without it."""
-
-    out_dir: Path | None
-    ppo_config: ppo.PPOConfig
-    tc: TrainConfig
-    obs_dim: int
-    act_dim: int
-    task_header: Mapping[str, Any] | None
-    reward_name: str
-
-    def save(self, path: Path, state: ppo.PPOState, update_idx: int,
-             extra: Mapping[str, Any] | None = None) -> None:
-        checkpoints.save_ppo(
-            path, state, config=self.ppo_config, obs_dim=self.obs_dim, act_dim=self.act_dim,
-            num_updates=self.tc.num_updates, task=self.task_header, reward=self.reward_name,
-            train_config=config_lib.to_dict(self.tc),
-            progress={"update": update_idx, "env_steps": update_idx * self.tc.steps_per_update,
-                      "num_updates": self.tc.num_updates},
-            extra=extra)
-
-    def resume(self, state: ppo.PPOState, inputs: Mapping[str, Any], log: Any
-               ) -> tuple[ppo.PPOState, int]:
-        """``(state, update)`` from ``last.npz`` when resuming, else a fresh start (old logs go)."""
-        if self.out_dir is None:
-            return state, 0
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        last = self.out_dir / "last.npz"
-        if self.tc.resume and last.exists():
-            state, header = checkpoints.load_ppo(last, obs_dim=self.obs_dim, template=state)
-            _check_same_run(header, self.ppo_config, self.tc, last)
-            start = int(header["progress"]["update"])
-            if log:
-                log(f"resuming {last} at update {start}/{self.tc.num_updates}")
-            return state.replace(**inputs), start
-        for name in ("metrics.jsonl", "evals.jsonl"):
-            (self.out_dir / name).unlink(missing_ok=True)
-        return state, 0
-
-    def after_update(self, state: ppo.PPOState, update_idx: int, record: Mapping[str, Any],
-                     evaluation: Mapping[str, Any] | None) -> None:
-        """Log the update (and its evaluation); write snapshots and ``last.npz`` when due."""
-        if self.out_dir is None:
-            return
-        tc = self.tc
-        if evaluation is not None:
-            _append_jsonl(self.out_dir / "evals.jsonl", evaluation)
-        _append_jsonl(self.out_dir / "metrics.jsonl", record)
-        snapshots = {max(1, round(f * tc.num_updates)): f for f in tc.snapshots}
-        if update_idx in snapshots:
-            steps = update_idx * tc.steps_per_update
-            self.save(self.out_dir / "snapshots" / f"step_{steps:09d}.npz", state, update_idx,
-                      {"fraction_of_training": snapshots[update_idx]})
-        if (tc.checkpoint_every and update_idx % tc.checkpoint_every == 0) or (
-            update_idx == tc.num_updates
-        ):
-            self.save(self.out_dir / "last.npz", state, update_idx)
 
 
 def _diverged(metrics: Mapping[str, Any]) -> str:
@@ -333,14 +264,21 @@ def train(
                       act_dim, task_header, reward_name)
     inputs = {"reward_params": reward_params, "ref_params": ref_params}
     state = learner.init(jax.random.key(tc.seed)).replace(**inputs)
+    if (done := files.finished(state, log)) is not None:
+        env.close() if hasattr(env, "close") else None
+        return TrainResult(state=done[0], history=done[1], evaluations=done[2],
+                           env_steps=num_updates * tc.steps_per_update, wall_s=0.0,
+                           out_dir=files.out_dir)
     if init_checkpoint is not None:
         state = _start_from_checkpoint(state, init_checkpoint, obs_dim, ppo_config)
-    state, start_update = files.resume(state, inputs, log)
-    if start_update:
+    eval_env = env_factory(tc.eval_episodes, tc.seed + 1_000_003)
+    tracker = _EpisodeTracker(tc.num_envs)
+    state, start_update, restored = files.resume(
+        state, inputs, log, {"env": env, "eval_env": eval_env}, tracker)
+    if start_update and not restored:
         env.close() if hasattr(env, "close") else None
         # Fresh environments, seeded differently from the interrupted run's.
         env = env_factory(tc.num_envs, tc.seed + 7919 * start_update)
-    eval_env = env_factory(tc.eval_episodes, tc.seed + 1_000_003)
 
     def run_eval(update_idx: int) -> dict[str, Any]:
         key = jax.random.fold_in(jax.random.key(tc.seed + 2), update_idx)
@@ -352,8 +290,13 @@ def train(
 
     history: list[dict[str, Any]] = []
     evaluations: list[dict[str, Any]] = []
-    tracker = _EpisodeTracker(tc.num_envs)
-    env.reset()
+    if not restored:
+        env.reset()
+
+    def resume_arrays() -> dict[str, np.ndarray] | None:
+        arrays = resume.env_arrays({"env": env, "eval_env": eval_env})
+        return None if arrays is None else {**arrays, "tracker.running": tracker.running}
+
     bar = None
     if tc.progress and sys.stderr.isatty():  # a bar only on a terminal: logs stay clean
         from tqdm import tqdm
@@ -380,7 +323,7 @@ def train(
                 if log:
                     log(json.dumps({k: v for k, v in result.items() if k != "returns"}))
             history.append(record)
-            files.after_update(state, update_idx, record, result)
+            files.after_update(state, update_idx, record, result, resume_arrays)
             if bar is not None:
                 bar.update(1)
                 postfix = {"ret": f"{last_train_return:.1f}", "kl": f"{record['kl']:.4f}"}
@@ -441,21 +384,3 @@ def rlhf_kwargs(
             name = kwargs.get("reward_name", "true")
             kwargs["reward_name"] = f"{name}-kl{ppo_config.kl_ref_coef}:{reference_path}"
     return kwargs
-
-
-def _check_same_run(
-    header: Mapping[str, Any], ppo_config: ppo.PPOConfig, tc: TrainConfig, path: Path
-) -> None:
-    saved = header.get("ppo_config", {})
-    now = config_lib.to_dict(ppo_config)
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    saved_tc = header.get("train_config", {})
-    now_tc = config_lib.to_dict(tc)
-    keys = ("task", "total_steps", "num_envs", "rollout_steps", "seed")
-    diff += [f"train.{k}" for k in keys if saved_tc.get(k) != now_tc.get(k)]
-    if diff:
-        raise ValueError(
-            f"{path}: cannot resume: the checkpoint's settings differ in {diff}; "
-            "use another out_dir or --resume false"
-        )
-

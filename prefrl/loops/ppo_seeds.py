@@ -89,9 +89,7 @@ def train_seeds(
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
     if tc.out_dir is not None:
         raise ValueError("train_seeds writes no files: use out_dir=None (or train, per seed)")
-    from prefrl.envs import make_task
-
-    task = make_task(tc.task)
+    task = tc.task_spec()
     target_speed = task.params_dict.get("target_speed")
     S, B = len(seeds), tc.num_envs
     learner = ppo.make(ppo_config, task.obs_dim, task.act_dim, num_updates=tc.num_updates,

@@ -161,6 +161,7 @@ def evaluate_policies(
     Every seed is evaluated from the same reset states (common random numbers:
     the environment seed is fixed, so seeds differ only by their policy).
     """
+    from prefrl.envs import make_task
     from prefrl.loops import offline
     from prefrl.policies import Policy, policy_fn
     from prefrl.rollout import evaluate_on_task
@@ -168,7 +169,8 @@ def evaluate_policies(
     out = []
     for i in range(len(seeds)):
         policy = Policy(network.apply, offline.select_seed(params, i))
-        result = evaluate_on_task(cell.task, policy_fn(policy, deterministic=True),
+        task = make_task(cell.task, **dict(cell.files.task_params))
+        result = evaluate_on_task(task, policy_fn(policy, deterministic=True),
                                   episodes=cell.settings.eval_episodes, seed=1_000_003)
         metrics = {"true_return": result["mean_return"], "true_return_std": result["std_return"],
                    "mean_speed": result["mean_speed"]}
@@ -379,7 +381,8 @@ def ppo_on_rewards(cell: CellConfig, data: CellData, seeds: Sequence[int], rewar
     out = []
     for s, seed in enumerate(seeds):
         train_config = training.TrainConfig(
-            task=cell.task, total_steps=st.ppo_env_steps, num_envs=st.ppo_num_envs,
+            task=cell.task, task_param=cell.files.task_param, total_steps=st.ppo_env_steps,
+            num_envs=st.ppo_num_envs,
             rollout_steps=st.ppo_rollout_steps, seed=int(seed),
             eval_every=max(1, num_updates // st.ppo_evals), eval_episodes=st.eval_episodes,
             checkpoint_every=0, out_dir=None, progress=False,
@@ -436,7 +439,8 @@ def _run_online(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -> 
     out = []
     for seed in seeds:
         config = online.OnlineConfig(
-            task=cell.task, total_steps=st.ppo_env_steps, num_envs=st.ppo_num_envs,
+            task=cell.task, task_param=cell.files.task_param, total_steps=st.ppo_env_steps,
+            num_envs=st.ppo_num_envs,
             rollout_steps=st.ppo_rollout_steps, seed=int(seed), label_budget=cell.label_budget,
             segment_length=cell.segment_length, segment_stride=cell.segment_length,
             selection=selection, expert=cell.files.expert or "",

@@ -123,6 +123,7 @@ def run(algo: offline.Algo, run_config: RunConfig, train_config: offline.TrainCo
         summary["eval_task"] = task if isinstance(task, str) else task.to_header()
         summary["eval_return"] = [r["mean_return"] for r in returns]
     paths = seed_paths(run_config.out, run_config.seeds)
+    written: list[str] = []
     for i, (seed, path) in enumerate(zip(run_config.seeds, paths, strict=True)):
         meta = {"seed": int(seed), "dataset": run_config.dataset, "label": run_config.label,
                 "task": header.get("task"), "train": config_lib.to_dict(train_config),
@@ -130,7 +131,13 @@ def run(algo: offline.Algo, run_config: RunConfig, train_config: offline.TrainCo
                 "run": config_lib.to_dict(run_config)}
         if returns:
             meta["eval"] = returns[i]
-        checkpoints.save_offline_policy(path, result.network, offline.select_seed(result.params, i),
-                                        algo=algo, meta=meta)
+        try:
+            checkpoints.save_offline_policy(path, result.network,
+                                            offline.select_seed(result.params, i),
+                                            algo=algo, meta=meta)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"saving seed {seed} to {path} failed ({err}); "
+                             f"written before it: {written or 'nothing'}") from err
+        written.append(path)
     summary["out"] = paths
     return summary

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prefrl.io import atomic_write_json, atomic_write_text
+from prefrl.sweeps.data_check import check_sweep_data
 from prefrl.sweeps.spec import CellConfig, SweepError, SweepSpec, check_budget_scale
 from prefrl.sweeps.store import ResultStore, make_record, versions
 
@@ -198,6 +199,7 @@ def run_sweep(
         ``True`` uses ``out/.jax_cache``, a path uses that, ``False``/``None``
         none (see :func:`enable_compile_cache`).
     """
+    check_before_writing(spec, out, workers)
     store = ResultStore(out)
     if compile_cache is True:
         compile_cache = str(Path(out).resolve() / ".jax_cache")
@@ -206,6 +208,20 @@ def run_sweep(
                               compile_cache=compile_cache or None)
         return _run_locked(spec, store, units, summary, budget_scale, workers, ray_address,
                            on_records, on_plan)
+
+
+def check_before_writing(spec: SweepSpec, out: str | os.PathLike,
+                         workers: int | None = None) -> None:
+    """Refuse, before any file is written, a sweep that cannot run.
+
+    ``out`` must be a folder (or not exist yet), ``workers`` at least 1, and
+    every dataset fit its cells (:func:`prefrl.sweeps.data_check.check_sweep_data`).
+    """
+    if Path(out).exists() and not Path(out).is_dir():
+        raise SweepError(f"--out {out} is a file; give a result directory")
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise SweepError(f"--workers must be >= 1, got {workers}")
+    check_sweep_data(spec)
 
 
 def _run_locked(

@@ -155,6 +155,13 @@ class TaskFiles:
 
     dataset: str = cfg.field("", "segment-pool / rollout dataset the queries are drawn from")
     expert: str | None = cfg.field(None, "expert checkpoint (V_E for the regret oracle, π_ref)")
+    task_params: Any = cfg.field(
+        (), "the task's parameters, a table such as {target_speed = 3.0} (default: the task's)")
+
+    @property
+    def task_param(self) -> tuple[str, ...]:
+        """``task_params`` as ``NAME=VALUE`` strings (``--task-param``)."""
+        return tuple(f"{k}={v!r}" for k, v in self.task_params)
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -200,6 +207,8 @@ class CellConfig:
             "expert": self.files.expert,
             "settings": cfg.to_dict(self.settings),
         }
+        if self.files.task_params:  # only then: run ids of sweeps without it stay the same
+            out["task_params"] = dict(self.files.task_params)
         return out
 
     def label(self) -> str:
@@ -411,7 +420,8 @@ def parse_sweep(
         except cfg.ConfigError as err:
             raise SweepError(str(err)) from err
         resolve = lambda p: str((base / p).resolve()) if p is not None else None
-        tasks[task] = TaskFiles(resolve(files.dataset), resolve(files.expert))
+        tasks[task] = TaskFiles(resolve(files.dataset), resolve(files.expert),
+                                _task_params(task, files.task_params, source))
 
     spec = SweepSpec(
         name=name,
@@ -426,6 +436,21 @@ def parse_sweep(
     if check_files:
         check_sweep_files(spec)
     return spec
+
+
+def _task_params(task: str, params: Any, source: str) -> tuple[tuple[str, float], ...]:
+    """``[tasks.X] task_params`` checked against the task's declared parameters (sorted pairs)."""
+    from prefrl.envs.tasks import make_task
+
+    if not isinstance(params, Mapping | tuple) or (isinstance(params, tuple) and params):
+        raise SweepError(f"{source}: [tasks.{task}] task_params must be a table, e.g. "
+                         "{target_speed = 3.0}")
+    params = dict(params)
+    try:
+        spec = make_task(task, **params)
+    except (TypeError, ValueError) as err:
+        raise SweepError(f"{source}: [tasks.{task}] task_params: {err}") from err
+    return tuple((k, v) for k, v in sorted(spec.params_dict.items()) if k in params)
 
 
 def check_sweep_files(spec: SweepSpec) -> None:

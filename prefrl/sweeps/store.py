@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from prefrl.io import atomic_write_json
+from prefrl.io import atomic_write_json, pid_alive, remove_stale_temp_files
 from prefrl.sweeps.spec import CellConfig, SweepError
 
 RECORD_KIND = "prefrl.sweep.record"
@@ -169,16 +169,6 @@ def validate_record(record: Any, expected_id: str | None = None) -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ResultStore:
     """A directory of run records: ``root/runs/<run id>.json`` (one per run, atomic writes)."""
 
@@ -213,7 +203,8 @@ class ResultStore:
 
         A lock left by a process that no longer exists on this host (e.g. a
         killed sweep) is taken over. On taking the lock, temporary files that
-        a killed writer left between ``mkstemp`` and ``os.replace`` are removed.
+        a killed writer left between ``mkstemp`` and ``os.replace`` are removed
+        (:func:`prefrl.io.remove_stale_temp_files`: only those of dead processes).
         """
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         lock = self.runs_dir / ".lock"
@@ -223,7 +214,7 @@ class ResultStore:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 host, _, pid = lock.read_text(encoding="utf-8").partition(" ")
-                if host == platform.node() and pid.isdigit() and not _pid_alive(int(pid)):
+                if host == platform.node() and pid.isdigit() and not pid_alive(int(pid)):
                     lock.unlink(missing_ok=True)  # stale: its process is gone
                     continue
                 raise SweepError(
@@ -234,8 +225,7 @@ class ResultStore:
                 f.write(me)
             break
         try:
-            for tmp in self.runs_dir.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+            remove_stale_temp_files(self.runs_dir)
             yield
         finally:
             if lock.exists() and lock.read_text(encoding="utf-8") == me:

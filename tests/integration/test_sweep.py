@@ -33,7 +33,7 @@ def _random_policy_dataset(path: Path, num_envs: int = 4, steps: int = 200, k: i
     from prefrl.types import PreferenceDataset, Segments
 
     with BatchedEnv("run", num_envs=num_envs, seed=0, dtype=np.float32) as env:
-        traj = env.rollout(random_policy(6), steps, jax.random.PRNGKey(0))
+        traj = env.rollout(random_policy(6), steps, jax.random.key(0))
     per_env = steps // k
 
     def cut(x):  # [T, B, ...] -> [B * T/k, k, ...] (non-overlapping, never across a reset)
@@ -176,8 +176,8 @@ def killed_and_resumed(tmp_path_factory, tiny_dataset):
     path = runs_dir / f"{damaged}.json"
     path.write_text(path.read_text()[:100])
     # A killed writer can also leave a temporary file behind (killed between
-    # mkstemp and os.replace); the resumed sweep removes it.
-    (runs_dir / f".{damaged}.json.k1ll3d.tmp").write_text('{"kind": "prefr')
+    # mkstemp and os.replace), named after its (now dead) process; the resumed sweep removes it.
+    (runs_dir / f".{damaged}.json.k1ll3d.{proc.pid}.tmp").write_text('{"kind": "prefr')
     resumed = subprocess.run(_sweep_cmd(out, tiny_dataset, "--resume"), capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -1,0 +1,168 @@
+"""What a PPO run writes under its ``out_dir``, and how it resumes from it.
+
+``metrics.jsonl`` (one line per update), ``evals.jsonl``, ``last.npz`` (every
+``checkpoint_every`` updates, with the environments' state for an exact
+resume, :mod:`prefrl.loops.resume`), ``snapshots/step_XXXXXXXXX.npz`` and
+``final.npz``. Used by :func:`prefrl.loops.ppo.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from prefrl import checkpoints
+from prefrl import config as config_lib
+from prefrl.io import read_npz_arrays
+from prefrl.learners import ppo
+from prefrl.loops import resume
+
+if TYPE_CHECKING:
+    from prefrl.loops.ppo import TrainConfig
+
+
+class EpisodeTracker:
+    """Undiscounted returns of training episodes, from the rollouts' rewards and ends."""
+
+    def __init__(self, num_envs: int):
+        self.running = np.zeros(num_envs)
+        self.finished: list[float] = []
+
+    def add(self, reward: np.ndarray, done: np.ndarray) -> None:
+        for t in range(reward.shape[0]):
+            self.running += reward[t]
+            if done[t].any():
+                self.finished.extend(self.running[done[t]].tolist())
+                self.running[done[t]] = 0.0
+
+    def pop(self) -> list[float]:
+        out, self.finished = self.finished, []
+        return out
+
+
+def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+@dataclasses.dataclass
+class RunFiles:
+    """What a run writes under ``out_dir`` (checkpoints, JSON-lines logs); nothing without it."""
+
+    out_dir: Path | None
+    ppo_config: ppo.PPOConfig
+    tc: TrainConfig
+    obs_dim: int
+    act_dim: int
+    task_header: Mapping[str, Any] | None
+    reward_name: str
+
+    def save(self, path: Path, state: ppo.PPOState, update_idx: int,
+             extra: Mapping[str, Any] | None = None,
+             arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        checkpoints.save_ppo(
+            path, state, config=self.ppo_config, obs_dim=self.obs_dim, act_dim=self.act_dim,
+            num_updates=self.tc.num_updates, task=self.task_header, reward=self.reward_name,
+            train_config=config_lib.to_dict(self.tc),
+            progress={"update": update_idx, "env_steps": update_idx * self.tc.steps_per_update,
+                      "num_updates": self.tc.num_updates},
+            extra=extra, arrays=arrays)
+
+    def finished(self, state: ppo.PPOState, log: Any
+                 ) -> tuple[ppo.PPOState, list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """``(state, metrics, evaluations)`` of a finished run (``final.npz``) when resuming.
+
+        Running a finished run again must not overwrite ``final.npz`` and its
+        evaluation record; ``None`` when there is nothing finished to return.
+        """
+        final = None if self.out_dir is None else self.out_dir / "final.npz"
+        if not (self.tc.resume and final is not None and final.exists()):
+            return None
+        state, header = checkpoints.load_ppo(final, obs_dim=self.obs_dim, template=state)
+        _check_same_run(header, self.ppo_config, self.tc, final)
+        if log:
+            log(f"{self.out_dir} holds a finished run ({final}); nothing to train "
+                "(another out_dir or --resume false trains again)")
+        return (state, resume.read_jsonl(self.out_dir / "metrics.jsonl"),
+                resume.read_jsonl(self.out_dir / "evals.jsonl"))
+
+    def resume(self, state: ppo.PPOState, inputs: Mapping[str, Any], log: Any,
+               envs: Mapping[str, Any], tracker: EpisodeTracker
+               ) -> tuple[ppo.PPOState, int, bool]:
+        """``(state, update, envs_restored)`` from ``last.npz``, else a fresh start.
+
+        A fresh start removes the old logs and checkpoints; a resume cuts the
+        logs back to the checkpoint's update and restores ``envs`` and the
+        episode ``tracker`` when the checkpoint holds their state.
+        """
+        if self.out_dir is None:
+            return state, 0, False
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        last = self.out_dir / "last.npz"
+        if self.tc.resume and last.exists():
+            state, header = checkpoints.load_ppo(last, obs_dim=self.obs_dim, template=state)
+            _check_same_run(header, self.ppo_config, self.tc, last)
+            start = int(header["progress"]["update"])
+            for name in ("metrics.jsonl", "evals.jsonl"):
+                resume.truncate_jsonl(self.out_dir / name, start)
+            arrays = read_npz_arrays(last)
+            restored = (all(hasattr(e, "load_state_dict") for e in envs.values())
+                        and resume.has_env_arrays(arrays, envs) and "tracker.running" in arrays)
+            if restored:
+                resume.restore_envs(envs, arrays)
+                tracker.running = np.array(arrays["tracker.running"], np.float64)
+            if log:
+                log(f"resuming {last} at update {start}/{self.tc.num_updates}"
+                    + ("" if restored else " (fresh environments: they have no saved state)"))
+            return state.replace(**inputs), start, restored
+        for name in ("metrics.jsonl", "evals.jsonl", "last.npz", "final.npz"):
+            (self.out_dir / name).unlink(missing_ok=True)
+        return state, 0, False
+
+    def after_update(self, state: ppo.PPOState, update_idx: int, record: Mapping[str, Any],
+                     evaluation: Mapping[str, Any] | None,
+                     resume_arrays: Callable[[], Mapping[str, np.ndarray] | None]) -> None:
+        """Log the update (and its evaluation); write snapshots and ``last.npz`` when due.
+
+        ``resume_arrays()`` gives the arrays ``last.npz`` keeps for an exact resume.
+        """
+        if self.out_dir is None:
+            return
+        tc = self.tc
+        if evaluation is not None:
+            _append_jsonl(self.out_dir / "evals.jsonl", evaluation)
+        _append_jsonl(self.out_dir / "metrics.jsonl", record)
+        snapshots = {max(1, round(f * tc.num_updates)): f for f in tc.snapshots}
+        if update_idx in snapshots:
+            steps = update_idx * tc.steps_per_update
+            self.save(self.out_dir / "snapshots" / f"step_{steps:09d}.npz", state, update_idx,
+                      {"fraction_of_training": snapshots[update_idx]})
+        if (tc.checkpoint_every and update_idx % tc.checkpoint_every == 0) or (
+            update_idx == tc.num_updates
+        ):
+            self.save(self.out_dir / "last.npz", state, update_idx, arrays=resume_arrays())
+
+
+def _check_same_run(
+    header: Mapping[str, Any], ppo_config: ppo.PPOConfig, tc: TrainConfig, path: Path
+) -> None:
+    saved = header.get("ppo_config", {})
+    now = config_lib.to_dict(ppo_config)
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    saved_tc = header.get("train_config", {})
+    now_tc = config_lib.to_dict(tc)
+    keys = ("task", "task_param", "total_steps", "num_envs", "rollout_steps", "seed")
+    saved_tc = {"task_param": [], **saved_tc}  # files from before task parameters: defaults
+    diff += [f"train.{k}" for k in keys if saved_tc.get(k) != now_tc.get(k)]
+    if diff:
+        raise ValueError(
+            f"{path}: cannot resume: the checkpoint's settings differ in {diff}; "
+            "use another out_dir or --resume false"
+        )
+
