@@ -121,17 +121,18 @@ def test_fit_regret_sf_refuses_bad_input_before_fitting(tmp_path, capsys):
     base = ["fit", "--learner", "regret_sf", "--dataset", _POOL, "--label", "regret",
             "--out", str(tmp_path / "out" / "rsf.npz"), *_SF_TINY]
     small = _experts(tmp_path / "small", obs_dim=5, steps=(0,))
-    cases = [
-        (["--library", str(tmp_path / "missing")], "library path"),
-        (["--library", str(small / "final.npz")], "observation size mismatch"),
-        (["--library", str(_experts(tmp_path / "ok")), "--phi-width", "0"], "phi_width"),
-        (["--library", str(tmp_path / "ok"), "--discount", "0.9"], "differs from the regret"),
-        ([], "needs --library"),
-        (["--library", str(tmp_path / "ok"), "--valid-fraction", "0"], "validation split"),
+    cases = [  # exit 1: a data file is missing; 2: the options or the data do not fit
+        (["--library", str(tmp_path / "missing")], 1, "library path"),
+        (["--library", str(small / "final.npz")], 2, "observation size mismatch"),
+        (["--library", str(_experts(tmp_path / "ok")), "--phi-width", "0"], 2, "phi_width"),
+        (["--library", str(tmp_path / "ok"), "--discount", "0.9"], 2, "differs from the regret"),
+        ([], 2, "needs --library"),
+        (["--library", str(tmp_path / "ok"), "--valid-fraction", "0"], 2, "validation split"),
     ]
-    for extra, message in cases:
-        assert main([*base, *extra]) == 2, message
-        assert message in capsys.readouterr().err
+    for extra, code, message in cases:
+        assert main([*base, *extra]) == code, message
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
     assert main(["fit", "--dataset", _POOL, "--library", str(small), "--out",
                  str(tmp_path / "out" / "m.npz")]) == 2
