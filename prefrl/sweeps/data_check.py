@@ -7,11 +7,15 @@ and the problem: an unreadable (truncated) file, a file of another kind (a
 trajectory from ``prefrl collect`` instead of a dataset from ``prefrl label``),
 a grid segment length longer than the dataset's segments, observation or
 action sizes that differ from the task's, and task parameters (``[tasks.X]
-task_params``) other than those the dataset was made with.
+task_params``) other than those the dataset was made with, and a label budget
+whose gathered pairs would not fit in the machine's memory.
 """
 
 from __future__ import annotations
 
+import math
+
+from prefrl import preflight
 from prefrl.io import FileFormatError, load_npz
 from prefrl.sweeps.spec import CellConfig, SweepError, SweepSpec
 
@@ -25,10 +29,10 @@ def check_sweep_data(spec: SweepSpec) -> None:
     for cell in spec.cells():
         by_dataset.setdefault(cell.files.dataset, []).append(cell)
     for path, cells in by_dataset.items():
-        _check_dataset(spec.source, path, cells)
+        _check_dataset(spec.source, path, cells, len(spec.seeds))
 
 
-def _check_dataset(source: str, path: str, cells: list[CellConfig]) -> None:
+def _check_dataset(source: str, path: str, cells: list[CellConfig], num_seeds: int) -> None:
     from prefrl.envs.tasks import check_same_params, make_task
 
     where = f"{source}: [tasks.{cells[0].task}] dataset"
@@ -52,6 +56,16 @@ def _check_dataset(source: str, path: str, cells: list[CellConfig]) -> None:
         raise SweepError(
             f"{where}: grid segment_length {longest.segment_length} (cell {longest.label()}) "
             f"is longer than the segments of {path} ({length} steps)")
+    # The largest label budget's gathered pairs (two segments per query and seed), before
+    # any cell allocates them: one cell asking for too much would abort the whole process.
+    segment_bytes = sum(a.dtype.itemsize * math.prod(a.shape[1:]) for name, a in arrays.items()
+                        if name.startswith("segments."))
+    biggest = max(cells, key=lambda c: c.label_budget)
+    try:
+        preflight.check_memory("label_budget", biggest.label_budget, num_seeds
+                               * biggest.label_budget * (2 * segment_bytes + 16))
+    except ValueError as err:
+        raise SweepError(f"{where} {path}, cell {biggest.label()}: {err}") from err
     recorded = {"task": header.get("task"),
                 "task_params": (header.get("meta") or {}).get("task_params")}
     for name in sorted({c.task for c in cells}):

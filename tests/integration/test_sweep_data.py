@@ -42,6 +42,7 @@ def _sweep(out: Path, dataset: Path, *extra: str) -> list[str]:
     ("truncated", [], "truncated or corrupt"),
     ("small_obs", [], "observation/action sizes 6/6, but task 'run' has 17/6"),
     ("good", ["--workers", "0"], "--workers must be >= 1, got 0"),
+    ("good", ["--set", "grid.label_budget=[1000000000]"], "label_budget 1000000000: needs about"),
 ])
 def test_bad_data_or_options_fail_before_any_run(files, tmp_path, capsys, dataset, extra,
                                                  message):
