@@ -13,8 +13,9 @@ naming the problem, never a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+
+from prefrl.commands import add_subcommands
 
 # Subcommand name -> module in prefrl.commands. Imported lazily so that
 # `prefrl --help` stays fast and one broken command cannot break the others.
@@ -38,14 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMANDS.values():
-        try:
-            mod = importlib.import_module(f"prefrl.commands.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"prefrl.commands.{module}":
-                raise
-            continue
-        mod.add_parser(sub)
+    add_subcommands(sub, list(COMMANDS.values()))
     return parser
 
 

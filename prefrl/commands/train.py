@@ -7,7 +7,8 @@ which exposes ``add_parser(sub)`` like a top-level command module.
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from prefrl.commands import add_subcommands
 
 ALGOS = ("ppo", "online", "cpl", "dpo", "bc")
 
@@ -15,11 +16,4 @@ ALGOS = ("ppo", "online", "cpl", "dpo", "bc")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a policy: " + ", ".join(ALGOS))
     algo_sub = p.add_subparsers(dest="algo", metavar="ALGO")
-    for algo in ALGOS:
-        try:
-            mod = importlib.import_module(f"prefrl.commands.train_{algo}")
-        except ModuleNotFoundError as err:
-            if err.name != f"prefrl.commands.train_{algo}":
-                raise
-            continue
-        mod.add_parser(algo_sub)
+    add_subcommands(algo_sub, [f"train_{algo}" for algo in ALGOS])
