@@ -123,34 +123,52 @@ def test_episode_returns_known_answer():
     assert np.isnan(none["train_episode_return"])
 
 
-def _expert_returns(num_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """The run expert's deterministic returns over ``num_steps`` from the same 2 start states:
-    MuJoCo C (float64) and MJX with the GPU solver options (float32)."""
+def _expert_returns(num_steps: int, num_envs: int = 8, solver=GPU
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The run expert's deterministic returns ``[num_envs]`` over ``num_steps`` from the same
+    start states: MuJoCo C (float64) and MJX with ``solver`` (float32)."""
     policy, _ = checkpoints.read_policy(EXPERT)
     act = policy_fn(policy, deterministic=True)
-    with BatchedEnv("run", num_envs=2, seed=0, num_threads=1) as env:
+    with BatchedEnv("run", num_envs=num_envs, seed=0, num_threads=1) as env:
         env.reset()
         cpu = env.rollout(act, num_steps, jax.random.key(0))
-    model = mjx_env.make_model(GPU)
+    model = mjx_env.make_model(solver)
     state = jax.vmap(lambda q, v, k: mjx_env.from_state(model, q, v, k, forward=False))(
         np.asarray(cpu.qpos[0], np.float32), np.asarray(cpu.qvel[0], np.float32),
-        jax.random.split(jax.random.key(1), 2))
+        jax.random.split(jax.random.key(1), num_envs))
     run = jax.jit(lambda s: mjx_env.rollout("run", act, s, num_steps, jax.random.key(0), model))
     _, traj = run(state)
     return np.asarray(cpu.reward).sum(0), np.asarray(traj.reward, np.float64).sum(0)
 
 
-def test_expert_return_under_gpu_solver_options_short_horizon():
-    c_engine, mjx = _expert_returns(100)
-    assert np.all(c_engine > 100)  # the expert is running, not standing
-    np.testing.assert_array_less(np.abs(mjx - c_engine), 0.05 * np.abs(c_engine))
+# MJX and MuJoCo C part ways after ~25 steps of the expert's gait (|Δqpos| > 1e-2; in float64
+# and with MuJoCo's own solver options too: MJX's collision and solver arithmetic differ in
+# detail, and contacts amplify it), so single episodes differ by chance early on (measured,
+# 8 episodes: up to 37 % at 50 steps, 23 % at 100, 4.5 % at 200) while the gait is the same:
+# the mean over the 8 episodes differs by 3.7 %, 1.7 % and 0.65 %.
+def test_expert_mean_return_under_gpu_solver_options_short_horizon():
+    c_engine, mjx = _expert_returns(200)
+    assert np.all(c_engine > 500)  # the expert is running, not standing
+    assert abs(mjx.mean() - c_engine.mean()) < 0.05 * abs(c_engine.mean())
 
 
 @pytest.mark.slow
 def test_expert_return_under_gpu_solver_options_full_episode():
+    # Measured: the mean of 8 episodes differs by 0.25 %, single episodes by up to 4.8 %.
     c_engine, mjx = _expert_returns(1000)
     assert np.all(c_engine > 5000)
-    np.testing.assert_array_less(np.abs(mjx - c_engine), 0.05 * np.abs(c_engine))
+    assert abs(mjx.mean() - c_engine.mean()) < 0.02 * abs(c_engine.mean())
+    np.testing.assert_array_less(np.abs(mjx - c_engine), 0.1 * np.abs(c_engine))
+
+
+@pytest.mark.slow
+def test_gpu_solver_cap_does_not_bind_on_the_experts_gait():
+    """4 Newton iterations give MJX's own result with MuJoCo C's 100 (measured: equal returns)."""
+    from prefrl.envs.mjx_options import C_ENGINE
+
+    _, capped = _expert_returns(300, 4, GPU)
+    _, full = _expert_returns(300, 4, C_ENGINE)
+    np.testing.assert_allclose(capped, full, rtol=1e-4)
 
 
 def test_cli_train_ppo_mjx_writes_a_readable_checkpoint(jitted, host_runs, tmp_path, capsys):

@@ -143,10 +143,12 @@ def ppo_main(args: argparse.Namespace) -> int:
                      "last_train_episode_return": (round(float(curve[np.isfinite(curve)][-1]), 1)
                                                    if np.isfinite(curve).any() else None)})
         print(json.dumps(runs[-1]), flush=True)
-    cpu_tc = training.TrainConfig(task=args.task, total_steps=args.cpu_steps, num_envs=64,
-                                  rollout_steps=64, seed=args.seeds[0], eval_every=0,
-                                  eval_episodes=1, checkpoint_every=0, progress=False)
-    cpu = training.train(cpu_tc, ppo.PPOConfig())
+    # The same loop settings on the C engine, one seed, a shorter budget: the steps/s ratio.
+    cpu_tc = training.TrainConfig(task=args.task, total_steps=args.cpu_steps,
+                                  num_envs=args.num_envs, rollout_steps=args.rollout_steps,
+                                  seed=args.seeds[0], eval_every=0, eval_episodes=1,
+                                  checkpoint_every=0, progress=False)
+    cpu = training.train(cpu_tc, ppo_config)
     cpu_sps = cpu.env_steps / cpu.wall_s
     mjx_sps = S * env_steps / wall
     summary = {
@@ -160,8 +162,8 @@ def ppo_main(args: argparse.Namespace) -> int:
         "compile_s": round(compile_s, 1), "train_wall_s": round(wall, 2),
         "env_steps_per_s": round(mjx_sps, 1),
         "c_engine": {"env_steps": cpu.env_steps, "wall_s": round(cpu.wall_s, 2),
-                     "env_steps_per_s": round(cpu_sps, 1), "num_envs": 64,
-                     "rollout_steps": 64, "loop": "prefrl.loops.ppo.train (default PPOConfig)"},
+                     "env_steps_per_s": round(cpu_sps, 1), "threads": os.cpu_count(),
+                     "loop": "prefrl.loops.ppo.train, same B, T and PPO config, one seed"},
         "mjx_vs_c_engine": round(mjx_sps / cpu_sps, 3),
         "machine": device_info(),
     }
