@@ -25,8 +25,8 @@ compiled step on MJX (``prefrl.loops.ppo_mjx``; needs ``pip install -e
 ``metrics.jsonl`` and ``final.npz`` (no resume, no snapshots) and evaluates
 the final policy on the C engine::
 
-    prefrl train ppo --backend mjx --num-envs 4096 --rollout-steps 32 \
-        --num-minibatches 32 --total-steps 50000000 --out-dir runs/ppo-mjx
+    prefrl train ppo --backend mjx --num-envs 2048 --rollout-steps 32 \
+        --num-minibatches 32 --num-epochs 4 --total-steps 20000000 --out-dir runs/ppo-mjx
 """
 
 from __future__ import annotations
