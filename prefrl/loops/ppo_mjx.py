@@ -331,6 +331,7 @@ def run(
     for update_idx in range(1, trainer.num_updates + 1):
         t1 = time.perf_counter()
         ts, metrics = step(ts)  # the first call compiles (once per process and settings)
+        metrics = jax.device_get(metrics)  # waits for the update: step_s is its real time
         record = _record(metrics, update_idx, tc, time.perf_counter() - t1)
         if record["nonfinite"]:
             raise checkpoints.NonFiniteError(
