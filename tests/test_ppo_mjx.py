@@ -123,6 +123,31 @@ def test_episode_returns_known_answer():
     assert np.isnan(none["train_episode_return"])
 
 
+@pytest.mark.parametrize("anneal_lr", [True, False])
+def test_optimizer_with_learning_rate_in_state_matches_ppo_optimizer(anneal_lr):
+    """Same updates as ``ppo.make_optimizer``; its state regroups into that one's structure."""
+    import optax
+
+    config = ppo.PPOConfig(anneal_lr=anneal_lr, num_epochs=1, num_minibatches=2)
+    params = {"policy": jnp.asarray([1.0, -2.0, 3.0]), "value": jnp.asarray([0.5])}
+    ours, theirs = ppo_mjx.make_optimizer(config, 3), ppo.make_optimizer(config, 3)
+    p_ours, p_theirs = params, params
+    s_ours, s_theirs = ours.init(params), theirs.init(params)
+    for t in range(6):  # the annealing reaches 0 at 3 updates × 2 minibatches
+        grads = {"policy": jnp.asarray([0.3, -0.1, 0.2]) * (t + 1), "value": jnp.ones(1)}
+        u, s_ours = ours.update(grads, s_ours, p_ours)
+        p_ours = optax.apply_updates(p_ours, u)
+        u, s_theirs = theirs.update(grads, s_theirs, p_theirs)
+        p_theirs = optax.apply_updates(p_theirs, u)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), p_ours, p_theirs)
+    learner = ppo.make(config, 17, 6, optimizer=ours)
+    state = learner.init(jax.random.key(0)).replace(opt_state=s_ours)
+    state = state.replace(policy_params=params["policy"], value_params=params["value"])
+    regrouped = ppo_mjx.checkpoint_state(state, config, 3).opt_state
+    assert jax.tree.structure(regrouped) == jax.tree.structure(s_theirs)
+    jax.tree.map(np.testing.assert_array_equal, regrouped, s_theirs)
+
+
 def _expert_returns(num_steps: int, num_envs: int = 8, solver=GPU
                     ) -> tuple[np.ndarray, np.ndarray]:
     """The run expert's deterministic returns ``[num_envs]`` over ``num_steps`` from the same
