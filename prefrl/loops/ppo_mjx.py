@@ -40,9 +40,9 @@ parts from MuJoCo C after ~25 steps (``|Δqpos| > 1e-2``; in float64 too, so
 not float32 rounding alone; contacts amplify small differences), so single
 episodes differ by chance (8 episodes: up to 23 % over 100 steps, 4.8 % over
 1000) while the mean return agrees: 1.7 % over 100 steps, 0.65 % over 200,
-0.25 % over 1000 (``tests/test_ppo_mjx.py``). On a 2-core CPU MJX is 5–11×
-slower than the C engine (see the README's Performance section); it is the
-backend for GPUs.
+0.25 % over 1000 (``tests/test_ppo_mjx.py``). On a 2-core CPU MJX rollouts
+are 5–11× slower than the C engine's and the whole PPO loop 3.5× (README,
+Performance); it is the backend for GPUs.
 
 There is no resume: a run is one compiled program (on a GPU, minutes).
 """
