@@ -3,7 +3,8 @@
 Pure functions over an explicit :class:`EnvState` for ONE environment
 (``vmap`` for a batch), usable under ``jit``/``vmap``/``lax.scan``:
 
-    model = make_model()                        # mjx.Model (device arrays)
+    model = make_model()                        # mjx.Model (device arrays); make_model(GPU):
+                                                # capped solver (prefrl.envs.mjx_options)
     state = reset(model, task, key)             # s_0 with HalfCheetah-v5's reset noise
     state, out = step(model, task, state, a)    # one control step = 5 physics steps
     state, traj = rollout(task, policy_fn, batched_state, T, key, model)  # Trajectory [T, B, …]
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import mujoco
 from mujoco import mjx
+from prefrl.envs.mjx_options import SolverOptions
 from prefrl.envs.tasks import TaskSpec, as_task, load_model
 
 from prefrl.types import Trajectory
@@ -60,9 +62,14 @@ def _mj_model() -> mujoco.MjModel:
     return load_model()
 
 
-def make_model() -> mjx.Model:
-    """Gymnasium's half_cheetah.xml as an ``mjx.Model`` (same solver options as MuJoCo C)."""
-    return mjx.put_model(_mj_model())
+def make_model(solver: SolverOptions | None = None) -> mjx.Model:
+    """Gymnasium's half_cheetah.xml as an ``mjx.Model``.
+
+    ``solver=None`` keeps MuJoCo C's solver options; :data:`prefrl.envs.mjx_options.GPU`
+    caps the solver for batched accelerator runs (see :mod:`prefrl.envs.mjx_options`).
+    """
+    mj_model = _mj_model() if solver is None else solver.apply(_mj_model())
+    return mjx.put_model(mj_model)
 
 
 def observation(qpos: jax.Array, qvel: jax.Array) -> jax.Array:
@@ -100,10 +107,14 @@ def _reset_qpos_qvel(
     return qpos, qvel, key
 
 
-def reset(model: mjx.Model, task: str | TaskSpec, key: jax.Array) -> EnvState:
-    """HalfCheetah-v5's reset: ``qpos = qpos0 + U(−c, c)``, ``qvel = c·N(0, 1)``, c = 0.1."""
+def reset(model: mjx.Model, task: str | TaskSpec, key: jax.Array, forward: bool = True
+          ) -> EnvState:
+    """HalfCheetah-v5's reset: ``qpos = qpos0 + U(−c, c)``, ``qvel = c·N(0, 1)``, c = 0.1.
+
+    ``forward=False`` as in :func:`from_state` (enough for stepping, and one compile less).
+    """
     qpos, qvel, key = _reset_qpos_qvel(model, as_task(task), key)
-    return from_state(model, qpos, qvel, key)
+    return from_state(model, qpos, qvel, key, forward=forward)
 
 
 def _auto_reset(model: mjx.Model, spec: TaskSpec, state: EnvState, data: mjx.Data) -> EnvState:
@@ -186,13 +197,14 @@ def rollout(
     return state, Trajectory(**out)
 
 
-def reset_batch(model: mjx.Model, task: str | TaskSpec, key: jax.Array, num_envs: int) -> EnvState:
-    """``num_envs`` independent resets (leading axis B)."""
+def reset_batch(model: mjx.Model, task: str | TaskSpec, key: jax.Array, num_envs: int,
+                forward: bool = True) -> EnvState:
+    """``num_envs`` independent resets (leading axis B); ``forward`` as in :func:`reset`."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     spec = as_task(task)
     keys = jax.random.split(key, num_envs)
-    return jax.vmap(lambda m, k: reset(m, spec, k), in_axes=(None, 0))(model, keys)
+    return jax.vmap(lambda m, k: reset(m, spec, k, forward), in_axes=(None, 0))(model, keys)
 
 
 __all__ = [

@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
+    except ImportError as err:
+        backend = sys.modules.get("prefrl.rollout.mjx_backend")
+        if backend is None or not isinstance(err, backend.MissingExtraError):
+            raise
+        # An optional package an option needs is missing: the line names the extra.
+        print(f"prefrl {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, KeyError) as err:
         # Bad input: one clear line, no traceback.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

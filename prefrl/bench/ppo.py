@@ -21,6 +21,16 @@ with IQM ≥ 5 500 on ``run`` (``fast_target_met``).
 
 Results go to ``experiments/bench/results/ppo.json``; the last line printed
 is one JSON object.
+
+``--backend mjx`` (``prefrl.bench._mjx``): the seeds train as one
+``jit(vmap(train))`` call on MJX on ``jax.devices()[0]`` (rollouts, reward,
+GAE and updates, ``lax.scan`` over updates); reports compile and run time,
+env-steps/s of the whole training loop, each seed's final return on the C
+engine, and, in the same run, C-engine PPO's env-steps/s over
+``--cpu-steps`` for the ratio; writes ``ppo_mjx.json``. A GPU run::
+
+    prefrl bench ppo --backend mjx --num-envs 2048 --rollout-steps 32 \
+        --num-minibatches 32 --num-epochs 4 --total-steps 20000000 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -78,13 +88,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=8)
     p.add_argument("--separate", action="store_true",
                    help="train the seeds one after another (no 1-seed comparison run)")
-    p.add_argument("--out", default=str(RESULTS), help="results file (JSON)")
+    p.add_argument("--out", default=None, help=f"results file (JSON; default {RESULTS}, "
+                   "or ppo_mjx.json beside it for --backend mjx)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--backend", choices=("cpu", "mjx"), default="cpu",
+                   help="cpu: C-engine rollouts, jitted update; mjx: jit(vmap(train)) on MJX")
+    p.add_argument("--num-epochs", type=int, default=ppo.PPOConfig.num_epochs)
+    p.add_argument("--mjx-solver", choices=("gpu", "c"), default="gpu",
+                   help="MJX solver options: gpu (prefrl.envs.mjx_options.GPU) or MuJoCo C's")
+    p.add_argument("--cpu-steps", type=int, default=262_144,
+                   help="--backend mjx: env steps of the C-engine PPO run timed for the ratio")
     args = p.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds must be distinct, got {args.seeds}")
+    if args.out is None:
+        args.out = str(RESULTS.with_name("ppo_mjx.json" if args.backend == "mjx" else RESULTS.name))
+    if args.backend == "mjx":
+        from prefrl.bench import _mjx
 
-    ppo_config = ppo.PPOConfig(num_minibatches=args.num_minibatches)
+        return _mjx.ppo_main(args)
+
+    ppo_config = ppo.PPOConfig(num_minibatches=args.num_minibatches, num_epochs=args.num_epochs)
 
     def config(seed: int) -> Any:
         return training.TrainConfig(

@@ -18,6 +18,11 @@ per control step for the batch, float32 observations):
 
 and once, Gymnasium ``make_vec("HalfCheetah-v5", num_envs=16, "sync")``.
 
+``--backend mjx`` measures MJX rollouts instead (``prefrl.bench._mjx``): the
+same policy in one jitted ``lax.scan`` over B environments on
+``jax.devices()[0]``, and in the same run ``BatchedEnv`` on the CPU cores at
+the same B for the ratio; writes ``rollout_mjx.json``.
+
 Each is timed ``--repeats`` times after a warm-up and the median wall time is
 used; all times are stored. The machine may be shared, so the load average
 before and after and the env-steps per process CPU-second (less sensitive to
@@ -47,7 +52,7 @@ TARGET_VS_ENVPOOL = 1.0
 TARGET_VS_RAW = 0.85
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
+def time_runs(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
     """Median wall time of ``repeats`` runs of ``fn``, all wall times, median CPU time.
 
     Process CPU time (all threads) is recorded because the machine may be shared:
@@ -83,9 +88,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--gym", choices=("on", "off"), default="on", help="measure Gymnasium")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=DEFAULT_OUT, help="result JSON path")
+    p.add_argument("--out", default=None, help="result JSON path (default: "
+                   f"{DEFAULT_OUT}, or rollout_mjx.json beside it for --backend mjx)")
+    p.add_argument("--backend", choices=("cpu", "mjx"), default="cpu",
+                   help="cpu: BatchedEnv against EnvPool and raw MuJoCo; mjx: MJX on the "
+                        "default JAX device against BatchedEnv")
+    p.add_argument("--mjx-solver", choices=("gpu", "c"), default="gpu",
+                   help="MJX solver options: gpu (prefrl.envs.mjx_options.GPU) or MuJoCo C's")
+    p.add_argument("--cpu-steps", type=int, default=100,
+                   help="--backend mjx: control steps per timed C-engine run (the ratio)")
     args = p.parse_args(argv)
-    for name in ("steps", "gym_envs", "repeats"):
+    if args.out is None:
+        name = "rollout_mjx.json" if args.backend == "mjx" else "rollout.json"
+        args.out = os.path.join(os.path.dirname(DEFAULT_OUT), name)
+    for name in ("steps", "gym_envs", "repeats", "cpu_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if any(b < 1 for b in args.num_envs):
@@ -102,7 +118,7 @@ def _envpool_task_id(envpool: Any) -> str:
     return max(ids, key=lambda e: int(e.rsplit("v", 1)[1]))
 
 
-def _bench_prefrl(
+def bench_batched_env(
     policy: Any, B: int, T: int, threads: int, repeats: int, seed: int
 ) -> dict[str, Any]:
     """``BatchedEnv("run", B).rollout(policy, T, key)``, a fresh key per run."""
@@ -111,7 +127,7 @@ def _bench_prefrl(
     with BatchedEnv("run", num_envs=B, seed=seed, num_threads=threads) as env:
         env.rollout(policy, 20, jax.random.key(1))  # compile + warm caches
         keys = iter(jax.random.split(jax.random.key(2), repeats))
-        return _time(lambda: env.rollout(policy, T, next(keys)), repeats)
+        return time_runs(lambda: env.rollout(policy, T, next(keys)), repeats)
 
 
 def _bench_envpool(
@@ -133,7 +149,7 @@ def _bench_envpool(
         state["obs"] = obs
 
     sync_run(20)
-    t_sync = _time(lambda: sync_run(T), repeats)
+    t_sync = time_runs(lambda: sync_run(T), repeats)
     env.close()
 
     half = max(1, B // 2)
@@ -157,7 +173,7 @@ def _bench_envpool(
             i += 1
 
     async_run(20 * B)
-    t_async = _time(lambda: async_run(B * T), repeats)
+    t_async = time_runs(lambda: async_run(B * T), repeats)
     env.close()
     return task_id, t_sync, t_async
 
@@ -184,11 +200,16 @@ def _bench_raw(B: int, T: int, threads: int, repeats: int, seed: int) -> dict[st
     out_state = np.empty((B, T * FRAME_SKIP, init.size))
     with mujoco.rollout.Rollout(nthread=threads if threads > 1 else 0) as ro:
         ro.rollout(model, datas, initial, control[:, :20], state=out_state[:, :20])
-        return _time(lambda: ro.rollout(model, datas, initial, control, state=out_state), repeats)
+        return time_runs(lambda: ro.rollout(model, datas, initial, control, state=out_state),
+                         repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.backend == "mjx":
+        from prefrl.bench import _mjx
+
+        return _mjx.rollout_main(args)
     import mujoco
 
     from prefrl.networks import GaussianPolicy
@@ -212,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     for B in args.num_envs:
         row: dict[str, Any] = {"num_envs": B}
         timings: dict[str, dict[str, Any]] = {}
-        timings["prefrl"] = _bench_prefrl(policy, B, T, threads, R, args.seed)
+        timings["prefrl"] = bench_batched_env(policy, B, T, threads, R, args.seed)
         if envpool is not None:
             task_id, t_sync, t_async = _bench_envpool(envpool, policy, B, T, threads, R, args.seed)
             timings["envpool_sync"], timings["envpool_async"] = t_sync, t_async
@@ -263,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 gym_state["obs"] = venv.step(action)[0]
 
         gym_run(20)
-        t_gym = _time(lambda: gym_run(T), R)
+        t_gym = time_runs(lambda: gym_run(T), R)
         venv.close()
         result["gymnasium_env_steps_per_s"] = round(G * T / t_gym["wall"], 1)
         result["gymnasium"] = {

@@ -41,10 +41,12 @@ from prefrl.rollout.evaluate import (
     random_policy,
     stack_trajectories,
 )
-from prefrl.rollout.mjx_backend import mjx_rollout
+from prefrl.rollout.mjx_backend import MJX_EXTRA, MissingExtraError, mjx_rollout, require_mjx
 
 __all__ = [
+    "MJX_EXTRA",
     "BatchedEnv",
+    "MissingExtraError",
     "PolicyFn",
     "episode_length_of",
     "evaluate_on_task",
@@ -53,6 +55,7 @@ __all__ = [
     "observation",
     "policy_from_params",
     "random_policy",
+    "require_mjx",
     "reset_rng",
     "stack_trajectories",
 ]

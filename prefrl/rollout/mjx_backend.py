@@ -10,6 +10,26 @@ from prefrl.envs.tasks import TaskSpec, as_task
 from prefrl.policies import PolicyFn
 from prefrl.types import Trajectory
 
+MJX_EXTRA = 'pip install -e ".[mjx]"'
+
+
+class MissingExtraError(ImportError):
+    """An optional package is not installed; the message names the extra that installs it."""
+
+
+def require_mjx() -> None:
+    """Raise :class:`MissingExtraError` naming the extra when ``mujoco.mjx`` cannot be imported.
+
+    Called before anything MJX-specific is imported, so ``--backend mjx``
+    without ``mujoco-mjx`` fails with one line that says what to install.
+    """
+    try:
+        import mujoco.mjx  # noqa: F401
+    except ImportError as err:
+        raise MissingExtraError(
+            f"the MJX backend needs the mujoco-mjx package ({err}); install the extra: "
+            f"{MJX_EXTRA}") from err
+
 
 # --------------------------------------------------------------------- MJX backend
 def mjx_rollout(
