@@ -236,6 +236,7 @@ _TINY = dict(tasks=("target-speed",), seeds=1, ppo_steps=256, eval_episodes=1, e
              library_steps=10)
 
 
+@pytest.mark.slow  # ~35 s; each learner's path is in the default suite (cells, CLI)
 def test_cell_runner_returns_every_metric_for_every_learner(tmp_path):
     config = settings.quick_config(out_dir=str(tmp_path), **_TINY)
     ctx = cells.TaskContext(config, "target-speed")

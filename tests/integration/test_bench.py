@@ -44,6 +44,7 @@ def test_bench_cpl_smoke(tmp_path, capsys):
     assert json.loads(out.read_text())["merged_runs"] == 2
 
 
+@pytest.mark.slow  # ~20 s; the 3-seed loop itself: tests/test_ppo_seeds.py
 def test_bench_ppo_trains_seeds_in_one_batch_and_compares_with_one(tmp_path, capsys):
     from prefrl.bench import ppo as bench
 

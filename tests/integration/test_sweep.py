@@ -338,7 +338,10 @@ def test_sub_grids_give_the_union_of_their_points(tiny_dataset, tmp_path):
         sweep_spec.load_sweep(path, [f"tasks.run.dataset={json.dumps(str(tiny_dataset))}"])
 
 
-@pytest.mark.parametrize("learner", ["advantage_greedy", "regret_sf+ppo"])
+@pytest.mark.parametrize("learner", [
+    "advantage_greedy",
+    pytest.param("regret_sf+ppo", marks=pytest.mark.slow),  # ~20 s (PPO); fit: test_cli_fit
+])
 def test_regret_learner_cells_produce_complete_records(tiny_dataset, tmp_path, learner):
     # The learners that really assume regret, as sweep cells: Â greedy (AWR) and the
     # regret-model r̂ via successor features of the expert's snapshots, then PPO.
