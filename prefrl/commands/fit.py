@@ -113,13 +113,10 @@ def split_queries(batch: rm.PairBatch, valid_fraction: float, seed: int
 
 def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[str, Any]:
     """Load, validate, fit, check, save; returns the JSON summary."""
-    from prefrl import io, preflight
+    from prefrl import preflight
     from prefrl.data import dataset as dataset_io
 
     start = time.perf_counter()
-    preflight.check_output_file(config.out, "--out")
-    if config.metrics:
-        preflight.check_output_file(config.metrics, "--metrics")
     ds, header = dataset_io.load(config.dataset)
     preflight.check_memory("--batch-size", model_config.batch_size, preflight.batch_bytes(
         model_config.batch_size, ds.segments.obs.shape[1:], ds.segments.action.shape[-1],
@@ -167,15 +164,24 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
         config.out, rm.model(model_config), state, obs_dim=obs_dim, act_dim=act_dim,
         segment_length=length, extra={"fit": summary, "seed": config.seed})
     summary["model"] = str(path)
-    if config.metrics:
-        try:
-            io.atomic_write_json(config.metrics, summary)
-        except OSError as err:
-            # Nothing half-done: no model file without the metrics asked for with it.
-            Path(path).unlink(missing_ok=True)
-            raise ValueError(f"cannot write --metrics {config.metrics} ({err}); removed the "
-                             f"model {path} written before it") from err
     return summary
+
+
+def write_metrics(config: FitConfig, summary: dict[str, Any]) -> None:
+    """``--metrics`` (atomic); if it cannot be written, the model written before it goes too.
+
+    Nothing half-done: no model file without the metrics asked for with it.
+    """
+    from prefrl import io
+
+    if not config.metrics:
+        return
+    try:
+        io.atomic_write_json(config.metrics, summary)
+    except OSError as err:
+        Path(summary["model"]).unlink(missing_ok=True)
+        raise ValueError(f"cannot write --metrics {config.metrics} ({err}); removed the "
+                         f"model {summary['model']} written before it") from err
 
 
 def run_study(config: Any) -> dict[str, Any]:
@@ -190,6 +196,8 @@ def run_study(config: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prefrl import preflight
+
     config = cfg.from_args(FitConfig, args)
     if getattr(args, "study", False):
         run_study(_study_args(args))
@@ -197,6 +205,12 @@ def run(args: argparse.Namespace) -> int:
     if not (config.dataset and config.out):
         raise ValueError("prefrl fit needs --dataset FILE and --out FILE (or --study)")
     model_config = cfg.from_args(rm.RewardModelConfig, args)
+    if config.library and config.learner != "regret_sf":
+        raise ValueError("--library is for --learner regret_sf")
+    # Output paths are checked before any work, for either learner.
+    preflight.check_output_file(config.out, "--out")
+    if config.metrics:
+        preflight.check_output_file(config.metrics, "--metrics")
     if config.learner == "regret_sf":
         from prefrl.studies import regret_sf_job
 
@@ -204,13 +218,8 @@ def run(args: argparse.Namespace) -> int:
         summary = regret_sf_job.fit_regret_sf_dataset(
             config, model_config, options, library=config.library,
             discount_given=hasattr(args, "discount"))
-        if config.metrics:
-            from prefrl import io
-
-            io.atomic_write_json(config.metrics, summary)
     else:
-        if config.library:
-            raise ValueError("--library is for --learner regret_sf")
         summary = fit_dataset(config, model_config)
+    write_metrics(config, summary)
     print(json.dumps(summary))
     return 0

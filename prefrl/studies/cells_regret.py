@@ -72,19 +72,6 @@ def _task_data(cell: CellConfig, data: CellData, first: Any, second: Any, label:
                     np.asarray(second), {cell.label_model: np.asarray(label, np.float32)})
 
 
-def _seed_split(task: Any, seed: int) -> Any:
-    """A tenth of the seed's queries held out for early stopping; the rest train."""
-    import numpy as np
-
-    from prefrl.data import pairs
-    from prefrl.studies.learner_assumption_data import SeedSplit
-
-    parts = pairs.split(task.first.shape[0], {"valid": 0.1}, int(seed))
-    train = parts["train"]
-    segs = np.unique(np.concatenate([task.first[train], task.second[train]]))
-    return SeedSplit(train, parts["valid"], np.zeros(0, np.int64), segs)
-
-
 def run_regret_sf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: float
                       ) -> list[dict]:
     """``regret_sf+ppo``: r̂ = w·φ per seed (library = the expert's folder), then PPO on it."""
@@ -94,12 +81,13 @@ def run_regret_sf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: floa
     from prefrl.learners import reward_model as rm
     from prefrl.learners import sf_networks
     from prefrl.studies.cells import ppo_on_rewards
-    from prefrl.studies.learner_assumption_data import pair_batch, strip
+    from prefrl.studies.learner_assumption_data import pair_batch, query_split, strip
     from prefrl.studies.learner_assumption_fit import fit_regret_sf, fit_rm, rm_config
     from prefrl.studies.learner_assumption_library import (
-        library_rollouts,
+        fit_rollouts,
+        heldout_rollouts,
         load_library,
-        segment_start_states,
+        start_indices,
     )
 
     if cell.files.expert is None:
@@ -111,23 +99,18 @@ def run_regret_sf_ppo(cell: CellConfig, seeds: Sequence[int], budget_scale: floa
     data = load_cell_data(cell)
     spec = make_task(cell.task)
     library = load_library(config, spec)
-    seg, train_idx = data.segments, data.train_idx
-    starts = lambda idx: segment_start_states(seg, idx, spec.episode_length)  # noqa: E731
-    need = config.library_pool_envs + config.heldout_envs
-    if need > len(train_idx):
-        raise SweepError(f"{cell.label()}: {need} library start states from "
-                         f"{len(train_idx)} training segments")
-    rollouts = library_rollouts(spec, library.policies, steps=config.library_steps,
-                                reset_envs=config.library_reset_envs,
-                                starts=starts(train_idx[:config.library_pool_envs]), seed=17)
-    heldout = library_rollouts(spec, library.policies, steps=config.heldout_steps,
-                               reset_envs=config.heldout_envs // 2,
-                               starts=starts(train_idx[config.library_pool_envs:need]), seed=29)
+    # ψ is fitted from the training segments' start states only (held-out ones stay unseen).
+    try:
+        starts, held_starts = start_indices(config, cell.task, data.train_idx)
+    except ValueError as err:
+        raise SweepError(f"{cell.label()}: {err}") from err
+    rollouts = fit_rollouts(config, spec, data.segments, library.policies, starts)
+    heldout = heldout_rollouts(config, spec, data.segments, library.policies, held_starts)
     first, second, label = pair_indices(data, cell.label_budget, seed_keys(seeds))
     params, extra, value = [], [], None
     for s, seed in enumerate(seeds):
         task = _task_data(cell, data, first[s], second[s], label[s])
-        split = _seed_split(task, seed)
+        split = query_split(task, 0.1, seed)
         train = pair_batch(task, split.train, cell.label_model)
         pairs.validate(train, what=f"{cell.label()} seed {seed}")
         r_config = rm_config(config, "partial_return")
@@ -152,6 +135,7 @@ def run_advantage_greedy(cell: CellConfig, seeds: Sequence[int], budget_scale: f
     from prefrl.policies import policy_fn
     from prefrl.rollout import evaluate_on_task
     from prefrl.studies.cells import fit_reward_models
+    from prefrl.studies.learner_assumption_data import query_split
     from prefrl.studies.learner_assumption_fit import fit_awr
 
     config = study_config(cell, budget_scale)
@@ -163,7 +147,7 @@ def run_advantage_greedy(cell: CellConfig, seeds: Sequence[int], budget_scale: f
     out = []
     for s, seed in enumerate(seeds):
         task = _task_data(cell, data, first[s], second[s], label[s])
-        split = _seed_split(task, seed)
+        split = query_split(task, 0.1, seed)
         policy, awr = fit_awr(config, task, split, np.asarray(a_hat[s]),
                               jax.random.fold_in(jax.random.key(int(seed)), 4))
         result = evaluate_on_task(cell.task, policy_fn(policy, deterministic=True),

@@ -51,9 +51,10 @@ from prefrl.studies.learner_assumption_fit import (
     train_ppo,
 )
 from prefrl.studies.learner_assumption_library import (
-    library_rollouts,
+    fit_rollouts,
+    heldout_rollouts,
     load_library,
-    segment_start_states,
+    start_indices,
 )
 
 Array = jax.Array
@@ -88,36 +89,21 @@ class TaskContext:
         return self._cache[key]
 
     def _starts(self) -> tuple[np.ndarray, np.ndarray]:
-        cfg, n = self.config, int(self.data.segments.obs.shape[0])
-        order = np.asarray(jax.random.permutation(named_key(cfg, self.data.name, "starts"), n))
-        pool_lib, pool_held = cfg.library_pool_envs, cfg.heldout_envs - cfg.heldout_envs // 2
-        if pool_lib + pool_held > n:
-            raise ValueError(f"{pool_lib} + {pool_held} start states requested from a pool of {n}")
-        return order[:pool_lib], order[pool_lib:pool_lib + pool_held]
+        n = int(self.data.segments.obs.shape[0])
+        return self._memo("starts", lambda: start_indices(self.config, self.data.name,
+                                                          np.arange(n)))
 
     def rollouts(self) -> sf.LibraryRollouts:
         """Π's rollouts ``[Π, T, B]``: fresh resets, then the pool's start states."""
-        def build() -> sf.LibraryRollouts:
-            cfg, spec = self.config, self.data.spec
-            starts = segment_start_states(self.data.segments, self._starts()[0],
-                                          spec.episode_length)
-            return library_rollouts(spec, self.library.policies, steps=cfg.library_steps,
-                                    reset_envs=cfg.library_reset_envs, starts=starts,
-                                    seed=cfg.seed * 1000 + 17)
-
-        return self._memo("rollouts", build)
+        return self._memo("rollouts", lambda: fit_rollouts(
+            self.config, self.data.spec, self.data.segments, self.library.policies,
+            self._starts()[0]))
 
     def heldout_rollouts(self) -> sf.LibraryRollouts:
         """Rollouts of Π from other resets and other pool start states (ψ-fit quality)."""
-        def build() -> sf.LibraryRollouts:
-            cfg, spec = self.config, self.data.spec
-            starts = segment_start_states(self.data.segments, self._starts()[1],
-                                          spec.episode_length)
-            return library_rollouts(spec, self.library.policies, steps=cfg.heldout_steps,
-                                    reset_envs=cfg.heldout_envs // 2, starts=starts,
-                                    seed=cfg.seed * 1000 + 29)
-
-        return self._memo("heldout", build)
+        return self._memo("heldout", lambda: heldout_rollouts(
+            self.config, self.data.spec, self.data.segments, self.library.policies,
+            self._starts()[1]))
 
     def split(self, seed: int) -> SeedSplit:
         return self._memo(("split", seed), lambda: seed_split(self.config, self.data, seed))

@@ -107,6 +107,23 @@ def seed_split(config: LearnerAssumptionConfig, data: TaskData, seed: int) -> Se
     return SeedSplit(train, valid, te, segs)
 
 
+def query_split(data: TaskData, valid_fraction: float, seed: int) -> SeedSplit:
+    """All of ``data``'s queries split into training and validation (seeded), no test rows.
+
+    For fitting on a given query set (``prefrl fit``, sweep cells); the study
+    itself draws its queries per seed with :func:`seed_split`. ``ValueError``
+    when the validation part would be empty.
+    """
+    num = int(data.first.shape[0])
+    parts = pairs.split(num, {"valid": valid_fraction}, int(seed))
+    if parts["valid"].size == 0:
+        raise ValueError(f"no validation split: valid_fraction {valid_fraction} of {num} "
+                         "labelled queries is empty")
+    train = parts["train"]
+    segs = np.unique(np.concatenate([data.first[train], data.second[train]]))
+    return SeedSplit(train, parts["valid"], np.zeros(0, np.int64), segs)
+
+
 def pair_batch(data: TaskData, rows: np.ndarray, label: str) -> PairBatch:
     """The queries ``rows`` of ``data`` with the ``label`` oracle's labels, float32."""
     seg = data.segments
@@ -219,6 +236,7 @@ __all__ = [
     "load_task_data",
     "pair_batch",
     "ppo_reward",
+    "query_split",
     "seed_split",
     "strip",
 ]

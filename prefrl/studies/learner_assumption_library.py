@@ -28,7 +28,11 @@ from prefrl.learners import successor_features as sf
 from prefrl.networks import MLP
 from prefrl.policies import PolicyFn
 from prefrl.studies.experts import find_experts
-from prefrl.studies.learner_assumption_config import LearnerAssumptionConfig, repo_root
+from prefrl.studies.learner_assumption_config import (
+    LearnerAssumptionConfig,
+    named_key,
+    repo_root,
+)
 from prefrl.types import Segments
 
 Array = jax.Array
@@ -115,6 +119,45 @@ def library_rollouts(
     for name in ("obs", "action", "next_obs"):
         out[name] = out[name].astype(np.float32)
     return sf.LibraryRollouts(**out)
+
+
+def start_indices(config: LearnerAssumptionConfig, name: str, candidates: Any
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Pool segments whose s_0 Π's fitting and held-out rollouts restart from.
+
+    A permutation of ``candidates`` (segment indices) keyed by ``(config.seed,
+    name, "starts")``: the first ``library_pool_envs`` for the ψ fit
+    (:func:`fit_rollouts`), the next ``heldout_envs − heldout_envs // 2`` for the
+    ψ-fit quality (:func:`heldout_rollouts`). ``ValueError`` if there are too few.
+    """
+    cand = np.asarray(candidates, np.int64)
+    n_lib = config.library_pool_envs
+    n_held = config.heldout_envs - config.heldout_envs // 2
+    if n_lib + n_held > cand.shape[0]:
+        raise ValueError(f"{n_lib} + {n_held} start states requested (library_pool_envs, "
+                         f"heldout_envs) from a pool of {cand.shape[0]} segments")
+    order = cand[np.asarray(jax.random.permutation(named_key(config, name, "starts"),
+                                                   cand.shape[0]))]
+    return order[:n_lib], order[n_lib:n_lib + n_held]
+
+
+def fit_rollouts(config: LearnerAssumptionConfig, task: Any, segments: Segments,
+                 policies: Sequence[PolicyFn], starts: np.ndarray) -> sf.LibraryRollouts:
+    """Π's rollouts ψ is fitted on: ``library_reset_envs`` fresh resets, then the pool's
+    segments ``starts`` (:func:`start_indices`), ``library_steps`` long."""
+    return library_rollouts(task, policies, steps=config.library_steps,
+                            reset_envs=config.library_reset_envs,
+                            starts=segment_start_states(segments, starts, task.episode_length),
+                            seed=config.seed * 1000 + 17)
+
+
+def heldout_rollouts(config: LearnerAssumptionConfig, task: Any, segments: Segments,
+                     policies: Sequence[PolicyFn], starts: np.ndarray) -> sf.LibraryRollouts:
+    """Other rollouts of Π (other resets, other pool start states) for the ψ-fit quality."""
+    return library_rollouts(task, policies, steps=config.heldout_steps,
+                            reset_envs=config.heldout_envs // 2,
+                            starts=segment_start_states(segments, starts, task.episode_length),
+                            seed=config.seed * 1000 + 29)
 
 
 class Library(NamedTuple):
@@ -319,6 +362,8 @@ __all__ = [
     "StartStates",
     "check_psi_width",
     "fit_library_psi",
+    "fit_rollouts",
+    "heldout_rollouts",
     "library_rollouts",
     "load_library",
     "psi_fit_quality",
@@ -327,4 +372,5 @@ __all__ = [
     "psi_own",
     "segment_start_states",
     "sf_fit_config",
+    "start_indices",
 ]

@@ -36,12 +36,13 @@ from prefrl.data import pairs
 from prefrl.learners import reward_model as rm
 from prefrl.loops import fit as reward_fit
 from prefrl.studies import learner_assumption_config as settings
-from prefrl.studies.learner_assumption_data import SeedSplit, TaskData, pair_batch, strip
+from prefrl.studies.learner_assumption_data import TaskData, pair_batch, query_split, strip
 from prefrl.studies.learner_assumption_fit import fit_regret_sf, fit_rm
 from prefrl.studies.learner_assumption_library import (
-    library_rollouts,
+    fit_rollouts,
+    heldout_rollouts,
     load_library,
-    segment_start_states,
+    start_indices,
 )
 
 
@@ -136,25 +137,14 @@ def fit_regret_sf_dataset(fit: Any, model_config: rm.RewardModelConfig,
         rm_learning_rate=model_config.learning_rate, eval_every=model_config.eval_every,
         **dataclasses.asdict(options))
     lib = load_library(config, data.spec)  # missing paths, wrong observation sizes: here
-    rows = np.arange(data.first.shape[0])
-    parts = pairs.split(rows.shape[0], {"valid": fit.valid_fraction}, fit.seed)
-    if parts["valid"].size == 0:
-        raise ValueError("--learner regret_sf needs a validation split (--valid-fraction > 0 "
-                         f"and enough queries; {rows.shape[0]} labelled)")
-    train_rows, valid_rows = parts["train"], parts["valid"]
-    train_segments = np.unique(np.concatenate([data.first[train_rows],
-                                               data.second[train_rows]]))
-    split = SeedSplit(train_rows, valid_rows, np.zeros(0, np.int64), train_segments)
-    n = int(data.segments.obs.shape[0])
-    order = np.asarray(jax.random.permutation(settings.named_key(config, "starts"), n))
-    need = config.library_pool_envs + config.heldout_envs - config.heldout_envs // 2
-    if need > n:
-        raise ValueError(f"{need} start states requested (--library-pool-envs, "
-                         f"--heldout-envs) from a pool of {n} segments")
-    pool_lib = order[:config.library_pool_envs]
-    pool_held = order[config.library_pool_envs:need]
-    starts = segment_start_states(data.segments, pool_lib, data.spec.episode_length)
-    held_starts = segment_start_states(data.segments, pool_held, data.spec.episode_length)
+    try:
+        split = query_split(data, fit.valid_fraction, fit.seed)
+    except ValueError as err:
+        raise ValueError(f"--learner regret_sf needs a validation split (--valid-fraction > 0 "
+                         f"and enough queries): {err}") from err
+    train_rows, valid_rows = split.train, split.valid
+    starts, held_starts = start_indices(config, data.name,
+                                        np.arange(data.segments.obs.shape[0]))
     train = pair_batch(data, train_rows, fit.label)
     pairs.validate(train, what=f"{fit.dataset} training split")
 
@@ -163,12 +153,8 @@ def fit_regret_sf_dataset(fit: Any, model_config: rm.RewardModelConfig,
     result = fit_rm(settings.named_key(config, "r_hat"), pr_config, train,
                     pair_batch(data, valid_rows, fit.label))
     reward_fit.check_finite(jax.device_get(result.metrics))
-    rollouts = library_rollouts(data.spec, lib.policies, steps=config.library_steps,
-                                reset_envs=config.library_reset_envs, starts=starts,
-                                seed=config.seed * 1000 + 17)
-    heldout = library_rollouts(data.spec, lib.policies, steps=config.heldout_steps,
-                               reset_envs=config.heldout_envs // 2, starts=held_starts,
-                               seed=config.seed * 1000 + 29)
+    rollouts = fit_rollouts(config, data.spec, data.segments, lib.policies, starts)
+    heldout = heldout_rollouts(config, data.spec, data.segments, lib.policies, held_starts)
     fitted = fit_regret_sf(config, data, split, fit.label, rm.model(pr_config),
                            strip(result.state), fit.seed, rollouts=rollouts, heldout=heldout)
     scores = fitted.scores
