@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from prefrl.commands import add_subcommands
+from prefrl.jax_setup import configure_jax
 
 # Subcommand name -> module in prefrl.commands. Imported lazily so that
 # `prefrl --help` stays fast and one broken command cannot break the others.
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    configure_jax()
     try:
         result = args.func(args)
     except ImportError as err:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -194,9 +195,24 @@ def gaussian_entropy(log_std: Array) -> Array:
     return jnp.sum(log_std + 0.5 * (_LOG_2PI + 1.0), axis=-1)
 
 
+def tanh_gaussian_noise(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+    """The standard-normal draw behind :func:`tanh_gaussian_sample` for ``mean`` of ``shape``.
+
+    Drawn apart from the network (e.g. a whole rollout's noise in one call,
+    :meth:`prefrl.rollout.BatchedEnv.rollout`) and passed to
+    :func:`tanh_gaussian_from_noise`, it gives the same action as sampling with ``key``.
+    """
+    return jax.random.normal(key, shape, dtype)
+
+
+def tanh_gaussian_from_noise(mean: Array, log_std: Array, noise: Array) -> Array:
+    """The pre-tanh sample ``u = mean + exp(log_std) · noise`` (``a = tanh(u)``)."""
+    return mean + jnp.exp(log_std) * noise
+
+
 def tanh_gaussian_sample(key: Array, mean: Array, log_std: Array) -> tuple[Array, Array]:
     """Sample ``a = tanh(u)``, ``u ~ N(mean, exp(log_std))``; returns ``(a, log π(a))``."""
-    u = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
+    u = tanh_gaussian_from_noise(mean, log_std, tanh_gaussian_noise(key, mean.shape, mean.dtype))
     log_p = gaussian_log_prob(mean, log_std, u) - jnp.sum(_log_one_minus_tanh_sq(u), axis=-1)
     return jnp.tanh(u), log_p
 

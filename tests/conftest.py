@@ -1,6 +1,17 @@
-"""Shared test settings: rank promotion raises, so silent broadcasting bugs fail."""
+"""Shared test settings: rank promotion raises, so silent broadcasting bugs fail.
 
-import jax
+Two host devices, as the ``prefrl`` command sets up on a 2-core machine
+(``prefrl.cli.configure_jax``), so the tests run the seed-sharded update of
+:mod:`prefrl.loops.ppo_seeds`; everything else runs on the first device.
+"""
+
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+
+import jax  # noqa: E402
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

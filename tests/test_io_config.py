@@ -98,3 +98,24 @@ def test_cli_help_lists_commands(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     assert "bench" in capsys.readouterr().out
+
+
+def test_configure_jax_adds_host_devices_and_keeps_what_the_user_set():
+    import os
+
+    from prefrl.jax_setup import configure_jax, jax_settings
+
+    env: dict[str, str] = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    configure_jax(env)
+    count = max(1, os.cpu_count() or 1)
+    assert env["XLA_FLAGS"] == (
+        f"--xla_dump_to=/tmp/x --xla_force_host_platform_device_count={count}")
+    mine = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+    configure_jax(mine)
+    assert mine == {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+    untouched = {"PREFRL_JAX_DEFAULTS": "1"}
+    configure_jax(untouched)
+    assert untouched == {"PREFRL_JAX_DEFAULTS": "1"}
+    settings = jax_settings()
+    assert settings["cpu_devices"] == 2  # tests/conftest.py, as the command line sets it
+    assert isinstance(settings["cpu_async_dispatch"], bool)

@@ -243,6 +243,32 @@ def test_policy_from_params(small_policy):
     assert not np.allclose(a3, a1)
 
 
+def test_presampled_noise_gives_the_key_path_actions_bit_for_bit(small_policy):
+    """The rollout's fast path (noise drawn per block, Actor.act_with_noise) changes no bit."""
+    from prefrl.policies import Policy, policy_fn
+
+    net, params = small_policy
+    actor = policy_fn(Policy(net.apply, params))
+    runs = []
+    for policy in (actor, lambda obs, key: actor(obs, key)):  # an Actor, then a plain PolicyFn
+        with BatchedEnv("run", num_envs=3, seed=1, num_threads=1) as env:
+            runs.append(env.rollout(policy, 300, jax.random.key(5)))  # crosses a key block
+    jax.tree.map(np.testing.assert_array_equal, runs[0], runs[1])
+    # Several seeds' stacked policies: the same on each seed's block of environments.
+    stacked = jax.tree.map(lambda a, b: np.stack([a, b]), params,
+                           jax.tree.map(lambda x: x * 0.5, params))
+    actor2 = policy_fn(Policy(net.apply, stacked), stacked=True)
+    keys = jax.numpy.stack([jax.random.key(1), jax.random.key(2)])
+    runs = []
+    for policy in (actor2, lambda obs, key: actor2(obs, key)):
+        with BatchedEnv("run", num_envs=4, seed=[0, 1], num_threads=1) as env:
+            runs.append(env.rollout(policy, 40, keys))
+    jax.tree.map(np.testing.assert_array_equal, runs[0], runs[1])
+    det = policy_fn(Policy(net.apply, params), deterministic=True)
+    with pytest.raises(ValueError, match="deterministic actor takes no noise"):
+        det.act_with_noise(np.zeros((1, 17), np.float32), np.zeros((1, 6), np.float32))
+
+
 def test_actions_are_clipped():
     env = BatchedEnv("run", num_envs=2, seed=0)
     big = lambda obs, key: np.full((2, 6), 3.0)

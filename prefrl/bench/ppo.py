@@ -73,6 +73,7 @@ def _run_record(seed: int, result: Any, wall: float, S: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from prefrl.evaluation import bootstrap_ci
     from prefrl.io import atomic_write_json
+    from prefrl.jax_setup import jax_settings
     from prefrl.learners import ppo
     from prefrl.loops import ppo as training
     from prefrl.loops import ppo_seeds
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                            and per_seed <= TARGET_WALL_S),
         "fast_target_met": bool(per_seed <= FAST_WALL_S and return_iqm >= FAST_IQM),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_1min": round(os.getloadavg()[0], 2)},
+                    "load_average_1min": round(os.getloadavg()[0], 2),
+                    "jax_settings": jax_settings()},
     }
     atomic_write_json(args.out, summary)
     print(json.dumps(summary))

@@ -2,8 +2,9 @@
 
 Measures in one run, for each batch size B in ``--num-envs`` (default 64 and
 256), with the same jitted 2×64 tanh-Gaussian policy
-(``prefrl.networks.GaussianPolicy`` through ``policy_from_params``, one call
-per control step for the batch, float32 observations):
+(``prefrl.networks.GaussianPolicy`` through ``policy_from_params``), one call
+per control step for the batch on float32 observations and pre-drawn Gaussian
+noise (``Actor.act_with_noise``, as ``BatchedEnv.rollout`` acts):
 
 - prefrl: ``BatchedEnv("run", num_envs=B).rollout`` (records the whole
   ``Trajectory``);
@@ -13,10 +14,15 @@ per control step for the batch, float32 observations):
   half the batch per call, the other half steps meanwhile); the same number of
   env-steps, on the same number of threads;
 - raw ``mujoco.rollout`` (no policy, no Python per step): B open-loop control
-  sequences of the same length, sampled from the initial policy's action
-  distribution ``tanh(N(0, e^{-0.5}))`` so the contact regime is comparable;
+  sequences of the same length from the initial state, sampled from the
+  initial policy's action distribution ``tanh(N(0, e^{-0.5}))`` so the
+  contact regime is comparable;
 
 and once, Gymnasium ``make_vec("HalfCheetah-v5", num_envs=16, "sync")``.
+Every timed run of prefrl and of EnvPool sync starts from fresh resets (not
+timed), as raw's starts from the initial state: the physics' cost depends on
+the regime (after thousands of random steps many cheetahs lie on their backs,
+with more contacts). EnvPool async keeps its pipeline running across runs.
 
 ``--backend mjx`` measures MJX rollouts instead (``prefrl.bench._mjx``): the
 same policy in one jitted ``lax.scan`` over B environments on
@@ -45,6 +51,7 @@ import jax
 import numpy as np
 
 from prefrl.io import atomic_write_json
+from prefrl.jax_setup import jax_settings
 
 DEFAULT_OUT = os.path.join("experiments", "bench", "results", "rollout.json")
 # The targets of issue #16 on an idle 2-core box.
@@ -52,14 +59,18 @@ TARGET_VS_ENVPOOL = 1.0
 TARGET_VS_RAW = 0.85
 
 
-def time_runs(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
+def time_runs(fn: Callable[[], Any], repeats: int,
+              setup: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Median wall time of ``repeats`` runs of ``fn``, all wall times, median CPU time.
 
-    Process CPU time (all threads) is recorded because the machine may be shared:
-    env-steps per CPU-second is less sensitive to other users' load than wall time.
+    ``setup`` runs before each run, untimed. Process CPU time (all threads) is
+    recorded because the machine may be shared: env-steps per CPU-second is less
+    sensitive to other users' load than wall time.
     """
     wall, cpu = [], []
     for _ in range(repeats):
+        if setup is not None:
+            setup()
         start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         wall.append(time.perf_counter() - start)
@@ -121,13 +132,19 @@ def _envpool_task_id(envpool: Any) -> str:
 def bench_batched_env(
     policy: Any, B: int, T: int, threads: int, repeats: int, seed: int
 ) -> dict[str, Any]:
-    """``BatchedEnv("run", B).rollout(policy, T, key)``, a fresh key per run."""
+    """``BatchedEnv("run", B).rollout(policy, T, key)`` from fresh resets, a fresh key per run.
+
+    Each timed run starts from reset states (the reset is not timed), as the raw
+    ``mujoco.rollout`` runs start from the initial state: the physics' cost
+    depends on the regime (a cheetah on its back after thousands of random
+    steps has more contacts), so both must start alike.
+    """
     from prefrl.rollout import BatchedEnv
 
     with BatchedEnv("run", num_envs=B, seed=seed, num_threads=threads) as env:
-        env.rollout(policy, 20, jax.random.key(1))  # compile + warm caches
+        env.rollout(policy, T, jax.random.key(1))  # compile (T's noise blocks) + warm caches
         keys = iter(jax.random.split(jax.random.key(2), repeats))
-        return time_runs(lambda: env.rollout(policy, T, next(keys)), repeats)
+        return time_runs(lambda: env.rollout(policy, T, next(keys)), repeats, setup=env.reset)
 
 
 def _bench_envpool(
@@ -135,7 +152,15 @@ def _bench_envpool(
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """``(task id, sync timing, async timing)``: ``B * T`` env-steps per timed run."""
     task_id = _envpool_task_id(envpool)
-    keys = list(jax.random.split(jax.random.key(seed + 5), max(T, 20)))  # made outside timing
+    # The same per-step call as BatchedEnv's: the network on pre-drawn noise (made
+    # outside the timing), so only the stepping differs.
+    steps = max(T, 20)
+    noise = np.asarray(jax.random.normal(jax.random.key(seed + 5), (steps, B, 6)))
+
+    def act(obs: np.ndarray, i: int) -> np.ndarray:
+        draws = noise[i % steps, : len(obs)]
+        return np.asarray(policy.act_with_noise(obs.astype(np.float32), draws))
+
     env = envpool.make(
         task_id, env_type="gymnasium", num_envs=B, batch_size=B, num_threads=threads, seed=seed
     )
@@ -144,12 +169,14 @@ def _bench_envpool(
     def sync_run(n: int) -> None:
         obs = state["obs"]
         for t in range(n):
-            action = np.asarray(policy(obs.astype(np.float32), keys[t % len(keys)]))
-            obs = env.step(action)[0]
+            obs = env.step(act(obs, t))[0]
         state["obs"] = obs
 
+    def reset() -> None:
+        state["obs"] = env.reset()[0]
+
     sync_run(20)
-    t_sync = time_runs(lambda: sync_run(T), repeats)
+    t_sync = time_runs(lambda: sync_run(T), repeats, setup=reset)  # from resets, as prefrl
     env.close()
 
     half = max(1, B // 2)
@@ -167,8 +194,7 @@ def _bench_envpool(
         done, i = 0, 0
         while done < env_steps:
             obs, _, _, _, info = env.recv()
-            action = np.asarray(policy(obs.astype(np.float32), keys[i % len(keys)]))
-            env.send(action, info["env_id"])
+            env.send(act(obs, i), info["env_id"])
             done += len(info["env_id"])
             i += 1
 
@@ -309,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             "threads": threads,
             "repeats": R,
             "statistic": "median wall time",
-            "policy": "GaussianPolicy hidden=(64, 64), jitted, one call per step for the batch",
+            "policy": "GaussianPolicy hidden=(64, 64), jitted, one call per step for the batch "
+                      "on pre-drawn noise",
             "machine": {
                 "cpu_count": os.cpu_count(),
                 "platform": platform.platform(),
@@ -317,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 "python": platform.python_version(),
                 "jax": jax.__version__,
                 "mujoco": mujoco.__version__,
+                "jax_settings": jax_settings(),
                 "loadavg_before": [round(x, 2) for x in load_before],
                 "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             },

@@ -104,7 +104,7 @@ class Run:
                                 reference_apply=ref_apply)
         self.update = jax.jit(self.learner.update)
         self.policy_apply = ppo.make_policy_apply(ppo_config, self.act_dim)
-        self.ppo_state = self.learner.init(self.keys["ppo"]).replace(ref_params=ref_params)
+        self.ppo_state = jax.jit(self.learner.init)(self.keys["ppo"]).replace(ref_params=ref_params)
         self.pool: SegmentPool | None = None
         self._pool_device: tuple[int, Any] | None = None
         self.labels = LabelBuffer(config.label_budget, config.segment_length, self.obs_dim,

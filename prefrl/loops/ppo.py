@@ -263,7 +263,7 @@ def train(
     files = _RunFiles(Path(tc.out_dir) if tc.out_dir else None, ppo_config, tc, obs_dim,
                       act_dim, task_header, reward_name)
     inputs = {"reward_params": reward_params, "ref_params": ref_params}
-    state = learner.init(jax.random.key(tc.seed)).replace(**inputs)
+    state = jax.jit(learner.init)(jax.random.key(tc.seed)).replace(**inputs)
     if (done := files.finished(state, log)) is not None:
         env.close() if hasattr(env, "close") else None
         return TrainResult(state=done[0], history=done[1], evaluations=done[2],

@@ -9,7 +9,10 @@ One call per control step moves the whole batch through the ``frame_skip = 5``
 runs per environment per step. Observations, rewards and velocities are
 computed afterwards for the whole ``[T, B]`` block; only an environment that
 reaches the episode length runs Python (its reset draws, once per episode).
-The policy is one jitted call per control step for the whole batch. Because
+The policy is one jitted call per control step for the whole batch; a
+stochastic :class:`prefrl.policies.Actor` gets its Gaussian noise drawn for a
+block of steps in one call, so the per-step call is the network alone (the
+same actions bit for bit). Because
 each row carries the warm-start and each environment keeps its own reset
 generator, rollouts reproduce Gymnasium's HalfCheetah-v5 bit for bit at any
 thread count, and :meth:`BatchedEnv.state_dict` resumes them bit for bit.
