@@ -125,9 +125,19 @@ def pearson(x: Array | np.ndarray, y: Array | np.ndarray) -> float:
     y = np.asarray(y, np.float64).ravel()
     if x.shape != y.shape or x.size < 2:
         raise ValueError(f"need two equal-length samples of size >= 2, got {x.shape}, {y.shape}")
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = np.sqrt(np.sum(xc**2) * np.sum(yc**2))
-    return float(np.sum(xc * yc) / denom) if denom > 0 else float("nan")
+    return float(pearson_array(x, y))
+
+
+def pearson_array(x: Array | np.ndarray, y: Array | np.ndarray) -> Array | np.ndarray:
+    """:func:`pearson`'s arithmetic on equal-length 1-D NumPy or traced JAX arrays.
+
+    ``Σ x̃ỹ / sqrt(Σ x̃² Σ ỹ²)`` with centred samples; NaN when either is
+    constant. No checks (they cannot run under ``jit``): the caller's job.
+    """
+    xp = jnp if any(isinstance(v, jax.Array) for v in (x, y)) else np
+    xc, yc = x - xp.mean(x), y - xp.mean(y)
+    denom = xp.sqrt(xp.sum(xc**2) * xp.sum(yc**2))
+    return xp.where(denom > 0, xp.sum(xc * yc) / xp.where(denom > 0, denom, 1.0), xp.nan)
 
 
 def rankdata(x: Array | np.ndarray) -> np.ndarray:
@@ -358,6 +368,7 @@ __all__ = [
     "interval_estimates",
     "iqm",
     "pearson",
+    "pearson_array",
     "pearson_distance",
     "preference_accuracies",
     "preference_accuracy",

@@ -250,13 +250,15 @@ def _label_one(
     return label.astype(dtype), keep
 
 
-def effective_temperature(config: OracleConfig, scores: Array, keep: Array | None = None) -> Array:
+def effective_temperature(config: OracleConfig, scores: Array, keep: Array | None = None,
+                          temperature: Array | None = None) -> Array:
     """β in score units: ``β`` or, relative, ``β · std(scores)`` over the batch (kept queries).
 
     ``scores`` is ``[Q, 2]`` (both sides). A zero std falls back to β (the
-    scores are then all equal and any β gives P = ½).
+    scores are then all equal and any β gives P = ½). ``temperature`` (an
+    array, e.g. one value per run under ``vmap``) replaces ``config.temperature``.
     """
-    beta = jnp.asarray(config.temperature, jnp.float32)
+    beta = jnp.asarray(config.temperature if temperature is None else temperature, jnp.float32)
     if config.temperature_mode == "absolute":
         return beta
     weights = jnp.ones(scores.shape, jnp.float32)
@@ -276,6 +278,7 @@ def label_scores(
     rational_2: Array,
     score_1: Array | None = None,
     score_2: Array | None = None,
+    temperature: Array | None = None,
 ) -> Labels:
     """Label Q queries from their segments' scores (jitted; vmapped over queries).
 
@@ -287,6 +290,9 @@ def label_scores(
       rational_1, rational_2: ``[Q]`` rational scores (skip / equal rules).
       score_1, score_2: ``[Q]`` scores that drive the preference (myopic);
         default: the rational ones.
+      temperature: optional ``[]`` array that replaces ``config.temperature``'s
+        value (so runs that differ in β share one compile); whether labels are
+        sampled stays ``config.temperature > 0`` (static). Must then be > 0.
 
     Returns:
       :class:`Labels` with ``[Q]`` arrays.
@@ -298,9 +304,10 @@ def label_scores(
     keep_all = None
     if config.skip_threshold is not None:
         keep_all = jnp.maximum(rational_1, rational_2) >= config.skip_threshold
-    temperature = effective_temperature(config, jnp.stack([score_1, score_2], 1), keep_all)
+    beta = effective_temperature(config, jnp.stack([score_1, score_2], 1), keep_all,
+                                 temperature)
     label, keep = jax.vmap(
-        lambda k, r1, r2, s1, s2: _label_one(config, k, r1, r2, s1, s2, temperature)
+        lambda k, r1, r2, s1, s2: _label_one(config, k, r1, r2, s1, s2, beta)
     )(keys, rational_1, rational_2, score_1, score_2)
     return Labels(label=label, keep=keep, score_1=rational_1, score_2=rational_2)
 
@@ -344,5 +351,24 @@ def _label_queries_jit(
 ) -> Labels:
     # One compiled program: score the pool (value_fn included), gather, label.
     # value_fn is static (hashed by identity): pass the same callable to reuse the compilation.
+    return label_traced(config, key, segments, first, second, value_fn)
+
+
+def label_traced(
+    config: OracleConfig,
+    key: Array,
+    segments: Segments,
+    first: Array,
+    second: Array,
+    value_fn: ValueFn | None = None,
+    temperature: Array | None = None,
+) -> Labels:
+    """:func:`label_queries`'s arithmetic for use inside a traced program (no host work).
+
+    ``segments`` needs ``reward [N, k]`` and ``mask [N, k]`` (and ``obs``,
+    ``next_obs`` for the regret model): a :class:`~prefrl.types.Segments` or
+    a device-side pool with those fields. ``temperature``: see :func:`label_scores`.
+    """
     rational, pref = pool_scores(config, segments, value_fn)
-    return label_scores(config, key, rational[first], rational[second], pref[first], pref[second])
+    return label_scores(config, key, rational[first], rational[second], pref[first],
+                        pref[second], temperature)

@@ -35,15 +35,17 @@ ScoreFn = Callable[[Array, Array], Array]  # (first [C], second [C]) -> P(first 
 METHODS = ("uniform", "disagreement", "entropy")
 
 
-def uniform_pairs(key: Array, num_segments: int, budget: int) -> tuple[Array, Array]:
+def uniform_pairs(key: Array, num_segments: int | Array, budget: int) -> tuple[Array, Array]:
     """``budget`` uniform random ordered pairs ``(i, j)``, ``i ≠ j``, from ``num_segments``.
 
     ``j`` is drawn from the N − 1 other segments (draw from [0, N−1) and shift
     values ≥ i up by one), so every ordered pair of distinct segments has
     probability 1 / (N (N − 1)). Pairs are drawn independently (a pair can
-    repeat; with N² ≫ budget this is rare).
+    repeat; with N² ≫ budget this is rare). ``num_segments`` may be a traced
+    count (a device-side pool's fill level); ``budget`` fixes the shapes.
     """
-    if num_segments < 2:
+    if isinstance(num_segments, int | np.integer) and num_segments < 2:
+        # A traced count (a device-side pool's fill level) is the caller's to check.
         raise ValueError(f"need at least 2 segments to form a pair, got {num_segments}")
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
@@ -156,6 +158,23 @@ def acquisition(probs: Array, method: Literal["disagreement", "entropy"]) -> Arr
         p = jnp.clip(jnp.mean(probs, axis=0), 1e-7, 1 - 1e-7)
         return -(p * jnp.log(p) + (1 - p) * jnp.log1p(-p))
     raise ValueError(f"unknown acquisition method {method!r}; use one of {METHODS[1:]}")
+
+
+def oversample_select(key: Array, values: Array, num_compete: int | Array, num: int) -> Array:
+    """Indices ``[num]`` of the best candidates among the first ``num_compete`` (B-Pref).
+
+    Oversample-then-select: ``values [C]`` are acquisition values of C
+    candidates drawn at a fixed count (one compile for every round); only the
+    first ``num_compete`` (e.g. ``oversample × n``, may be traced) compete, the
+    rest count as −∞. Order: largest value first, equal values in a random
+    order from ``key`` (so ``uniform``, all values equal, is a random choice).
+    The host loop (:mod:`prefrl.loops.online_run`) and the device loop
+    (:mod:`prefrl.loops.online_mjx`) both select with it.
+    """
+    values = jnp.asarray(values)
+    values = jnp.where(jnp.arange(values.shape[0]) < num_compete, values, -jnp.inf)
+    tie_break = jax.random.uniform(key, values.shape)
+    return jnp.lexsort((tie_break, -values))[:num]
 
 
 def select_queries(

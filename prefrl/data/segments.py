@@ -14,6 +14,7 @@ straddle it.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from prefrl.types import Segments, Trajectory
@@ -84,4 +85,37 @@ def segment(traj: Trajectory, length: int, stride: int) -> Segments:
         qpos=take(traj.qpos),
         qvel=take(traj.qvel),
         source=np.stack([batch, start], axis=1).astype(np.int64).reshape(n, 2),
+    )
+
+
+def grid_segments(traj: Trajectory, length: int, stride: int) -> Segments:
+    """``Trajectory [T, B, …] -> Segments [B·S, length, …]`` with static shapes (jnp; traceable).
+
+    The device-side cut of :mod:`prefrl.loops.online_mjx`: starts at ``t = 0,
+    stride, …`` (``S = (T − length) // stride + 1`` per column, the grid of
+    the rollout rather than of each episode), ordered by (b, t) like
+    :func:`segment`. A window that crosses an episode end is kept with
+    ``mask[i, t] = 0`` on the steps after the end (they belong to the next
+    episode), so every shape is fixed; :func:`segment` drops such windows
+    instead. For half-cheetah (1000-step episodes) they are rare.
+    """
+    num_steps, batch = traj.reward.shape
+    _check_length_stride(length, stride, num_steps)
+    starts = np.arange(0, num_steps - length + 1, stride)
+    rows = starts[:, None] + np.arange(length)[None, :]  # [S, k]
+
+    def take(x: jnp.ndarray) -> jnp.ndarray:
+        # [T, B, …] -> [S, k, B, …] -> [B, S, k, …] -> [B·S, k, …]
+        y = jnp.moveaxis(jnp.asarray(x)[rows], 2, 0)
+        return y.reshape(batch * starts.size, length, *y.shape[3:])
+
+    done = take(jnp.asarray(traj.terminated) | jnp.asarray(traj.truncated)).astype(jnp.float32)
+    # Steps after an episode end inside the window: an end strictly before t.
+    ended_before = jnp.cumsum(done, axis=1) - done
+    source = np.stack(np.broadcast_arrays(np.arange(batch)[:, None], starts[None, :]), -1)
+    return Segments(
+        obs=take(traj.obs), action=take(traj.action), reward=take(traj.reward),
+        next_obs=take(traj.next_obs), mask=(ended_before == 0).astype(jnp.float32),
+        x_velocity=take(traj.x_velocity), qpos=take(traj.qpos), qvel=take(traj.qvel),
+        source=jnp.asarray(source.reshape(-1, 2), jnp.int32),
     )

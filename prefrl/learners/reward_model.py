@@ -164,17 +164,20 @@ def default_network(config: RewardModelConfig) -> nn.Module:
     return MLP(tuple(int(h) for h in config.hidden), 1, _ACTIVATIONS[config.activation])
 
 
-def default_optimizer(config: RewardModelConfig) -> optax.GradientTransformation:
+def default_optimizer(config: RewardModelConfig, learning_rate: float | Array | None = None
+                      ) -> optax.GradientTransformation:
     """Adam, or AdamW when ``weight_decay > 0`` (decoupled decay, Loshchilov & Hutter).
 
     The learning rate is injected (``optax.inject_hyperparams``): it is an
     array in the optimiser state, so ``jax.vmap`` over states made with
     different learning rates trains them all in one compiled call.
+    ``learning_rate`` (a float or a traced array) replaces ``config.learning_rate``.
     """
+    lr = config.learning_rate if learning_rate is None else learning_rate
     if config.weight_decay > 0:
         return optax.inject_hyperparams(optax.adamw)(
-            learning_rate=config.learning_rate, weight_decay=config.weight_decay)
-    return optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
+            learning_rate=lr, weight_decay=config.weight_decay)
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
 
 
 def model(config: RewardModelConfig, network: nn.Module | None = None) -> RewardModel:

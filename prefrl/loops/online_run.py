@@ -158,9 +158,7 @@ class Run:
         else:
             probs = _pool_probs(self.model, self.rm_state, self.pool_device(), first, second)
             values = np.asarray(_acquisition(probs, method), np.float64)
-        values[min(n * self.c.oversample, num_candidates):] = -np.inf
-        tie_break = np.asarray(jax.random.uniform(key_s, (num_candidates,)))
-        chosen = np.lexsort((tie_break, -values))[:n]
+        chosen = np.asarray(queries.oversample_select(key_s, values, n * self.c.oversample, n))
         return np.asarray(first)[chosen], np.asarray(second)[chosen]
 
     def pool_device(self) -> Any:

@@ -114,7 +114,11 @@ class Trainer(NamedTuple):
 
     ``init(key, inputs) -> ts``; ``step(ts) -> (ts, metrics)``: one PPO
     iteration; ``train(key, inputs) -> (ts, metrics)`` with every metric
-    stacked over the ``num_updates`` updates.
+    stacked over the ``num_updates`` updates. ``step`` is ``update(*collect(ts))``:
+    ``collect(ts) -> (ts, traj [T, B, …])`` is the rollout alone and
+    ``update(ts, traj) -> (ts, metrics)`` the learner's update on it, so a
+    caller (the online loop, :mod:`prefrl.loops.online_mjx`) can use the
+    rollout between the two.
     """
 
     init: Callable[[PRNGKey, RunInputs], MJXTrainState]
@@ -123,6 +127,8 @@ class Trainer(NamedTuple):
     learner: Learner
     policy_apply: ppo.PolicyApply
     num_updates: int
+    collect: Callable[[MJXTrainState], tuple[MJXTrainState, Any]]
+    update: Callable[[MJXTrainState, Any], tuple[MJXTrainState, Metrics]]
 
 
 def make_optimizer(config: ppo.PPOConfig, num_updates: int) -> optax.GradientTransformation:
@@ -220,20 +226,26 @@ def make_trainer(
         return MJXTrainState(ppo=state, env=env, episode_return=jnp.zeros(tc.num_envs),
                              key=run_key)
 
-    def step(ts: MJXTrainState) -> tuple[MJXTrainState, Metrics]:
+    def collect(ts: MJXTrainState) -> tuple[MJXTrainState, Any]:
         key, rollout_key = jax.random.split(ts.key)
         act = policy_fn(Policy(policy_apply, ppo.policy_bundle(ts.ppo)))
         env, traj = mjx_env.rollout(spec, act, ts.env, tc.rollout_steps, rollout_key, model)
+        return ts.replace(env=env, key=key), traj
+
+    def update(ts: MJXTrainState, traj: Any) -> tuple[MJXTrainState, Metrics]:
         state, metrics = learner.update(ts.ppo, traj)
         running, episodes = episode_returns(ts.episode_return, traj.reward, traj.done)
-        metrics = {**metrics, **episodes}
-        return MJXTrainState(ppo=state, env=env, episode_return=running, key=key), metrics
+        return ts.replace(ppo=state, episode_return=running), {**metrics, **episodes}
+
+    def step(ts: MJXTrainState) -> tuple[MJXTrainState, Metrics]:
+        return update(*collect(ts))
 
     def train(key: PRNGKey, inputs: RunInputs) -> tuple[MJXTrainState, Metrics]:
         return jax.lax.scan(lambda ts, _: step(ts), init(key, inputs), None, length=num_updates)
 
     return Trainer(init=init, step=step, train=train, learner=learner,
-                   policy_apply=policy_apply, num_updates=num_updates)
+                   policy_apply=policy_apply, num_updates=num_updates, collect=collect,
+                   update=update)
 
 
 @functools.lru_cache(maxsize=8)
