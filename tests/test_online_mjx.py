@@ -102,6 +102,7 @@ def test_no_recompilation_across_rounds(jitted, host_runs):
     assert round_fn._cache_size() == 1 and init._cache_size() == 1
 
 
+@pytest.mark.slow  # ~30 s: the compile of jit(vmap(train)); PPO-MJX's vmap test stays default
 def test_vmapped_train_equals_seeds_one_at_a_time(jitted):
     """``jit(vmap(train))`` over 2 seeds = each seed through jit(init) and jit(round).
 
