@@ -59,3 +59,26 @@ def test_bench_ppo_trains_seeds_in_one_batch_and_compares_with_one(tmp_path, cap
     low, high = last["iqm_eval_return_ci95"]
     assert low <= last["iqm_eval_return"] <= high
     assert json.loads(out.read_text()) == last
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_every_stage_at_smoke_sizes(tmp_path):
+    """experiments/bench/gpu_check.sh smoke: the GPU session's one command, checked on CPU."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    env = {**os.environ, "NO_WHEELS": "1", "PYTHON": sys.executable, "OUT": str(out)}
+    done = subprocess.run(["bash", str(root / "experiments" / "bench" / "gpu_check.sh"), "smoke"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = (out / "log.txt").read_text()
+    for stage in ("rollout_mjx", "ppo_mjx", "online_mjx"):
+        assert f"== {stage}: exit 0" in log, log[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "log.txt", "online_result.json", "online_rounds.jsonl", "ppo_mjx.json",
+        "rollout_mjx.json"]
+    assert json.loads((out / "ppo_mjx.json").read_text())["machine"]["device"]
