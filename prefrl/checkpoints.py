@@ -109,8 +109,10 @@ def save_ppo(
     ``arrays`` are stored beside the state (names outside ``state/``), e.g. the
     environments' state for an exact resume (:mod:`prefrl.loops.resume`).
     """
-    # A learned reward's and π_ref's parameters have files of their own.
-    state = jax.device_get(state.replace(reward_params=None, ref_params=None))
+    # A learned reward's and π_ref's parameters have files of their own; β_KL as an
+    # input is the run's, and the header's ppo_config holds the configured one.
+    state = jax.device_get(state.replace(reward_params=None, ref_params=None,
+                                         kl_ref_coef=None))
     header: dict[str, Any] = {
         "kind": PPO_KIND,
         "schema_version": 1,
@@ -183,8 +185,8 @@ def load_ppo(
     check_obs_dim(header, obs_dim, where)
     if template is None:
         template = _ppo_template(_ppo_config(header, where), header)
-    state = unflatten(template.replace(reward_params=None, ref_params=None), arrays, _STATE,
-                      where)
+    state = unflatten(template.replace(reward_params=None, ref_params=None, kl_ref_coef=None),
+                      arrays, _STATE, where)
     for name, tree in (("policy", state.policy_params), ("value", state.value_params)):
         if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)):
             raise FileFormatError(f"{where}: non-finite {name} parameters")

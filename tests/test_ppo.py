@@ -250,6 +250,21 @@ def test_kl_reference_penalty_enters_the_reward():
     with pytest.raises(ValueError, match="ref_params"):
         learner.update(state, traj)
 
+    # β_KL as an input (PPOState.kl_ref_coef): the configured 0.5 given as an array,
+    # then 2.0; vmapped over two β_KL values in one call.
+    ref = (state.policy_params, jnp.array(1.0))
+    _, m2 = update(state.replace(kl_ref_coef=jnp.float32(2.0)), traj, ref)
+    assert float(m2["learning_reward"]) == pytest.approx(
+        float(m2["proxy_reward"]) - 2.0 * float(m2["ref_kl"]), rel=1e-4)
+    _, same = update(state.replace(kl_ref_coef=jnp.float32(0.5)), traj, ref)
+    assert float(same["learning_reward"]) == pytest.approx(float(m["learning_reward"]), rel=1e-6)
+    both = jax.tree.map(lambda x: jnp.stack([x, x]), state.replace(ref_params=ref))
+    both = both.replace(kl_ref_coef=jnp.array([0.5, 2.0], jnp.float32))
+    _, mv = jax.jit(jax.vmap(learner.update, in_axes=(0, None)))(both, traj)
+    np.testing.assert_allclose(mv["learning_reward"],
+                               [float(m["learning_reward"]), float(m2["learning_reward"])],
+                               rtol=1e-5)
+
 
 def test_custom_reward_fn_is_used():
     def doubled(obs, action, next_obs, extras):

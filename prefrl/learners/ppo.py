@@ -168,8 +168,11 @@ class PPOState:
     # penalty). They live in the state, never in a closure, so a reward refit
     # does not recompile ``update`` and seeds with different π_ref vmap.
     # Replace them with ``state.replace(reward_params=…, ref_params=…)``.
+    # ``kl_ref_coef`` (an array ``[]``, or None for ``config.kl_ref_coef``) is β_KL
+    # as an input, so runs that differ only in β_KL vmap in one compile.
     reward_params: Any = None
     ref_params: Any = None
+    kl_ref_coef: Any = None
 
 
 def true_reward(obs: Array, action: Array, next_obs: Array, extras: Mapping[str, Any]) -> Array:
@@ -341,7 +344,8 @@ def make(
             ref_mean, ref_log_std = reference_apply(state.ref_params, traj.obs)
             ref_log_prob = tanh_gaussian_log_prob(ref_mean, ref_log_std, traj.action)
             ref_kl = old_log_prob - ref_log_prob
-            reward = reward - config.kl_ref_coef * ref_kl
+            beta = config.kl_ref_coef if state.kl_ref_coef is None else state.kl_ref_coef
+            reward = reward - beta * ref_kl
         return state, {
             "obs": obs_n, "old_mean": old_mean, "old_log_std": old_log_std,
             "old_log_prob": old_log_prob, "value": acting.value(state, traj.obs),

@@ -23,9 +23,8 @@ What travels as arrays (:class:`RunInputs`, vmappable without recompiling):
 Adam's learning rate (kept in the optimiser state: :func:`make_optimizer`
 factors the linear annealing as ``lr × (1 − k/K)``, the same updates as
 ``ppo.make_optimizer``), the adaptive-KL coefficient's start value
-(``PPOState.kl_coef``), a learned reward's parameters and π_ref's parameters.
-The per-step KL penalty weight β_KL (``PPOConfig.kl_ref_coef``) is part of
-the learner's static configuration: varying it recompiles.
+(``PPOState.kl_coef``), the per-step KL penalty weight β_KL to π_ref
+(``PPOState.kl_ref_coef``), a learned reward's parameters and π_ref's parameters.
 
 Solver options (:mod:`prefrl.envs.mjx_options`): :data:`GPU` caps the Newton
 solver at 4 iterations and 8 line-search steps (MuJoCo C: 100 and 50) and
@@ -81,7 +80,9 @@ class RunInputs(NamedTuple):
     ``learning_rate`` ``[]``: Adam's start learning rate (annealed to 0 when
     ``anneal_lr``); ``kl_coef`` ``[]``: the adaptive-KL β's start value (the
     ``"kl"`` loss; unused by ``"clip"``); ``reward_params``/``ref_params``: a
-    learned reward's and π_ref's parameters (``PPOState`` fields), or None.
+    learned reward's and π_ref's parameters (``PPOState`` fields), or None;
+    ``kl_ref_coef`` ``[]``: β_KL of the KL penalty to π_ref (used when the
+    trainer has a ``reference_apply``; None: ``PPOConfig.kl_ref_coef``).
     Add a leading axis to every leaf to ``vmap`` over runs.
     """
 
@@ -89,14 +90,16 @@ class RunInputs(NamedTuple):
     kl_coef: Array
     reward_params: Any = None
     ref_params: Any = None
+    kl_ref_coef: Any = None
 
 
 def default_inputs(config: ppo.PPOConfig, reward_params: Any = None,
                    ref_params: Any = None) -> RunInputs:
-    """:class:`RunInputs` with the configuration's learning rate and KL start value."""
+    """:class:`RunInputs` with the configuration's learning rate, KL start value and β_KL."""
     return RunInputs(learning_rate=jnp.asarray(config.learning_rate, jnp.float32),
                      kl_coef=jnp.asarray(config.kl_init_coef, jnp.float32),
-                     reward_params=reward_params, ref_params=ref_params)
+                     reward_params=reward_params, ref_params=ref_params,
+                     kl_ref_coef=jnp.asarray(config.kl_ref_coef, jnp.float32))
 
 
 @struct.dataclass
@@ -219,7 +222,9 @@ def make_trainer(
         ppo_key, env_key, run_key = jax.random.split(key, 3)
         state = learner.init(ppo_key).replace(
             kl_coef=jnp.asarray(inputs.kl_coef, jnp.float32),
-            reward_params=inputs.reward_params, ref_params=inputs.ref_params)
+            reward_params=inputs.reward_params, ref_params=inputs.ref_params,
+            kl_ref_coef=None if inputs.kl_ref_coef is None
+            else jnp.asarray(inputs.kl_ref_coef, jnp.float32))
         state = set_learning_rate(state, inputs.learning_rate)
         # forward=False: the first step recomputes everything from (qpos, qvel).
         env = mjx_env.reset_batch(model, spec, env_key, tc.num_envs, forward=False)
