@@ -162,14 +162,10 @@ class PPOState:
     kl_coef: Array  # [] adaptive-KL β (unused by the clip loss)
     step: Array  # [] int32: number of updates done
     key: PRNGKey
-    # Inputs that change between updates without changing the computation:
-    # a learned reward's parameters (read by ``reward_fn`` as
-    # ``extras["reward_params"]``) and π_ref's parameters (for the KL
-    # penalty). They live in the state, never in a closure, so a reward refit
-    # does not recompile ``update`` and seeds with different π_ref vmap.
-    # Replace them with ``state.replace(reward_params=…, ref_params=…)``.
-    # ``kl_ref_coef`` (an array ``[]``, or None for ``config.kl_ref_coef``) is β_KL
-    # as an input, so runs that differ only in β_KL vmap in one compile.
+    # Inputs that change between updates without changing the computation: a learned
+    # reward's parameters (``reward_fn`` reads ``extras["reward_params"]``), π_ref's and
+    # β_KL (the KL penalty; None: ``config.kl_ref_coef``). In the state, never in a
+    # closure: a refit does not recompile ``update``, and runs vmap over them.
     reward_params: Any = None
     ref_params: Any = None
     kl_ref_coef: Any = None
@@ -344,8 +340,8 @@ def make(
             ref_mean, ref_log_std = reference_apply(state.ref_params, traj.obs)
             ref_log_prob = tanh_gaussian_log_prob(ref_mean, ref_log_std, traj.action)
             ref_kl = old_log_prob - ref_log_prob
-            beta = config.kl_ref_coef if state.kl_ref_coef is None else state.kl_ref_coef
-            reward = reward - beta * ref_kl
+            reward = reward - (config.kl_ref_coef if state.kl_ref_coef is None
+                               else state.kl_ref_coef) * ref_kl
         return state, {
             "obs": obs_n, "old_mean": old_mean, "old_log_std": old_log_std,
             "old_log_prob": old_log_prob, "value": acting.value(state, traj.obs),
