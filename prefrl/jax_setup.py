@@ -19,7 +19,7 @@ def configure_jax(environ: MutableMapping[str, str] = os.environ) -> None:
       shards the seed axis over them). Everything else runs on the first device.
     - Synchronous CPU dispatch (``jax_cpu_enable_async_dispatch=False``): the
       per-step policy call of a rollout waits for its action anyway, and handing
-      it to another thread costs 78 µs against 26 µs a call at B = 64 (idle 2-core box).
+      it to another thread costs 78 µs against 26 µs a call at B = 64 (2-core box, load ≈ 0.5).
 
     Neither changes a number computed. ``PREFRL_JAX_DEFAULTS=1`` leaves JAX's own
     defaults; an ``XLA_FLAGS`` that already sets the device count is kept. After a

@@ -95,7 +95,7 @@ class Actor:
     the noise, :func:`prefrl.networks.tanh_gaussian_noise` of each step key
     (drawn for a whole block of steps in one call), and
     ``act_with_noise(obs, noise [B, act]) -> action`` acts with it (stochastic
-    actors; a deterministic one draws nothing). Measured on the idle 2-core box, 2×64
+    actors; a deterministic one draws nothing). Measured on the 2-core box (load ≈ 0.5), 2×64
     policy, until the action is on the host: 178 µs a call with the threefry
     draw inside against 77 µs without at B = 64; 225 against 128 µs at B = 256.
     """
@@ -144,7 +144,7 @@ def policy_fn(policy: Policy, *, deterministic: bool = False, stacked: bool = Fa
     stay an argument: closing over them saved ~30 µs a call at B = 64 and
     nothing at B = 256, but would recompile for every new parameter set (every
     PPO iteration). With JAX's CPU async dispatch (the default) each call also
-    hands the work to another thread: on the idle box 78 µs at B = 64 against
+    hands the work to another thread: on the 2-core box (load ≈ 0.5) 78 µs at B = 64 against
     26 µs with ``jax.config.update("jax_cpu_enable_async_dispatch", False)``
     set before JAX starts (the ``prefrl`` command line's choice, not this
     library's).

@@ -200,6 +200,17 @@ def check_finite(metrics: Mapping[str, Any]) -> None:
         )
 
 
+def standardize_on_steps(model: rm.RewardModel, state: Any, obs: jax.Array,
+                         action: jax.Array) -> tuple[Any, jax.Array]:
+    """``(state, raw)``: r̂ set to mean 0 / std 1 over these state-actions (traceable).
+
+    The online loops' scale for PPO: the newest rollout's ``obs [..., obs]`` and
+    ``action [..., act]``; ``raw`` is the combined output before the rescale.
+    """
+    raw = rm.combined_output(model, state, obs, action)
+    return state.replace(reward_mean=jnp.mean(raw), reward_std=jnp.std(raw) + 1e-8), raw
+
+
 def normalize(model: rm.RewardModel, state: rm.RewardModelState, batch: rm.PairBatch,
               chunk: int = 512) -> rm.RewardModelState:
     """Store mean and std of the combined output over the batch's (masked) steps.
@@ -232,4 +243,4 @@ def normalize(model: rm.RewardModel, state: rm.RewardModelState, batch: rm.PairB
 
 
 __all__ = ["FitResult", "NonFiniteError", "bootstrap_weights", "check_finite", "fit",
-           "normalize"]
+           "normalize", "standardize_on_steps"]

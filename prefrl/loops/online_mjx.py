@@ -232,8 +232,7 @@ def make_trainer(config: OnlineConfig, ppo_config: ppo.PPOConfig,
         labels = _append(c, state.labels, state.pool, first, second, lab, n)
         reward, fit_metrics = _refit(c, fit_config, model, k_fit, labels, reward, round_idx,
                                      state.inputs.reward_learning_rate)
-        raw = rm.combined_output(model, reward, traj.obs, traj.action)  # [T, B]
-        reward = reward.replace(reward_mean=jnp.mean(raw), reward_std=jnp.std(raw) + 1e-8)
+        reward, raw = fit_loop.standardize_on_steps(model, reward, traj.obs, traj.action)
         metrics = {**fit_metrics,
                    "reward_pearson": evaluation.pearson_array(raw.ravel(), traj.reward.ravel()),
                    "heldout_acc_partial_return": _heldout(c, model, reward, k_held, segs),

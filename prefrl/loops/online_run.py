@@ -32,12 +32,7 @@ from prefrl.loops.online_config import OnlineConfig
 from prefrl.policies import Policy, policy_fn
 from prefrl.rollout import evaluate_policy
 
-
-@functools.partial(jax.jit, static_argnums=0)
-def _reward_and_stats(model: rm.RewardModel, state: Any, obs: jax.Array, action: jax.Array
-                      ) -> tuple[jax.Array, ...]:
-    raw = rm.combined_output(model, state, obs, action)
-    return raw, jnp.mean(raw), jnp.std(raw)
+_standardize = jax.jit(fit_loop.standardize_on_steps, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -197,8 +192,7 @@ class Run:
         state = fitted.state
         obs = jnp.asarray(traj.obs).reshape(-1, self.obs_dim)
         act = jnp.asarray(traj.action).reshape(-1, self.act_dim)
-        raw, mean, std = _reward_and_stats(self.model, state, obs, act)
-        self.rm_state = state.replace(reward_mean=mean, reward_std=std + 1e-8)
+        self.rm_state, raw = _standardize(self.model, state, obs, act)
         self.ppo_state = self.ppo_state.replace(reward_params=for_ppo(self.rm_state))
         self.timing["fit_s"] += time.perf_counter() - t0
         out = {
