@@ -9,6 +9,7 @@ fixtures, and the command-line run reuses it (same settings). The vmapped
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -291,6 +292,36 @@ def test_cli_train_online_mjx_writes_rounds_and_checkpoints(jitted, host_runs, t
                                .reward_std, rtol=1e-6)
     assert json.loads((out / "result.json").read_text())["labels_used"] == 12
     assert jitted[2]._cache_size() == 1  # the command reused the compiled round
+
+
+def test_killed_run_resumes_bit_for_bit(jitted, host_runs, tmp_path):
+    """Stopped after round 0, run again: the uninterrupted run's numbers (host_runs[0])."""
+    out = tmp_path / "run"
+    config = dataclasses.replace(CONFIG, out_dir=str(out), checkpoint_every=1, eval_every=2)
+    first = online_mjx_run.run(config, TINY, REWARD, ORACLE, stop_after_rounds=1)
+    assert first["env_steps"] == B * T * REFIT and first["final"] == {}
+    assert not (out / "result.json").exists()
+    logs = []
+    second = online_mjx_run.run(config, TINY, REWARD, ORACLE, log=logs.append)
+    assert any("resuming" in line and "after round 1" in line for line in logs)
+    want_state, want_metrics = host_runs[0]
+    rounds = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1] and rounds == second["rounds"]
+    np.testing.assert_array_equal([r["labels_used"] for r in rounds], [6, 12])
+    np.testing.assert_array_equal([r["reward_pearson"] for r in rounds],
+                                  want_metrics["reward_pearson"].astype(np.float64))
+    jax.tree.map(np.testing.assert_array_equal, second["state"].train.ppo.policy_params,
+                 want_state.train.ppo.policy_params)
+    jax.tree.map(np.testing.assert_array_equal, second["state"].labels, want_state.labels)
+    evals = [json.loads(x) for x in (out / "evals.jsonl").read_text().splitlines()]
+    assert [e["update"] for e in evals] == [2, 4]  # after each round: eval_every = REFIT
+    assert json.loads((out / "result.json").read_text())["labels_used"] == 12
+    assert jitted[2]._cache_size() == 1  # the restored state compiles to the same round
+    with pytest.raises(FileExistsError, match="finished run"):
+        online_mjx_run.run(config, TINY, REWARD, ORACLE)
+    (out / "result.json").unlink()
+    with pytest.raises(ValueError, match=r"config\.seed"):
+        online_mjx_run.run(dataclasses.replace(config, seed=3), TINY, REWARD, ORACLE)
 
 
 def test_cli_refuses_what_mjx_does_not_support(monkeypatch, capsys):

@@ -7,6 +7,7 @@ module-scoped fixtures, and the command-line run reuses it (same settings).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from prefrl.envs import mjx as mjx_env  # noqa: E402
 from prefrl.envs.mjx_options import GPU  # noqa: E402
 
 from prefrl import checkpoints, cli  # noqa: E402
+from prefrl import config as config_lib  # noqa: E402
 from prefrl.learners import ppo  # noqa: E402
 from prefrl.loops import ppo as training  # noqa: E402
 from prefrl.loops import ppo_mjx  # noqa: E402
@@ -214,6 +216,60 @@ def test_cli_train_ppo_mjx_writes_a_readable_checkpoint(jitted, host_runs, tmp_p
     assert header["train_config"]["backend"] == "mjx"
     assert len((out / "metrics.jsonl").read_text().splitlines()) == UPDATES
     assert jitted[2]._cache_size() == 1  # the command reused the compiled step
+
+
+def test_killed_run_resumes_bit_for_bit(jitted, host_runs, tmp_path):
+    """Stopped after update 1, run again: the uninterrupted run's numbers, leaf for leaf."""
+    from prefrl.io import load_npz
+    from prefrl.loops import resume
+
+    tc = dataclasses.replace(TC, out_dir=str(tmp_path / "run"), checkpoint_every=1,
+                             eval_every=2)
+    first = ppo_mjx.run(tc, TINY, stop_after_updates=1)
+    assert first.env_steps == B * T and not (tmp_path / "run" / "final.npz").exists()
+    logs = []
+    second = ppo_mjx.run(tc, TINY, log=logs.append)
+    assert any("resuming" in line and "update 1/3" in line for line in logs)
+    want_ts, want_metrics = host_runs[0]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+               .splitlines()]
+    assert [r["update"] for r in records] == [1, 2, 3]  # no line lost or repeated
+    np.testing.assert_array_equal([r["true_reward"] for r in records],
+                                  want_metrics["true_reward"].astype(np.float64))
+    arrays, header = load_npz(tmp_path / "run" / "last.npz", kind=checkpoints.PPO_KIND)
+    assert header["progress"]["update"] == UPDATES
+    want = resume.device_state_arrays(ppo_mjx.resumable(want_ts))
+    assert want.keys() <= arrays.keys()
+    for name, value in want.items():  # physics, optimiser, episode returns, key
+        np.testing.assert_array_equal(arrays[name], value, err_msg=name)
+    evals = [json.loads(x) for x in (tmp_path / "run" / "evals.jsonl").read_text().splitlines()]
+    assert [e["update"] for e in evals] == [2, 3]
+    assert second.evaluations[-1]["mean_return"] == evals[-1]["mean_return"]
+    assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert jitted[2]._cache_size() == 1  # the restored state compiles to the same step
+    # A finished run trains nothing and returns its saved records.
+    again = ppo_mjx.run(tc, TINY)
+    assert again.wall_s == 0.0 and [r["update"] for r in again.history] == [1, 2, 3]
+    # Other settings are refused by name before anything is overwritten.
+    (tmp_path / "run" / "final.npz").unlink()
+    with pytest.raises(ValueError, match=r"train\.seed"):
+        ppo_mjx.run(dataclasses.replace(tc, seed=5), TINY)
+
+
+def test_resume_refuses_another_backend_and_solver(tmp_path):
+    from prefrl.loops.ppo_files import _check_same_run
+
+    header = {"ppo_config": config_lib.to_dict(TINY),
+              "train_config": {**config_lib.to_dict(TC), "backend": "mjx",
+                               "solver": config_lib.to_dict(GPU)}}
+    _check_same_run(header, TINY, TC, tmp_path / "last.npz", "mjx",
+                    {"solver": config_lib.to_dict(GPU)})
+    with pytest.raises(ValueError, match="written by --backend mjx"):
+        _check_same_run(header, TINY, TC, tmp_path / "last.npz", "cpu")
+    other = dataclasses.replace(GPU, iterations=8)
+    with pytest.raises(ValueError, match=r"train\.solver"):
+        _check_same_run(header, TINY, TC, tmp_path / "last.npz", "mjx",
+                        {"solver": config_lib.to_dict(other)})
 
 
 def test_cli_backend_is_checked(monkeypatch, capsys):

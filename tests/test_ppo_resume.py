@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from prefrl.envs import make_task
@@ -101,3 +103,27 @@ def test_truncate_jsonl_keeps_lines_up_to_the_update_and_drops_a_cut_line(tmp_pa
     path.write_text('{"update": 1}\n{"update": 2}\n{"update": 3}\n{"upd')
     resume.truncate_jsonl(path, 2)
     assert _updates(path) == [1, 2]
+
+
+def test_device_state_round_trip_and_refusals(tmp_path):
+    """The MJX loops' whole-state arrays: exact round trip (keys too), named refusals."""
+    from prefrl.io import FileFormatError, load_npz, save_npz
+
+    state = {"key": jax.random.key(3), "x": jnp.arange(6, dtype=jnp.float32).reshape(2, 3),
+             "n": jnp.asarray([1, 2], jnp.int32), "none": None}
+    save_npz(tmp_path / "s.npz", resume.device_state_arrays(state),
+             {"kind": "test", "schema_version": 1})
+    arrays, _ = load_npz(tmp_path / "s.npz", kind="test")
+    back = resume.restore_device_state(state, arrays, "s.npz")
+    np.testing.assert_array_equal(jax.random.key_data(back["key"]),
+                                  jax.random.key_data(state["key"]))
+    np.testing.assert_array_equal(back["x"], state["x"])
+    assert back["n"].dtype == jnp.int32 and back["none"] is None
+    with pytest.raises(FileFormatError, match=r"device_state/x.*dtype float64"):
+        resume.restore_device_state(state, {**arrays, "device_state/x": np.zeros((2, 3))}, "s")
+    with pytest.raises(FileFormatError, match=r"device_state/x.*shape"):
+        resume.restore_device_state(state, {**arrays, "device_state/x": np.zeros(
+            (3, 3), np.float32)}, "s")
+    with pytest.raises(FileFormatError, match="missing array 'device_state/n'"):
+        resume.restore_device_state(state, {k: v for k, v in arrays.items()
+                                            if k != "device_state/n"}, "s")

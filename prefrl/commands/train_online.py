@@ -17,10 +17,12 @@ GPU: ``--backend mjx`` runs each round (PPO updates on MJX, the segment
 pool, query selection, oracle labels and the reward refit) as one compiled
 function on the device (``prefrl.loops.online_mjx``; needs ``pip install -e
 ".[mjx]"``; the ``--mjx-*`` options set its solver). It writes
-``rounds.jsonl``, ``final.npz`` (a PPO checkpoint), ``reward_model.npz`` and
-``result.json``, evaluates the final policy on the C engine, and refuses
-what it does not support (the regret oracle, ``--reference``,
-``--offline-dataset``, ``--initial-rollouts``; no resume)::
+``rounds.jsonl``, ``evals.jsonl`` (the policy on the C engine every
+``--eval-every`` updates), ``last.npz`` (the whole device state: running the
+same command again after an interruption continues bit for bit),
+``final.npz`` (a PPO checkpoint), ``reward_model.npz`` and ``result.json``,
+and refuses what it does not support (the regret oracle, ``--reference``,
+``--offline-dataset``, ``--initial-rollouts``)::
 
     prefrl train online --backend mjx --num-envs 2048 --rollout-steps 32 \
         --total-steps 20000000 --refit-every 4 --pool-capacity 16384 --label-budget 1000 \
@@ -100,7 +102,7 @@ def _run_mjx(args: argparse.Namespace, config: OnlineConfig, ppo_config: ppo.PPO
 
     solver = config_lib.from_args(SolverOptions, args, prefix="mjx-")
     result = online_mjx_run.run(config, ppo_config, reward_config, oracle, solver=solver,
-                            log=lambda line: print(line, file=sys.stderr, flush=True))
+                                log=lambda line: print(line, file=sys.stderr, flush=True))
     final = result["final"]
     print(json.dumps({
         "task": config.task, "backend": "mjx", "env_steps": result["env_steps"],

@@ -21,9 +21,9 @@ policy file from ``prefrl train bc`` or a PPO checkpoint) with
 
 GPU: ``--backend mjx`` runs rollouts, reward, GAE and the update as one
 compiled step on MJX (``prefrl.loops.ppo_mjx``; needs ``pip install -e
-".[mjx]"``); the ``--mjx-*`` options set its solver. It writes
-``metrics.jsonl`` and ``final.npz`` (no resume, no snapshots) and evaluates
-the final policy on the C engine::
+".[mjx]"``); the ``--mjx-*`` options set its solver. It writes the same
+files, evaluates on the C engine, and its ``last.npz`` holds the whole device
+state (MJX physics included), so it resumes bit for bit too::
 
     prefrl train ppo --backend mjx --num-envs 2048 --rollout-steps 32 \
         --num-minibatches 32 --num-epochs 4 --total-steps 20000000 --out-dir runs/ppo-mjx

@@ -18,7 +18,7 @@ import numpy as np
 
 from prefrl import checkpoints
 from prefrl import config as config_lib
-from prefrl.io import read_npz_arrays
+from prefrl.io import load_npz
 from prefrl.learners import ppo
 from prefrl.loops import resume
 
@@ -62,6 +62,10 @@ class RunFiles:
     act_dim: int
     task_header: Mapping[str, Any] | None
     reward_name: str
+    # ``"mjx"``: the files of :func:`prefrl.loops.ppo_mjx.run`; a run never resumes
+    # another backend's ``last.npz``. ``train_extra`` joins the header's train_config.
+    backend: str = "cpu"
+    train_extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def save(self, path: Path, state: ppo.PPOState, update_idx: int,
              extra: Mapping[str, Any] | None = None,
@@ -69,7 +73,8 @@ class RunFiles:
         checkpoints.save_ppo(
             path, state, config=self.ppo_config, obs_dim=self.obs_dim, act_dim=self.act_dim,
             num_updates=self.tc.num_updates, task=self.task_header, reward=self.reward_name,
-            train_config=config_lib.to_dict(self.tc),
+            train_config={**config_lib.to_dict(self.tc), "backend": self.backend,
+                          **self.train_extra},
             progress={"update": update_idx, "env_steps": update_idx * self.tc.steps_per_update,
                       "num_updates": self.tc.num_updates},
             extra=extra, arrays=arrays)
@@ -85,52 +90,70 @@ class RunFiles:
         if not (self.tc.resume and final is not None and final.exists()):
             return None
         state, header = checkpoints.load_ppo(final, obs_dim=self.obs_dim, template=state)
-        _check_same_run(header, self.ppo_config, self.tc, final)
+        self.check_same_run(header, final)
         if log:
             log(f"{self.out_dir} holds a finished run ({final}); nothing to train "
                 "(another out_dir or --resume false trains again)")
         return (state, resume.read_jsonl(self.out_dir / "metrics.jsonl"),
                 resume.read_jsonl(self.out_dir / "evals.jsonl"))
 
+    def open_last(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """``(arrays, header)`` of ``last.npz`` to resume from, else ``None`` (a fresh start).
+
+        A resume checks that the file was written by this run's settings and
+        backend, and cuts the logs back to its update; a fresh start removes
+        the old logs and checkpoints.
+        """
+        if self.out_dir is None:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        last = self.out_dir / "last.npz"
+        if self.tc.resume and last.exists():
+            arrays, header = load_npz(last, kind=checkpoints.PPO_KIND)
+            self.check_same_run(header, last)
+            for name in ("metrics.jsonl", "evals.jsonl"):
+                resume.truncate_jsonl(self.out_dir / name, int(header["progress"]["update"]))
+            return arrays, header
+        for name in ("metrics.jsonl", "evals.jsonl", "last.npz", "final.npz"):
+            (self.out_dir / name).unlink(missing_ok=True)
+        return None
+
+    def check_same_run(self, header: Mapping[str, Any], path: Path) -> None:
+        """``ValueError`` naming every setting in which ``path`` differs from this run."""
+        _check_same_run(header, self.ppo_config, self.tc, path, self.backend, self.train_extra)
+
     def resume(self, state: ppo.PPOState, inputs: Mapping[str, Any], log: Any,
                envs: Mapping[str, Any], tracker: EpisodeTracker
                ) -> tuple[ppo.PPOState, int, bool]:
         """``(state, update, envs_restored)`` from ``last.npz``, else a fresh start.
 
-        A fresh start removes the old logs and checkpoints; a resume cuts the
-        logs back to the checkpoint's update and restores ``envs`` and the
-        episode ``tracker`` when the checkpoint holds their state.
+        A resume restores ``envs`` and the episode ``tracker`` when the
+        checkpoint holds their state (:meth:`open_last` for the rest).
         """
-        if self.out_dir is None:
+        opened = self.open_last()
+        if opened is None:
             return state, 0, False
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        arrays, header = opened
         last = self.out_dir / "last.npz"
-        if self.tc.resume and last.exists():
-            state, header = checkpoints.load_ppo(last, obs_dim=self.obs_dim, template=state)
-            _check_same_run(header, self.ppo_config, self.tc, last)
-            start = int(header["progress"]["update"])
-            for name in ("metrics.jsonl", "evals.jsonl"):
-                resume.truncate_jsonl(self.out_dir / name, start)
-            arrays = read_npz_arrays(last)
-            restored = (all(hasattr(e, "load_state_dict") for e in envs.values())
-                        and resume.has_env_arrays(arrays, envs) and "tracker.running" in arrays)
-            if restored:
-                resume.restore_envs(envs, arrays)
-                tracker.running = np.array(arrays["tracker.running"], np.float64)
-            if log:
-                log(f"resuming {last} at update {start}/{self.tc.num_updates}"
-                    + ("" if restored else " (fresh environments: they have no saved state)"))
-            return state.replace(**inputs), start, restored
-        for name in ("metrics.jsonl", "evals.jsonl", "last.npz", "final.npz"):
-            (self.out_dir / name).unlink(missing_ok=True)
-        return state, 0, False
+        state, _ = checkpoints.load_ppo(last, obs_dim=self.obs_dim, template=state)
+        start = int(header["progress"]["update"])
+        restored = (all(hasattr(e, "load_state_dict") for e in envs.values())
+                    and resume.has_env_arrays(arrays, envs) and "tracker.running" in arrays)
+        if restored:
+            resume.restore_envs(envs, arrays)
+            tracker.running = np.array(arrays["tracker.running"], np.float64)
+        if log:
+            log(f"resuming {last} at update {start}/{self.tc.num_updates}"
+                + ("" if restored else " (fresh environments: they have no saved state)"))
+        return state.replace(**inputs), start, restored
 
-    def after_update(self, state: ppo.PPOState, update_idx: int, record: Mapping[str, Any],
-                     evaluation: Mapping[str, Any] | None,
+    def after_update(self, state: ppo.PPOState | Callable[[], ppo.PPOState], update_idx: int,
+                     record: Mapping[str, Any], evaluation: Mapping[str, Any] | None,
                      resume_arrays: Callable[[], Mapping[str, np.ndarray] | None]) -> None:
         """Log the update (and its evaluation); write snapshots and ``last.npz`` when due.
 
-        ``resume_arrays()`` gives the arrays ``last.npz`` keeps for an exact resume.
+        ``resume_arrays()`` gives the arrays ``last.npz`` keeps for an exact resume;
+        ``state`` may be a function giving it, called only when a file is due.
         """
         if self.out_dir is None:
             return
@@ -139,19 +162,26 @@ class RunFiles:
             _append_jsonl(self.out_dir / "evals.jsonl", evaluation)
         _append_jsonl(self.out_dir / "metrics.jsonl", record)
         snapshots = {max(1, round(f * tc.num_updates)): f for f in tc.snapshots}
+        last_due = (tc.checkpoint_every and update_idx % tc.checkpoint_every == 0) or (
+            update_idx == tc.num_updates)
+        if callable(state) and (update_idx in snapshots or last_due):
+            state = state()
         if update_idx in snapshots:
             steps = update_idx * tc.steps_per_update
             self.save(self.out_dir / "snapshots" / f"step_{steps:09d}.npz", state, update_idx,
                       {"fraction_of_training": snapshots[update_idx]})
-        if (tc.checkpoint_every and update_idx % tc.checkpoint_every == 0) or (
-            update_idx == tc.num_updates
-        ):
+        if last_due:
             self.save(self.out_dir / "last.npz", state, update_idx, arrays=resume_arrays())
 
 
 def _check_same_run(
-    header: Mapping[str, Any], ppo_config: ppo.PPOConfig, tc: TrainConfig, path: Path
+    header: Mapping[str, Any], ppo_config: ppo.PPOConfig, tc: TrainConfig, path: Path,
+    backend: str = "cpu", extra: Mapping[str, Any] | None = None,
 ) -> None:
+    saved_backend = header.get("train_config", {}).get("backend", "cpu")
+    if saved_backend != backend:
+        raise ValueError(f"{path}: cannot resume: written by --backend {saved_backend}, this "
+                         f"run is --backend {backend}; use another out_dir or --resume false")
     saved = header.get("ppo_config", {})
     now = config_lib.to_dict(ppo_config)
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -160,6 +190,8 @@ def _check_same_run(
     keys = ("task", "task_param", "total_steps", "num_envs", "rollout_steps", "seed")
     saved_tc = {"task_param": [], **saved_tc}  # files from before task parameters: defaults
     diff += [f"train.{k}" for k in keys if saved_tc.get(k) != now_tc.get(k)]
+    diff += [f"train.{k}" for k, v in (extra or {}).items()
+             if saved_tc.get(k) != json.loads(json.dumps(v))]  # as the JSON header holds it
     if diff:
         raise ValueError(
             f"{path}: cannot resume: the checkpoint's settings differ in {diff}; "

@@ -43,7 +43,9 @@ episodes differ by chance (8 episodes: up to 23 % over 100 steps, 4.8 % over
 are 5–11× slower than the C engine's and the whole PPO loop 3.5× (README,
 Performance); it is the backend for GPUs.
 
-There is no resume: a run is one compiled program (on a GPU, minutes).
+:func:`run` writes the CPU loop's files (metrics, evaluations, snapshots,
+``final.npz``) and ``last.npz`` with the whole device state, so a killed run
+resumes bit for bit (``prefrl.loops.resume``).
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ from prefrl import config as config_lib
 from prefrl.envs import mjx as mjx_env
 from prefrl.envs.mjx_options import GPU, SolverOptions
 from prefrl.learners import Learner, ppo
+from prefrl.loops import resume
 from prefrl.loops.ppo import TrainConfig, TrainResult
+from prefrl.loops.ppo_files import RunFiles
 from prefrl.policies import Policy, policy_fn
 
 Array = jax.Array
@@ -294,18 +298,54 @@ def _record(metrics: Mapping[str, Any], update_idx: int, tc: TrainConfig, step_s
     return record
 
 
-def evaluate(trainer: Trainer, state: ppo.PPOState, tc: TrainConfig, discount: float
-              ) -> dict[str, Any]:
-    """The final policy (deterministic) on the C engine: the project's one evaluator."""
+def evaluate(trainer: Trainer, state: ppo.PPOState, tc: TrainConfig, discount: float,
+             update_idx: int = 0) -> dict[str, Any]:
+    """The policy (deterministic) on the C engine: the project's one evaluator.
+
+    Every evaluation of a run starts from the same ``eval_episodes`` start
+    states (the environments are seeded by the run's seed alone), so a
+    resumed run evaluates exactly as an uninterrupted one.
+    """
     from prefrl.rollout import BatchedEnv, evaluate_policy
 
     spec = tc.task_spec()
     acting = policy_fn(Policy(trainer.policy_apply, ppo.policy_bundle(state)), deterministic=True)
     with BatchedEnv(spec, num_envs=tc.eval_episodes, seed=tc.seed + 1_000_003,
                     num_threads=tc.num_threads, dtype=np.float32) as env:
-        return evaluate_policy(env, acting, jax.random.key(tc.seed + 2),
-                               target_speed=spec.params_dict.get("target_speed"),
-                               discount=discount)
+        result = evaluate_policy(env, acting, jax.random.key(tc.seed + 2),
+                                 target_speed=spec.params_dict.get("target_speed"),
+                                 discount=discount)
+    result.update(update=update_idx, env_steps=update_idx * tc.steps_per_update)
+    return result
+
+
+def resumable(ts: MJXTrainState) -> MJXTrainState:
+    """What ``last.npz`` stores of a run: everything but the inputs that have files of their own.
+
+    A learned reward's and π_ref's parameters come from their files on a resume.
+    """
+    return ts.replace(ppo=ts.ppo.replace(reward_params=None, ref_params=None))
+
+
+def resume_from(files: RunFiles, ts: MJXTrainState, log: Callable[[str], None] | None
+                ) -> tuple[MJXTrainState, int]:
+    """``(state, update)`` from ``out_dir/last.npz`` (the whole device state), else ``(ts, 0)``.
+
+    The restored state is the one the interrupted run had after that update,
+    leaf for leaf, so the run continues bit for bit (same machine and device).
+    """
+    opened = files.open_last()
+    if opened is None:
+        return ts, 0
+    arrays, header = opened
+    last = files.out_dir / "last.npz"
+    restored = resume.restore_device_state(resumable(ts), arrays, str(last))
+    ts = restored.replace(ppo=restored.ppo.replace(reward_params=ts.ppo.reward_params,
+                                                   ref_params=ts.ppo.ref_params))
+    start = int(header["progress"]["update"])
+    if log:
+        log(f"resuming {last} at update {start}/{files.tc.num_updates}")
+    return ts, start
 
 
 def run(
@@ -319,14 +359,21 @@ def run(
     reference: tuple[Any, ppo.PolicyApply] | None = None,
     init_checkpoint: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    stop_after_updates: int | None = None,
 ) -> TrainResult:
     """Train PPO on MJX: a host loop over the jitted :attr:`Trainer.step`, one line per update.
 
     Arguments as :func:`prefrl.loops.ppo.train` (``reference = (params, apply)``
-    of π_ref). Every ``eval_every`` updates a metrics line goes to ``log``;
-    the final policy is evaluated on the C engine. With ``out_dir``: writes
-    ``metrics.jsonl`` and ``final.npz`` (a PPO checkpoint ``load_ppo`` reads).
-    ``wall_s`` includes compiling (the first update; the log gives both). Raises
+    of π_ref; ``stop_after_updates`` stops early, as if interrupted). Every
+    ``eval_every`` updates and at the end the policy is evaluated on the C
+    engine. With ``out_dir`` the run writes what the CPU loop writes
+    (:class:`prefrl.loops.ppo_files.RunFiles`): ``metrics.jsonl``,
+    ``evals.jsonl``, ``snapshots/step_*.npz``, ``final.npz`` and, every
+    ``checkpoint_every`` updates, ``last.npz``: a PPO checkpoint that also holds
+    the whole device state (``device_state/…``: MJX physics, episode returns,
+    optimiser, key), from which running the same command again continues bit
+    for bit; a finished run is not trained again. ``wall_s`` includes
+    compiling (the first update; the log gives both). Raises
     ``checkpoints.NonFiniteError`` when an update diverges.
     """
     tc = train_config
@@ -334,18 +381,31 @@ def run(
     ref_params, ref_apply = (None, None) if reference is None else reference
     trainer, init, step = jitted_trainer(tc, ppo_config, solver, reward_fn, ref_apply)
     ts = init(jax.random.key(tc.seed), default_inputs(ppo_config, reward_params, ref_params))
+    files = RunFiles(Path(tc.out_dir) if tc.out_dir else None, ppo_config, tc, spec.obs_dim,
+                     spec.act_dim, spec.to_header(), reward_name, backend="mjx",
+                     train_extra={"solver": config_lib.to_dict(solver) if solver else None})
+
+    def as_checkpoint(ts: MJXTrainState) -> ppo.PPOState:
+        return checkpoint_state(ts.ppo, ppo_config, trainer.num_updates)
+
+    if (done := files.finished(as_checkpoint(ts), log)) is not None:
+        return TrainResult(state=done[0], history=done[1], evaluations=done[2],
+                           env_steps=trainer.num_updates * tc.steps_per_update, wall_s=0.0,
+                           out_dir=files.out_dir)
     if init_checkpoint is not None:
         from prefrl.loops.ppo import _start_from_checkpoint
 
         ts = ts.replace(ppo=_start_from_checkpoint(ts.ppo, init_checkpoint, spec.obs_dim,
                                                    ppo_config))
-    out_dir = Path(tc.out_dir) if tc.out_dir else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.jsonl").write_text("")
+    ts, start = resume_from(files, ts, log)
     history: list[dict[str, Any]] = []
+    evaluations: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    for update_idx in range(1, trainer.num_updates + 1):
+    update_idx = start
+    for update_idx in range(start + 1, trainer.num_updates + 1):
+        if stop_after_updates is not None and update_idx > stop_after_updates:
+            update_idx -= 1
+            break
         t1 = time.perf_counter()
         ts, metrics = step(ts)  # the first call compiles (once per process and settings)
         metrics = jax.device_get(metrics)  # waits for the update: step_s is its real time
@@ -353,37 +413,36 @@ def run(
         if record["nonfinite"]:
             raise checkpoints.NonFiniteError(
                 f"PPO update {update_idx} on MJX produced non-finite values")
+        evaluation = None
+        if (tc.eval_every and update_idx % tc.eval_every == 0) or (
+                update_idx == trainer.num_updates):
+            evaluation = evaluate(trainer, ts.ppo, tc, ppo_config.discount, update_idx)
+            evaluations.append(evaluation)
+            record["eval_return"] = evaluation["mean_return"]
         history.append(record)
-        if out_dir is not None:
-            with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        if log and (update_idx == trainer.num_updates
-                    or (tc.eval_every and update_idx % tc.eval_every == 0)):
-            keys = ("update", "env_steps", "true_reward", "kl", "train_episode_return")
+        files.after_update(lambda ts=ts: as_checkpoint(ts), update_idx, record, evaluation,
+                           lambda ts=ts: resume.device_state_arrays(resumable(ts)))
+        if log and evaluation is not None:
+            keys = ("update", "env_steps", "true_reward", "kl", "train_episode_return",
+                    "eval_return")
             log(json.dumps({k: record[k] for k in keys if k in record}))
     wall = time.perf_counter() - t_start
-    evaluation = evaluate(trainer, ts.ppo, tc, ppo_config.discount)
-    evaluation.update(update=trainer.num_updates, env_steps=trainer.num_updates
-                      * tc.steps_per_update)
-    if out_dir is not None:
-        checkpoints.save_ppo(
-            out_dir / "final.npz", checkpoint_state(ts.ppo, ppo_config, trainer.num_updates),
-            config=ppo_config, obs_dim=spec.obs_dim, act_dim=spec.act_dim,
-            num_updates=trainer.num_updates, task=spec.to_header(), reward=reward_name,
-            train_config={**config_lib.to_dict(tc), "backend": "mjx",
-                          "solver": config_lib.to_dict(solver) if solver else None},
-            progress={"update": trainer.num_updates,
-                      "env_steps": trainer.num_updates * tc.steps_per_update},
-            extra={"eval": {k: v for k, v in evaluation.items() if k != "returns"}})
-    if log:
-        steps = trainer.num_updates * tc.steps_per_update
+    if files.out_dir is not None and update_idx == trainer.num_updates:
+        files.save(files.out_dir / "final.npz", as_checkpoint(ts), update_idx,
+                   {"eval": _without_returns(evaluations[-1])})
+    if log and history:
+        steps = len(history) * tc.steps_per_update
         later = sum(r["step_s"] for r in history[1:])  # the first update includes compiling
         rate = f"{(steps - tc.steps_per_update) / later:.0f}" if later > 0 else "n/a"
         log(f"{steps} env steps on MJX in {wall:.1f} s (first update, with compiling, "
             f"{history[0]['step_s']:.1f} s; then {rate} steps/s; device {jax.devices()[0]})")
-    return TrainResult(state=ts.ppo, history=history, evaluations=[evaluation],
-                       env_steps=trainer.num_updates * tc.steps_per_update, wall_s=wall,
-                       out_dir=out_dir)
+    return TrainResult(state=ts.ppo, history=history, evaluations=evaluations,
+                       env_steps=update_idx * tc.steps_per_update, wall_s=wall,
+                       out_dir=files.out_dir)
+
+
+def _without_returns(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in evaluation.items() if k != "returns"}
 
 
 __all__ = [
@@ -397,6 +456,8 @@ __all__ = [
     "jitted_trainer",
     "make_optimizer",
     "make_trainer",
+    "resumable",
+    "resume_from",
     "run",
     "set_learning_rate",
 ]

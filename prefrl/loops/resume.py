@@ -75,3 +75,44 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip()]
+
+
+# ------------------------------------------------------------------ device-resident state (MJX)
+
+DEVICE_STATE = "device_state"
+
+
+def device_state_arrays(state: Any) -> dict[str, np.ndarray]:
+    """Every leaf of a device-resident run state (MJX loops) as ``device_state/…`` arrays.
+
+    The whole pytree is stored — physics incl. the solver warm-start, episode
+    returns, optimiser state, pools, label buffers, PRNG keys (as key data) —
+    so the jitted step continues from it exactly as from the state in memory.
+    """
+    import jax
+
+    from prefrl.param_scheme import flatten
+
+    return flatten(jax.device_get(state), DEVICE_STATE)
+
+
+def restore_device_state(template: Any, arrays: Mapping[str, np.ndarray], where: str) -> Any:
+    """``template``'s pytree filled from :func:`device_state_arrays`'s arrays.
+
+    Refuses (``FileFormatError`` naming the array) a missing array, another
+    shape or another dtype: the file was written by a run of other settings,
+    and a silent cast would change the numbers. (The MJX states hold no
+    weak-typed leaf, so the restored state compiles to the same step.)
+    """
+    import jax
+
+    from prefrl.io import FileFormatError
+    from prefrl.param_scheme import _is_key, array_name, unflatten
+
+    for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
+        name = array_name(DEVICE_STATE, path)
+        expected = jax.random.key_data(leaf) if _is_key(leaf) else leaf
+        if name in arrays and arrays[name].dtype != np.dtype(expected.dtype):
+            raise FileFormatError(f"{where}: array {name!r} has dtype {arrays[name].dtype}, "
+                                  f"expected {np.dtype(expected.dtype)} (another precision?)")
+    return unflatten(template, arrays, DEVICE_STATE, where)
