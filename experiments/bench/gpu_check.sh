@@ -10,9 +10,8 @@
 #
 # The device machines have jax (CUDA) but not mujoco, mujoco-mjx, gymnasium or
 # prefrl. Fetch their cp312 wheels here once (33 MB; the tree is ~27 MB, the carry
-# limit 64 MiB), then carry `.whl`:
+# limit 64 MiB; `.whl/` is git-ignored), then carry `.whl`:
 #
-#   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \

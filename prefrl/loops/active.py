@@ -14,7 +14,6 @@ person), so the driver is host code around pure, jitted fits.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -56,13 +55,20 @@ def ensemble_preferences(model: rm.RewardModel, state: rm.RewardModelState, batc
     return jax.nn.sigmoid(rm.pair_logits(model.config, model.network, state.params, batch))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _pool_probs(model: rm.RewardModel, state: rm.RewardModelState, obs: Array, action: Array,
-                mask: Array, first: Array, second: Array) -> Array:
-    # A module-level jit with the state as an argument: refits reuse one compilation.
-    batch = pairs.gather(pairs.Pool(obs, action, mask), first, second,
-                         jnp.zeros(first.shape, jnp.float32))
-    return jax.nn.sigmoid(rm.pair_logits(model.config, model.network, state.params, batch))
+def pool_preferences(model: rm.RewardModel, state: rm.RewardModelState, pool: Any,
+                     first: Array, second: Array) -> Array:
+    """``[M, C]``: each member's P(σ¹ ≻ σ²) for the queries ``(first, second)`` of a pool.
+
+    ``pool`` is any segment pool :func:`prefrl.data.pairs.gather` reads (rows of
+    ``obs``, ``action``, ``mask``); the one gather-then-score of query selection,
+    on the host (:func:`pool_score_fn`, the online loop) and on the device (MJX).
+    """
+    batch = pairs.gather(pool, first, second, jnp.zeros(first.shape, jnp.float32))
+    return ensemble_preferences(model, state, batch)
+
+
+# A module-level jit with the state as an argument: refits reuse one compilation.
+jitted_pool_preferences = jax.jit(pool_preferences, static_argnums=0)
 
 
 def pool_score_fn(
@@ -75,7 +81,8 @@ def pool_score_fn(
     """
     obs, action, mask = (jnp.asarray(x, jnp.float32) for x in (segments.obs, segments.action,
                                                                segments.mask))
-    _probs = lambda first, second: _pool_probs(model, state, obs, action, mask, first, second)
+    pool = pairs.Pool(obs, action, mask)
+    _probs = lambda first, second: jitted_pool_preferences(model, state, pool, first, second)
 
     def score_fn(first: Array, second: Array) -> Array:
         first, second = jnp.asarray(first), jnp.asarray(second)

@@ -62,7 +62,7 @@ from prefrl.learners import ppo
 from prefrl.learners import reward_model as rm
 from prefrl.loops import fit as fit_loop
 from prefrl.loops import ppo_mjx
-from prefrl.loops.active import ensemble_preferences
+from prefrl.loops.active import pool_preferences
 from prefrl.loops.online_config import OnlineConfig, default_reward_config
 from prefrl.loops.ppo import TrainConfig
 from prefrl.types import PairBatch
@@ -297,8 +297,8 @@ def _select(c: OnlineConfig, model: rm.RewardModel, key: PRNGKey, pool: DevicePo
     if c.selection == "uniform":
         values = jnp.zeros(num_candidates)
     else:
-        batch = pairs.gather(pool, first, second, jnp.zeros(num_candidates))
-        values = queries.acquisition(ensemble_preferences(model, reward, batch), c.selection)
+        values = queries.acquisition(pool_preferences(model, reward, pool, first, second),
+                                     c.selection)
         values = jnp.where(round_idx == 0, 0.0, values)
     chosen = queries.oversample_select(key_s, values, n * c.oversample, max_round)
     return first[chosen], second[chosen]

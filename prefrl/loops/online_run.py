@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prefrl import evaluation, oracles
-from prefrl.data import pairs, queries
+from prefrl.data import queries
 from prefrl.data.pool import LabelBuffer, SegmentPool
 from prefrl.data.segments import segment
 from prefrl.learners import ppo
@@ -48,14 +48,6 @@ _evaluate = jax.jit(rm.evaluate, static_argnums=0, static_argnames="chunk")
 @functools.partial(jax.jit, static_argnums=1)
 def _acquisition(probs: jax.Array, method: str) -> jax.Array:
     return queries.acquisition(probs, method)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _pool_probs(model: rm.RewardModel, state: Any, pool: Any, first: jax.Array,
-                second: jax.Array) -> jax.Array:
-    """``[M, C]``: each member's P(σ¹ ≻ σ²) for candidate queries of the pool."""
-    batch = pairs.gather(pool, first, second, jnp.zeros(first.shape, jnp.float32))
-    return active.ensemble_preferences(model, state, batch)
 
 
 def for_ppo(state: Any) -> Any:
@@ -151,7 +143,8 @@ class Run:
         if method == "uniform":
             values = np.zeros(num_candidates)
         else:
-            probs = _pool_probs(self.model, self.rm_state, self.pool_device(), first, second)
+            probs = active.jitted_pool_preferences(self.model, self.rm_state,
+                                                   self.pool_device(), first, second)
             values = np.asarray(_acquisition(probs, method), np.float64)
         chosen = np.asarray(queries.oversample_select(key_s, values, n * self.c.oversample, n))
         return np.asarray(first)[chosen], np.asarray(second)[chosen]
