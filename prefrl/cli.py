@@ -60,13 +60,22 @@ def exit_status(err: BaseException) -> int:
     return 1 if isinstance(err, data_errors) else 2
 
 
+def uses_mjx(args: argparse.Namespace) -> bool:
+    """Whether the command runs MJX: ``--backend mjx``, also among a benchmark's own options."""
+    if getattr(args, "backend", None) == "mjx":
+        return True
+    rest = list(getattr(args, "rest", None) or [])
+    return "--backend=mjx" in rest or any(
+        a == "--backend" and b == "mjx" for a, b in zip(rest, rest[1:], strict=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    configure_jax()
+    configure_jax(mjx=uses_mjx(args))
     try:
         result = args.func(args)
     except ImportError as err:

@@ -113,9 +113,39 @@ def test_configure_jax_adds_host_devices_and_keeps_what_the_user_set():
     mine = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
     configure_jax(mine)
     assert mine == {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+    with_mjx = {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+    configure_jax(with_mjx, mjx=True)
+    assert with_mjx["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=3 "
+                                     "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+    fresh: dict[str, str] = {}
+    configure_jax(fresh, mjx=True)
+    assert fresh["XLA_FLAGS"].endswith(" --xla_cpu_enable_concurrency_optimized_scheduler=false")
     untouched = {"PREFRL_JAX_DEFAULTS": "1"}
-    configure_jax(untouched)
+    configure_jax(untouched, mjx=True)
     assert untouched == {"PREFRL_JAX_DEFAULTS": "1"}
     settings = jax_settings()
     assert settings["cpu_devices"] == 2  # tests/conftest.py, as the command line sets it
     assert isinstance(settings["cpu_async_dispatch"], bool)
+
+
+@pytest.mark.parametrize("argv, mjx", [
+    (["bench", "rollout", "--backend", "mjx"], True),
+    (["train", "ppo", "--backend", "mjx"], True),
+    (["train", "online", "--backend", "mjx"], True),
+    (["train", "ppo"], False),
+    (["bench", "rollout"], False),
+])
+def test_command_sets_the_mjx_cpu_flag_for_mjx_only(monkeypatch, argv, mjx):
+    """MJX on XLA:CPU deadlocks at B >= 1024 without MJX_CPU_FLAG (prefrl.jax_setup)."""
+    from prefrl import cli
+
+    class Stop(Exception):
+        pass
+
+    def record(**kwargs):
+        raise Stop(kwargs)
+
+    monkeypatch.setattr(cli, "configure_jax", record)
+    with pytest.raises(Stop) as err:
+        cli.main(argv)
+    assert err.value.args[0] == {"mjx": mjx}

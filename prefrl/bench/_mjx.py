@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from prefrl.io import atomic_write_json
+from prefrl.jax_setup import jax_settings
 
 
 def device_info() -> dict[str, Any]:
@@ -33,6 +34,7 @@ def device_info() -> dict[str, Any]:
         "machine": platform.platform(),
         "jax": jax.__version__,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "jax_settings": jax_settings(),
     }
 
 
@@ -114,6 +116,7 @@ def ppo_main(args: argparse.Namespace) -> int:
     from prefrl.rollout import require_mjx
 
     require_mjx()
+    from prefrl.evaluation import bootstrap_ci
     from prefrl.learners import ppo
     from prefrl.loops import ppo as training
     from prefrl.loops import ppo_mjx
@@ -155,6 +158,7 @@ def ppo_main(args: argparse.Namespace) -> int:
                                   seed=args.seeds[0], eval_every=0, eval_episodes=1,
                                   checkpoint_every=0, progress=False)
     cpu = training.train(cpu_tc, ppo_config)
+    iqm, low, high = bootstrap_ci([r["eval_return"] for r in runs], seed=0)  # as bench ppo
     cpu_sps = cpu.env_steps / cpu.wall_s
     mjx_sps = S * env_steps / wall
     summary = {
@@ -166,6 +170,8 @@ def ppo_main(args: argparse.Namespace) -> int:
                        for k, v in ppo_config.__dict__.items()},
         "solver": args.mjx_solver, "runs": runs,
         "mean_eval_return": round(float(np.mean([r["eval_return"] for r in runs])), 1),
+        "iqm_eval_return": round(float(iqm), 1),
+        "iqm_eval_return_ci95": [round(float(low), 1), round(float(high), 1)],
         "compile_s": round(compile_s, 1), "train_wall_s": round(wall, 2),
         "env_steps_per_s": round(mjx_sps, 1),
         "c_engine": {"env_steps": cpu.env_steps, "wall_s": round(cpu.wall_s, 2),

@@ -40,8 +40,10 @@ not float32 rounding alone; contacts amplify small differences), so single
 episodes differ by chance (8 episodes: up to 23 % over 100 steps, 4.8 % over
 1000) while the mean return agrees: 1.7 % over 100 steps, 0.65 % over 200,
 0.25 % over 1000 (``tests/test_ppo_mjx.py``). On a 2-core CPU MJX rollouts
-are 5–11× slower than the C engine's and the whole PPO loop 3.5× (README,
-Performance); it is the backend for GPUs.
+are 5–22× slower than the C engine's and the whole PPO loop ~6× (README,
+Backends), with the same returns at 1 M steps; it is the backend for GPUs.
+On a CPU, set ``prefrl.jax_setup.MJX_CPU_FLAG`` in ``XLA_FLAGS`` (the command
+does): without it XLA:CPU deadlocks from B = 1024 environments up.
 
 :func:`run` writes the CPU loop's files (metrics, evaluations, snapshots,
 ``final.npz``) and ``last.npz`` with the whole device state, so a killed run
