@@ -17,7 +17,8 @@ done
 python3 - "$ROOT" "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
-import jax
+from prefrl.jax_setup import configure_jax
+configure_jax(mjx=True)  # record the settings the runs had (the prefrl command's)
 from prefrl.evaluation import bootstrap_ci
 from prefrl.io import atomic_write_json
 from prefrl.bench._mjx import device_info
@@ -36,6 +37,7 @@ atomic_write_json(out, {
     "command": "bash experiments/bench/online_mjx_cpu.sh", "runs": runs,
     "iqm_final_return": round(float(iqm), 1), "iqm_ci95": [round(float(low), 1),
                                                            round(float(high), 1)],
-    "machine": device_info()})
+    "machine": device_info(), "note": "2-core CPU, no GPU lent; the summary process "
+    "records the machine and the command's JAX settings, the runs' logs lie beside them"})
 print(json.dumps({"iqm_final_return": round(float(iqm), 1), "runs": runs}))
 PY
