@@ -374,7 +374,8 @@ def run(
     ``checkpoint_every`` updates, ``last.npz``: a PPO checkpoint that also holds
     the whole device state (``device_state/…``: MJX physics, episode returns,
     optimiser, key), from which running the same command again continues bit
-    for bit; a finished run is not trained again. ``wall_s`` includes
+    for bit; a finished run is not trained again (its result's state is
+    ``final.npz``'s: ``ppo.make_optimizer``'s optimiser structure). ``wall_s`` includes
     compiling (the first update; the log gives both). Raises
     ``checkpoints.NonFiniteError`` when an update diverges.
     """
