@@ -125,7 +125,10 @@ class PairBatch(NamedTuple):
     ``label`` = P(σ¹ ≻ σ²) ∈ [0, 1] (1 first preferred, ½ tie). ``weight`` is
     an optional per-query weight: ``[B]`` (e.g. 0 for a query the oracle
     skipped) or, for reward-model ensembles, ``[M, B]`` per member (bootstrap
-    counts).
+    counts). ``offset`` is an optional known term of each query's logit,
+    ``(score(σ¹) − score(σ²) + offset) / β``: the part of the preference
+    model that is not learned (e.g. the regret model's ``γ^k V(s_k) − V(s_0)``
+    terms from a fixed critic); ``None`` means 0.
     """
 
     obs_1: Array  # [B, k, obs_dim]
@@ -136,6 +139,7 @@ class PairBatch(NamedTuple):
     mask_2: Array  # [B, k]
     label: Array  # [B]
     weight: Array | None = None  # [B] or [M, B]
+    offset: Array | None = None  # [B]
 
     @property
     def size(self) -> int:

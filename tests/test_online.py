@@ -235,3 +235,45 @@ def test_online_labels_beat_a_fixed_random_policy_pool_on_target_speed():
     online_return = final_return()
     offline_return = final_return(initial_fraction=1.0, initial_rollouts=8)
     assert online_return > offline_return + 500, (online_return, offline_return)
+
+
+def test_regret_learner_adds_the_critics_value_terms():
+    """reward_learner='regret': the fit's logits carry σ·(γ^k V(s_k) − V(s_0)) of PPO's critic."""
+    from prefrl.loops import online_mjx
+
+    config = dataclasses.replace(CONFIG, reward_learner="regret", total_steps=8 * 10 * 7)
+    seen = []
+
+    def callback(run, record):
+        a = run.labels.arrays
+        n = run.labels.count
+        offsets = run.critic_offsets()
+        # Recomputed by hand from PPO's critic: σ of r̂ times the two segments' gaps.
+        value = jax.jit(ppo.make_acting(PPO, 1).value)
+        g = PPO.discount ** config.segment_length
+        gap = [g * value(run.ppo_state, a[f"final_obs_{i}"][:n]) - value(run.ppo_state,
+                                                                          a[f"obs_{i}"][:n, 0])
+               for i in (1, 2)]
+        seen.append({"record": dict(record), "offsets": offsets[:n], "n": n,
+                     "by_hand": float(run.rm_state.reward_std) * (gap[0] - gap[1]),
+                     "final_obs": a["final_obs_1"][:n].copy(), "obs": a["obs_1"][:n].copy(),
+                     "discount": run.fit_config.discount})
+
+    result = _train(config, callback=callback)
+    assert result["labels_used"] == config.label_budget
+    assert seen[0]["record"]["critic_offset_std"] == 0.0  # no critic of r̂ before the first fit
+    later = seen[-1]
+    assert later["record"]["critic_offset_std"] > 0
+    np.testing.assert_allclose(later["offsets"], later["by_hand"], rtol=1e-4, atol=1e-5)
+    assert later["discount"] == PPO.discount  # Σ γ^t r̂ with the critic's γ
+    # s_k is stored per labelled segment: same rollout (marker) as the segment, filled rows only.
+    np.testing.assert_array_equal(later["final_obs"][:, 2], later["obs"][:, 0, 2])
+    assert np.all(np.isfinite(later["offsets"]))
+    # The reward config's γ must agree with PPO's; MJX refuses the learner by name.
+    bad = dataclasses.replace(REWARD, discount=0.5)
+    with pytest.raises(ValueError, match="PPO's γ"):
+        online.train(config, PPO, bad, None, env_factory=lambda n, s: MarkerEnv(n, s))
+    with pytest.raises(ValueError, match="--reward-learner regret"):
+        online_mjx.check_supported(config, oracles.OracleConfig())
+    with pytest.raises(ValueError, match="reward_learner"):
+        dataclasses.replace(CONFIG, reward_learner="advantage")

@@ -249,3 +249,64 @@ def write_dataset(path, *, length=10, obs_dim=6, num_queries=200, single_class=F
                            second=data.train[1].astype(np.int32), labels=labels,
                            label_mask={name: np.ones(num_queries, bool) for name in labels})
     return dataset_io.save(path, ds, task="synthetic")
+
+
+def test_offset_is_a_known_term_of_every_logit():
+    """``PairBatch.offset`` adds offset/β to each member's logit; chunked updates carry it."""
+    cfg = small_config(temperature=2.0)
+    learner = rm.make(cfg)
+    batch = eq_batch()  # 10 pairs, chunks of 4: the last chunk is padded
+    offset = jax.random.normal(jax.random.key(7), (batch.size,))
+    shifted = batch._replace(offset=offset)
+    state = learner.init(jax.random.key(0), batch)
+    network = rm.model(cfg).network
+    plain = rm.pair_logits(cfg, network, state.params, batch)
+    with_offset = rm.pair_logits(cfg, network, state.params, shifted)
+    np.testing.assert_allclose(with_offset, plain + offset[None, :] / 2.0, rtol=1e-5, atol=1e-6)
+    # The update's loss is the weighted BT loss of the shifted logits, member by member.
+    _, metrics = jax.jit(learner.update)(state, shifted)
+    label = batch.label[None, :]
+    bt = -(label * jax.nn.log_sigmoid(with_offset) + (1 - label) * jax.nn.log_sigmoid(-with_offset))
+    expected = jnp.sum(batch.weight * bt, axis=1) / jnp.sum(batch.weight, axis=1)
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(rm.evaluate(rm.model(cfg), state, shifted, chunk=3)["loss"],
+                               expected, rtol=1e-5)
+    # The one gather keeps each row's offset; the host check names a bad one.
+    rows = jnp.array([3, 0, 3])
+    np.testing.assert_array_equal(pair_data.take(shifted, rows).offset, offset[rows])
+    with pytest.raises(ValueError, match="offset contains NaN"):
+        pair_data.validate(shifted._replace(offset=offset.at[2].set(jnp.nan)))
+    with pytest.raises(ValueError, match=r"offset must be \[B\]"):
+        pair_data.validate(shifted._replace(offset=offset[:4]))
+
+
+def test_regret_labels_with_known_value_terms_recover_the_reward():
+    """Regret-model labels (Σγ^t r + γ^k V(s_k) − V(s_0)) with V known: passing the V terms as
+    ``offset`` lets the fit recover r; without them r̂ must explain V's part too, and cannot."""
+    from prefrl import evaluation
+    from prefrl.loops import fit as fit_loop
+
+    rng = np.random.default_rng(0)
+    n, k, gamma = 600, 5, 0.9
+    obs = rng.normal(size=(2, n, k + 1, 3)).astype(np.float32)  # s_0 … s_k of each segment
+    act = rng.uniform(-1, 1, size=(2, n, k, 1)).astype(np.float32)
+    reward = obs[..., :k, 0]  # r(s, a) = s[0]
+    value = 4.0 * obs[..., 1]  # a potential on another coordinate, dominating the labels
+    gap = gamma ** k * value[..., k] - value[..., 0]
+    score = (reward * gamma ** np.arange(k)).sum(-1) + gap
+    ones = np.ones((n, k), np.float32)
+    batch = rm.PairBatch(obs[0, :, :k], act[0], ones, obs[1, :, :k], act[1], ones,
+                         (score[0] > score[1]).astype(np.float32))
+    cfg = rm.RewardModelConfig(hidden=(16,), ensemble_size=1, discount=gamma, num_steps=400,
+                               eval_every=400, batch_size=64, learning_rate=1e-2,
+                               normalize=False, chunk_pairs=64, bootstrap=False)
+    probe_obs = rng.normal(size=(500, 3)).astype(np.float32)
+    probe_act = rng.uniform(-1, 1, size=(500, 1)).astype(np.float32)
+    fit = jax.jit(lambda b: fit_loop.fit(jax.random.key(0), cfg, b))
+    pearson = {}
+    for name, b in (("without", batch), ("with", batch._replace(offset=gap[0] - gap[1]))):
+        state = fit(b).state
+        out = np.asarray(rm.combined_output(rm.model(cfg), state, probe_obs, probe_act))
+        pearson[name] = evaluation.pearson(out, probe_obs[:, 0])
+    assert pearson["with"] > 0.95, pearson
+    assert pearson["without"] < 0.8, pearson

@@ -80,8 +80,9 @@ def from_dataset(
 def take(batch: PairBatch, indices: Array) -> PairBatch:
     """Rows ``indices`` of a batch (a ``[M, B]`` weight is indexed on its last axis)."""
     weight = None if batch.weight is None else jnp.take(batch.weight, indices, axis=-1)
+    offset = None if batch.offset is None else jnp.take(batch.offset, indices, axis=0)
     rows = [jnp.take(x, indices, axis=0) for x in batch[:7]]
-    return PairBatch(*rows, weight=weight)
+    return PairBatch(*rows, weight=weight, offset=offset)
 
 
 def subset(dataset: PreferenceDataset, indices: Any) -> PreferenceDataset:
@@ -179,7 +180,9 @@ def validate(batch: PairBatch, *, what: str = "dataset") -> None:
             f"{what}: single-class label set (all {label.size} labels are {label[0]:g}); "
             "preferences need at least two different labels"
         )
-    for name in ("obs_1", "action_1", "obs_2", "action_2"):
+    for name in ("obs_1", "action_1", "obs_2", "action_2", "offset"):
+        if getattr(batch, name) is None:
+            continue
         if not np.all(np.isfinite(np.asarray(getattr(batch, name)))):
             raise ValueError(f"{what}: {name} contains NaN or inf")
 
@@ -210,6 +213,8 @@ def dims(batch: PairBatch) -> tuple[int, int, int]:
         raise ValueError(f"label must be [B] = ({size},), got {batch.label.shape}")
     if batch.weight is not None and batch.weight.shape[-1:] != (size,):
         raise ValueError(f"weight must be [B] or [M, B] with B = {size}, got {batch.weight.shape}")
+    if batch.offset is not None and batch.offset.shape != (size,):
+        raise ValueError(f"offset must be [B] = ({size},), got {batch.offset.shape}")
     return length, obs_dim, batch.action_1.shape[2]
 
 

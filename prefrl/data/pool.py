@@ -80,8 +80,10 @@ class SegmentPool:
 class LabelBuffer:
     """Every labelled query of a run, ``[capacity, k, …]`` per side, weight 0 where empty.
 
-    A copy of both segments is stored (the pool may evict them later).
-    ``split[i]`` is 0 for training rows, 1 for the held-out validation slice.
+    A copy of both segments is stored (the pool may evict them later), with
+    each segment's end state ``s_k`` (``final_obs_1/2``) for the regret model's
+    endpoint value. ``split[i]`` is 0 for training rows, 1 for the held-out
+    validation slice.
     """
 
     def __init__(self, capacity: int, length: int, obs_dim: int, act_dim: int):
@@ -92,6 +94,7 @@ class LabelBuffer:
         self.arrays = {
             "obs_1": z(length, obs_dim), "action_1": z(length, act_dim), "mask_1": z(length),
             "obs_2": z(length, obs_dim), "action_2": z(length, act_dim), "mask_2": z(length),
+            "final_obs_1": z(obs_dim), "final_obs_2": z(obs_dim),
             "label": z(), "keep": z(), "split": z(),
         }
         self.count = 0
@@ -106,6 +109,7 @@ class LabelBuffer:
             self.arrays[f"obs_{side}"][rows] = np.asarray(pool.obs)[idx]
             self.arrays[f"action_{side}"][rows] = np.asarray(pool.action)[idx]
             self.arrays[f"mask_{side}"][rows] = np.asarray(pool.mask)[idx]
+            self.arrays[f"final_obs_{side}"][rows] = np.asarray(pool.next_obs)[idx, -1]
         self.arrays["label"][rows] = label
         self.arrays["keep"][rows] = keep
         self.arrays["split"][rows] = split

@@ -313,8 +313,11 @@ def pair_logits(
     out = out.reshape(out.shape[0], 2 * size, length)
     mask = jnp.concatenate([batch.mask_1, batch.mask_2], axis=0).astype(out.dtype)
     scores = _segment_scores(config, out, mask)  # [M, 2B]
+    first = scores[:, :size]
+    if batch.offset is not None:  # the known part of the logit (e.g. fixed-critic V terms)
+        first = first + batch.offset.astype(first.dtype)[None, :]
     logit = lambda s1, s2: preference.logit(s1, s2, temperature=config.temperature)
-    return jax.vmap(jax.vmap(logit))(scores[:, :size], scores[:, size:])
+    return jax.vmap(jax.vmap(logit))(first, scores[:, size:])
 
 
 # --------------------------------------------------------------------------- the learner
@@ -354,10 +357,11 @@ def _pad_to_multiple(batch: PairBatch, w_mb: Array, chunk: int) -> tuple[PairBat
     pad = (-size) % chunk
     if pad == 0:
         return batch, w_mb
-    padded = [jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) for x in batch[:7]]
+    grow = lambda x: jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+    padded = [grow(x) for x in batch[:7]]
     # Padding rows carry weight 0, so they change neither the loss nor the gradient.
     w_mb = jnp.concatenate([w_mb, jnp.zeros((w_mb.shape[0], pad), w_mb.dtype)], axis=1)
-    return PairBatch(*padded), w_mb
+    return PairBatch(*padded, offset=None if batch.offset is None else grow(batch.offset)), w_mb
 
 
 def make(
@@ -462,7 +466,8 @@ def _chunks(batch: PairBatch, w_mb: Array, chunk: int) -> tuple[PairBatch, Array
     num = padded.size // chunk
     split = lambda x: x.reshape(num, chunk, *x.shape[1:])
     w_c = jnp.moveaxis(w_pad.reshape(w_pad.shape[0], num, chunk), 1, 0)
-    return PairBatch(*(split(x) for x in padded[:7])), w_c
+    offset = None if padded.offset is None else split(padded.offset)
+    return PairBatch(*map(split, padded[:7]), offset=offset), w_c
 
 
 def evaluate(model: RewardModel, state: RewardModelState, batch: PairBatch, chunk: int = 256

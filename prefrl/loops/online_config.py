@@ -13,6 +13,7 @@ from prefrl.learners import reward_model as rm
 from prefrl.loops.schedule import SCHEDULES, label_schedule
 
 SELECTIONS = ("uniform", "disagreement", "entropy")
+REWARD_LEARNERS = ("partial_return", "regret")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,10 @@ class OnlineConfig:
     oversample: int = field(10, "candidates per selected query (B-Pref)")
     valid_fraction: float = field(0.1, "labels held out for validation (not trained on)")
     initial_fit_steps: int = field(600, "reward-fit updates after the first labels")
+    reward_learner: str = field(
+        "partial_return", "what the refits assume: partial_return (BT on summed r̂) or regret "
+        "(BT on Σγ^t r̂ + γ^k V(s_k) − V(s_0), V = PPO's critic of the current policy; "
+        "Knox et al. 2022 with the library Π = {π}); for regret labels")
     initial_rollouts: int = field(
         1, "rollouts of the initial policy whose segments seed the pool (the first is PPO's)")
     offline_dataset: str = field(
@@ -64,6 +69,9 @@ class OnlineConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown selection {self.selection!r}; use one of {SELECTIONS}")
+        if self.reward_learner not in REWARD_LEARNERS:
+            raise ValueError(f"unknown reward_learner {self.reward_learner!r}; use one of "
+                             f"{REWARD_LEARNERS}")
         for name in ("total_steps", "num_envs", "rollout_steps", "refit_every", "segment_length",
                      "segment_stride", "oversample", "initial_fit_steps", "eval_episodes",
                      "initial_rollouts", "checkpoint_every"):
@@ -119,4 +127,4 @@ def default_reward_config(**overrides: Any) -> rm.RewardModelConfig:
     return rm.RewardModelConfig(**base)
 
 
-__all__ = ["SELECTIONS", "OnlineConfig", "default_reward_config"]
+__all__ = ["REWARD_LEARNERS", "SELECTIONS", "OnlineConfig", "default_reward_config"]

@@ -153,6 +153,8 @@ def check_supported(config: OnlineConfig, oracle: oracles.OracleConfig) -> None:
         refused.append("--offline-dataset (labels come from the device pool only)")
     if config.initial_rollouts != 1:
         refused.append("--initial-rollouts other than 1")
+    if config.reward_learner != "partial_return":
+        refused.append("--reward-learner regret (the fixed-critic regret fit is CPU-only)")
     if refused:
         raise ValueError("not supported by --backend mjx: " + "; ".join(refused)
                          + "; use --backend cpu")

@@ -42,6 +42,16 @@ def _segment_returns(model: rm.RewardModel, state: Any, obs: jax.Array, action: 
     return jnp.sum(rm.reward_fn(model, state)(obs, action) * mask, axis=-1)
 
 
+_discounted_scores = jax.jit(rm.segment_scores, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _critic_gap(config: ppo.PPOConfig, act_dim: int, state: Any, first_obs: jax.Array,
+                final_obs: jax.Array, gamma_k: float) -> jax.Array:
+    value = ppo.make_acting(config, act_dim).value
+    return gamma_k * value(state, final_obs) - value(state, first_obs)
+
+
 _evaluate = jax.jit(rm.evaluate, static_argnums=0, static_argnames="chunk")
 
 
@@ -76,6 +86,14 @@ class Run:
         self.obs_dim, self.act_dim = int(self.env.obs_dim), int(self.env.act_dim)
         self.value_fn, self.critic_discount = _critic(config, oracle, self.obs_dim)
         self.reward_config = dataclasses.replace(reward_config, normalize=False)
+        if config.reward_learner == "regret":
+            # The regret score discounts r̂ with PPO's γ, the γ of its critic V.
+            if reward_config.discount not in (1.0, ppo_config.discount):
+                raise ValueError(f"reward_learner='regret' scores segments with PPO's γ = "
+                                 f"{ppo_config.discount}; the reward config's discount is "
+                                 f"{reward_config.discount}")
+            self.reward_config = dataclasses.replace(self.reward_config,
+                                                     discount=ppo_config.discount)
         self.fit_config = self.reward_config
         self.model = rm.model(self.fit_config)
         self.counts = config.schedule_counts()
@@ -97,6 +115,7 @@ class Run:
         self.labels = LabelBuffer(config.label_budget, config.segment_length, self.obs_dim,
                                   self.act_dim)
         self.rm_state: Any = None
+        self.value_scale = 0.0  # σ of r̂ when the critic terms were last computed (regret)
         self.labels_used = 0
         self.timing = {"rollout_s": 0.0, "ppo_s": 0.0, "select_label_s": 0.0, "fit_s": 0.0,
                        "eval_s": 0.0}
@@ -174,6 +193,12 @@ class Run:
         t0 = time.perf_counter()
         key = jax.random.fold_in(self.keys["fit"], round_idx)
         train, valid = self.labels.batch(0), self.labels.batch(1)
+        critic = {}
+        if self.c.reward_learner == "regret":
+            offset = self.critic_offsets()
+            train, valid = train._replace(offset=offset), valid._replace(offset=offset)
+            rows = np.asarray(train.weight) > 0
+            critic = {"critic_offset_std": float(np.std(offset[rows])) if rows.any() else 0.0}
         init = None if self.rm_state is None else self.rm_state.params
         train = jax.tree.map(jnp.asarray, train)
         # The first fit is several refits in a row: one compiled fit serves every round.
@@ -189,6 +214,7 @@ class Run:
         self.ppo_state = self.ppo_state.replace(reward_params=for_ppo(self.rm_state))
         self.timing["fit_s"] += time.perf_counter() - t0
         out = {
+            **critic,
             "fit_train_loss": float(np.mean(fitted.metrics["train_loss"][-1])),
             "fit_train_accuracy": float(np.mean(fitted.metrics["train_accuracy"][-1])),
             "reward_pearson": evaluation.pearson(np.asarray(raw),
@@ -200,6 +226,42 @@ class Run:
                        valid_accuracy=float(np.mean(v["accuracy"])))
         return out
 
+    def critic_gaps(self, first_obs: np.ndarray, final_obs: np.ndarray) -> np.ndarray:
+        """``γ^k V(s_k) − V(s_0)`` per segment, V = PPO's critic (units of PPO's reward)."""
+        gamma_k = float(self.ppo_config.discount) ** int(self.c.segment_length)
+        return np.asarray(_critic_gap(self.ppo_config, self.act_dim, self.ppo_state,
+                                      jnp.asarray(first_obs), jnp.asarray(final_obs), gamma_k))
+
+    def critic_offsets(self) -> np.ndarray:
+        """``[capacity]`` logit offsets of the labelled pairs under the regret learner.
+
+        In r̂'s raw (logit) units: σ · (gap(σ¹) − gap(σ²)), σ = r̂'s std when PPO's
+        critic learned it (its μ cancels: both segments have k steps). Zero
+        before the first fit, when the critic has seen no r̂.
+        """
+        a = self.labels.arrays
+        if self.rm_state is None:
+            self.value_scale = 0.0
+            return np.zeros(self.labels.capacity, np.float32)
+        self.value_scale = float(self.rm_state.reward_std)
+        gap_1 = self.critic_gaps(a["obs_1"][:, 0], a["final_obs_1"])
+        gap_2 = self.critic_gaps(a["obs_2"][:, 0], a["final_obs_2"])
+        return (self.value_scale * (gap_1 - gap_2)).astype(np.float32)
+
+    def segment_scores(self, seg: Any) -> np.ndarray:
+        """``[N]`` each pool segment's score under the learner's own model (for accuracy)."""
+        if self.c.reward_learner != "regret":
+            return np.asarray(_segment_returns(self.model, self.rm_state, seg.obs, seg.action,
+                                               seg.mask))
+        # Σ γ^t r̂ in the standardised units of the new fit; the critic terms were in
+        # raw units × value_scale, so they are rescaled by the new σ (μ cancels).
+        score = np.asarray(_discounted_scores(self.model, self.rm_state, seg.obs, seg.action,
+                                              seg.mask))
+        if self.value_scale:
+            scale = self.value_scale / float(self.rm_state.reward_std)
+            score = score + scale * self.critic_gaps(seg.obs[:, 0], seg.next_obs[:, -1])
+        return score
+
     def heldout(self, round_idx: int, rows: np.ndarray) -> dict[str, float]:
         """Accuracy of r̂ on fresh queries among the newest rollout's segments, per oracle."""
         n = self.c.heldout_queries
@@ -209,9 +271,7 @@ class Run:
         k_pairs, k_pr, k_rg = jax.random.split(key, 3)
         f, s = queries.uniform_pairs(k_pairs, rows.shape[0], n)
         f, s = rows[np.asarray(f)], rows[np.asarray(s)]
-        seg = self.pool_device()
-        score = np.asarray(_segment_returns(self.model, self.rm_state, seg.obs, seg.action,
-                                            seg.mask))
+        score = self.segment_scores(self.pool_device())
         out = {}
         oracle_models = [("partial_return", 1.0)]
         if self.value_fn is not None:
