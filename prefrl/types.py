@@ -128,7 +128,9 @@ class PairBatch(NamedTuple):
     counts). ``offset`` is an optional known term of each query's logit,
     ``(score(σ¹) − score(σ²) + offset) / β``: the part of the preference
     model that is not learned (e.g. the regret model's ``γ^k V(s_k) − V(s_0)``
-    terms from a fixed critic); ``None`` means 0.
+    terms from a fixed critic); ``None`` means 0. The reward models
+    (:mod:`prefrl.learners.reward_model`) read it; CPL/DPO and ``regret_sf``
+    have scores of their own and ignore it.
     """
 
     obs_1: Array  # [B, k, obs_dim]

@@ -237,7 +237,7 @@ def test_online_labels_beat_a_fixed_random_policy_pool_on_target_speed():
     assert online_return > offline_return + 500, (online_return, offline_return)
 
 
-def test_regret_learner_adds_the_critics_value_terms():
+def test_regret_learner_adds_the_critics_value_terms(tmp_path):
     """reward_learner='regret': the fit's logits carry σ·(γ^k V(s_k) − V(s_0)) of PPO's critic."""
     from prefrl.loops import online_mjx
 
@@ -277,3 +277,10 @@ def test_regret_learner_adds_the_critics_value_terms():
         online_mjx.check_supported(config, oracles.OracleConfig())
     with pytest.raises(ValueError, match="reward_learner"):
         dataclasses.replace(CONFIG, reward_learner="advantage")
+    # A killed run resumes to the same rounds (critic terms and held-out scores included).
+    files = dataclasses.replace(config, out_dir=str(tmp_path), checkpoint_every=2)
+    _train(files, stop_after_updates=5)
+    resumed = _train(files)
+    keys = ("critic_offset_std", "fit_train_loss", "heldout_acc_partial_return")
+    assert [[r.get(k) for k in keys] for r in resumed["rounds"]] == [
+        [r.get(k) for k in keys] for r in result["rounds"]]

@@ -71,6 +71,7 @@ def save(run: Run, path: Path, update_idx: int, wall: float) -> None:
         "config": to_dict(run.c), "ppo_config": to_dict(run.ppo_config),
         "reward_config": to_dict(run.reward_config), "oracle": to_dict(run.oracle),
         "labels_used": run.labels_used, "has_reward": run.rm_state is not None,
+        "value_scale": run.value_scale,
         "rounds": jsonable(run.rounds),
         "evals": jsonable(run.evals), "history": run.history, "timing": run.timing,
         "wall_s": run.wall_before + wall,
@@ -104,6 +105,7 @@ def load(run: Run, path: Path) -> int:
     run.pool.load_state_dict(arrays)
     resume.restore_envs({"env": run.env, "eval_env": run.eval_env}, arrays)
     run.labels_used = int(header["labels_used"])
+    run.value_scale = float(header.get("value_scale", 0.0))
     run.rounds, run.evals, run.history = header["rounds"], header["evals"], header["history"]
     run.timing = {k: float(v) for k, v in header["timing"].items()}
     run.wall_before = float(header["wall_s"])

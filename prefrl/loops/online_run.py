@@ -35,14 +35,9 @@ from prefrl.rollout import evaluate_policy
 _standardize = jax.jit(fit_loop.standardize_on_steps, static_argnums=0)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _segment_returns(model: rm.RewardModel, state: Any, obs: jax.Array, action: jax.Array,
-                     mask: jax.Array) -> jax.Array:
-    """``[N]`` partial return of the ensemble-mean r̂ over each segment (for accuracy)."""
-    return jnp.sum(rm.reward_fn(model, state)(obs, action) * mask, axis=-1)
-
-
-_discounted_scores = jax.jit(rm.segment_scores, static_argnums=0)
+# ``[N]`` segment scores of the ensemble's standardised r̂ under the fit's own model
+# (Σ r̂ for partial return; Σ γ^t r̂ with PPO's γ for the regret learner).
+_segment_scores = jax.jit(rm.segment_scores, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -250,14 +245,11 @@ class Run:
 
     def segment_scores(self, seg: Any) -> np.ndarray:
         """``[N]`` each pool segment's score under the learner's own model (for accuracy)."""
-        if self.c.reward_learner != "regret":
-            return np.asarray(_segment_returns(self.model, self.rm_state, seg.obs, seg.action,
-                                               seg.mask))
-        # Σ γ^t r̂ in the standardised units of the new fit; the critic terms were in
-        # raw units × value_scale, so they are rescaled by the new σ (μ cancels).
-        score = np.asarray(_discounted_scores(self.model, self.rm_state, seg.obs, seg.action,
-                                              seg.mask))
-        if self.value_scale:
+        score = np.asarray(_segment_scores(self.model, self.rm_state, seg.obs, seg.action,
+                                           seg.mask))
+        # Regret learner: the critic terms were in raw units × value_scale, so they are
+        # rescaled to the new fit's standardised units (μ cancels between segments).
+        if self.c.reward_learner == "regret" and self.value_scale:
             scale = self.value_scale / float(self.rm_state.reward_std)
             score = score + scale * self.critic_gaps(seg.obs[:, 0], seg.next_obs[:, -1])
         return score
