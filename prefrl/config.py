@@ -22,16 +22,26 @@ class ConfigError(ValueError):
 
 
 def field(default: Any, help: str, *, repeat: bool = False,  # noqa: A002 - mirrors argparse
-          **kwargs: Any) -> Any:
+          result_free: bool = False, **kwargs: Any) -> Any:
     """A dataclass field with help text for ``--help``.
 
     ``repeat`` (tuple fields): the option may be given several times and its
     values accumulate (``--task-param a=1 --task-param b=2``).
+    ``result_free``: the setting does not change what a run computes (output
+    folder, progress bars, threads, how often files are written), so a run
+    may resume under another value (:func:`result_settings` leaves it out).
     """
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for sequence defaults (configs are frozen)")
-    return dataclasses.field(default=default, metadata={"help": help, "repeat": repeat},
-                             **kwargs)
+    return dataclasses.field(
+        default=default, metadata={"help": help, "repeat": repeat, "result_free": result_free},
+        **kwargs)
+
+
+def result_settings(config: Any) -> dict[str, Any]:
+    """:func:`to_dict` without the fields marked ``result_free``: what a resume must match."""
+    free = {f.name for f in dataclasses.fields(config) if f.metadata.get("result_free")}
+    return {k: v for k, v in to_dict(config).items() if k not in free}
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -35,6 +36,32 @@ HEADER_KEY = "__header__"
 
 class FileFormatError(ValueError):
     """A file is missing, truncated, of the wrong kind, or fails validation."""
+
+
+def jsonable(x: Any, *, keep_non_finite: bool = False, strict: bool = False) -> Any:
+    """``x`` as JSON types: the one conversion every writer of JSON uses.
+
+    NumPy/JAX scalars become numbers, arrays lists, mapping keys strings;
+    non-finite floats become None (JSON has no NaN) unless ``keep_non_finite``
+    (Python's ``json`` then writes ``NaN``, which the project's own readers
+    accept). Other objects pass unchanged, or raise ``TypeError`` if ``strict``.
+    """
+    again = lambda v: jsonable(v, keep_non_finite=keep_non_finite, strict=strict)
+    if isinstance(x, Mapping):
+        return {str(k): again(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [again(v) for v in x]
+    if isinstance(x, bool | np.bool_):
+        return bool(x)
+    if isinstance(x, int | np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        return float(x) if keep_non_finite or math.isfinite(float(x)) else None
+    if hasattr(x, "tolist") and hasattr(x, "dtype"):  # NumPy and JAX arrays
+        return again(x.tolist())
+    if strict and not (x is None or isinstance(x, str)):
+        raise TypeError(f"a value of type {type(x).__name__} is not JSON-serialisable")
+    return x
 
 
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")

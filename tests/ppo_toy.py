@@ -82,6 +82,7 @@ class PointMassBatchedEnv:
 
     obs_dim = OBS_DIM
     act_dim = ACT_DIM
+    nq = nv = 1  # qpos = the position, qvel = 0 (a stand-in for the physics state)
 
     def __init__(self, num_envs: int, seed: int, horizon: int = 10, nan_reward: bool = False):
         import numpy as np

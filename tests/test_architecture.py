@@ -157,3 +157,18 @@ def test_modules_and_functions_stay_small():
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _own_lines(node) > 120:
                 too_big[f"{name}.{node.name}"] = _own_lines(node)
     assert too_long == {} and too_big == {}
+
+
+def test_every_package_is_listed_for_a_non_editable_install():
+    """A folder of modules missing from pyproject's ``packages`` vanishes from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {"prefrl." + ".".join(p.relative_to(PACKAGE).parts) if p != PACKAGE else "prefrl"
+             for p in PACKAGE.rglob("*") if p.is_dir() and any(p.glob("*.py"))}
+    found |= {"prefrl.envs." + ".".join(p.relative_to(ROOT / "envs").parts)
+              if p != ROOT / "envs" else "prefrl.envs"
+              for p in (ROOT / "envs").rglob("*") if p.is_dir() and any(p.glob("*.py"))}
+    found.add("prefrl.envs")
+    assert found - listed == set()

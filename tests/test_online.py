@@ -12,9 +12,11 @@ import pytest
 from ppo_toy import PointMassBatchedEnv
 
 from prefrl import oracles
+from prefrl.data.buffers import filled
 from prefrl.learners import ppo
 from prefrl.learners import reward_model as rm
 from prefrl.loops import online
+from prefrl.loops.online import registry
 
 
 class MarkerEnv(PointMassBatchedEnv):
@@ -78,28 +80,30 @@ def _train(config=CONFIG, oracle=None, callback=None, **kwargs):
 def recorded():
     seen = []
 
-    def callback(run, record):
-        pool = run.pool
-        filled = np.arange(pool.capacity) < pool.count
-        markers = pool.arrays["obs"][filled][:, :, 2]
+    def callback(state, record):
+        pool = state.pool
+        rows = np.asarray(filled(pool))
+        markers = np.asarray(pool.data.obs)[rows][:, :, 2]
         seen.append({
             "record": record,
             "update": record["update"],
-            "tags": pool.tags[filled].copy(),
+            "tags": np.asarray(pool.data.tag)[rows].copy(),
             "markers": markers.copy(),
-            "newest_marker": float(pool.arrays["obs"][(pool.head - 1) % pool.capacity, 0, 2]),
-            "probe": np.asarray(rm.reward_fn(run.model, run.rm_state)(PROBE_OBS, PROBE_ACT)),
-            "cache": run.update._cache_size(),
+            "newest_marker": float(pool.data.obs[(int(pool.head) - 1) % pool.capacity, 0, 2]),
+            "reward": state.reward,
         })
 
     result = _train(callback=callback)
+    for s in seen:
+        s["probe"] = np.asarray(rm.reward_fn(result["reward_model"], s["reward"])(PROBE_OBS,
+                                                                                PROBE_ACT))
     return result, seen
 
 
 def test_schedule_of_the_run_spends_the_budget_exactly(recorded):
     result, seen = recorded
     assert sum(result["schedule"]) == CONFIG.label_budget
-    assert result["labels_used"] == CONFIG.label_budget == result["labels"].count
+    assert result["labels_used"] == CONFIG.label_budget == int(result["state"].labels.count)
     assert [s["record"]["labels"] for s in seen] == result["schedule"]
     assert len(seen) == len(CONFIG.round_updates()) == 4
 
@@ -121,7 +125,6 @@ def test_refits_reach_ppo_without_recompiling(recorded):
         assert not np.allclose(a["probe"], b["probe"])
     # … and PPO's jitted update compiled once for the whole run.
     assert result["ppo_update"]._cache_size() == 1
-    assert all(s["cache"] <= 1 for s in seen)
 
 
 def test_round_records_hold_the_logged_quantities(recorded):
@@ -135,44 +138,47 @@ def test_round_records_hold_the_logged_quantities(recorded):
 
 
 def test_no_leak_true_rewards_reach_only_the_oracle(recorded, monkeypatch):
-    """Scramble the rewards PPO's batch carries: the run's results do not change."""
+    """Scramble the rewards the policy learner's batch carries: the run's results do not change."""
     result, _ = recorded
-    original = online.Run.ppo_batch
+    real = registry.POLICY_LEARNERS["ppo"]
 
-    def scrambled(self, traj):
-        batch = original(self, traj)
-        noise = jax.random.normal(jax.random.key(7), batch.reward.shape) * 100.0
-        return batch.replace(reward=noise)
+    def scrambled(**kwargs):
+        learner = real.make(**kwargs)
 
-    monkeypatch.setattr(online.Run, "ppo_batch", scrambled)
-    other = _train()
+        def update(state, traj):
+            noise = jax.random.normal(jax.random.key(7), traj.reward.shape) * 100.0
+            return learner.update(state, traj.replace(reward=noise))
+
+        return learner._replace(update=update)
+
+    monkeypatch.setitem(registry.POLICY_LEARNERS, "ppo_scrambled",
+                        registry.PolicyLearnerSpec(scrambled, "PPO fed noise as the reward"))
+    other = _train(dataclasses.replace(CONFIG, policy_learner="ppo_scrambled"))
     same = jax.tree.map(lambda a, b: np.array_equal(_raw(a), _raw(b)),
                         result["ppo_state"].policy_params, other["ppo_state"].policy_params)
     assert all(jax.tree.leaves(same))
-    np.testing.assert_array_equal(result["labels"].arrays["label"], other["labels"].arrays["label"])
+    np.testing.assert_array_equal(result["state"].labels.data.label,
+                                  other["state"].labels.data.label)
 
 
 def test_label_noise_is_the_offline_oracle_function(monkeypatch):
-    """Online labels come from prefrl.oracles.label_queries with the run's own oracle config."""
+    """Online labels come from prefrl.oracles.label_traced with the run's own oracle config."""
     noisy = oracles.OracleConfig(mistake_prob=0.3, equal_threshold=0.05)
-    calls = []
-    real = oracles.label_queries
+    configs = []
+    real = oracles.label_traced
 
-    def spy(config, key, segments, first, second, value_fn=None):
-        out = real(config, key, segments, first, second, value_fn)
-        calls.append((config, out))
-        return out
+    def spy(config, *args, **kwargs):
+        configs.append(config)
+        return real(config, *args, **kwargs)
 
-    monkeypatch.setattr(oracles, "label_queries", spy)
+    monkeypatch.setattr(oracles, "label_traced", spy)
     config = dataclasses.replace(CONFIG, total_steps=8 * 10 * 2, heldout_queries=0)
     result = _train(config, oracle=noisy)
-    training_calls = [c for c in calls if c[0] is noisy]
-    assert len(training_calls) == 1  # one round: the initial labels
-    n = result["labels"].count
-    np.testing.assert_array_equal(result["labels"].arrays["label"][:n],
-                                  np.asarray(training_calls[0][1].label)[:n])
-    # The irrationalities acted: some ties (equal_threshold) among the labels.
-    assert set(np.unique(result["labels"].arrays["label"][:n])) <= {0.0, 0.5, 1.0}
+    assert noisy in configs  # the training labels (traced once)
+    labels = result["state"].labels
+    n = int(labels.count)
+    assert n == config.label_budget
+    assert set(np.unique(np.asarray(labels.data.label)[:n])) <= {0.0, 0.5, 1.0}
 
 
 @pytest.mark.parametrize(
@@ -205,11 +211,9 @@ def test_killed_run_resumes_to_the_same_final_state(recorded, tmp_path):
     assert not (tmp_path / "result.json").exists()
     resumed = _train(config)
     for a, b in ((result["ppo_state"], resumed["ppo_state"]),
-                 (result["reward_state"].params, resumed["reward_state"].params)):
+                 (result["state"], resumed["state"])):
         same = jax.tree.map(lambda x, y: np.array_equal(_raw(x), _raw(y)), a, b)
         assert all(jax.tree.leaves(same))
-    np.testing.assert_array_equal(result["labels"].arrays["label"],
-                                  resumed["labels"].arrays["label"])
     lines = (tmp_path / "rounds.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [0, 1, 2, 3]  # none repeated
     assert resumed["labels_used"] == CONFIG.label_budget
@@ -237,46 +241,47 @@ def test_online_labels_beat_a_fixed_random_policy_pool_on_target_speed():
     assert online_return > offline_return + 500, (online_return, offline_return)
 
 
-def test_regret_learner_adds_the_critics_value_terms(tmp_path):
-    """reward_learner='regret': the fit's logits carry σ·(γ^k V(s_k) − V(s_0)) of PPO's critic."""
-    from prefrl.loops import online_mjx
+def test_regret_critic_learner_adds_the_critics_value_terms(tmp_path):
+    """reward_learner='regret_critic': the fit's logits carry σ·(γ^k V(s_k) − V(s_0))."""
+    from prefrl.loops.online import cpu
 
-    config = dataclasses.replace(CONFIG, reward_learner="regret", total_steps=8 * 10 * 7)
+    config = dataclasses.replace(CONFIG, reward_learner="regret_critic", total_steps=8 * 10 * 7)
     seen = []
+    built = {}
 
-    def callback(run, record):
-        a = run.labels.arrays
-        n = run.labels.count
-        offsets = run.critic_offsets()
-        # Recomputed by hand from PPO's critic: σ of r̂ times the two segments' gaps.
-        value = jax.jit(ppo.make_acting(PPO, 1).value)
-        g = PPO.discount ** config.segment_length
-        gap = [g * value(run.ppo_state, a[f"final_obs_{i}"][:n]) - value(run.ppo_state,
-                                                                          a[f"obs_{i}"][:n, 0])
-               for i in (1, 2)]
-        seen.append({"record": dict(record), "offsets": offsets[:n], "n": n,
-                     "by_hand": float(run.rm_state.reward_std) * (gap[0] - gap[1]),
-                     "final_obs": a["final_obs_1"][:n].copy(), "obs": a["obs_1"][:n].copy(),
-                     "discount": run.fit_config.discount})
+    def callback(state, record):
+        seen.append({"record": dict(record), "state": state})
 
     result = _train(config, callback=callback)
+    built = cpu._build_cached(cpu._shape_key(config), PPO, REWARD, oracles.OracleConfig(),
+                              (3, 1, 1, 1))
     assert result["labels_used"] == config.label_budget
-    assert seen[0]["record"]["critic_offset_std"] == 0.0  # no critic of r̂ before the first fit
+    assert seen[0]["record"]["critic_offset_std"] == 0.0  # no critic of r̂ before a fit
     later = seen[-1]
     assert later["record"]["critic_offset_std"] > 0
-    np.testing.assert_allclose(later["offsets"], later["by_hand"], rtol=1e-4, atol=1e-5)
-    assert later["discount"] == PPO.discount  # Σ γ^t r̂ with the critic's γ
-    # s_k is stored per labelled segment: same rollout (marker) as the segment, filled rows only.
-    np.testing.assert_array_equal(later["final_obs"][:, 2], later["obs"][:, 0, 2])
-    assert np.all(np.isfinite(later["offsets"]))
-    # The reward config's γ must agree with PPO's; MJX refuses the learner by name.
-    bad = dataclasses.replace(REWARD, discount=0.5)
-    with pytest.raises(ValueError, match="PPO's γ"):
-        online.train(config, PPO, bad, None, env_factory=lambda n, s: MarkerEnv(n, s))
-    with pytest.raises(ValueError, match="--reward-learner regret"):
-        online_mjx.check_supported(config, oracles.OracleConfig())
+    state = later["state"]
+    offsets, scale = jax.jit(built.core.logit_offsets)(state)
+    # By hand from PPO's critic: σ of r̂ times the difference of the two segments' gaps.
+    value = jax.jit(ppo.make_acting(PPO, 1).value)
+    d, n = state.labels.data, int(state.labels.count)
+    g = PPO.discount ** config.segment_length
+    gap = [g * value(state.policy, getattr(d, f"final_obs_{i}")[:n])
+           - value(state.policy, getattr(d, f"obs_{i}")[:n, 0]) for i in (1, 2)]
+    assert float(scale) == float(state.reward.reward_std)
+    np.testing.assert_allclose(offsets[:n], float(scale) * (gap[0] - gap[1]), rtol=1e-4,
+                               atol=1e-5)
+    assert result["reward_model"].config.discount == PPO.discount  # Σ γ^t r̂, the critic's γ
+    # s_k is stored per labelled segment: same rollout (marker) as the segment.
+    np.testing.assert_array_equal(d.final_obs_1[:n, 2], d.obs_1[:n, 0, 2])
+    # The reward config's γ must agree with PPO's; old names warn and keep working.
+    with pytest.raises(ValueError, match="policy's γ"):
+        online.train(config, PPO, dataclasses.replace(REWARD, discount=0.5), None,
+                     env_factory=lambda n, s: MarkerEnv(n, s))
     with pytest.raises(ValueError, match="reward_learner"):
-        dataclasses.replace(CONFIG, reward_learner="advantage")
+        dataclasses.replace(CONFIG, reward_learner="bogus")
+    with pytest.warns(FutureWarning, match="regret_critic"):
+        registry._warned.discard("regret")
+        assert registry.reward_learner("regret").name == "regret_critic"
     # A killed run resumes to the same rounds (critic terms and held-out scores included).
     files = dataclasses.replace(config, out_dir=str(tmp_path), checkpoint_every=2)
     _train(files, stop_after_updates=5)

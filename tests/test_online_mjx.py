@@ -1,4 +1,4 @@
-"""The online preference loop on MJX, a round in one jit (``prefrl.loops.online_mjx``).
+"""The online preference loop on MJX, a round in one jit (``prefrl.loops.online.mjx``).
 
 MJX compiles slowly on CPU (~20 s per round function), so one jitted round at
 tiny sizes (B = 4, T = 8, segments of 4, a 32-segment pool, 2 rounds of 2
@@ -26,8 +26,10 @@ from prefrl import checkpoints, cli, evaluation, oracles  # noqa: E402
 from prefrl.data import queries  # noqa: E402
 from prefrl.data.segments import grid_segments  # noqa: E402
 from prefrl.learners import ppo  # noqa: E402
-from prefrl.loops import online_mjx, online_mjx_run  # noqa: E402
-from prefrl.loops.online_config import OnlineConfig, default_reward_config  # noqa: E402
+from prefrl.loops.online import core as core_lib  # noqa: E402
+from prefrl.loops.online import mjx as online_mjx  # noqa: E402
+from prefrl.loops.online import mjx_run as online_mjx_run  # noqa: E402
+from prefrl.loops.online.config import OnlineConfig, default_reward_config  # noqa: E402
 from prefrl.types import Segments, Trajectory  # noqa: E402
 
 B, T, K, ROUNDS, REFIT = 4, 8, 4, 2, 2
@@ -75,27 +77,28 @@ def test_round_shapes_finite_metrics_and_exact_label_budget(jitted, host_runs):
     # 2 windows of 4 steps per column × 4 columns = 8 segments a rollout; 4 rollouts fill 32.
     assert trainer.segments_per_rollout == 8 and trainer.num_rounds == ROUNDS
     assert int(state.pool.count) == 32 and int(state.pool.head) == 0
-    assert state.pool.obs.shape == (32, K, 17) and state.pool.action.shape == (32, K, 6)
+    assert state.pool.data.obs.shape == (32, K, 17) and state.pool.data.action.shape == (32, K, 6)
+    assert state.pool.data.qpos.shape == (32, 2, 9)  # first and last step's physics state
     # Constant schedule, half the budget up front: 6 + 6 = 12, exactly.
     np.testing.assert_array_equal(trainer.counts, [6, 6])
     np.testing.assert_array_equal(metrics["labels"], [6, 6])
     np.testing.assert_array_equal(metrics["labels_used"], [6, 12])
-    labels = state.labels
-    assert int(labels.count) == CONFIG.label_budget == labels.keep.shape[0]
+    labels = state.labels.data
+    assert int(state.labels.count) == CONFIG.label_budget == labels.keep.shape[0]
     assert float(labels.keep.sum()) == 12  # no skip rule: every query kept
     # valid_fraction 0.1: every 10th label by position (row 9) is held out.
     np.testing.assert_array_equal(np.nonzero(np.asarray(labels.split))[0], [9])
-    assert set(np.unique(labels.pairs.label)) <= {0.0, 1.0}  # sampled labels
-    assert float(jnp.abs(labels.pairs.obs_1).sum(axis=(1, 2)).min()) > 0  # every row written
+    assert set(np.unique(labels.label)) <= {0.0, 1.0}  # sampled labels
+    assert float(jnp.abs(labels.obs_1).sum(axis=(1, 2)).min()) > 0  # every row written
     for name in ("true_reward", "proxy_reward", "value_loss", "fit_train_loss",
                  "fit_train_accuracy", "reward_pearson", "heldout_acc_partial_return"):
         assert metrics[name].shape == (ROUNDS,) and np.all(np.isfinite(metrics[name])), name
     assert np.isnan(metrics["valid_accuracy"][0]) and np.isfinite(metrics["valid_accuracy"][1])
     assert not metrics["nonfinite"].any()
     # PPO optimises the standardised learned reward, set on the refit's rollout.
-    reward = state.train.ppo.reward_params
+    reward = state.policy.ppo.reward_params
     assert reward.opt_state is None and float(reward.reward_std) > 0
-    assert int(state.train.ppo.step) == ROUNDS * REFIT
+    assert int(state.policy.ppo.step) == ROUNDS * REFIT
 
 
 def test_no_recompilation_across_rounds(jitted, host_runs):
@@ -132,19 +135,19 @@ def test_vmapped_train_equals_seeds_one_at_a_time(jitted):
             alone, m = round_fn(alone, jnp.int32(r))
             history.append(m)
         pick = lambda x, i=i: x[i]
-        for got, want in ((state.train.ppo.policy_params, alone.train.ppo.policy_params),
-                          (state.train.ppo.reward_params, alone.train.ppo.reward_params),
-                          (state.labels.pairs.label, alone.labels.pairs.label),
-                          (state.labels.keep, alone.labels.keep)):
+        for got, want in ((state.policy.ppo.policy_params, alone.policy.ppo.policy_params),
+                          (state.policy.ppo.reward_params, alone.policy.ppo.reward_params),
+                          (state.labels.data.label, alone.labels.data.label),
+                          (state.labels.data.keep, alone.labels.data.keep)):
             jax.tree.map(close, jax.tree.map(pick, got), want)
         # Observations and rewards are MJX physics in float32: batched and unbatched contact
         # arithmetic round differently and contacts amplify it (measured: up to 1e-2 in
         # joint velocities of the 4th rollout, while parameters and labels agree to 1e-5);
         # a row written to the wrong place would differ by O(1).
         physics = lambda a, b: np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)
-        physics(state.pool.obs[i], alone.pool.obs)
-        physics(state.pool.reward[i], alone.pool.reward)
-        physics(state.labels.pairs.obs_1[i], alone.labels.pairs.obs_1)
+        physics(state.pool.data.obs[i], alone.pool.data.obs)
+        physics(state.pool.data.reward[i], alone.pool.data.reward)
+        physics(state.labels.data.obs_1[i], alone.labels.data.obs_1)
         close(metrics["labels_used"][i], np.stack([h["labels_used"] for h in history]))
         # Means over rollouts: physics again (measured: 6e-5 relative in round 2's reward).
         for name in ("true_reward", "proxy_reward", "fit_train_loss", "reward_pearson",
@@ -156,22 +159,23 @@ def test_vmapped_train_equals_seeds_one_at_a_time(jitted):
     mixed = inputs._replace(reward_learning_rate=jnp.asarray([REWARD.learning_rate, 0.0]))
     state0, _ = train(keys, mixed)
     assert train._cache_size() == 1
-    members = state0.train.ppo.reward_params.params
+    members = state0.policy.ppo.reward_params.params
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(lambda x: x[1], members),
-                 jax.tree.map(lambda x: x[1], state.train.ppo.reward_params.params))
+                 jax.tree.map(lambda x: x[1], state.policy.ppo.reward_params.params))
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a[0] - b[0]).max()), members,
-                         state.train.ppo.reward_params.params)
+                         state.policy.ppo.reward_params.params)
     assert max(jax.tree.leaves(moved)) > 1e-3
 
 
-def _pool() -> online_mjx.DevicePool:
+def _pool() -> core_lib.PoolItem:
     # Returns: segment 0 scores 4, segment 1 scores 2, segment 2 scores 1 + 1 (its last
     # step is masked: 1 + 1 + 0 and the 5 there does not count).
     reward = jnp.asarray([[1.0, 1, 1, 1], [0.5, 0.5, 0.5, 0.5], [1.0, 1, 0, 5]])
     mask = jnp.asarray([[1.0, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])
     obs = jnp.arange(3 * K * 2, dtype=jnp.float32).reshape(3, K, 2)
-    return online_mjx.DevicePool(obs=obs, action=-obs[..., :1], reward=reward, mask=mask,
-                                 count=jnp.int32(3), head=jnp.int32(0))
+    return core_lib.PoolItem(obs=obs, action=-obs[..., :1], reward=reward, next_obs=obs,
+                             mask=mask, qpos=jnp.zeros((3, 2, 9)), qvel=jnp.zeros((3, 2, 9)),
+                             tag=jnp.zeros(3, jnp.int32))
 
 
 def test_device_labels_equal_the_cpu_oracle_known_answer():
@@ -201,22 +205,27 @@ def test_device_labels_equal_the_cpu_oracle_known_answer():
     np.testing.assert_allclose(many.mean(0), [0.731, 0.269, 0.5, 0.269], atol=0.03)
 
 
-def test_append_writes_exactly_n_rows_and_holds_out_by_position():
+def test_add_writes_exactly_n_rows_and_holds_out_by_position():
     pool = _pool()
-    cfg = OnlineConfig(valid_fraction=0.25)  # every 4th label (position 3, 7 …) held out
-    empty = online_mjx._empty_pairs(5, K, 2, 1)
-    labels = online_mjx.DeviceLabels(pairs=empty, keep=jnp.zeros(5), split=jnp.zeros(5),
-                                     count=jnp.int32(2))
+    cfg = OnlineConfig(valid_fraction=0.25, label_budget=5, num_envs=2, rollout_steps=4,
+                       segment_length=K, segment_stride=K, pool_capacity=4)
+    core = core_lib.make_core(cfg, REWARD, policy_discount=0.99, oracle_discount=1.0,
+                              counts=np.asarray([3, 2]))
+    state = core.init(jax.random.key(0), None, 2, 1, 9, 9)
+    # Two labels already there: every 4th label by position (3, 7 …) is held out.
+    state = state.replace(labels=state.labels.replace(count=jnp.int32(2), head=jnp.int32(2)))
     lab = oracles.Labels(label=jnp.asarray([1.0, 0.0, 1.0]), keep=jnp.asarray([True, False, True]),
                          score_1=jnp.zeros(3), score_2=jnp.zeros(3))
-    out = jax.jit(online_mjx._append, static_argnums=0)(
-        cfg, labels, pool, jnp.asarray([0, 1, 2]), jnp.asarray([1, 2, 0]), lab, jnp.int32(2))
+    items = core_lib.label_items(pool, jnp.asarray([0, 1, 2]), jnp.asarray([1, 2, 0]), lab, 1)
+    out = jax.jit(core.add)(state, items, jnp.int32(2)).labels
     assert int(out.count) == 4
-    np.testing.assert_array_equal(out.pairs.label, [0, 0, 1, 0, 0])
-    np.testing.assert_array_equal(out.keep, [0, 0, 1, 0, 0])  # the second query was skipped
-    np.testing.assert_array_equal(out.split, [0, 0, 0, 1, 0])
-    np.testing.assert_array_equal(out.pairs.obs_1[2:4], pool.obs[jnp.asarray([0, 1])])
-    np.testing.assert_array_equal(out.pairs.obs_1[4], 0)  # the third query is past n
+    np.testing.assert_array_equal(out.data.label, [0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(out.data.keep, [0, 0, 1, 0, 0])  # the second was skipped
+    np.testing.assert_array_equal(out.data.split, [0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(out.data.round, [0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(out.data.obs_1[2:4], pool.obs[jnp.asarray([0, 1])])
+    np.testing.assert_array_equal(out.data.final_obs_1[2:4], pool.obs[jnp.asarray([0, 1]), -1])
+    np.testing.assert_array_equal(out.data.obs_1[4], 0)  # the third query is past n
 
 
 def test_grid_segments_mask_steps_after_an_episode_end():
@@ -285,10 +294,10 @@ def test_cli_train_online_mjx_writes_rounds_and_checkpoints(jitted, host_runs, t
     state, header = checkpoints.load_ppo(out / "final.npz")
     # Seed 0 through the CLI is the host run of seed 0: the same parameters.
     jax.tree.map(np.testing.assert_array_equal, state.policy_params,
-                 host_runs[0][0].train.ppo.policy_params)
+                 host_runs[0][0].policy.ppo.policy_params)
     assert header["train_config"]["backend"] == "mjx"
     (_, reward), _ = checkpoints.load_reward_model(out / "reward_model.npz")
-    np.testing.assert_allclose(reward.reward_std, host_runs[0][0].train.ppo.reward_params
+    np.testing.assert_allclose(reward.reward_std, host_runs[0][0].policy.ppo.reward_params
                                .reward_std, rtol=1e-6)
     assert json.loads((out / "result.json").read_text())["labels_used"] == 12
     assert jitted[2]._cache_size() == 1  # the command reused the compiled round
@@ -310,9 +319,10 @@ def test_killed_run_resumes_bit_for_bit(jitted, host_runs, tmp_path):
     np.testing.assert_array_equal([r["labels_used"] for r in rounds], [6, 12])
     np.testing.assert_array_equal([r["reward_pearson"] for r in rounds],
                                   want_metrics["reward_pearson"].astype(np.float64))
-    jax.tree.map(np.testing.assert_array_equal, second["state"].train.ppo.policy_params,
-                 want_state.train.ppo.policy_params)
-    jax.tree.map(np.testing.assert_array_equal, second["state"].labels, want_state.labels)
+    jax.tree.map(np.testing.assert_array_equal, second["state"].policy.ppo.policy_params,
+                 want_state.policy.ppo.policy_params)
+    jax.tree.map(np.testing.assert_array_equal, second["state"].labels.data,
+                 want_state.labels.data)
     evals = [json.loads(x) for x in (out / "evals.jsonl").read_text().splitlines()]
     assert [e["update"] for e in evals] == [2, 4]  # after each round: eval_every = REFIT
     assert json.loads((out / "result.json").read_text())["labels_used"] == 12
@@ -347,7 +357,7 @@ def test_online_mjx_learns_a_correlated_reward_and_improves_the_return():
     tc = online_mjx.ppo_train_config(config, trainer.num_rounds * config.refit_every)
     from prefrl.loops import ppo_mjx
 
-    before = ppo_mjx.evaluate(trainer.ppo, start.train.ppo, tc, ppo_config.discount)
+    before = ppo_mjx.evaluate(trainer.ppo, start.policy.ppo, tc, ppo_config.discount)
     result = online_mjx_run.run(config, ppo_config, reward_config, oracles.OracleConfig())
     last = result["rounds"][-1]
     assert last["reward_pearson"] > 0.3, result["rounds"]

@@ -11,7 +11,7 @@ differs:
   shipped expert's critic V_E, γ = 0.99), fitted by the partial-return
   learner (which then learns Â and PPO optimises it: Knox et al. 2023);
 * ``online-regretfit-1000``: regret labels fitted by the regret learner
-  (``reward_learner="regret"``: Σγ^t r̂ plus PPO's own critic terms
+  (``reward_learner="regret_critic"``: Σγ^t r̂ plus PPO's own critic terms
   ``γ^k V(s_k) − V(s_0)``, Knox et al. 2022 with Π = {current policy});
 * ``offline-initial-1000``: all 1000 labels before any RL, from a fixed pool
   of the *initial* policy's rollouts (8 rollouts, 1024 segments), then PPO on
@@ -124,7 +124,7 @@ def run_one(key: str, row: str, seed: int, total_steps: int) -> dict[str, Any]:
     if model in ("regret", "regretfit"):
         oracle = oracles.OracleConfig(model="regret", discount=0.99)
     if model == "regretfit":
-        config.update(reward_learner="regret")
+        config.update(reward_learner="regret_critic")
     if kind == "offline" and model == "initial":
         config.update(initial_fraction=1.0, initial_rollouts=8)
     elif kind == "offline" and model == "snapshot":

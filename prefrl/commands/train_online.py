@@ -15,7 +15,7 @@ ends with one JSON line.
 
 GPU: ``--backend mjx`` runs each round (PPO updates on MJX, the segment
 pool, query selection, oracle labels and the reward refit) as one compiled
-function on the device (``prefrl.loops.online_mjx``; needs ``pip install -e
+function on the device (``prefrl.loops.online.mjx``; needs ``pip install -e
 ".[mjx]"``; the ``--mjx-*`` options set its solver). It writes
 ``rounds.jsonl``, ``evals.jsonl`` (the policy on the C engine every
 ``--eval-every`` updates), ``last.npz`` (the whole device state: running the
@@ -44,7 +44,7 @@ from prefrl.learners import ppo
 from prefrl.learners import reward_model as rm
 
 if TYPE_CHECKING:
-    from prefrl.loops.online_config import OnlineConfig
+    from prefrl.loops.online.config import OnlineConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -98,7 +98,7 @@ def _run_mjx(args: argparse.Namespace, config: OnlineConfig, ppo_config: ppo.PPO
     from prefrl.rollout import require_mjx
 
     require_mjx()
-    from prefrl.loops import online_mjx_run
+    from prefrl.loops.online import mjx_run as online_mjx_run
 
     solver = config_lib.from_args(SolverOptions, args, prefix="mjx-")
     result = online_mjx_run.run(config, ppo_config, reward_config, oracle, solver=solver,

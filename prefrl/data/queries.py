@@ -23,7 +23,6 @@ the pool.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +31,43 @@ import numpy as np
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]  # (first [C], second [C]) -> P(first ≻ second) [M, C]
 
-METHODS = ("uniform", "disagreement", "entropy")
+
+
+def disagreement(probs: Array) -> Array:
+    """``[C]`` variance of P across ensemble members ``[M, C]`` (Christiano et al. 2017)."""
+    return jnp.var(probs, axis=0)
+
+
+def entropy(probs: Array) -> Array:
+    """``[C]`` binary entropy of the members' mean P: ``−p log p − (1 − p) log(1 − p)``."""
+    p = jnp.clip(jnp.mean(probs, axis=0), 1e-7, 1 - 1e-7)
+    return -(p * jnp.log(p) + (1 - p) * jnp.log1p(-p))
+
+
+# The acquisition rules: name -> ``values(P [M, C]) -> [C]`` (larger is asked first), or
+# None for uniform choice. The single list of its kind: config validation, CLI choices,
+# sweeps and docs read it; ``register_acquisition`` adds one (docs/design.md, "add a query rule").
+ACQUISITIONS: dict[str, Callable[[Array], Array] | None] = {
+    "uniform": None,
+    "disagreement": disagreement,
+    "entropy": entropy,
+}
+
+
+def register_acquisition(name: str, values: Callable[[Array], Array]) -> None:
+    """Add a query rule: ``values(P [M, C]) -> [C]`` acquisition values (traceable)."""
+    if not isinstance(name, str) or not name or not callable(values):
+        raise TypeError("register_acquisition(name: str, values: callable P [M, C] -> [C])")
+    if name in ACQUISITIONS:
+        raise ValueError(f"acquisition rule {name!r} is already registered")
+    ACQUISITIONS[name] = values
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # METHODS: the registered rule names, read when asked (rules registered later included).
+    if name == "METHODS":
+        return tuple(ACQUISITIONS)
+    raise AttributeError(name)
 
 
 def uniform_pairs(key: Array, num_segments: int | Array, budget: int) -> tuple[Array, Array]:
@@ -143,21 +178,20 @@ def _as_pairs(candidates: tuple[Array, Array] | Array) -> tuple[Array, Array]:
     return first, second
 
 
-def acquisition(probs: Array, method: Literal["disagreement", "entropy"]) -> Array:
-    """``[C]`` acquisition values from an ensemble's ``P(first ≻ second)`` ``[M, C]``.
+def acquisition(probs: Array, method: str) -> Array:
+    """``[C]`` acquisition values of a registered rule from ``P(first ≻ second)`` ``[M, C]``.
 
-    * disagreement: variance of P across members (Christiano et al. 2017);
-    * entropy: binary entropy of the mean P, ``−p log p − (1 − p) log(1 − p)``.
+    See :data:`ACQUISITIONS` (``disagreement``: variance of P across members;
+    ``entropy``: binary entropy of the mean P).
     """
     probs = jnp.asarray(probs)
     if probs.ndim != 2:
         raise ValueError(f"score_fn must return [M, C] probabilities, got shape {probs.shape}")
-    if method == "disagreement":
-        return jnp.var(probs, axis=0)
-    if method == "entropy":
-        p = jnp.clip(jnp.mean(probs, axis=0), 1e-7, 1 - 1e-7)
-        return -(p * jnp.log(p) + (1 - p) * jnp.log1p(-p))
-    raise ValueError(f"unknown acquisition method {method!r}; use one of {METHODS[1:]}")
+    rule = ACQUISITIONS.get(method)
+    if rule is None:
+        raise ValueError(f"unknown acquisition method {method!r}; use one of "
+                         f"{[m for m, f in ACQUISITIONS.items() if f is not None]}")
+    return rule(probs)
 
 
 def oversample_select(key: Array, values: Array, num_compete: int | Array, num: int) -> Array:
@@ -168,8 +202,7 @@ def oversample_select(key: Array, values: Array, num_compete: int | Array, num: 
     first ``num_compete`` (e.g. ``oversample × n``, may be traced) compete, the
     rest count as −∞. Order: largest value first, equal values in a random
     order from ``key`` (so ``uniform``, all values equal, is a random choice).
-    The host loop (:mod:`prefrl.loops.online_run`) and the device loop
-    (:mod:`prefrl.loops.online_mjx`) both select with it.
+    The online core (:mod:`prefrl.loops.online.core`) selects with it on both backends.
     """
     values = jnp.asarray(values)
     values = jnp.where(jnp.arange(values.shape[0]) < num_compete, values, -jnp.inf)
@@ -182,7 +215,7 @@ def select_queries(
     candidates: tuple[Array, Array] | Array,
     budget: int,
     score_fn: ScoreFn | None = None,
-    method: Literal["uniform", "disagreement", "entropy"] = "uniform",
+    method: str = "uniform",
 ) -> tuple[Array, Array]:
     """Choose ``budget`` of the C candidate queries.
 
@@ -200,14 +233,14 @@ def select_queries(
       ``(first [budget], second [budget])``, the chosen candidates in
       decreasing acquisition order (uniform: random order).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    if method not in ACQUISITIONS:
+        raise ValueError(f"unknown method {method!r}; use one of {tuple(ACQUISITIONS)}")
     first, second = _as_pairs(candidates)
     num = first.shape[0]
     if not 0 <= budget <= num:
         raise ValueError(f"budget must be in [0, {num}] (number of candidates), got {budget}")
     perm = jax.random.permutation(key, num)
-    if method == "uniform":
+    if ACQUISITIONS[method] is None:
         chosen = perm[:budget]
     else:
         if score_fn is None:

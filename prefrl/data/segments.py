@@ -91,7 +91,7 @@ def segment(traj: Trajectory, length: int, stride: int) -> Segments:
 def grid_segments(traj: Trajectory, length: int, stride: int) -> Segments:
     """``Trajectory [T, B, …] -> Segments [B·S, length, …]`` with static shapes (jnp; traceable).
 
-    The device-side cut of :mod:`prefrl.loops.online_mjx`: starts at ``t = 0,
+    The device-side cut of :mod:`prefrl.loops.online.mjx`: starts at ``t = 0,
     stride, …`` (``S = (T − length) // stride + 1`` per column, the grid of
     the rollout rather than of each episode), ordered by (b, t) like
     :func:`segment`. A window that crosses an episode end is kept with

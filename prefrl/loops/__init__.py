@@ -7,7 +7,8 @@
 - :mod:`prefrl.loops.ppo` — PPO from batched CPU rollouts (true or learned reward,
   KL to π_ref), checkpoints and resume;
 - :mod:`prefrl.loops.online` — online preference-based RL (Christiano et al. 2017):
-  PPO on a reward refitted on labels of the current policy's segments;
+  one core (pure buffers, one state, one round) for the C-engine and MJX backends,
+  with registries of online reward learners and policy learners;
 - :mod:`prefrl.loops.schedule` — label schedules with an exact budget;
 - :mod:`prefrl.loops.active` — active query selection in rounds.
 """

@@ -2,7 +2,7 @@
 
 Each round fits a reward-model ensemble on every label gathered so far,
 scores the remaining candidate queries by the members' predicted
-P(σ¹ ≻ σ²) (:func:`prefrl.learners.reward_model.pool_score_fn`) and asks the
+P(σ¹ ≻ σ²) (:func:`pool_score_fn`) and asks the
 oracle about the ``per_round`` most informative ones
 (:func:`prefrl.data.queries.select_queries`: variance of P across members,
 "disagreement", or entropy of the mean P; ``uniform`` is the baseline).
@@ -61,7 +61,7 @@ def pool_preferences(model: rm.RewardModel, state: rm.RewardModelState, pool: An
 
     ``pool`` is any segment pool :func:`prefrl.data.pairs.gather` reads (rows of
     ``obs``, ``action``, ``mask``); the one gather-then-score of query selection,
-    on the host (:func:`pool_score_fn`, the online loop) and on the device (MJX).
+    for the online core's select (both backends) and :func:`pool_score_fn` (host rounds).
     """
     batch = pairs.gather(pool, first, second, jnp.zeros(first.shape, jnp.float32))
     return ensemble_preferences(model, state, batch)

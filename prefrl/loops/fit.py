@@ -5,7 +5,7 @@ samples a minibatch of the labelled queries, weights it by every member's
 bootstrap counts (Christiano et al. 2017; B-Pref) and applies the learner's
 ``update``; every ``eval_every`` steps each member's validation loss picks its
 best parameters (early stopping without leaving the scan); at the end the
-output is standardised (:func:`prefrl.learners.reward_model.normalize`).
+output is standardised (:func:`normalize`).
 :func:`check_finite` turns a diverged fit into a clear host-side error.
 """
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from prefrl import checkpoints
 from prefrl.config import field
+from prefrl.io import jsonable
 from prefrl.learners import ppo
 from prefrl.loops import resume
 from prefrl.loops.ppo_files import EpisodeTracker as _EpisodeTracker
@@ -62,17 +63,22 @@ class TrainConfig:
     num_envs: int = field(64, "parallel environments (B)")
     rollout_steps: int = field(64, "steps per environment per update (T)")
     seed: int = field(0, "seed of the learner and the environments")
-    eval_every: int = field(25, "evaluate every this many updates (0: only at the end)")
-    eval_episodes: int = field(8, "deterministic evaluation episodes (run in parallel)")
-    checkpoint_every: int = field(25, "write last.npz every this many updates (0: only at end)")
+    eval_every: int = field(25, "evaluate every this many updates (0: only at the end)",
+                            result_free=True)
+    eval_episodes: int = field(8, "deterministic evaluation episodes (run in parallel)",
+                               result_free=True)
+    checkpoint_every: int = field(25, "write last.npz every this many updates (0: only at end)",
+                                  result_free=True)
     snapshots: tuple[float, ...] = field(
         (0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
-        "fractions of training at which to keep a snapshot checkpoint",
+        "fractions of training at which to keep a snapshot checkpoint", result_free=True,
     )
-    out_dir: str | None = field(None, "output folder (checkpoints, metrics.jsonl); None: none")
-    resume: bool = field(True, "resume from out_dir/last.npz when it exists")
-    progress: bool = field(True, "show a progress bar")
-    num_threads: int | None = field(None, "physics threads (default: all cores)")
+    out_dir: str | None = field(None, "output folder (checkpoints, metrics.jsonl); None: none",
+                                result_free=True)
+    resume: bool = field(True, "resume from out_dir/last.npz when it exists", result_free=True)
+    progress: bool = field(True, "show a progress bar", result_free=True)
+    num_threads: int | None = field(None, "physics threads (default: all cores)",
+                                    result_free=True)
 
     def __post_init__(self) -> None:
         if self.total_steps < 1 or self.num_envs < 1 or self.rollout_steps < 1:
@@ -121,16 +127,6 @@ def _check_finite(x: np.ndarray, what: str) -> None:
     if not np.all(np.isfinite(x)):
         t, b = np.argwhere(~np.isfinite(x))[0][:2]
         raise ValueError(f"non-finite {what} (first at step {t}, env {b}): {x[t, b]}")
-
-
-def _to_jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in metrics.items():
-        arr = np.asarray(v)
-        out[k] = arr.item() if arr.ndim == 0 else arr.tolist()
-        if isinstance(out[k], bool | np.bool_):
-            out[k] = bool(out[k])
-    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -211,7 +207,7 @@ def _rollout_and_update(env: Any, update: Callable[..., Any], state: ppo.PPOStat
     if bool(metrics["nonfinite"]):
         raise checkpoints.NonFiniteError(
             f"PPO update {update_idx} produced non-finite values: {_diverged(metrics)}")
-    record = _to_jsonable(metrics)
+    record = jsonable(metrics, keep_non_finite=True)
     episodes = tracker.pop()
     if episodes:
         record["train_episode_return"] = float(np.mean(episodes))

@@ -187,7 +187,7 @@ def _check_same_run(
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     saved_tc = header.get("train_config", {})
     now_tc = config_lib.to_dict(tc)
-    keys = ("task", "task_param", "total_steps", "num_envs", "rollout_steps", "seed")
+    keys = config_lib.result_settings(tc)  # the fields not marked result_free
     saved_tc = {"task_param": [], **saved_tc}  # files from before task parameters: defaults
     diff += [f"train.{k}" for k in keys if saved_tc.get(k) != now_tc.get(k)]
     diff += [f"train.{k}" for k, v in (extra or {}).items()

@@ -126,7 +126,7 @@ class Trainer(NamedTuple):
     stacked over the ``num_updates`` updates. ``step`` is ``update(*collect(ts))``:
     ``collect(ts) -> (ts, traj [T, B, …])`` is the rollout alone and
     ``update(ts, traj) -> (ts, metrics)`` the learner's update on it, so a
-    caller (the online loop, :mod:`prefrl.loops.online_mjx`) can use the
+    caller (the online loop, :mod:`prefrl.loops.online.mjx`) can use the
     rollout between the two.
     """
 

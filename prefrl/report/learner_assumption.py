@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefrl.io import atomic_write_json, atomic_write_text
-from prefrl.studies.learner_assumption import jsonable
+from prefrl.io import atomic_write_json, atomic_write_text, jsonable
 from prefrl.studies.learner_assumption_config import METRICS, RESULT_STEM
 
 _HEADS = {"acc_pr": "acc vs PR labels", "acc_regret": "acc vs regret labels",

@@ -49,12 +49,6 @@ def tidy_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def headline_metric(row: Mapping[str, Any]) -> str | None:
-    """``true_return`` for policy learners, ``heldout_accuracy`` for fit-only ones."""
-    name = ACCURACY_METRIC if row["fit_only"] else RETURN_METRIC
-    return name if is_number(row.get(name)) else None
-
-
 def group_rows(rows: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[tuple, list]:
     out: dict[tuple, list] = {}
     for row in rows:

@@ -164,6 +164,16 @@ class BatchedEnv:
         return self.task.act_dim
 
     @property
+    def nq(self) -> int:
+        """Length of ``qpos`` (the trajectories' physics state; includes the root x)."""
+        return int(self.model.nq)
+
+    @property
+    def nv(self) -> int:
+        """Length of ``qvel``."""
+        return int(self.model.nv)
+
+    @property
     def episode_steps(self) -> np.ndarray:
         """``[B]`` steps taken so far in each environment's current episode."""
         return self._steps.copy()

@@ -146,13 +146,6 @@ def _run_reward_fit(cell: CellConfig, seeds: Sequence[int], budget_scale: float)
 # -- policy learners -------------------------------------------------------------------
 
 
-def _policy_network(settings: Settings) -> Any:
-    from prefrl.networks import GaussianPolicy
-
-    return GaussianPolicy(action_dim=ACT_DIM, hidden=tuple(settings.policy_hidden),
-                          state_dependent_std=True)
-
-
 def evaluate_policies(
     cell: CellConfig, network: Any, params: Any, seeds: Sequence[int]
 ) -> list[dict[str, float]]:
@@ -417,7 +410,8 @@ def ppo_on_rewards(cell: CellConfig, data: CellData, seeds: Sequence[int], rewar
     return out
 
 
-def _run_online(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -> list[dict]:
+def _run_online(cell: CellConfig, seeds: Sequence[int], budget_scale: float, *,
+                selection: str) -> list[dict]:
     """``online_*+ppo``: the online loop per seed with the cell's oracle, noise and budget.
 
     The dataset is not used (queries come from the run's own rollouts); the
@@ -429,7 +423,6 @@ def _run_online(cell: CellConfig, seeds: Sequence[int], budget_scale: float) -> 
     from prefrl.loops import online
 
     st = cell.settings
-    selection = cell.learner.split("_", 1)[1].split("+", 1)[0]
     oracle = oracles.OracleConfig(
         model=cell.label_model, discount=oracle_discount(cell.label_model, st),
         temperature=cell.beta,
@@ -473,9 +466,10 @@ RUNNERS: dict[str, Runner] = {
     "rm_regret+ppo": _run_rlhf_ppo,
     "cpl": _run_offline,
     "dpo": _run_offline,
-    "online_uniform+ppo": _run_online,
-    "online_disagreement+ppo": _run_online,
-    "online_entropy+ppo": _run_online,
+    # The online loop under each query rule of prefrl.data.queries.ACQUISITIONS that the
+    # sweep files name (prefrl.sweeps.spec.LEARNER_ASSUMPTION, which cannot import JAX).
+    **{f"online_{rule}+ppo": functools.partial(_run_online, selection=rule)
+       for rule in ("uniform", "disagreement", "entropy")},
     "regret_sf+ppo": lambda *a: _regret_cells().run_regret_sf_ppo(*a),
     "advantage_greedy": lambda *a: _regret_cells().run_advantage_greedy(*a),
 }

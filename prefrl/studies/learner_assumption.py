@@ -68,9 +68,8 @@ The study is split by role:
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +77,7 @@ import numpy as np
 
 from prefrl import config as config_lib
 from prefrl import evaluation
+from prefrl.io import jsonable
 from prefrl.studies.learner_assumption_cells import TaskContext, run_cell
 from prefrl.studies.learner_assumption_config import (
     METRICS,
@@ -91,19 +91,6 @@ Log = Callable[[str], None]
 def cell_path(out_dir: str | Path, task: str, label: str, learner: str, seed: int) -> Path:
     """``OUT/cells/TASK/LABEL/LEARNER/seed_S.json``: one file per cell."""
     return Path(out_dir) / "cells" / task / label / learner / f"seed_{int(seed)}.json"
-
-
-def jsonable(x: Any) -> Any:
-    """``x`` with numpy scalars as Python numbers and non-finite floats as None (JSON)."""
-    if isinstance(x, Mapping):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [jsonable(v) for v in x]
-    if isinstance(x, float | np.floating):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 def _read_cell(path: Path, fingerprint: str) -> dict[str, Any]:

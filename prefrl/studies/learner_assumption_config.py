@@ -93,7 +93,7 @@ class LearnerAssumptionConfig:
     awr_beta: float = field(1.0, "AWR temperature β (Â is standardised)")
     awr_hidden: tuple[int, ...] = field((256, 256), "AWR policy hidden widths")
     awr_learning_rate: float = field(3e-4, "AWR Adam step size")
-    # PPO on a learned reward (prefrl.training)
+    # PPO on a learned reward (prefrl.loops.ppo)
     ppo_steps: int = field(1_000_000, "environment steps of each PPO run")
     ppo_envs: int = field(64, "PPO environments")
     ppo_rollout_steps: int = field(64, "PPO steps per environment per update")

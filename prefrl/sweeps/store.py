@@ -16,11 +16,11 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from prefrl.io import atomic_write_json, pid_alive, remove_stale_temp_files
+from prefrl.io import atomic_write_json, jsonable, pid_alive, remove_stale_temp_files
 from prefrl.sweeps.spec import CellConfig, SweepError
 
 RECORD_KIND = "prefrl.sweep.record"
@@ -124,7 +124,7 @@ def make_record(
         "assumption": cell.assumption,
         "seed": int(seed),
         "budget_scale": float(budget_scale),
-        "metrics": _jsonable(dict(metrics)),
+        "metrics": jsonable(dict(metrics), keep_non_finite=True, strict=True),
         # The seeds of a cell train in one vmapped call; its wall time is shared.
         "wall_time_s": float(wall_time_s),
         "group_size": int(group_size),
@@ -134,21 +134,6 @@ def make_record(
     }
     record["checksum"] = _checksum(record)
     return record
-
-
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy/JAX scalars and arrays to JSON types (lists for arrays)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, bool | int | str) or obj is None:
-        return obj
-    if isinstance(obj, float):
-        return obj
-    if hasattr(obj, "tolist"):
-        return _jsonable(obj.tolist())
-    raise TypeError(f"metric value of type {type(obj).__name__} is not JSON-serialisable")
 
 
 def validate_record(record: Any, expected_id: str | None = None) -> str | None:
@@ -258,10 +243,3 @@ def load_records(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return good
 
 
-def iter_cells(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    """Group records by cell (identity without the seed)."""
-    out: dict[str, list[Mapping[str, Any]]] = {}
-    for r in records:
-        key = _canonical({k: v for k, v in r["identity"].items() if k != "seed"})
-        out.setdefault(key, []).append(r)
-    return out

@@ -9,11 +9,10 @@ from typing import Any
 import numpy as np
 
 from prefrl.config import field
+from prefrl.data.queries import ACQUISITIONS
 from prefrl.learners import reward_model as rm
+from prefrl.loops.online import registry
 from prefrl.loops.schedule import SCHEDULES, label_schedule
-
-SELECTIONS = ("uniform", "disagreement", "entropy")
-REWARD_LEARNERS = ("partial_return", "regret")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +35,18 @@ class OnlineConfig:
     segment_length: int = field(25, "steps per segment (k)")
     segment_stride: int = field(25, "steps between segment starts in a rollout")
     pool_capacity: int = field(1024, "segments kept in the FIFO candidate pool")
-    selection: str = field("uniform", "query selection: uniform, disagreement, entropy")
+    selection: str = field("uniform", "query rule (prefrl.data.queries.ACQUISITIONS): uniform, "
+                           "disagreement, entropy")
     oversample: int = field(10, "candidates per selected query (B-Pref)")
     valid_fraction: float = field(0.1, "labels held out for validation (not trained on)")
     initial_fit_steps: int = field(600, "reward-fit updates after the first labels")
     reward_learner: str = field(
-        "partial_return", "what the refits assume: partial_return (BT on summed r̂) or regret "
-        "(BT on Σγ^t r̂ + γ^k V(s_k) − V(s_0), V = PPO's critic of the current policy; "
-        "Knox et al. 2022 with the library Π = {π}); for regret labels")
+        "rhat", "what the refits fit (registry.REWARD_LEARNERS): rhat (r̂, BT on Σ r̂), "
+        "advantage (Â, BT on Σ γ^t Â with the oracle's γ) or regret_critic (r̂ under the "
+        "regret model, BT on Σγ^t r̂ + γ^k V(s_k) − V(s_0), V = the policy's critic; Knox et "
+        "al. 2022 with Π = {π}); old names partial_return, regret")
+    policy_learner: str = field("ppo", "how the policy improves between rounds "
+                                "(registry.POLICY_LEARNERS): ppo")
     initial_rollouts: int = field(
         1, "rollouts of the initial policy whose segments seed the pool (the first is PPO's)")
     offline_dataset: str = field(
@@ -54,24 +57,30 @@ class OnlineConfig:
     expert: str = field("", "expert PPO checkpoint whose critic V_E the regret oracle uses")
     reference: str = field("", "frozen π_ref (policy file or PPO checkpoint) for PPO's "
                            "KL penalty (kl_ref_coef of the PPO config); '' = none")
-    eval_every: int = field(25, "evaluate the policy every this many updates (0: at the end)")
-    eval_episodes: int = field(8, "deterministic evaluation episodes")
-    out_dir: str = field("", "output folder (rounds.jsonl, evals.jsonl, last.npz); '' = none")
-    checkpoint_every: int = field(25, "write out_dir/last.npz every this many updates")
-    resume: bool = field(True, "resume from out_dir/last.npz when it exists")
-    progress: bool = field(True, "progress bar on a terminal")
-    num_threads: int | None = field(None, "physics threads (default: all cores)")
+    eval_every: int = field(25, "evaluate the policy every this many updates (0: at the end)",
+                            result_free=True)
+    eval_episodes: int = field(8, "deterministic evaluation episodes", result_free=True)
+    out_dir: str = field("", "output folder (rounds.jsonl, evals.jsonl, last.npz); '' = none",
+                         result_free=True)
+    checkpoint_every: int = field(25, "write out_dir/last.npz every this many updates",
+                                  result_free=True)
+    resume: bool = field(True, "resume from out_dir/last.npz when it exists", result_free=True)
+    progress: bool = field(True, "progress bar on a terminal", result_free=True)
+    num_threads: int | None = field(None, "physics threads (default: all cores)",
+                                    result_free=True)
 
     def __post_init__(self) -> None:
         if self.label_budget < 1:
             raise ValueError(f"label_budget must be >= 1, got {self.label_budget}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"unknown selection {self.selection!r}; use one of {SELECTIONS}")
-        if self.reward_learner not in REWARD_LEARNERS:
-            raise ValueError(f"unknown reward_learner {self.reward_learner!r}; use one of "
-                             f"{REWARD_LEARNERS}")
+        if self.selection not in ACQUISITIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; use one of "
+                             f"{tuple(ACQUISITIONS)}")
+        registry.reward_learner(self.reward_learner)  # ValueError naming the choices
+        if self.policy_learner not in registry.POLICY_LEARNERS:
+            raise ValueError(f"unknown policy_learner {self.policy_learner!r}; use one of "
+                             f"{tuple(registry.POLICY_LEARNERS)}")
         for name in ("total_steps", "num_envs", "rollout_steps", "refit_every", "segment_length",
                      "segment_stride", "oversample", "initial_fit_steps", "eval_episodes",
                      "initial_rollouts", "checkpoint_every"):
@@ -127,4 +136,4 @@ def default_reward_config(**overrides: Any) -> rm.RewardModelConfig:
     return rm.RewardModelConfig(**base)
 
 
-__all__ = ["REWARD_LEARNERS", "SELECTIONS", "OnlineConfig", "default_reward_config"]
+__all__ = ["OnlineConfig", "default_reward_config"]

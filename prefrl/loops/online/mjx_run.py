@@ -1,6 +1,6 @@
 """The host side of the MJX online loop: ``prefrl train online --backend mjx``.
 
-:func:`run` calls the jitted round of :mod:`prefrl.loops.online_mjx` once per
+:func:`run` calls the jitted round of :mod:`prefrl.loops.online.mjx` once per
 round (everything inside a round stays on the device), writes one JSON line
 of metrics per round, evaluates the policy on the C engine (the project's
 one evaluator, :func:`prefrl.loops.ppo_mjx.evaluate`), writes the run's files
@@ -20,20 +20,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prefrl import oracles
+from prefrl import checkpoints, oracles
+from prefrl import config as config_lib
 from prefrl.envs import parse_task_params
 from prefrl.envs.mjx_options import GPU, SolverOptions
+from prefrl.io import atomic_write_json, jsonable, load_npz
 from prefrl.learners import ppo
 from prefrl.learners import reward_model as rm
-from prefrl.loops import ppo_mjx
-from prefrl.loops.online_config import OnlineConfig, default_reward_config
-from prefrl.loops.online_mjx import (
-    Metrics,
-    OnlineState,
-    default_inputs,
-    jitted_trainer,
-    ppo_train_config,
-)
+from prefrl.loops import ppo_mjx, resume
+from prefrl.loops.online.config import OnlineConfig, default_reward_config
+from prefrl.loops.online.core import OnlineState
+from prefrl.loops.online.files import settings_diff
+from prefrl.loops.online.mjx import Metrics, default_inputs, jitted_trainer, ppo_train_config
 
 
 def _record(metrics: Metrics, round_idx: int, config: OnlineConfig, refit_every: int,
@@ -50,23 +48,17 @@ def _record(metrics: Metrics, round_idx: int, config: OnlineConfig, refit_every:
     return record
 
 
-_IGNORED = {"progress", "out_dir", "resume", "checkpoint_every", "num_threads", "eval_every",
-            "eval_episodes"}  # settings that do not change what is trained
-
-
 def _settings(config: OnlineConfig, ppo_config: ppo.PPOConfig,
               reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig,
               solver: SolverOptions | None) -> dict[str, Any]:
     """Everything a resumed run must share with the run that wrote ``last.npz`` (as JSON)."""
-    from prefrl import config as config_lib
-    from prefrl.loops.online_run import jsonable
 
     return jsonable({
-        "config": {k: v for k, v in config_lib.to_dict(config).items() if k not in _IGNORED},
-        "ppo_config": config_lib.to_dict(ppo_config),
-        "reward_config": config_lib.to_dict(reward_config),
-        "oracle": config_lib.to_dict(oracle),
-        "solver": config_lib.to_dict(solver) if solver else None})
+        "config": config_lib.result_settings(config),
+        "ppo_config": config_lib.result_settings(ppo_config),
+        "reward_config": config_lib.result_settings(reward_config),
+        "oracle": config_lib.result_settings(oracle),
+        "solver": config_lib.result_settings(solver) if solver else None})
 
 
 def _start(out_dir: Path | None, config: OnlineConfig, settings: dict[str, Any],
@@ -79,9 +71,6 @@ def _start(out_dir: Path | None, config: OnlineConfig, settings: dict[str, Any],
     a fresh start removes the old files. A finished run (``result.json``) is
     refused unless ``resume`` is off.
     """
-    from prefrl import checkpoints
-    from prefrl.io import load_npz
-    from prefrl.loops import resume
 
     if out_dir is None:
         return state, 0, 0.0
@@ -96,8 +85,7 @@ def _start(out_dir: Path | None, config: OnlineConfig, settings: dict[str, Any],
         if saved is None:
             raise ValueError(f"{last}: cannot resume: not written by the MJX online loop; use "
                              "another out_dir or --resume false")
-        now, then = _flat(settings), _flat(saved)
-        diff = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
+        diff = settings_diff(settings, saved)
         if diff:
             raise ValueError(f"{last}: cannot resume: the run's settings differ in {diff}; use "
                              "another out_dir or --resume false")
@@ -133,10 +121,6 @@ def run(config: OnlineConfig, ppo_config: ppo.PPOConfig,
     if interrupted. Raises ``checkpoints.NonFiniteError`` when a PPO update
     diverges.
     """
-    from prefrl import checkpoints
-    from prefrl.io import atomic_write_json
-    from prefrl.loops import resume
-    from prefrl.loops.online_run import jsonable
 
     reward_config = default_reward_config() if reward_config is None else reward_config
     oracle = oracles.OracleConfig() if oracle is None else oracle
@@ -173,7 +157,7 @@ def run(config: OnlineConfig, ppo_config: ppo.PPOConfig,
         updates = record["update"]
         if r == trainer.num_rounds - 1 or _passes(updates, config.refit_every,
                                                   config.eval_every):
-            evaluation = ppo_mjx.evaluate(trainer.ppo, state.train.ppo, tc,
+            evaluation = ppo_mjx.evaluate(trainer.ppo, state.policy.ppo, tc,
                                           ppo_config.discount, updates)
             evaluations.append(evaluation)
             record["eval_return"] = evaluation["mean_return"]
@@ -203,19 +187,13 @@ def run(config: OnlineConfig, ppo_config: ppo.PPOConfig,
         _save_policy(out_dir / "final.npz", state, config, ppo_config, solver, num_updates,
                      num_updates, {"eval": final, "labels_used": int(state.labels.count)})
         checkpoints.save_reward_model(
-            out_dir / "reward_model.npz", trainer.model, state.train.ppo.reward_params,
+            out_dir / "reward_model.npz", trainer.model, state.policy.ppo.reward_params,
             obs_dim=spec.obs_dim, act_dim=spec.act_dim, segment_length=config.segment_length,
             extra={"labels_used": int(state.labels.count)})
         summary = {k: v for k, v in result.items() if k not in ("state", "evaluations")}
         summary["final"] = final
         atomic_write_json(out_dir / "result.json", jsonable({**summary, "backend": "mjx"}))
     return result
-
-
-def _flat(settings: dict[str, Any]) -> dict[str, Any]:
-    """``{"part.key": value}`` of :func:`_settings`' parts (a part that is no dict: ``"part"``)."""
-    return {f"{part}.{k}" if k else part: v for part, sub in settings.items()
-            for k, v in (sub.items() if isinstance(sub, dict) else [("", sub)])}
 
 
 def _passes(updates: int, refit_every: int, every: int) -> bool:
@@ -231,12 +209,10 @@ def _save_policy(path: Path, state: OnlineState, config: OnlineConfig,
 
     ``arrays``: the device state, for a resume (``last.npz``).
     """
-    from prefrl import checkpoints
-    from prefrl import config as config_lib
 
     spec = parse_task_params(config.task, config.task_param)
     checkpoints.save_ppo(
-        path, ppo_mjx.checkpoint_state(state.train.ppo.replace(reward_params=None), ppo_config,
+        path, ppo_mjx.checkpoint_state(state.policy.ppo.replace(reward_params=None), ppo_config,
                                        num_updates),
         config=ppo_config, obs_dim=spec.obs_dim, act_dim=spec.act_dim, num_updates=num_updates,
         task=spec.to_header(), reward="online",

@@ -1,0 +1,238 @@
+"""The online loop's registries: each the single list of its kind.
+
+* **Online reward learners** (:data:`REWARD_LEARNERS`): what a refit fits on
+  the labels and how a segment is scored — the reward-model learner of
+  :mod:`prefrl.learners.reward_model` under a preference model, with an
+  optional known per-segment term (the fixed-critic regret learner's
+  ``γ^k V(s_k) − V(s_0)``).
+* **Policy learners** (:data:`POLICY_LEARNERS`): how the policy improves
+  between rounds from its rollouts, given the current learned reward
+  (PPO on r̂ today; an off-policy learner keeps its own replay buffer in its
+  state and updates as often as it likes inside ``update``).
+* Query rules live in :data:`prefrl.data.queries.ACQUISITIONS` (the data
+  layer, where selection is).
+
+Config validation, the CLI's choices, sweeps and the docs read these
+dictionaries; adding a learner or a query rule is one module plus one
+``register_…`` call (docs/design.md, "Extending the online loop").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from prefrl.learners import ppo
+from prefrl.learners import reward_model as rm
+from prefrl.policies import Policy, policy_fn
+from prefrl.types import Trajectory
+
+Array = jax.Array
+PRNGKey = jax.Array
+Metrics = dict[str, Array]
+
+
+class TermContext(NamedTuple):
+    """What a reward learner's known segment term may read (all traceable).
+
+    ``critic(obs [..., obs]) -> V [...]``: the policy learner's value of the
+    *current* learned reward (None when the policy learner has none);
+    ``discount``: the policy learner's γ; ``length``: the segment length k.
+    """
+
+    critic: Callable[[Array], Array] | None
+    discount: float
+    length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineRewardLearner:
+    """An online reward learner: the reward-model fit plus what makes it this learner.
+
+    ``configure(reward_config, policy_discount, oracle_discount)`` returns the
+    fit's :class:`~prefrl.learners.reward_model.RewardModelConfig` (e.g. the
+    γ its segment score uses). ``segment_term(ctx, obs_0 [N, obs], obs_k [N, obs])
+    -> [N]`` (optional) is a known part of each segment's score in units of
+    the policy's reward (the fit adds ``σ·(term(σ¹) − term(σ²))`` to each
+    query's logit, σ the std of the r̂ the policy learned from, and held-out
+    accuracy adds it to the learned score).
+    """
+
+    name: str
+    description: str
+    configure: Callable[[rm.RewardModelConfig, float, float], rm.RewardModelConfig]
+    segment_term: Callable[[TermContext, Array, Array], Array] | None = None
+
+
+class PolicyLearner(NamedTuple):
+    """How the online loop improves its policy (pure functions; ``update`` is jittable).
+
+    - ``init(key) -> state``;
+    - ``update(state, traj [T, B, …]) -> (state, metrics)``: learn from the
+      newest rollout with the learned reward the state holds (``metrics`` may
+      hold ``nonfinite``, ``value_loss``, ``proxy_reward``, ``true_reward``);
+    - ``set_reward(state, reward_state) -> state``: give it the refitted r̂
+      (parameters in the state, so a refit never recompiles ``update``);
+    - ``behaviour(state)`` / ``greedy(state)``: ``(obs, key) -> action``
+      functions for the C-engine rollouts and the evaluation;
+    - ``critic(state, obs) -> V`` or None;
+    - ``checkpoint_view(state)`` / ``restore(loaded, fresh)``: what a
+      checkpoint stores (inputs such as the reward or π_ref parameters left
+      out) and how a loaded view gets them back from a fresh state;
+    - ``set_labels(state, labels)`` (optional): give it the label buffer
+      (a :class:`~prefrl.data.buffers.RingState` of ``core.LabelItem``) after
+      each round, for learners that learn from preferences directly (CPL).
+    """
+
+    init: Callable[[PRNGKey], Any]
+    update: Callable[[Any, Trajectory], tuple[Any, Metrics]]
+    set_reward: Callable[[Any, Any], Any]
+    behaviour: Callable[[Any], Callable[..., Any]]
+    greedy: Callable[[Any], Callable[..., Any]]
+    critic: Callable[[Any, Array], Array] | None
+    checkpoint_view: Callable[[Any], Any]
+    restore: Callable[[Any, Any], Any]
+    discount: float
+    set_labels: Callable[[Any, Any], Any] | None = None
+
+
+class PolicyLearnerSpec(NamedTuple):
+    """A registered policy learner: ``make(context) -> PolicyLearner`` and a description."""
+
+    make: Callable[..., PolicyLearner]
+    description: str
+
+
+# --------------------------------------------------------------------------- reward learners
+
+def _same(config: rm.RewardModelConfig, policy_discount: float, oracle_discount: float
+          ) -> rm.RewardModelConfig:
+    return config
+
+
+def _oracle_gamma(config: rm.RewardModelConfig, policy_discount: float,
+                  oracle_discount: float) -> rm.RewardModelConfig:
+    # Knox et al. 2023: the partial-return loss on regret labels recovers Â ≈ A + c only
+    # when segments are scored Σ γ^t Â with the oracle's γ.
+    return dataclasses.replace(config, discount=oracle_discount)
+
+
+def _policy_gamma(config: rm.RewardModelConfig, policy_discount: float,
+                  oracle_discount: float) -> rm.RewardModelConfig:
+    if config.discount not in (1.0, policy_discount):
+        raise ValueError(f"reward_learner='regret_critic' scores segments with the policy's "
+                         f"γ = {policy_discount}; the reward config's discount is "
+                         f"{config.discount}")
+    return dataclasses.replace(config, discount=policy_discount)
+
+
+def _critic_gap(ctx: TermContext, obs_0: Array, obs_k: Array) -> Array:
+    if ctx.critic is None:
+        raise ValueError("reward_learner='regret_critic' needs a policy learner with a critic")
+    return (ctx.discount ** ctx.length) * ctx.critic(obs_k) - ctx.critic(obs_0)
+
+
+REWARD_LEARNERS: dict[str, OnlineRewardLearner] = {}
+# Old names: they warn once and keep working.
+REWARD_LEARNER_ALIASES: dict[str, str] = {"partial_return": "rhat", "regret": "regret_critic"}
+
+
+def register_reward_learner(learner: OnlineRewardLearner) -> None:
+    """Add an online reward learner under ``learner.name``."""
+    if not isinstance(learner, OnlineRewardLearner):
+        raise TypeError(f"register_reward_learner expects an OnlineRewardLearner, got "
+                        f"{type(learner).__name__}")
+    if learner.name in REWARD_LEARNERS or learner.name in REWARD_LEARNER_ALIASES:
+        raise ValueError(f"online reward learner {learner.name!r} is already registered")
+    REWARD_LEARNERS[learner.name] = learner
+
+
+for _learner in (
+    OnlineRewardLearner(
+        "rhat", "r̂ under partial return: Bradley–Terry on Σ r̂ (Christiano et al. 2017)", _same),
+    OnlineRewardLearner(
+        "advantage", "Â: Bradley–Terry on Σ γ^t Â with the oracle's γ (Knox et al. 2023); "
+        "for regret labels", _oracle_gamma),
+    OnlineRewardLearner(
+        "regret_critic", "r̂ under the regret model with the policy's critic as V: Bradley–Terry "
+        "on Σ γ^t r̂ + γ^k V(s_k) − V(s_0) (Knox et al. 2022 with Π = {π}); for regret labels",
+        _policy_gamma, _critic_gap),
+):
+    register_reward_learner(_learner)
+
+_warned: set[str] = set()
+
+
+def reward_learner(name: str) -> OnlineRewardLearner:
+    """The registered learner ``name`` (an old name warns once); ``ValueError`` if unknown."""
+    if name in REWARD_LEARNER_ALIASES:
+        new = REWARD_LEARNER_ALIASES[name]
+        if name not in _warned:
+            _warned.add(name)
+            warnings.warn(f"reward_learner={name!r} is now called {new!r}", FutureWarning,
+                          stacklevel=3)
+        name = new
+    if name not in REWARD_LEARNERS:
+        raise ValueError(f"unknown reward_learner {name!r}; use one of {sorted(REWARD_LEARNERS)}")
+    return REWARD_LEARNERS[name]
+
+
+# --------------------------------------------------------------------------- policy learners
+
+def _ppo(*, config: Any, learner_config: Any, obs_dim: int, act_dim: int, num_updates: int,
+         reward_model: rm.RewardModel, reference: tuple[Any, Any]) -> PolicyLearner:
+    """PPO on the learned reward (the reward's parameters in ``PPOState.reward_params``)."""
+    ref_params, ref_apply = reference
+    learner = ppo.make(learner_config, obs_dim, act_dim, num_updates=num_updates,
+                       reward_fn=rm.PPOReward(reward_model), reference_apply=ref_apply)
+    apply = ppo.make_policy_apply(learner_config, act_dim)
+    acting = ppo.make_acting(learner_config, act_dim)
+
+    def init(key: PRNGKey) -> Any:
+        return learner.init(key).replace(ref_params=ref_params)
+
+    def act(state: Any, deterministic: bool) -> Callable[..., Any]:
+        return policy_fn(Policy(apply, ppo.policy_bundle(state)), deterministic=deterministic)
+
+    return PolicyLearner(
+        init=init, update=learner.update,
+        set_reward=lambda s, r: s.replace(reward_params=r.replace(opt_state=None)),
+        behaviour=lambda s: act(s, False), greedy=lambda s: act(s, True),
+        critic=acting.value,
+        checkpoint_view=lambda s: s.replace(reward_params=None, ref_params=None),
+        restore=lambda loaded, fresh: loaded.replace(ref_params=fresh.ref_params),
+        discount=float(learner_config.discount))
+
+
+POLICY_LEARNERS: dict[str, PolicyLearnerSpec] = {
+    "ppo": PolicyLearnerSpec(_ppo, "PPO on the standardised learned reward (Schulman et al. "
+                                   "2017), on-policy: each update recomputes r̂ on its rollout"),
+}
+
+
+def register_policy_learner(name: str, make: Callable[..., PolicyLearner],
+                            description: str) -> None:
+    """Add a policy learner: ``make(config=, learner_config=, obs_dim=, act_dim=, num_updates=,
+    reward_model=, reference=) -> PolicyLearner``."""
+    if not isinstance(name, str) or not callable(make):
+        raise TypeError("register_policy_learner(name: str, make: callable, description: str)")
+    if name in POLICY_LEARNERS:
+        raise ValueError(f"policy learner {name!r} is already registered")
+    POLICY_LEARNERS[name] = PolicyLearnerSpec(make, description)
+
+
+def zeros_like_metrics(names: tuple[str, ...]) -> Metrics:
+    """NaN metrics of the given names (a round without a refit)."""
+    return {n: jnp.float32(jnp.nan) for n in names}
+
+
+__all__ = [
+    "POLICY_LEARNERS", "REWARD_LEARNERS", "REWARD_LEARNER_ALIASES", "OnlineRewardLearner",
+    "PolicyLearner", "PolicyLearnerSpec", "TermContext", "register_policy_learner",
+    "register_reward_learner", "reward_learner",
+]
