@@ -30,6 +30,9 @@ COMMANDS: dict[str, str] = {
     "sweep": "sweep",
     "report": "report",
     "bench": "bench",
+    "render": "render",
+    "annotate": "annotate",
+    "convert": "convert",
 }
 
 
