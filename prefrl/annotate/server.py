@@ -130,7 +130,7 @@ def make_app(store: LabelStore, videos: VideoCache, *, annotator: str = "",
     def state() -> dict[str, Any]:
         q = store.next_pending()
         out: dict[str, Any] = {"progress": store.progress(), "label": store.label_name,
-                               "query": None}
+                               "task": store.header.get("task", ""), "query": None}
         if q is not None:
             left, right = store.pair(q)
             names = [f"seg_{left}.{video_format}", f"seg_{right}.{video_format}"]
