@@ -79,10 +79,13 @@ class Renderer:
 
     ``render(qpos, qvel, text)`` → one frame of the state; ``text`` (if any)
     is drawn in the top-left corner. Use as a context manager, or ``close()``.
+    ``shadows`` adds MuJoCo's shadows and floor reflection: with Mesa's
+    software rasteriser they cost 7× (measured at 320×240: 7.5 vs 56 frames/s on
+    the shared 2-core machine), and a person judges gaits as well without them.
     """
 
     def __init__(self, width: int = 320, height: int = 240, backend: str | None = None,
-                 camera: str = CAMERA) -> None:
+                 camera: str = CAMERA, shadows: bool = False) -> None:
         import mujoco
 
         from prefrl.envs.tasks import load_model
@@ -97,6 +100,8 @@ class Renderer:
         self._context = _gl_context(backend or default_backend(), width, height)
         self._mj = mujoco
         self._scene = mujoco.MjvScene(self.model, maxgeom=1000)
+        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+            self._scene.flags[flag] = shadows
         self._option = mujoco.MjvOption()
         self._camera = mujoco.MjvCamera()
         self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
@@ -214,10 +219,16 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """``(frames [T, H, W, 3] uint8, fps)`` decoded by the same ffmpeg (for checks and tests)."""
+    import re
+
     import imageio_ffmpeg
 
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    w, h = meta["size"]
-    frames = [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]
-    return np.stack(frames), float(meta["fps"])
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path),
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    done = subprocess.run(command, capture_output=True, check=False, close_fds=False)
+    info = done.stderr.decode(errors="replace")
+    stream = re.search(r"Stream #\S+: Video: .*?, (\d+)x(\d+)[, \[].*?([\d.]+) fps", info)
+    if done.returncode != 0 or stream is None:
+        raise OSError(f"{path}: ffmpeg cannot decode it: {info.strip()[-400:]}")
+    w, h, fps = int(stream.group(1)), int(stream.group(2)), float(stream.group(3))
+    return np.frombuffer(done.stdout, np.uint8).reshape(-1, h, w, 3), fps

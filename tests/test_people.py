@@ -76,6 +76,18 @@ def test_render_command_writes_a_playable_pair_video(data_path, tmp_path):
 
 
 @needs_gl
+def test_render_a_checkpoints_episode(tmp_path):
+    from prefrl.commands.render import RenderConfig, render
+    from prefrl.render import read_video
+
+    expert = Path(__file__).resolve().parent.parent / "experiments/experts/run/final.npz"
+    summary = render(RenderConfig(checkpoint=str(expert), task="run", steps=6, width=64,
+                                  height=48, out=str(tmp_path / "episode.webm")))
+    frames, _ = read_video(tmp_path / "episode.webm")
+    assert frames.shape == (6, 48, 64, 3) and summary["frames"] == 6
+
+
+@needs_gl
 def test_frames_follow_the_stored_root_position():
     # The tracking camera follows the cheetah: the floor's checker pattern moves under it
     # when rootx changes, so two states differing only in rootx give different frames.

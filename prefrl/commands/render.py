@@ -43,6 +43,8 @@ class RenderConfig:
     fps: float | None = field(None, "frames per second (default: real time, 1/dt)")
     gl: str | None = field(None, "GL backend: egl, osmesa or glfw (default: $MUJOCO_GL, else "
                                  "egl without a display)")
+    shadows: bool = field(False, "draw shadows and the floor's reflection (7× slower with "
+                                 "software GL)")
 
     def __post_init__(self) -> None:
         sources = [self.query is not None, self.segment is not None, self.checkpoint is not None]
@@ -126,14 +128,16 @@ def render(config: RenderConfig) -> dict[str, Any]:
     preflight.check_output_file(config.out, "--out")
     summary: dict[str, Any] = {"out": config.out}
     if config.checkpoint is not None:
-        with Renderer(config.width, config.height, backend=config.gl) as renderer:
+        with Renderer(config.width, config.height, backend=config.gl,
+                      shadows=config.shadows) as renderer:
             qpos, qvel, mean_reward = episode_states(config)
             frames = renderer.frames(qpos, qvel)
         summary.update(what=f"episode of {config.checkpoint} on {config.task}",
                        mean_reward=mean_reward)
     else:
         qpos, qvel, what = dataset_states(config.dataset, config.query, config.segment)
-        with Renderer(config.width, config.height, backend=config.gl) as renderer:
+        with Renderer(config.width, config.height, backend=config.gl,
+                      shadows=config.shadows) as renderer:
             frames = (pair_frames(renderer, qpos, qvel) if len(qpos) == 2
                       else renderer.frames(qpos[0], qvel[0]))
         summary["what"] = what
