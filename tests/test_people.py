@@ -56,16 +56,22 @@ def data(data_path):
 # --------------------------------------------------------------------------- rendering
 
 
+def _prefrl(monkeypatch, capsys, argv) -> dict:
+    """``prefrl ARGV`` in this process (no new interpreter); its final JSON line."""
+    from prefrl import cli
+
+    monkeypatch.setattr(cli, "configure_jax", lambda **kwargs: None)  # conftest did it
+    assert cli.main(argv) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 @needs_gl
-def test_render_command_writes_a_playable_pair_video(data_path, tmp_path):
+def test_render_command_writes_a_playable_pair_video(data_path, tmp_path, monkeypatch, capsys):
     from prefrl.render import read_video
 
     out = tmp_path / "q1.mp4"
-    done = subprocess.run([sys.executable, "-m", "prefrl.cli", "render", "--dataset",
-                           str(data_path), "--query", "1", "--out", str(out), "--width", "64",
-                           "--height", "48"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = _prefrl(monkeypatch, capsys, ["render", "--dataset", str(data_path), "--query", "1",
+                                            "--out", str(out), "--width", "64", "--height", "48"])
     frames, fps = read_video(out)
     # One frame per control step; two 64-px clips and an 8-px gap side by side.
     assert frames.shape == (SEGMENT_LENGTH, 48, 64 + 8 + 64, 3) == (summary["frames"], 48,
@@ -178,10 +184,10 @@ def test_an_inconsistent_labels_file_is_refused(data, tmp_path):
 # --------------------------------------------------------------------------- the page's API
 
 
-def _request(url, body=None, method=None):
+def _request(url, body=None, method=None, headers=None):
     data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=120) as response:
             return response.status, response.read()
@@ -201,8 +207,26 @@ def served(data, tmp_path_factory):
     videos.close()
 
 
+GOOD = {"query": 0, "answer": "left", "annotator": "ann"}
+
+
+@pytest.mark.parametrize("path, body, status, headers", [
+    # a page on another site posting into the labels (CSRF), or a rebound DNS name
+    ("/api/answer", GOOD, 415, {"Content-Type": "text/plain"}),
+    ("/api/answer", GOOD, 403, {"Origin": "http://evil.example"}),
+    ("/api/answer", GOOD, 400, {"Host": "evil.example"}),
+])
+def test_requests_from_other_sites_are_refused(served, path, body, status, headers):
+    url, store = served
+    before = store.path.read_bytes()
+    code, raw = _request(url + path, body, headers=headers)
+    assert code == status, raw
+    assert store.path.read_bytes() == before
+
+
 @pytest.mark.parametrize("path, body, status", [
     ("/api/answer", {"query": 12345, "answer": "left", "annotator": "ann"}, 404),
+    ("/api/answer", {"query": 0, "label": 2, "annotator": "ann"}, 422),
     ("/api/answer", {"query": 0, "answer": 2, "annotator": "ann"}, 422),
     ("/api/answer", {"query": 0, "answer": "2", "annotator": "ann"}, 422),
     ("/api/answer", {"query": 0, "answer": "left", "annotator": ""}, 422),
@@ -324,15 +348,54 @@ def test_imitation_export_round_trips(data, tmp_path):
             np.testing.assert_allclose(a[i], b[i])
 
 
-def test_convert_command_round_trip(data, tmp_path):
+def test_convert_command_round_trip(data, tmp_path, monkeypatch, capsys):
     dataset_lib.save(tmp_path / "ours.npz", _answered(data), task="run")
-    cli = [sys.executable, "-m", "prefrl.cli", "convert"]
     for args in (["--output-format", "unirlhf", "--input", str(tmp_path / "ours.npz"),
                   "--out", str(tmp_path / "uni")],
                  ["--input-format", "unirlhf", "--input", str(tmp_path / "uni"), "--flat",
                   str(tmp_path / "uni" / "halfcheetah-prefrl_transitions.npz"),
                   "--out", str(tmp_path / "back.npz")]):
-        done = subprocess.run(cli + args, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+        _prefrl(monkeypatch, capsys, ["convert", *args])
     back, header = dataset_lib.load(tmp_path / "back.npz")
     assert back.num_queries == 4 and header["meta"]["converted_from"] == "unirlhf"
+
+
+def test_serve_queries_blocks_until_a_person_has_answered(data, tmp_path):
+    # What a training loop does: serve its pending queries, wait, go on with the labels.
+    import queue
+    import threading
+
+    from prefrl.annotate import serve_queries
+
+    urls: queue.Queue = queue.Queue()
+    result: dict = {}
+    pairs = np.array([[0, 1], [2, 3], [4, 5]])
+
+    def train():
+        result["data"] = serve_queries(data.segments, pairs, tmp_path / "round0.npz", task="run",
+                                       announce=urls.put, timeout=120)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    url = urls.get(timeout=60).rstrip("/")
+    for q, answer in enumerate(("right", "skip", "equal")):
+        assert not result  # still waiting for the person
+        code, raw = _request(url + "/api/answer", {"query": q, "answer": answer,
+                                                   "annotator": "ann"})
+        assert code == 200, raw
+    thread.join(60)
+    labelled = result["data"]
+    np.testing.assert_array_equal(np.asarray(labelled.labels["human"]), [0.0, 0.5, 0.5])
+    np.testing.assert_array_equal(np.asarray(labelled.label_mask["human"]), [True, False, True])
+    np.testing.assert_array_equal(np.asarray(labelled.first), [0, 2, 4])
+    assert LabelStore.open(tmp_path / "round0.npz").fields["skipped"].tolist() == [
+        False, True, False]
+
+
+def test_serve_queries_times_out_with_the_labels_kept(data, tmp_path):
+    from prefrl.annotate import serve_queries
+
+    with pytest.raises(TimeoutError, match="3 of 3 queries still unanswered"):
+        serve_queries(data.segments, np.array([[0, 1], [2, 3], [4, 5]]), tmp_path / "r.npz",
+                      task="run", announce=lambda url: None, timeout=0.2)
+    assert (tmp_path / "r.npz").exists()

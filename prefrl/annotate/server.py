@@ -114,10 +114,24 @@ def _page() -> str:
     return resources.files("prefrl.annotate").joinpath("page.html").read_text(encoding="utf-8")
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
 def make_app(store: LabelStore, videos: VideoCache, *, annotator: str = "",
-             video_format: str = "webm") -> Any:
-    """The Starlette application serving ``store``'s queries."""
+             video_format: str = "webm", hosts: tuple[str, ...] = LOCAL_HOSTS) -> Any:
+    """The Starlette application serving ``store``'s queries.
+
+    Other web sites open in the same browser must not label for the person:
+    a request must name one of ``hosts`` in its ``Host`` header (against DNS
+    rebinding; ``("*",)`` allows any), a cross-origin ``Origin`` is refused
+    (403), and a change needs ``Content-Type: application/json`` (415), which
+    a foreign page cannot send without a CORS preflight that is never granted.
+    """
+    from urllib.parse import urlsplit
+
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse
     from starlette.routing import Route
@@ -141,6 +155,12 @@ def make_app(store: LabelStore, videos: VideoCache, *, annotator: str = "",
         return out
 
     async def body(request: Request) -> dict[str, Any]:
+        origin = request.headers.get("origin")
+        if origin is not None and (urlsplit(origin).netloc != request.headers.get("host")):
+            raise RequestError(f"cross-origin request from {origin[:80]!r} refused", 403)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise RequestError(f"send JSON (Content-Type: application/json), not {kind!r}", 415)
         raw = await request.body()
         if len(raw) > MAX_BODY:
             raise RequestError(f"request body over {MAX_BODY} bytes", 413)
@@ -190,7 +210,12 @@ def make_app(store: LabelStore, videos: VideoCache, *, annotator: str = "",
         Route("/api/answer", answer, methods=["POST"]),
         Route("/api/undo", undo, methods=["POST"]),
         Route("/video/{name:path}", video),
-    ])
+    ], middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))])
+
+
+def allowed_hosts(host: str) -> tuple[str, ...]:
+    """``Host`` headers to accept when listening on ``host``: the loopback names, else any."""
+    return LOCAL_HOSTS if host in LOCAL_HOSTS else ("*",)
 
 
 class Server:
@@ -251,8 +276,8 @@ def serve_queries(segments: Segments, pairs: Any, out_path: str | Path, *, task:
     store = LabelStore.create(out_path, dataset, task=task, label_name=label_name,
                               source="serve_queries")
     videos = VideoCache(Path(out_path).parent / "videos", segments)
-    server = Server(make_app(store, videos, annotator=annotator, video_format=video_format),
-                    host, port).start()
+    server = Server(make_app(store, videos, annotator=annotator, video_format=video_format,
+                             hosts=allowed_hosts(host)), host, port).start()
     (announce or (lambda url: print(f"label {q} queries at {url}", file=sys.stderr)))(server.url)
     try:
         if not store.wait_done(timeout):

@@ -99,7 +99,7 @@ def open_store(config: AnnotateConfig) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefrl.annotate.server import Server, VideoCache, make_app
+    from prefrl.annotate.server import Server, VideoCache, allowed_hosts, make_app
     from prefrl.render import Renderer
 
     config = cfg.from_args(AnnotateConfig, args)
@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(config)
     videos = VideoCache(Path(config.out_dir) / "videos", store.segments, width=config.width,
                         height=config.height, backend=config.gl)
-    app = make_app(store, videos, annotator=config.annotator, video_format=config.video)
+    app = make_app(store, videos, annotator=config.annotator, video_format=config.video,
+                   hosts=allowed_hosts(config.host))
     server = Server(app, config.host, config.port).start()
     progress = store.progress()
     print(f"prefrl annotate: {progress['answered']} of {progress['total']} queries answered; "
