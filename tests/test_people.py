@@ -399,3 +399,17 @@ def test_serve_queries_times_out_with_the_labels_kept(data, tmp_path):
         serve_queries(data.segments, np.array([[0, 1], [2, 3], [4, 5]]), tmp_path / "r.npz",
                       task="run", announce=lambda url: None, timeout=0.2)
     assert (tmp_path / "r.npz").exists()
+
+
+def test_schema_extension_arrays_are_ignored_by_base_readers(data, tmp_path):
+    ext = {"annotation": ({"schema_version": 1}, {"x.human": np.arange(NUM_QUERIES)})}
+    dataset_lib.save(tmp_path / "d.npz", data, task="run", extensions=ext)
+    loaded, header = dataset_lib.load(tmp_path / "d.npz")
+    assert header["extensions"] == {"annotation": {"schema_version": 1}}
+    assert set(loaded.labels) == {"partial_return"}
+    for bad in ("", "a.b", "label", "segments"):
+        with pytest.raises(ValueError, match="extension name"):
+            dataset_lib.save(tmp_path / "e.npz", data, task="run", extensions={bad: ({}, {})})
+    ext = {"annotation": ({}, {"t": np.array([np.nan] * NUM_QUERIES)})}
+    with pytest.raises(FileFormatError, match="NaN"):  # extensions are checked like the rest
+        dataset_lib.save(tmp_path / "f.npz", data, task="run", extensions=ext)

@@ -11,7 +11,10 @@ Layout (``prefrl.io.save_npz``; read with ``allow_pickle=False``):
 * the JSON header: ``kind = "preference_dataset"``, ``schema_version``,
   ``task``, ``segment_length``, ``num_segments``, ``num_queries``,
   ``labels`` (names), ``oracles`` (name → oracle configuration),
-  ``seeds`` (name → seed) and free-form ``meta``.
+  ``seeds`` (name → seed) and free-form ``meta``;
+* schema extensions (optional): ``extensions.<name>`` in the header and arrays
+  ``<name>.<…>`` (e.g. the labelling page's ``annotation``:
+  ``prefrl.annotate.store``); readers that do not know one ignore it.
 
 :func:`load` checks everything and raises :class:`prefrl.io.FileFormatError`
 (a ``ValueError``) naming the file and the problem.
