@@ -154,12 +154,15 @@ class Renderer:
 
 
 def check_states(qpos: np.ndarray, qvel: np.ndarray, where: str) -> None:
-    """``ValueError`` when a segment carries no physics state to draw (e.g. an imported file)."""
+    """``FileFormatError`` when segments carry no physics state to draw (e.g. an imported file)."""
+    from prefrl.io import FileFormatError
+
     if qpos.shape[-1] == 0 or qvel.shape[-1] == 0:
-        raise ValueError(f"{where} has no stored qpos/qvel (nq = {qpos.shape[-1]}), so it cannot "
-                         "be drawn; render data collected by prefrl (collect, label, online)")
+        raise FileFormatError(f"{where} has no stored qpos/qvel (nq = {qpos.shape[-1]}), so it "
+                              "cannot be drawn; render data collected by prefrl (collect, label, "
+                              "online)")
     if not (np.all(np.isfinite(qpos)) and np.all(np.isfinite(qvel))):
-        raise ValueError(f"{where}: qpos/qvel contain NaN or inf")
+        raise FileFormatError(f"{where}: qpos/qvel contain NaN or inf")
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:

@@ -413,3 +413,19 @@ def test_schema_extension_arrays_are_ignored_by_base_readers(data, tmp_path):
     ext = {"annotation": ({}, {"t": np.array([np.nan] * NUM_QUERIES)})}
     with pytest.raises(FileFormatError, match="NaN"):  # extensions are checked like the rest
         dataset_lib.save(tmp_path / "f.npz", data, task="run", extensions=ext)
+
+
+def test_annotate_refuses_a_dataset_without_physics_states(data, tmp_path, monkeypatch, capsys):
+    # An imported flat file has observations only: nothing to draw, so nothing is served.
+    from prefrl import cli
+
+    flat = dataset_lib.from_flat(dataset_lib.to_flat(data, "partial_return"))
+    dataset_lib.save(tmp_path / "flat.npz", flat, task="run")
+    monkeypatch.setattr(cli, "configure_jax", lambda **kwargs: None)
+    monkeypatch.setattr("prefrl.render.Renderer.__init__", lambda self, *a, **k: None)
+    monkeypatch.setattr("prefrl.render.Renderer.close", lambda self: None)
+    code = cli.main(["annotate", "--dataset", str(tmp_path / "flat.npz"), "--out-dir",
+                     str(tmp_path / "out")])
+    assert code == 1
+    assert "no stored qpos/qvel" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

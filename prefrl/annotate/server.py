@@ -201,6 +201,8 @@ def make_app(store: LabelStore, videos: VideoCache, *, annotator: str = "",
             path = videos.get(request.path_params["name"])
         except RequestError as err:
             return error(err)
+        except (ValueError, OSError) as err:  # cannot draw or encode: say why
+            return JSONResponse({"error": str(err)}, status_code=500)
         kind = "video/webm" if path.suffix == ".webm" else "video/mp4"
         return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-cache"})
 

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from prefrl import config as cfg
 from prefrl.config import ConfigError, field
 
@@ -98,6 +100,15 @@ def open_store(config: AnnotateConfig) -> Any:
                              source=str(config.dataset), meta=meta)
 
 
+def check_drawable(path: str) -> None:
+    """``ValueError`` for a dataset whose segments carry no physics state to draw."""
+    from prefrl.data import dataset as dataset_lib
+    from prefrl.render import check_states
+
+    data, _ = dataset_lib.load(path)
+    check_states(np.asarray(data.segments.qpos), np.asarray(data.segments.qvel), path)
+
+
 def run(args: argparse.Namespace) -> int:
     from prefrl.annotate.server import Server, VideoCache, allowed_hosts, make_app
     from prefrl.render import Renderer
@@ -105,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     config = cfg.from_args(AnnotateConfig, args)
     # The GL check comes first: a machine that cannot render gets the message, no files.
     Renderer(16, 16, backend=config.gl).close()
+    if config.dataset is not None:
+        check_drawable(config.dataset)
     store = open_store(config)
     videos = VideoCache(Path(config.out_dir) / "videos", store.segments, width=config.width,
                         height=config.height, backend=config.gl)
