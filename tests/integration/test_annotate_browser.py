@@ -100,7 +100,7 @@ def _wait(predicate, what: str, timeout: float = 120):
     pytest.fail(f"timed out waiting for {what} (last: {value!r})")
 
 
-def test_label_queries_in_a_real_browser(tmp_path):
+def test_label_queries_in_a_real_browser(tmp_path, monkeypatch, capsys):
     chromium, chromedriver = _require()
     pytest.importorskip("selenium")
     from people_data import write_people_dataset
@@ -158,11 +158,14 @@ def test_label_queries_in_a_real_browser(tmp_path):
     assert store.next_pending() == 2  # the undone query comes back first
     dataset_lib.load(out / "labels.npz")  # an ordinary, valid dataset file
 
-    fit = subprocess.run(
-        [sys.executable, "-m", "prefrl.cli", "fit", "--dataset", str(out / "labels.npz"),
-         "--label", "human", "--out", str(tmp_path / "rm.npz"), "--num-steps", "20",
-         "--ensemble-size", "1", "--batch-size", "2", "--valid-fraction", "0",
-         "--eval-every", "10"], capture_output=True, text=True, timeout=600)
-    assert fit.returncode == 0, fit.stderr
-    assert (tmp_path / "rm.npz").exists()
-    assert json.loads(fit.stdout.strip().splitlines()[-1])
+    # prefrl fit trains a reward model on the people's labels (in this process: no new JAX).
+    from prefrl import cli
+
+    monkeypatch.setattr(cli, "configure_jax", lambda **kwargs: None)  # conftest did it
+    capsys.readouterr()
+    assert cli.main(["fit", "--dataset", str(out / "labels.npz"), "--label", "human",
+                     "--out", str(tmp_path / "rm.npz"), "--num-steps", "20",
+                     "--ensemble-size", "1", "--batch-size", "2", "--valid-fraction", "0",
+                     "--eval-every", "10"]) == 0
+    fit = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (tmp_path / "rm.npz").exists() and fit
