@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class AnnotateConfig:
     annotator: str = field("", "name filled in on the page (each answer records its annotator)")
     host: str = field("127.0.0.1", "address to listen on (127.0.0.1: this machine only)")
     port: int = field(8765, "port to listen on (0: any free port; the address is printed)")
-    video: str = field("webm", "video format: webm (VP9) or mp4 (H.264)")
+    video: Literal["webm", "mp4"] = field("webm", "video format: webm (VP9) or mp4 (H.264)")
     width: int = field(320, "video width per segment (even)")
     height: int = field(240, "video height (even)")
     gl: str | None = field(None, "GL backend: egl, osmesa or glfw (default: egl without a display)")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Literal
 
 from prefrl import config as cfg
 from prefrl.config import ConfigError, field
@@ -34,12 +34,13 @@ class ConvertConfig:
 
     input: str = field("", "file (prefrl, imitation) or label folder (unirlhf) to read")
     out: str = field("", "file (prefrl, imitation) or folder (unirlhf) to write")
-    input_format: str = field("prefrl", "format of --input: prefrl, unirlhf or imitation")
-    output_format: str = field("prefrl", "format of --out: prefrl, unirlhf or imitation")
+    input_format: Literal["prefrl", "unirlhf", "imitation"] = field("prefrl",
+                                                                    "format of --input")
+    output_format: Literal["prefrl", "unirlhf", "imitation"] = field("prefrl", "format of --out")
     label: str = field("human", "label to export (prefrl input) / name of imported labels")
     flat: str | None = field(None, "unirlhf input: the flat transition dataset (.npz)")
-    query_len: int | None = field(None, "unirlhf input: segment length (default: from the "
-                                         "file names)")
+    query_len: int | None = field(None, "unirlhf input: segment length (None: from the file "
+                                         "names)")
     task: str = field("run", "task recorded in an imported dataset")
     env: str = field("halfcheetah-prefrl", "unirlhf output: the env name in the file names")
 
