@@ -13,7 +13,7 @@ end) and logs it:
   runs have curves against env steps *and* against labels;
 * a sweep's run record (``runs/<id>.json``) → its own TensorBoard run
   ``records/<id>`` with the cell as hyper-parameters and its metrics (the
-  HParams dashboard compares cells), and ``sweep/<metric>`` scalars;
+  HParams dashboard compares cells), and ``sweep_records/<metric>`` scalars;
 * any other ``*.json`` written during the run (a benchmark's results,
   ``result.json``) → ``<file stem>/<key>`` scalars at step 0;
 * the command's last JSON line on stdout → ``summary/<key>``.
@@ -178,7 +178,7 @@ class Tracker:
             for key, value in metrics.items():
                 sub.add_scalar(key, value, 0)
             sub.close()
-        self.log("sweep", metrics, self._records)
+        self.log("sweep_records", metrics, self._records)
         self._records += 1
 
     def sync(self) -> None:
