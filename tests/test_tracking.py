@@ -82,8 +82,9 @@ def test_sweep_records_become_hparam_runs(tmp_path):
     args = argparse.Namespace(command="sweep", out=str(out), track=["tensorboard"],
                               track_dir=None, sweep_file=None)
     tracking.run_tracked(args, run, interval=0.05)
-    assert [e.value for e in _accumulator(out / "track").Scalars("sweep_records/heldout_accuracy")] == \
-        pytest.approx([0.90, 0.91])
+    main = _accumulator(out / "track")
+    assert [e.value for e in main.Scalars("sweep_records/heldout_accuracy")] == pytest.approx(
+        [0.90, 0.91])
     record = _accumulator(out / "track" / "records" / "cell_s1")
     assert record.Scalars("heldout_accuracy")[0].value == pytest.approx(0.91)
     assert record.PluginTagToContent("hparams")
