@@ -30,6 +30,9 @@ COMMANDS: dict[str, str] = {
     "sweep": "sweep",
     "report": "report",
     "bench": "bench",
+    "render": "render",
+    "annotate": "annotate",
+    "convert": "convert",
 }
 
 
@@ -77,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_jax(mjx=uses_mjx(args))
     try:
-        result = args.func(args)
+        if getattr(args, "track", None):  # --track: mirror the run's JSON files (prefrl.tracking)
+            from prefrl.tracking import run_tracked
+
+            result = run_tracked(args, args.func)
+        else:
+            result = args.func(args)
     except ImportError as err:
         backend = sys.modules.get("prefrl.rollout.mjx_backend")
         if backend is None or not isinstance(err, backend.MissingExtraError):

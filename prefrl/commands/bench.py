@@ -7,6 +7,7 @@ import importlib
 import pkgutil
 
 import prefrl.bench
+from prefrl.tracking import add_track_args
 
 
 def _available() -> list[str]:
@@ -21,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run a benchmark (results go to experiments/bench/results/ and a final JSON line)",
         description="Benchmarks: " + ", ".join(names),
     )
+    add_track_args(p)  # before NAME: what follows NAME goes to the benchmark
     p.add_argument("name", choices=names, help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     p.set_defaults(func=run)

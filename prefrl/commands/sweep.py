@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from prefrl.tracking import add_track_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -36,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not share a JAX persistent compilation cache (OUT/.jax_cache) "
                         "between workers")
+    add_track_args(p)
     p.set_defaults(func=run)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from prefrl.commands import add_subcommands
+from prefrl.tracking import add_track_args
 
 ALGOS = ("ppo", "online", "cpl", "dpo", "bc")
 
@@ -17,3 +18,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a policy: " + ", ".join(ALGOS))
     algo_sub = p.add_subparsers(dest="algo", metavar="ALGO")
     add_subcommands(algo_sub, [f"train_{algo}" for algo in ALGOS])
+    for algo_parser in algo_sub.choices.values():
+        add_track_args(algo_parser)

@@ -11,7 +11,10 @@ Layout (``prefrl.io.save_npz``; read with ``allow_pickle=False``):
 * the JSON header: ``kind = "preference_dataset"``, ``schema_version``,
   ``task``, ``segment_length``, ``num_segments``, ``num_queries``,
   ``labels`` (names), ``oracles`` (name → oracle configuration),
-  ``seeds`` (name → seed) and free-form ``meta``.
+  ``seeds`` (name → seed) and free-form ``meta``;
+* schema extensions (optional): ``extensions.<name>`` in the header and arrays
+  ``<name>.<…>`` (e.g. the labelling page's ``annotation``:
+  ``prefrl.annotate.store``); readers that do not know one ignore it.
 
 :func:`load` checks everything and raises :class:`prefrl.io.FileFormatError`
 (a ``ValueError``) naming the file and the problem.
@@ -208,6 +211,7 @@ def save(
     oracles: Mapping[str, Mapping[str, Any]] | None = None,
     seeds: Mapping[str, int] | None = None,
     meta: Mapping[str, Any] | None = None,
+    extensions: Mapping[str, tuple[Mapping[str, Any], Mapping[str, np.ndarray]]] | None = None,
 ) -> Path:
     """Validate and write ``dataset`` atomically; returns the path.
 
@@ -216,8 +220,20 @@ def save(
       oracles: label name → oracle configuration (``prefrl.config.to_dict``).
       seeds: label name (or ``"queries"``) → seed used.
       meta: any other JSON-able provenance (trajectory file, expert, …).
+      extensions: schema extensions, name → ``(header, arrays)``: the header
+        goes under ``header["extensions"][name]`` and each array is stored as
+        ``<name>.<array>`` (e.g. ``annotation.annotator.human``, the labelling
+        page's, ``prefrl.annotate.store``); readers that do not know an
+        extension ignore it, and the base schema is checked as usual.
     """
     arrays = _to_arrays(dataset)
+    base = set(arrays)
+    for ext, (_, ext_arrays) in (extensions or {}).items():
+        if not ext or "." in ext or ext in ("segments", "label", "label_mask", "first", "second"):
+            raise ValueError(f"extension name {ext!r} must be non-empty, contain no '.' and not "
+                             "be a base array name")
+        for key, value in ext_arrays.items():
+            arrays[f"{ext}.{key}"] = np.asarray(value)
     names = sorted(dataset.labels)
     _check(str(path), arrays, names)
     header = {
@@ -232,7 +248,9 @@ def save(
         "seeds": {k: int(v) for k, v in (seeds or {}).items()},
         "meta": dict(meta or {}),
     }
-    _check_meaning(str(path), arrays, header)
+    if extensions:
+        header["extensions"] = {k: dict(h) for k, (h, _) in extensions.items()}
+    _check_meaning(str(path), {k: v for k, v in arrays.items() if k in base}, header)
     return save_npz(path, arrays, header)
 
 
