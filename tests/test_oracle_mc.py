@@ -187,3 +187,73 @@ def test_oracle_and_expert_refusals():
     with pytest.raises(ValueError, match="needs \\['qpos'"):
         oracles_mc.endpoints_of({"reward": np.zeros((2, 3)), "action": np.zeros((2, 3, 6)),
                                  "qvel": np.zeros((2, 2, 9))})
+
+
+def _write_trajectory(path) -> None:
+    from prefrl.data.trajectories import save_trajectory
+    from prefrl.rollout import BatchedEnv
+    from prefrl.types import Trajectory
+
+    rng = np.random.default_rng(5)
+    with BatchedEnv("run", num_envs=2, seed=5, dtype=np.float32) as env:
+        env.reset()
+        rows = [env.step(rng.uniform(-1, 1, (2, 6))) for _ in range(20)]
+    traj = Trajectory(**{name: np.stack([row[name] for row in rows]) for name in rows[0]})
+    save_trajectory(path, jax.tree.map(
+        lambda x: x.astype(np.float32) if x.dtype == np.float64 else x, traj), task="run")
+
+
+def test_label_command_with_mc_values(tmp_path, capsys):
+    import json
+
+    from prefrl import cli
+    from prefrl.data import dataset as ds
+
+    _write_trajectory(tmp_path / "traj.npz")
+    out = tmp_path / "prefs.npz"
+    rc = cli.main(["label", "--trajectory", str(tmp_path / "traj.npz"), "--output", str(out),
+                   "--segment-length", "5", "--stride", "5", "--budget", "6",
+                   "--oracles", "partial_return", "regret", "--expert", EXPERT,
+                   "--oracle-value", "mc", "--mc-rollouts", "2", "--mc-horizon", "4"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["mc"]["rollouts"] == 2 and summary["mc"]["env_steps"] > 0
+    data, header = ds.load(out)
+    assert header["meta"]["oracle_value"] == "mc" and header["meta"]["mc"]["horizon"] == 4
+    assert set(np.unique(np.asarray(data.labels["regret"]))) <= {0.0, 0.5, 1.0}
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--oracle-value", "mc"], "needs the expert checkpoint"),
+    (["--oracle-value", "mc", "--expert", EXPERT, "--mc-rollouts", "0"],
+     "--mc-rollouts must be an integer >= 1"),
+    (["--oracle-value", "mc", "--expert", EXPERT, "--mc-horizon", "0"],
+     "--mc-horizon must be an integer >= 1"),
+    (["--oracle-value", "mc", "--expert", EXPERT, "--oracles", "partial_return"],
+     "add regret to --oracles"),
+])
+def test_label_command_refuses_bad_mc_options(tmp_path, capsys, options, message):
+    from prefrl import cli
+
+    _write_trajectory(tmp_path / "traj.npz")
+    out = tmp_path / "prefs.npz"
+    base = ["label", "--trajectory", str(tmp_path / "traj.npz"), "--output", str(out),
+            "--segment-length", "5", "--stride", "5", "--budget", "6"]
+    if "--oracles" not in options:
+        base += ["--oracles", "regret"]
+    assert cli.main(base + options) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_label_command_refuses_an_expert_of_another_task(tmp_path, capsys):
+    from prefrl import cli
+
+    _write_trajectory(tmp_path / "traj.npz")
+    out = tmp_path / "prefs.npz"
+    rc = cli.main(["label", "--trajectory", str(tmp_path / "traj.npz"), "--output", str(out),
+                   "--segment-length", "5", "--stride", "5", "--budget", "6",
+                   "--oracles", "regret", "--oracle-value", "mc",
+                   "--expert", "experiments/experts/target-speed/final.npz"])
+    assert rc == 1 and "task 'target-speed'" in capsys.readouterr().err
+    assert not out.exists()
