@@ -216,6 +216,17 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _rows(result: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    # (task, source, numbers) in run order: the JSON file's keys are sorted.
+    order = {"random": 0, "expert": 2}
+    out = []
+    for task in result["settings"]["tasks"]:
+        sources = result["tasks"][task]["sources"]
+        for source in sorted(sources, key=lambda name: (order.get(name, 1), name)):
+            out.append((task, source, sources[source]))
+    return out
+
+
 def markdown(result: dict[str, Any], m: int) -> str:
     """The fidelity table at M = ``m`` (one row per task and source)."""
     lines = [
@@ -224,23 +235,31 @@ def markdown(result: dict[str, Any], m: int) -> str:
         f"MC self-agreement (M = {m}) | V̂ std. error "
         f"(M = {m}) | critic's regret error std / regret std | env steps / label | s / label |",
         "|---|---|---|---|---|---|---|---|---|---|"]
-    for task, t in result["tasks"].items():
-        for source, s in t["sources"].items():
-            at = s["by_m"].get(str(m), {})
-            lines.append(
-                f"| `{task}` | {source} | {s['pearson_critic_mc']:.3f} | "
-                f"{s['critic_agreement_all_rollouts']:.1%} | {at.get('critic_agreement', 0):.1%} | "
-                f"{at.get('self_agreement', 0):.1%} | {at.get('value_stderr', 0):.1f} | "
-                f"{s['critic_regret_error_std']:.1f} / {s['regret_std']:.1f} | "
-                f"{at.get('env_steps_per_label', 0):,.0f} | {at.get('seconds_per_label', 0):.2f} |")
+    for task, source, s in _rows(result):
+        at = s["by_m"].get(str(m), {})
+        lines.append(
+            f"| `{task}` | {source} | {s['pearson_critic_mc']:.3f} | "
+            f"{s['critic_agreement_all_rollouts']:.1%} | {at.get('critic_agreement', 0):.1%} | "
+            f"{at.get('self_agreement', 0):.1%} | {at.get('value_stderr', 0):.3g} | "
+            f"{s['critic_regret_error_std']:.3g} / {s['regret_std']:.3g} | "
+            f"{at.get('env_steps_per_label', 0):,.0f} | {at.get('seconds_per_label', 0):.2f} |")
     lines += ["", "Self-agreement by M (two independent M-rollout estimates):", "",
               "| task | segments from | " + " | ".join(f"M = {k}" for k in result["ms"]) + " |",
               "|---|---|" + "---|" * len(result["ms"])]
-    for task, t in result["tasks"].items():
-        for source, s in t["sources"].items():
-            cells = [f"{s['by_m'][str(k)]['self_agreement']:.1%}" if str(k) in s["by_m"] else "—"
-                     for k in result["ms"]]
-            lines.append(f"| `{task}` | {source} | " + " | ".join(cells) + " |")
+    for task, source, s in _rows(result):
+        cells = [f"{s['by_m'][str(k)]['self_agreement']:.1%}" if str(k) in s["by_m"] else "—"
+                 for k in result["ms"]]
+        lines.append(f"| `{task}` | {source} | " + " | ".join(cells) + " |")
+    lines += ["", "What `set_state` changes (64 states of the first snapshot, after 150 steps; "
+              "one expert rollout of H steps each, same policy noise; mean |ΔG|):", "",
+              "| task | s_k rebuilt vs recorded (max abs) | warm vs cold solver | "
+              "cold vs root x = 0 | two independent rollouts |", "|---|---|---|---|---|"]
+    for task in result["settings"]["tasks"]:
+        w = result["tasks"][task]["warm_start"]
+        lines.append(f"| `{task}` | {w['final_state_max_abs_error']:.1e} | "
+                     f"{w['mean_abs_diff_warm_vs_cold']:.3g} | "
+                     f"{w['mean_abs_diff_cold_vs_root_x_0']:.3g} | "
+                     f"{w['mean_abs_diff_independent_noise']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
