@@ -12,7 +12,7 @@ of that expert instead of its critic (:mod:`prefrl.oracles_mc`, issue #24):
 ``--mc-rollouts`` M stochastic rollouts of ``--mc-horizon`` H steps from each
 segment's s_0 and s_k, plus γ^H·V_E(s_H). Its labels are exact for A^{π_E}
 up to the tail and the MC noise; they cost M·H env steps per distinct
-endpoint (README, "The regret oracle's approximation").
+endpoint (README, "A faithful regret oracle: Monte-Carlo values").
 """
 
 from __future__ import annotations
