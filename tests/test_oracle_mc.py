@@ -257,3 +257,23 @@ def test_label_command_refuses_an_expert_of_another_task(tmp_path, capsys):
                    "--expert", "experiments/experts/target-speed/final.npz"])
     assert rc == 1 and "task 'target-speed'" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow  # ~30 s: the bench's whole path at toy sizes
+def test_bench_oracle_fidelity_smoke(tmp_path, capsys):
+    import json
+
+    from prefrl.bench import oracle_fidelity
+
+    out = tmp_path / "fidelity.json"
+    assert oracle_fidelity.main([
+        "--tasks", "run", "--snapshot-fractions", "0.1", "--segments", "16", "--length", "5",
+        "--warmup", "2", "--rollouts", "2", "--horizon", "3", "--ms", "1", "--pairs", "20",
+        "--num-envs", "16", "--out", str(out)]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last["summary"]["run"]) == {"random", "snapshot_0.1", "expert"}
+    result = json.loads(out.read_text())
+    source = result["tasks"]["run"]["sources"]["random"]
+    assert source["segments"] == 16 and set(source["by_m"]) == {"1"}
+    assert result["tasks"]["run"]["warm_start"]["final_state_max_abs_error"] < 1e-9
+    assert "| `run` | random |" in out.with_suffix(".md").read_text()
