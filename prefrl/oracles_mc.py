@@ -150,6 +150,36 @@ def make_env(task: Any, num_envs: int, horizon: int, num_threads: int | None = N
     return BatchedEnv(spec, num_envs=int(num_envs), num_threads=num_threads)
 
 
+class EnvCache:
+    """:func:`make_env` envs of power-of-two sizes up to ``max_envs``, made on first use.
+
+    ``cache(count)`` is the env that runs ``count`` rollouts with the least
+    padding (at most twice ``count``, at least 16, at most ``max_envs``): a
+    small online batch does not pay for ``max_envs`` environments. Any function
+    here that takes ``env`` also takes an ``EnvCache``.
+    """
+
+    def __init__(self, task: Any, max_envs: int, horizon: int,
+                 num_threads: int | None = None) -> None:
+        self.task, self.max_envs, self.horizon = task, int(max_envs), int(horizon)
+        self.num_threads = num_threads
+        self.envs: dict[int, Any] = {}
+
+    def __call__(self, count: int) -> Any:
+        size = min(self.max_envs, max(16, 1 << max(0, int(count) - 1).bit_length()))
+        if size not in self.envs:
+            self.envs[size] = make_env(self.task, size, self.horizon, self.num_threads)
+        return self.envs[size]
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+
+
+def _env_for(env: Any, count: int) -> Any:
+    return env(count) if isinstance(env, EnvCache) else env
+
+
 # --------------------------------------------------------------------------- arithmetic
 
 
@@ -227,13 +257,14 @@ def mc_values(expert: MCExpert, key: Array, qpos: np.ndarray, qvel: np.ndarray, 
       key: PRNG key; rollout m of state i uses ``fold_in(fold_in(key, i), m)``.
       qpos, qvel: ``[S, nq]``, ``[S, nv]``; root x is set to 0 first.
       rollouts, horizon: M, H.
-      env: a :func:`make_env` env (time limit > H); its ``num_envs`` rollouts
-        run together, the S·M in chunks.
+      env: a :func:`make_env` env (time limit > H) or an :class:`EnvCache`;
+        its ``num_envs`` rollouts run together, the S·M in chunks.
 
     Returns:
       :class:`MCValues` (``value [S]``, ``stderr [S]``, ``returns [S, M]``).
     """
     qpos, qvel = root_x_zero(qpos), np.asarray(qvel, np.float64)
+    env = _env_for(env, qpos.shape[0] * rollouts)
     _check_states(qpos, qvel, env)
     if rollouts < 1 or horizon < 1:
         raise ValueError(f"rollouts and horizon must be >= 1, got {rollouts}, {horizon}")
@@ -265,6 +296,7 @@ def final_states(qpos_last: np.ndarray, qvel_last: np.ndarray, action_last: np.n
     rollout is lost (``set_state`` restarts it cold).
     """
     qpos_last, qvel_last = root_x_zero(qpos_last), np.asarray(qvel_last, np.float64)
+    env = _env_for(env, qpos_last.shape[0])
     _check_states(qpos_last, qvel_last, env)
     qpos_k, qvel_k = np.empty_like(qpos_last), np.empty_like(qvel_last)
     for rows in _chunks(qpos_last.shape[0], env.num_envs):
@@ -409,8 +441,9 @@ def check_oracle(oracle: OracleConfig, expert: MCExpert) -> None:
 class MCLabeller:
     """A host labeller for any loop: ``label(key, segments, first, second) -> Labels``.
 
-    Holds the loaded expert and one :func:`make_env` env of ``mc.num_envs``
-    environments (reused by every call; :meth:`close` stops its threads).
+    Holds the loaded expert and an :class:`EnvCache` of envs of up to
+    ``mc.num_envs`` environments (reused by every call; :meth:`close` stops
+    their threads).
     ``segments`` is a :class:`~prefrl.types.Segments` or a mapping of numpy
     pool arrays (:func:`endpoints_of`). ``env_steps``/``seconds`` add up every
     call's cost; ``last_info`` is the latest call's :func:`label_queries_mc` info.
@@ -424,7 +457,7 @@ class MCLabeller:
         self.expert = expert or load_expert(mc, task, discount=oracle.discount,
                                             trajectory_header=trajectory_header)
         check_oracle(oracle, self.expert)
-        self.env = make_env(self.expert.task, mc.num_envs, mc.horizon, num_threads)
+        self.env = EnvCache(self.expert.task, mc.num_envs, mc.horizon, num_threads)
         self.env_steps, self.seconds = 0, 0.0
         self.last_info: dict[str, Any] = {}
 
@@ -453,7 +486,7 @@ class MCLabeller:
         self.close()
 
 
-__all__ = ["DEFAULT_HORIZON", "DEFAULT_ROLLOUTS", "VALUES", "Endpoints", "MCConfig", "MCExpert",
-           "MCLabeller", "MCValues", "check_oracle", "discounted_returns", "endpoint_states",
-           "endpoints_of", "final_states", "label_queries_mc", "load_expert", "make_env",
-           "mc_values", "rollout_noise", "rollout_returns", "root_x_zero"]
+__all__ = ["DEFAULT_HORIZON", "DEFAULT_ROLLOUTS", "VALUES", "Endpoints", "EnvCache", "MCConfig",
+           "MCExpert", "MCLabeller", "MCValues", "check_oracle", "discounted_returns",
+           "endpoint_states", "endpoints_of", "final_states", "label_queries_mc", "load_expert",
+           "make_env", "mc_values", "rollout_noise", "rollout_returns", "root_x_zero"]

@@ -163,6 +163,12 @@ def test_mc_values_deterministic_given_key_and_chunking():
 
     a, b = values(0, 4), values(0, 4)
     np.testing.assert_array_equal(a, b)
+    cache = oracles_mc.EnvCache("run", 64, 5)
+    np.testing.assert_allclose(oracles_mc.mc_values(expert, jax.random.key(0), qpos, qvel,
+                                                    rollouts=2, horizon=5, env=cache).returns,
+                               a, rtol=1e-5)
+    assert [cache(n).num_envs for n in (6, 17, 1000)] == [16, 32, 64]
+    cache.close()
     np.testing.assert_allclose(values(0, 6), a, rtol=1e-5)  # chunks do not change the draws
     assert not np.allclose(values(1, 4), a)
     assert np.all(a[:, 0] != a[:, 1])  # the M rollouts are different draws
