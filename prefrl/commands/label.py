@@ -6,6 +6,13 @@ seed, so one file carries both models' labels. The regret oracle needs an
 expert critic V_E: ``--expert PATH`` is loaded with
 ``prefrl.checkpoints.load_value_fn`` and must return V_E in the units of the
 true reward with discount ``--regret-discount`` (docs/design.md §3).
+
+``--oracle-value mc`` takes the regret oracle's V from Monte-Carlo rollouts
+of that expert instead of its critic (:mod:`prefrl.oracles_mc`, issue #24):
+``--mc-rollouts`` M stochastic rollouts of ``--mc-horizon`` H steps from each
+segment's s_0 and s_k, plus γ^H·V_E(s_H). Its labels are exact for A^{π_E}
+up to the tail and the MC noise; they cost M·H env steps per distinct
+endpoint (README, "A faithful regret oracle: Monte-Carlo values").
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from prefrl import config as cfg
 from prefrl.config import ConfigError, field
 from prefrl.data.labelling import LabelConfig, label_pool
+from prefrl.oracles_mc import DEFAULT_HORIZON, DEFAULT_ROLLOUTS, VALUES
 
 ValueFn = Callable[[Any], Any]
 
@@ -30,6 +38,26 @@ class LabelCommandConfig(LabelConfig):
     trajectory: str = field("", "input trajectory file (.npz, from prefrl collect)")
     output: str = field("", "output preference dataset file (.npz)")
     expert: str | None = field(None, "expert critic checkpoint for the regret oracle")
+    oracle_value: Literal["critic", "mc"] = field(
+        "critic", "V of the regret oracle: critic (the expert's V_E) or mc (Monte-Carlo "
+        "rollouts of the expert's stochastic policy from s_0 and s_k, plus γ^H·V_E)")
+    mc_rollouts: int = field(DEFAULT_ROLLOUTS, "M: expert rollouts per state (--oracle-value mc)")
+    mc_horizon: int = field(DEFAULT_HORIZON, "H: steps per rollout before the γ^H·V_E tail "
+                            "(--oracle-value mc)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.oracle_value not in VALUES:
+            raise ConfigError(f"--oracle-value must be one of {list(VALUES)}, got "
+                              f"{self.oracle_value!r}")
+        for name in ("mc_rollouts", "mc_horizon"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, "
+                                  f"got {value!r}")
+        if self.oracle_value == "mc" and "regret" not in self.oracles:
+            raise ConfigError("--oracle-value mc sets the regret oracle's V: add regret to "
+                              "--oracles (or leave --oracle-value critic)")
 
 
 def load_expert_value_fn(
@@ -70,6 +98,10 @@ def run_config(config: LabelCommandConfig, value_fn: ValueFn | None = None) -> d
         raise ConfigError("give the input trajectory file: --trajectory PATH")
     if not config.output:
         raise ConfigError("give the output dataset file: --output PATH")
+    use_mc = config.oracle_value == "mc"
+    if use_mc and not config.expert:
+        raise ConfigError("--oracle-value mc needs the expert checkpoint (--expert PATH): its "
+                          "policy makes the rollouts and its critic V_E the γ^H tail")
     if "regret" in config.oracles and value_fn is None and not config.expert:
         raise ConfigError("the regret oracle needs an expert critic: pass --expert PATH")
     preflight.check_output_file(config.output, "--output")
@@ -77,12 +109,25 @@ def run_config(config: LabelCommandConfig, value_fn: ValueFn | None = None) -> d
     pool = segment(traj, config.segment_length, config.stride)
     if int(pool.obs.shape[0]) >= 2:
         check_budget(config, pool)
-    if "regret" in config.oracles and value_fn is None:
+    labeller = _mc_labeller(config, header) if use_mc else None
+    if "regret" in config.oracles and value_fn is None and not use_mc:
         value_fn = load_expert_value_fn(
             config.expert, discount=config.regret_discount, obs_dim=int(traj.obs.shape[-1]),
             trajectory_header=header,
         )
-    dataset, stats = label_pool(config, pool, value_fn)
+    try:
+        dataset, stats = label_pool(config, pool, value_fn,
+                                    labellers={"regret": labeller} if labeller else None)
+    finally:
+        if labeller is not None:
+            labeller.close()
+    mc_meta = None if labeller is None else {
+        "rollouts": config.mc_rollouts, "horizon": config.mc_horizon,
+        "env_steps": labeller.env_steps, "seconds": round(labeller.seconds, 3),
+        "states": labeller.last_info.get("states"),
+        "stepped_final_states": labeller.last_info.get("stepped_final_states"),
+        "keys": "regret labels' key splits into (rollouts, labels); rollout m of state i: "
+                "fold_in(fold_in(rollouts, i), m)"}
     oracle_dicts = {n: cfg.to_dict(config.oracle(n)) for n in config.oracles}
     path = ds.save(
         config.output,
@@ -98,14 +143,29 @@ def run_config(config: LabelCommandConfig, value_fn: ValueFn | None = None) -> d
             "task_params": header.get("task_params"),
             "command": cfg.to_dict(config),
             "keys": "PRNGKey(seed) -> split (queries, labels); oracle i: fold_in(labels, i)",
+            "oracle_value": config.oracle_value,
+            "mc": mc_meta,
         },
     )
-    return {
+    summary = {
         "output": str(path),
         "segments": int(dataset.segments.obs.shape[0]),
         "queries": int(dataset.first.shape[0]),
         "labels": stats,
     }
+    if mc_meta is not None:
+        summary["mc"] = {k: v for k, v in mc_meta.items() if k != "keys"}
+    return summary
+
+
+def _mc_labeller(config: LabelCommandConfig, header: dict[str, Any]) -> Any:
+    """The Monte-Carlo regret labeller, its expert checked against the trajectory's task."""
+    from prefrl.envs.tasks import task_from_header
+    from prefrl.oracles_mc import MCConfig, MCLabeller
+
+    mc = MCConfig(expert=config.expert, rollouts=config.mc_rollouts, horizon=config.mc_horizon)
+    return MCLabeller(config.oracle("regret"), mc, task_from_header(header),
+                      trajectory_header=header)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -169,6 +169,7 @@ def check_critic(critic: Mapping[str, Any], trajectory: Mapping[str, Any], *, di
 def label_pool(
     config: LabelConfig, pool: Segments, value_fn: ValueFn | None = None,
     budget_option: str = "--budget",
+    labellers: Mapping[str, Callable[..., Any]] | None = None,
 ) -> tuple[PreferenceDataset, dict[str, Any]]:
     """Sample queries from ``pool`` and label them with every configured oracle.
 
@@ -178,11 +179,17 @@ def label_pool(
     The budget is checked first (:func:`check_budget`; ``budget_option`` is
     the name its error gives the budget).
 
+    ``labellers`` maps an oracle's name to a host labeller
+    ``label(key, pool, first, second) -> oracles.Labels`` that replaces
+    :func:`prefrl.oracles.label_queries` for it (e.g. the Monte-Carlo regret
+    oracle, :class:`prefrl.oracles_mc.MCLabeller`); it gets the same key.
+
     Returns:
       ``(dataset, stats)``; stats per oracle: fraction first preferred, ties,
       skipped.
     """
-    if "regret" in config.oracles and value_fn is None:
+    labellers = dict(labellers or {})
+    if "regret" in config.oracles and value_fn is None and "regret" not in labellers:
         raise ValueError("the regret oracle needs an expert critic V_E (value_fn; "
                          "prefrl label: --expert PATH)")
     if int(pool.obs.shape[0]) < 2:
@@ -199,10 +206,13 @@ def label_pool(
     jpool = jax.tree_util.tree_map(jnp.asarray, pool)
     labels, masks, stats = {}, {}, {}
     for i, name in enumerate(config.oracles):
-        out = label_queries(
-            config.oracle(name), jax.random.fold_in(key_labels, i), jpool, first, second,
-            value_fn if name == "regret" else None,
-        )
+        if name in labellers:
+            out = labellers[name](jax.random.fold_in(key_labels, i), pool, first, second)
+        else:
+            out = label_queries(
+                config.oracle(name), jax.random.fold_in(key_labels, i), jpool, first, second,
+                value_fn if name == "regret" else None,
+            )
         label, keep = np.asarray(out.label, np.float32), np.asarray(out.keep, bool)
         labels[name], masks[name] = label, keep
         kept = label[keep]
