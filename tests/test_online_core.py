@@ -284,3 +284,15 @@ def test_policy_learner_interface_takes_an_off_policy_learner(monkeypatch, tmp_p
     _point_train(files, stop_after_updates=3)
     resumed = _point_train(files)
     jax.tree.map(np.testing.assert_array_equal, resumed["state"].policy["w"], final["w"])
+
+
+def test_readme_online_registry_example_runs():
+    """The README's extension example, verbatim; its registrations are undone afterwards."""
+    from _readme import readme_example
+
+    try:
+        exec(compile(readme_example("online_registry"), "README.md", "exec"), {})
+        assert "margin" in queries.ACQUISITIONS and "rhat_half" in registry.REWARD_LEARNERS
+    finally:
+        queries.ACQUISITIONS.pop("margin", None)
+        registry.REWARD_LEARNERS.pop("rhat_half", None)

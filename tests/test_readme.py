@@ -18,5 +18,5 @@ def test_setup_commands_match_ci():
 
 
 def test_examples_are_present():
-    for name in ("reward_model", "cpl"):
+    for name in ("reward_model", "cpl", "online_registry"):
         assert "import" in readme_example(name)

@@ -326,8 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     p.add_argument("--only", nargs="*", default=None, help="rows to run (default: all)")
     p.add_argument("--summary-only", action="store_true", help="only summarise existing runs")
+    p.add_argument("--wall-pairs", type=int, default=0, metavar="N",
+                   help="instead: N interleaved (true, online-pr-1000) pairs on run (seeds "
+                        "0..N-1), the wall-clock ratio measured in this one process "
+                        "(written to --out/wall_pairs.json)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.wall_pairs:
+        return _wall_pairs(args.wall_pairs, args.total_steps, out)
     done = 0
     if not args.summary_only:
         for task, row, seed in plan(args.tasks):
@@ -354,6 +360,41 @@ def main(argv: list[str] | None = None) -> int:
                                     "offline_return", "normalised_online", "labels",
                                     "online_wall_s", "ppo_wall_s", "wall_ratio", "runs")}
     print(json.dumps(line))
+    return 0
+
+
+def _wall_pairs(pairs: int, total_steps: int, out: Path) -> int:
+    """``pairs`` interleaved true/online runs on ``run``: the online row's wall-clock over
+    true-reward PPO's, each ratio from a pair run back to back (machine load shared)."""
+    from prefrl.io import atomic_write_json
+
+    if pairs < 1:
+        raise SystemExit("--wall-pairs must be >= 1")
+    load_before = os.getloadavg()[0]
+    # A first short pair compiles everything, so no measured run pays a compile.
+    run_one("run", "true", 0, 8192)
+    run_one("run", "online-pr-1000", 0, 8192)
+    records = []
+    for seed in range(pairs):
+        true = run_one("run", "true", seed, total_steps)
+        online = run_one("run", "online-pr-1000", seed, total_steps)
+        records.append({"seed": seed, "true_wall_s": true["wall_s"],
+                        "online_wall_s": online["wall_s"],
+                        "ratio": online["wall_s"] / true["wall_s"],
+                        "online_fit_s": online["timing"]["fit_s"],
+                        "true_return": true["final_return"],
+                        "online_return": online["final_return"]})
+        print(json.dumps(records[-1]), flush=True)
+    ratios = np.array([r["ratio"] for r in records])
+    result = {"bench": "online_wall_pairs", "pairs": records,
+              "wall_ratio": float(np.mean(ratios)),
+              "wall_ratio_min": float(ratios.min()), "wall_ratio_max": float(ratios.max()),
+              "ratio_of_means": float(np.mean([r["online_wall_s"] for r in records])
+                                      / np.mean([r["true_wall_s"] for r in records])),
+              "total_steps": total_steps, "commit": _commit(), "machine": platform.node(),
+              "load_before": load_before, "load_after": os.getloadavg()[0]}
+    atomic_write_json(out / "wall_pairs.json", result)
+    print(json.dumps({k: v for k, v in result.items() if k != "pairs"}))
     return 0
 
 
