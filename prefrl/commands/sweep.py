@@ -33,9 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="validate and list the runs to do, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile-cache", metavar="DIR", default=None,
+                   help="JAX persistent compilation cache shared by the workers (default: "
+                        "$PREFRL_JAX_CACHE, else ~/.cache/prefrl/jax; never inside --out)")
     p.add_argument("--no-compile-cache", action="store_true",
-                   help="do not share a JAX persistent compilation cache (OUT/.jax_cache) "
-                        "between workers")
+                   help="do not use a JAX persistent compilation cache")
+    p.add_argument("--ray-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up on a --ray address that does not answer within this time")
     p.set_defaults(func=run)
 
 
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_lib.load_sweep(args.sweep_file, args.overrides)
     spec_lib.check_budget_scale(args.budget_scale)
     if args.dry_run:
-        execute.check_before_writing(spec, args.out, args.workers)
+        execute.check_before_writing(spec, args.out, args.workers, ray_address=args.ray,
+                                     ray_timeout=args.ray_timeout)
         store = store_lib.ResultStore(args.out)
         units, summary = execute.plan(spec, store, RUNNERS, budget_scale=args.budget_scale,
                                       resume=args.resume)
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         outcome = execute.run_sweep(
             spec, args.out, RUNNERS, resume=args.resume, budget_scale=args.budget_scale,
             workers=args.workers, ray_address=args.ray, on_records=on_records, on_plan=on_plan,
-            compile_cache=not args.no_compile_cache,
+            compile_cache=False if args.no_compile_cache else (args.compile_cache or True),
+            ray_timeout=args.ray_timeout,
         )
     finally:
         if bar is not None:
