@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prefrl import config as cfg
+from prefrl.io import FileFormatError
 
 LABEL_MODELS = ("partial_return", "regret")
 KNOWN_TASKS = ("run", "run-backward", "target-speed")
@@ -51,6 +52,10 @@ _NEEDS_EXPERT: tuple[str, ...] = ("regret_sf+ppo",)  # its library Π: the exper
 
 class SweepError(ValueError):
     """A sweep file, its data files or a result directory is invalid; the message says which."""
+
+
+class SweepInputError(SweepError, FileFormatError):
+    """A file a sweep's cells would read cannot be used (exit status 1, as any unusable input)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -481,6 +486,9 @@ def load_sweep(
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise SweepError(f"{path}: not valid TOML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise SweepError(f"{path}: not a text (UTF-8) file, so not a TOML sweep file: "
+                         f"byte {err.object[err.start]:#04x} at position {err.start}") from err
     for assignment in overrides:
         _apply_override(data, assignment)
     return parse_sweep(data, base_dir=path.parent, source=str(path), check_files=check_files)
