@@ -99,6 +99,14 @@ def _check_budgets(where: str, path: str, cells: list[CellConfig], num_segments:
         raise SweepError(f"{where}: cell {smallest.label()}: label_budget "
                          f"{smallest.label_budget} is too small; a preference fit needs at "
                          "least 2 labels (and both outcomes among them)")
+    # The largest budget's gathered pairs (two segments per query and seed), before any
+    # cell allocates them: one cell asking for too much would abort the whole process.
+    biggest = max(cells, key=lambda c: c.label_budget)
+    try:
+        preflight.check_memory("label_budget", biggest.label_budget, num_seeds
+                               * biggest.label_budget * (2 * segment_bytes + 16))
+    except ValueError as err:
+        raise SweepError(f"{where} {path}, cell {biggest.label()}: {err}") from err
     for cell in cells:
         # As prefrl.studies.cell_data splits the pool (prefrl.data.pairs.split).
         heldout = int(round(cell.settings.heldout_fraction * num_segments))
@@ -110,14 +118,6 @@ def _check_budgets(where: str, path: str, cells: list[CellConfig], num_segments:
                 f"{distinct} distinct pairs of the {train} training segments of {path} "
                 f"({num_segments} segments, {heldout} held out); asking for more only repeats "
                 "queries")
-    # The largest budget's gathered pairs (two segments per query and seed), before any
-    # cell allocates them: one cell asking for too much would abort the whole process.
-    biggest = max(cells, key=lambda c: c.label_budget)
-    try:
-        preflight.check_memory("label_budget", biggest.label_budget, num_seeds
-                               * biggest.label_budget * (2 * segment_bytes + 16))
-    except ValueError as err:
-        raise SweepError(f"{where} {path}, cell {biggest.label()}: {err}") from err
 
 
 def _check_expert(source: str, path: str, cells: list[CellConfig], dataset_header: dict

@@ -62,9 +62,15 @@ def check_ray_address(address: str, timeout: float) -> None:
     result: dict[str, BaseException | None] = {}
 
     def connect() -> None:
+        # Ray's GCS is a gRPC server: it answers HTTP/2's connection preface with a
+        # SETTINGS frame (type 4). A port that merely accepts connections is not enough.
         try:
-            with socket.create_connection((host, int(port)), timeout=timeout):
-                result["error"] = None
+            with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+                conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)[:3]
+                             + b"\x04" + bytes(5))
+                frame = conn.recv(9)
+            result["error"] = None if len(frame) == 9 and frame[3] == 4 else OSError(
+                "connected, but no gRPC server (Ray's GCS) answered")
         except OSError as err:
             result["error"] = err
 
