@@ -109,6 +109,8 @@ def test_a_sweep_neither_reads_nor_writes_a_compilation_cache_in_its_results(
     assert outcome.written and not outcome.failed
     assert used == [str((tmp_path / "cache").resolve())]
     assert sorted(p.name for p in planted.iterdir()) == ["entry"]  # neither read nor written
+    assert sorted(p.name for p in out.iterdir()) == [".jax_cache", "runs", "summary.json",
+                                                     "sweep.json", "sweep.toml"]
     assert not [p for p in out.rglob("*") if "cache" in p.name and p != planted] + [
         p for p in out.rglob("*lock")]
     # A cache inside the results folder is refused before anything is written.
