@@ -394,18 +394,26 @@ def _run_ray(units: list[WorkUnit], address: str, finish: Callable[..., None]) -
         else:
             ray.init(address=address, log_to_driver=False)
     remote = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
-    refs = {remote.remote(u): u for u in units}
+    # A remote machine has no result directory: the driver keeps each cell's folder and log.
+    refs = {remote.remote(dataclasses.replace(u, cell_dir=None)): u for u in units}
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
+            unit = refs[ref]
             records, error = ray.get(ref)
-            finish(refs[ref], records, error)
+            if error is not None and unit.cell_dir is not None:
+                reason, _, text = error.partition("\n")
+                log = Path(unit.cell_dir) / "error.log"
+                atomic_write_text(log, f"cell {unit.cell.label()} seeds {list(unit.seeds)}\n"
+                                  + text)
+                error = f"{reason} (traceback in {log})"
+            finish(unit, records, error)
 
 
 def _ray_execute(unit: WorkUnit) -> tuple[list[dict[str, Any]] | None, str | None]:
-    # Errors travel back as text: the driver reports the cell and carries on.
+    # Errors travel back as text (one line, then the traceback): the driver records them.
     try:
         return execute_unit(unit), None
     except Exception as err:  # noqa: BLE001
-        return None, str(err) if isinstance(err, CellFailed) else one_line(err)
+        return None, f"{one_line(err)}\n{traceback.format_exc()}"

@@ -108,19 +108,27 @@ def check_same_sweep(spec: SweepSpec, store: ResultStore, budget_scale: float) -
                          "sweep? choose another --out") from err
     if not isinstance(theirs, dict):
         raise SweepError(f"{manifest}: not a sweep manifest; choose another --out")
+    # Cells are compared without their files' paths: a moved checkout is the same sweep
+    # (run ids identify data by content).
     ours = {"name": spec.name, "budget_scale": budget_scale, "seeds": list(spec.seeds),
-            "cells": [c.to_dict() for c in spec.cells()]}
+            "cells": [_without_paths(c.to_dict()) for c in spec.cells()]}
     diffs = []
     for key in ("name", "budget_scale", "seeds"):
         if theirs.get(key) != ours[key]:
             diffs.append(f"{key} {theirs.get(key)!r} there, {ours[key]!r} here")
-    their_cells = theirs.get("cells") if isinstance(theirs.get("cells"), list) else []
+    their_cells = [_without_paths(c) for c in theirs.get("cells")] if isinstance(
+        theirs.get("cells"), list) else []
     if their_cells != ours["cells"]:
         diffs.append(_cell_difference(their_cells, ours["cells"]))
     if diffs:
         raise SweepError(f"{store.root} holds the results of another sweep "
                          f"({theirs.get('source')}): " + "; ".join(diffs)
                          + "; choose another --out")
+
+
+def _without_paths(cell: Any) -> Any:
+    return {k: v for k, v in cell.items() if k not in ("dataset", "expert")} if isinstance(
+        cell, dict) else cell
 
 
 def _cell_difference(theirs: list[Any], ours: list[dict[str, Any]]) -> str:
