@@ -236,7 +236,7 @@ def task_from_header(header: Mapping[str, Any]) -> TaskSpec:
     """Inverse of :meth:`TaskSpec.to_header`."""
     if "task" not in header:
         raise ValueError("header has no 'task' entry")
-    return make_task(header["task"], **dict(header.get("task_params", {})))
+    return make_task(header["task"], **dict(header.get("task_params") or {}))
 
 
 def parse_task_params(name: str, assignments: Sequence[str]) -> TaskSpec:

@@ -88,7 +88,7 @@ def _check_dataset(source: str, path: str, cells: list[CellConfig], num_seeds: i
             raise SweepInputError(
                 f"{where}: {path} has observation/action sizes {obs.shape[-1]}/"
                 f"{action.shape[-1]}, but task {name!r} has {task.obs_dim}/{task.act_dim}")
-    return {**header, "task_params": recorded["task_params"]}
+    return {**header, "task_params": recorded["task_params"] or {}}
 
 
 def _check_budgets(where: str, path: str, cells: list[CellConfig], num_segments: int,
