@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from prefrl.config import parse_float, parse_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,9 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="run cells as Ray tasks on this cluster "
                         "('local' starts one, 'auto' finds a running one)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=parse_int, default=None,
                    help="local worker processes (default: CPU cores; 1 = in this process)")
-    p.add_argument("--budget-scale", type=float, default=1.0,
+    p.add_argument("--budget-scale", type=parse_float, default=1.0,
                    help="multiply every step budget (training steps, env steps) by this")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep-file value, e.g. --set tasks.run.dataset=data.npz "
@@ -38,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "$PREFRL_JAX_CACHE, else ~/.cache/prefrl/jax; never inside --out)")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use a JAX persistent compilation cache")
-    p.add_argument("--ray-timeout", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--ray-timeout", type=parse_float, default=30.0, metavar="SECONDS",
                    help="give up on a --ray address that does not answer within this time")
     p.set_defaults(func=run)
 

@@ -51,8 +51,8 @@ def check_ray_address(address: str, timeout: float) -> None:
 
     if address in ("local", "auto") or "://" in address:
         return
-    if not timeout > 0:
-        raise SweepError(f"--ray-timeout must be > 0 seconds, got {timeout}")
+    if not 0 < timeout <= 3600:
+        raise SweepError(f"--ray-timeout must be in (0, 3600] seconds, got {timeout}")
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise SweepError(f"--ray {address}: expected HOST:PORT (or 'local' / 'auto')")

@@ -367,13 +367,15 @@ def parse_sweep(
         raise SweepError(f"{source}: 'description' must be a string")
     seeds = data.get("seeds")
     if isinstance(seeds, int) and not isinstance(seeds, bool):
-        if seeds < 1:
-            raise SweepError(f"{source}: seeds = {seeds}: give a count >= 1 or a list of seeds")
+        if not 1 <= seeds <= 10_000:
+            raise SweepError(f"{source}: seeds = {seeds}: give a count in [1, 10000] or a list "
+                             "of seeds")
         seeds = list(range(seeds))
     if not isinstance(seeds, list) or not seeds or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= cfg.SEED_MAX for s in seeds
     ):
-        raise SweepError(f"{source}: 'seeds' must be a count or a list of integers >= 0")
+        raise SweepError(f"{source}: 'seeds' must be a count or a list of integers in "
+                         f"[0, {cfg.SEED_MAX}]")
     if len(set(seeds)) != len(seeds):
         raise SweepError(f"{source}: duplicate seeds {seeds}")
 
