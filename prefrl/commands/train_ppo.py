@@ -103,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
     kwargs = training.rlhf_kwargs(
         getattr(args, "reward_model", None), getattr(args, "reference", None), ppo_config
     )
+    if train_config.out_dir:  # a last.npz that cannot be resumed: refused before anything runs
+        from prefrl.loops.ppo_files import check_resumable
+
+        check_resumable(train_config, ppo_config, getattr(args, "backend", "cpu"))
     if getattr(args, "init_checkpoint", None):  # refused before the run folder is touched
         from prefrl import checkpoints
 

@@ -175,6 +175,21 @@ class RunFiles:
             self.save(self.out_dir / "last.npz", state, update_idx, arrays=resume_arrays())
 
 
+def check_resumable(tc: TrainConfig, ppo_config: ppo.PPOConfig, backend: str = "cpu") -> None:
+    """Refuse, before any environment is built, an ``out_dir/last.npz`` this run cannot resume.
+
+    The checks :meth:`_RunFiles.open_last` makes (settings, backend, progress
+    against the arrays), early, for the command line; nothing is read when
+    there is nothing to resume.
+    """
+    last = Path(tc.out_dir) / "last.npz" if tc.out_dir else None
+    if last is None or not tc.resume or not last.exists():
+        return
+    arrays, header = load_npz(last, kind=checkpoints.PPO_KIND)
+    _check_same_run(header, ppo_config, tc, last, backend)
+    _check_progress(header, arrays, tc, last, ppo_config.normalize_obs)
+
+
 def _check_progress(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
                     tc: TrainConfig, path: Path, counts_obs: bool = True) -> None:
     """``FileFormatError`` when ``last.npz``'s progress disagrees with itself or its arrays.

@@ -168,7 +168,8 @@ def test_an_unreachable_ray_address_fails_within_its_timeout(tmp_path, capsys):
     start = time.monotonic()
     try:
         for address, why in (("127.0.0.1:1", "Connection refused"),
-                             ("no-such-host.invalid:6379", "no Ray cluster answers"),
+                             # (a slow resolver runs into the timeout instead)
+                             ("no-such-host.invalid:6379", "(no Ray cluster answers|no answer)"),
                              (f"127.0.0.1:{silent.getsockname()[1]}", "no answer within")):
             with pytest.raises(SweepError, match=f"--ray {address}: .*{why}"):
                 guards.check_ray_address(address, 0.5)
