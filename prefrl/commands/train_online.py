@@ -90,7 +90,8 @@ def check_inputs(config: OnlineConfig) -> None:
     """Refuse, before the run folder is touched, options and files the run cannot use.
 
     Round 0 (before any RL) must get at least two labels: a preference fit on
-    fewer has nothing to compare. The files the loop will read are loaded once here.
+    fewer has nothing to compare. The files the loop will read are loaded once here, so a
+    bad one is refused before the run folder exists.
     """
     from prefrl import checkpoints, preflight
     from prefrl.config import ConfigError
@@ -103,11 +104,11 @@ def check_inputs(config: OnlineConfig) -> None:
             "reward fit needs at least 2; raise --label-budget or --initial-fraction")
     if config.out_dir:
         preflight.check_output_dir(config.out_dir, "--out-dir")
-    obs_dim = None  # the task's size is checked by the loop, with its parameters
+    # Each file by its schema and arrays; the loop checks them against the task.
     if config.expert:
-        checkpoints.load_ppo(config.expert, obs_dim=obs_dim)
+        checkpoints.load_ppo(config.expert)
     if config.reference:
-        checkpoints.read_policy(config.reference, obs_dim=obs_dim)
+        checkpoints.read_policy(config.reference)
     if config.offline_dataset:
         from prefrl.data import dataset
 
