@@ -20,6 +20,7 @@ failed cells. A rerun that succeeds removes them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -123,12 +124,16 @@ def execute_unit(unit: WorkUnit) -> list[dict[str, Any]]:
 
     with locks.hold(unit.cell_dir, option="--out", what="sweep cell folder"):
         try:
-            return _execute_unit(unit)
+            records = _execute_unit(unit)
         except Exception as err:  # noqa: BLE001 - the traceback goes to the cell's log
             log = Path(unit.cell_dir) / "error.log"
             atomic_write_text(log, f"cell {unit.cell.label()} seeds {list(unit.seeds)}\n"
                               + traceback.format_exc())
             raise CellFailed(f"{one_line(err)} (traceback in {log})") from None
+        (Path(unit.cell_dir) / "error.log").unlink(missing_ok=True)  # an earlier failure's
+    with contextlib.suppress(OSError):  # a folder a killed run left: empty once released
+        Path(unit.cell_dir).rmdir()
+    return records
 
 
 def _execute_unit(unit: WorkUnit) -> list[dict[str, Any]]:
