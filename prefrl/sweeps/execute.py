@@ -333,8 +333,9 @@ def _run_locked(
     try:
         _dispatch(units, workers, ray_address, finish)
     finally:
-        if (store.root / "cells").is_dir() and not any((store.root / "cells").iterdir()):
-            (store.root / "cells").rmdir()  # every cell's folder went with its lock
+        for name in ("cells", "failed"):  # every cell's folder went with its lock
+            if (store.root / name).is_dir() and not any((store.root / name).iterdir()):
+                (store.root / name).rmdir()
         atomic_write_json(store.root / "summary.json", {
             "name": spec.name, "runs": summary["total"], "already_done": summary["done"],
             "written": len(outcome.written), "failed": dict(outcome.failed)})
