@@ -3,9 +3,11 @@
 A file's header is trusted only after its kind's :class:`Schema` has checked
 it (:func:`check`, called by :func:`prefrl.io.load_npz` for every kind
 registered here): each field's type, range and finiteness, the task name
-and its parameters. The error is a :class:`prefrl.io.FileFormatError` naming
-the file and the field (``data.npz: header field 'meta.task_params.target_speed':
-expected a finite number, got nan``).
+and its parameters. A broken rule raises :class:`SchemaError` naming the field,
+which ``load_npz`` reports as a :class:`prefrl.io.FileFormatError` naming the file too
+(``data.npz: header field 'meta.task_params.target_speed': expected a finite number,
+got nan``). Task names are prefrl's tasks, plus the names of other environments'
+data registered with :func:`register_task_name`.
 
 A schema is a mapping of field name → :class:`Field` (a check and whether the
 field is required) plus cross-field checks. Later kinds register their own
