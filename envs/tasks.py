@@ -175,6 +175,9 @@ class TaskSpec:
                 )
             if not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
                 raise ValueError(f"task parameter {key!r} must be a finite number, got {value!r}")
+            if key in NON_NEGATIVE and value < 0:
+                raise ValueError(f"task parameter {key!r} must be >= 0 (a cost weight), "
+                                 f"got {value!r}")
         if self.episode_length < 1:
             raise ValueError(f"episode_length must be >= 1, got {self.episode_length}")
 
@@ -193,6 +196,10 @@ class TaskSpec:
     def to_header(self) -> dict[str, Any]:
         """JSON-able description for file headers."""
         return {"task": self.name, "task_params": self.params_dict}
+
+
+# Parameters that must not be negative: a negative control cost pays for large actions.
+NON_NEGATIVE = ("ctrl_cost_weight",)
 
 
 def _unknown_task_message(name: str) -> str:
@@ -229,7 +236,7 @@ def task_from_header(header: Mapping[str, Any]) -> TaskSpec:
     """Inverse of :meth:`TaskSpec.to_header`."""
     if "task" not in header:
         raise ValueError("header has no 'task' entry")
-    return make_task(header["task"], **dict(header.get("task_params", {})))
+    return make_task(header["task"], **dict(header.get("task_params") or {}))
 
 
 def parse_task_params(name: str, assignments: Sequence[str]) -> TaskSpec:
@@ -255,6 +262,9 @@ def parse_task_params(name: str, assignments: Sequence[str]) -> TaskSpec:
             raise ValueError(f"--task-param {item!r}: {text!r} is not a number") from None
         if value != value or abs(value) == float("inf"):
             raise ValueError(f"--task-param {item!r}: the value must be a finite number")
+        if key in params and params[key] != value:
+            raise ValueError(f"--task-param {key}={params[key]:g} and {item!r} contradict each "
+                             "other; give each parameter once")
         params[key] = value
     return make_task(name, **params)
 

@@ -138,9 +138,12 @@ def _ppo_config(header: Mapping[str, Any], where: str) -> Any:
     from prefrl.learners import ppo
 
     try:
-        return config_lib.from_mapping(ppo.PPOConfig, header["ppo_config"], where=where)
+        return config_lib.from_mapping(ppo.PPOConfig, header["ppo_config"],
+                                       where=f"{where}: header field 'ppo_config'")
     except KeyError as err:
         raise FileFormatError(f"{where}: header has no {err}") from err
+    except config_lib.ConfigError as err:  # a file's content: an input error, not an option
+        raise FileFormatError(str(err)) from err
 
 
 def check_obs_dim(header: Mapping[str, Any], obs_dim: int | None, where: str) -> None:
@@ -185,11 +188,15 @@ def load_ppo(
     check_obs_dim(header, obs_dim, where)
     if template is None:
         template = _ppo_template(_ppo_config(header, where), header)
+    _check_finite(arrays, where)  # parameters, optimiser and normalisation statistics
     state = unflatten(template.replace(reward_params=None, ref_params=None, kl_ref_coef=None),
                       arrays, _STATE, where)
-    for name, tree in (("policy", state.policy_params), ("value", state.value_params)):
-        if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)):
-            raise FileFormatError(f"{where}: non-finite {name} parameters")
+    for name, stats in (("obs_stats", state.obs_stats), ("return_stats", state.return_stats)):
+        var = getattr(stats, "var", None)
+        if var is not None and bool(jnp.any(var < 0)):
+            raise FileFormatError(f"{where}: array 'state/{name}/var' holds a negative variance "
+                                  f"({float(jnp.min(var)):g}); normalisation statistics are "
+                                  "corrupt")
     return state, header
 
 
@@ -250,15 +257,30 @@ def load_offline_policy(path: Any) -> tuple[Any, Any, dict[str, Any]]:
     from prefrl.networks import make_network
 
     arrays, header = load_npz(path, kind=POLICY_KIND, supported_versions=(1,))
-    net = header.get("network", {})
+    _check_finite(arrays, str(path))
+    net = header["network"]  # its types and ranges are checked by prefrl.schema
+    kernels = sorted(k for k in arrays if k.startswith("params/") and k.endswith("Dense_0/kernel"))
+    if not kernels or arrays[kernels[0]].ndim != 2:
+        raise FileFormatError(f"{path}: no parameter arrays (expected params/…/Dense_0/kernel)")
+    obs_dim = int(arrays[kernels[0]].shape[0])
+    for name in ("obs_mean", "obs_std"):
+        if net.get(name) and len(net[name]) != obs_dim:
+            raise FileFormatError(
+                f"{path}: header field 'network.{name}' has {len(net[name])} entries, but the "
+                f"parameters take observations of size {obs_dim}")
     try:
         network = make_network(net["action_dim"], net["hidden"], net["state_dependent_std"],
                                net.get("obs_mean", ()), net.get("obs_std", ()))
     except (KeyError, TypeError, ValueError) as err:
         raise FileFormatError(f"{path}: header 'network' is incomplete: {err}") from err
-    params = unflatten_dict(arrays, "params")
-    if not params:
-        raise FileFormatError(f"{path}: no parameter arrays")
+    # The header's network must be the one whose parameters the file holds.
+    template = jax.eval_shape(network.init, jax.random.key(0), jnp.zeros((1, obs_dim)))
+    try:
+        params = unflatten(template, arrays, "params", str(path))
+    except FileFormatError as err:
+        raise FileFormatError(f"{err} (header network: hidden {net['hidden']}, action_dim "
+                              f"{net['action_dim']}, state_dependent_std "
+                              f"{net['state_dependent_std']})") from None
     return network, params, header
 
 

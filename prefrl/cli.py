@@ -4,10 +4,13 @@ Each module in ``prefrl.commands`` exposes ``add_parser(subparsers)`` (which
 registers its options, typed by a frozen config dataclass) and sets
 ``func`` on the parser to the function that runs it.
 
-Exit status: 0 success; 2 a usage error (a bad option value or combination,
-as argparse's own errors); 1 a data error (a missing, unreadable, corrupt or
-mismatched file, or a run that diverged). Either way stderr gets one line
-naming the problem, never a traceback.
+Exit status (:func:`exit_status`, the one rule of every command): 0 success;
+2 an option that cannot work (a bad value or combination, as argparse's own
+errors, an output path that cannot be written, an output folder another
+process is writing); 1 an input that cannot be used (a missing, unreadable,
+corrupt, forged or mismatched file, a run that diverged) and an operating
+system error while running (a full disk), whose message names the path.
+Either way stderr gets one line naming the problem, never a traceback.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def exit_status(err: BaseException) -> int:
-    """1 for a data error (files, divergence), 2 for a usage error (option values)."""
+    """2 for an option that cannot work, 1 for an input that cannot be used or an OS error."""
     from prefrl.config import ConfigError
     from prefrl.io import FileFormatError
 
@@ -61,6 +64,17 @@ def exit_status(err: BaseException) -> int:
         if module is not None:  # a divergence: the run's numbers, not its options
             data_errors += (module.NonFiniteError,)
     return 1 if isinstance(err, data_errors) else 2
+
+
+def error_message(err: BaseException) -> str:
+    """The one line printed for ``err``: an OS error names its path, a KeyError loses its quotes."""
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, OSError) and err.strerror:
+        if err.filename is not None:
+            return f"{err.filename}: {err.strerror}"
+        return str(err.strerror)
+    return str(err)
 
 
 def uses_mjx(args: argparse.Namespace) -> bool:
@@ -95,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ValueError, OSError, KeyError) as err:
         # Bad input: one clear line, no traceback.
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"prefrl {args.command}: error: {message}", file=sys.stderr)
+        print(f"prefrl {args.command}: error: {error_message(err)}", file=sys.stderr)
         return exit_status(err)
     return int(result or 0)
 

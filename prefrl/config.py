@@ -78,8 +78,51 @@ def parse_int(text: str) -> int:
     return int(value)
 
 
-def _option_type(tp: Any) -> Any:
-    return parse_int if tp is int else tp
+SEED_MAX = 2**31 - 1
+"""Largest seed: JAX keys take 32 bits without x64, so larger seeds would alias smaller ones."""
+
+
+def parse_seed(text: str) -> int:
+    """A seed option: an integer in ``[0, SEED_MAX]``."""
+    value = parse_int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(
+            f"a seed must be an integer in [0, {SEED_MAX}], got {text}")
+    return value
+
+
+def parse_float(text: str) -> float:
+    """A float option: a finite number (``nan`` and ``inf`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer option that must be >= 1 (a size or a count)."""
+    value = parse_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _is_seed(name: str) -> bool:
+    return name in ("seed", "seeds") or name.endswith("_seed")
+
+
+def _option_type(tp: Any, name: str = "", default: Any = None) -> Any:
+    if tp is int:
+        return parse_seed if _is_seed(name) and name != "seeds" else parse_int
+    if tp is float:
+        # A field whose default is infinite takes inf (e.g. "no limit").
+        if isinstance(default, float) and default in (float("inf"), float("-inf")):
+            return float
+        return parse_float
+    return tp
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
@@ -100,7 +143,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         origin = typing.get_origin(tp)
         if origin is tuple:
             inner = typing.get_args(tp)[0]
-            kwargs.update(nargs="*", type=_option_type(inner))
+            kwargs.update(nargs="*", type=parse_seed if inner is int and _is_seed(f.name)
+                          else _option_type(inner, f.name))
             if f.metadata.get("repeat"):
                 kwargs.update(nargs="+", action="extend")
         elif origin is typing.Literal:
@@ -109,7 +153,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         elif tp is bool:
             kwargs.update(type=_parse_bool, metavar="{true,false}")
         else:
-            kwargs.update(type=_option_type(tp))
+            kwargs.update(type=_option_type(tp, f.name, default))
         parser.add_argument(name, **kwargs)
 
 
@@ -136,6 +180,12 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "config") -
             f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}"
         )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    infinite = {f.name for f in dataclasses.fields(cls)
+                if isinstance(f.default, float) and f.default in (float("inf"), float("-inf"))}
+    for key, value in values.items():
+        if (isinstance(value, float) and key not in infinite
+                and (value != value or value in (float("inf"), float("-inf")))):
+            raise ConfigError(f"{where}: {key} must be a finite number, got {value}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:

@@ -108,6 +108,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     files killed writers left there (:func:`remove_stale_temp_files`).
     """
     path = Path(path)
+    try:
+        return _atomic_write(path, data)
+    except OSError as err:
+        if err.filename is not None and str(path) in str(err.filename):
+            raise
+        # Name the file (ENOSPC, EROFS, EACCES come without it from write/fsync).
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = path.parent.resolve()
     if folder not in _CLEANED:
@@ -156,11 +166,78 @@ def save_npz(
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def read_npz_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` (no pickle), with clear errors for a missing or corrupt file."""
+def array_headers(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{name: (shape, dtype)}`` of every array of an ``.npz``, read from the ``.npy`` headers.
+
+    Nothing is allocated: each member's header (``numpy.lib.format``) is read
+    and checked against the bytes the archive really holds for it, and the
+    total against the machine's available memory (:func:`prefrl.preflight.available_memory`).
+    Raises ``FileFormatError`` naming the file and the array for a shape that is
+    negative or larger than its data, an object dtype (pickles are never read),
+    or arrays that together would not fit in memory.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise FileFormatError(f"{path}: is a folder, not an .npz file")
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                name = info.filename[:-4]
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = reader(member)
+                    offset = member.tell()
+                if dtype.hasobject:
+                    raise FileFormatError(f"{path}: array {name!r} has dtype object; prefrl "
+                                          "files hold numeric arrays only (no pickles)")
+                if any(d < 0 for d in shape):
+                    raise FileFormatError(f"{path}: array {name!r} claims negative shape {shape}")
+                nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if nbytes > info.file_size - offset:
+                    raise FileFormatError(
+                        f"{path}: array {name!r} claims shape {shape} ({dtype}, "
+                        f"{_format_bytes(nbytes)}), but the file holds only "
+                        f"{_format_bytes(max(info.file_size - offset, 0))} of data for it "
+                        "(corrupt or forged header)")
+                out[name] = (tuple(int(d) for d in shape), dtype)
+                total += nbytes
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        if isinstance(err, FileFormatError):
+            raise
+        raise FileFormatError(
+            f"{path}: not a readable .npz file (truncated or corrupt?): {err}"
+        ) from err
+    from prefrl.preflight import MEMORY_FRACTION, available_memory
+
+    available = available_memory()
+    if available is not None and total > MEMORY_FRACTION * available:
+        raise FileFormatError(
+            f"{path}: its arrays need {_format_bytes(total)} of memory, more than "
+            f"{MEMORY_FRACTION:.0%} of the {_format_bytes(available)} available")
+    return out
+
+
+def _format_bytes(n: float) -> str:
+    from prefrl.preflight import format_bytes
+
+    return format_bytes(n)
+
+
+def read_npz_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickle), with clear errors for a missing or corrupt file.
+
+    Sizes are checked from the ``.npy`` headers first (:func:`array_headers`).
+    """
+    path = Path(path)
+    array_headers(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
@@ -168,6 +245,15 @@ def read_npz_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileFormatError(
             f"{path}: not a readable .npz file (truncated or corrupt?): {err}"
         ) from err
+
+
+def _parse_header(path: Path, raw: np.ndarray | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FileFormatError(f"{path}: corrupt header: {err}") from err
 
 
 def load_npz(
@@ -187,10 +273,11 @@ def load_npz(
     arrays = read_npz_arrays(path)
     if HEADER_KEY not in arrays:
         raise FileFormatError(f"{path}: no {HEADER_KEY!r} entry; not a prefrl {kind} file")
-    try:
-        header = json.loads(arrays.pop(HEADER_KEY).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FileFormatError(f"{path}: corrupt header: {err}") from err
+    header = _parse_header(path, arrays.pop(HEADER_KEY))
+    if not isinstance(header, dict):
+        found = "null" if header is None else f"a JSON {type(header).__name__}"
+        raise FileFormatError(f"{path}: header is not a JSON object (found {found}); not a "
+                              f"prefrl {kind} file")
     if header.get("kind") != kind:
         found = header.get("kind")
         raise FileFormatError(f"{path}: expected a {kind!r} file, found kind {found!r}")
@@ -200,6 +287,12 @@ def load_npz(
             f"{path}: unknown schema_version {version!r} for {kind!r} "
             f"(this prefrl reads {list(supported_versions)})"
         )
+    from prefrl import schema
+
+    try:
+        schema.check(kind, header)
+    except schema.SchemaError as err:
+        raise FileFormatError(f"{path}: {err}") from None
     missing = [name for name in required if name not in arrays]
     if missing:
         raise FileFormatError(f"{path}: missing array(s) {missing} in {kind!r} file")
@@ -213,8 +306,7 @@ def read_kind(path: str | os.PathLike) -> str | None:
     offline policy file) before validating with :func:`load_npz`.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+    array_headers(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             if HEADER_KEY not in npz.files:
@@ -224,10 +316,8 @@ def read_kind(path: str | os.PathLike) -> str | None:
         raise FileFormatError(
             f"{path}: not a readable .npz file (truncated or corrupt?): {err}"
         ) from err
-    try:
-        kind = json.loads(raw.tobytes().decode("utf-8")).get("kind")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
-        raise FileFormatError(f"{path}: corrupt header: {err}") from err
+    header = _parse_header(path, raw)
+    kind = header.get("kind") if isinstance(header, dict) else None
     return kind if isinstance(kind, str) else None
 
 
@@ -239,11 +329,7 @@ def read_task(path: str | os.PathLike) -> dict[str, Any]:
     so the files that meet in one command can be checked for the same task
     parameters (``prefrl.envs.check_same_params``).
     """
-    raw = read_npz_arrays(path).get(HEADER_KEY)
-    try:
-        header = {} if raw is None else json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FileFormatError(f"{path}: corrupt header: {err}") from err
+    header = _parse_header(Path(path), read_npz_arrays(path).get(HEADER_KEY))
     if not isinstance(header, dict):
         return {}
     places = [header, header.get("meta") or {}, (header.get("extra") or {}).get("fit") or {}]

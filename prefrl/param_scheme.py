@@ -74,7 +74,8 @@ def unflatten(template: Any, arrays: Mapping[str, np.ndarray], prefix: str, wher
         if _is_key(leaf):
             leaves.append(jax.random.wrap_key_data(jnp.asarray(value, jnp.uint32)))
         else:
-            leaves.append(jnp.asarray(value, dtype=np.asarray(expected).dtype))
+            dtype = getattr(expected, "dtype", None) or np.asarray(expected).dtype
+            leaves.append(jnp.asarray(value, dtype=dtype))
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

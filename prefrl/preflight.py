@@ -110,5 +110,24 @@ def check_output_file(path: str | os.PathLike, option: str) -> Path:
     return out
 
 
-__all__ = ["available_memory", "batch_bytes", "check_memory", "check_output_file", "format_bytes",
-           "trajectory_bytes"]
+def check_output_dir(path: str | os.PathLike, option: str) -> Path:
+    """Refuse an output folder that cannot be written: a file, or under a read-only folder.
+
+    Checked before any work (exit status 2, like any option that cannot work).
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {out}: is a file; give a folder")
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"{option} {out}: {folder} is not a folder, so nothing can be written there")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ConfigError(f"{option} {out}: folder {folder} is not writable")
+            break
+    return out
+
+
+__all__ = ["available_memory", "batch_bytes", "check_memory", "check_output_dir",
+           "check_output_file", "format_bytes", "trajectory_bytes"]

@@ -79,11 +79,14 @@ def load_reward_model(path: Any) -> tuple[tuple[Any, Any], dict[str, Any]]:
     arrays, header = load_npz(path, kind=REWARD_MODEL_KIND,
                               required=("reward_mean", "reward_std"))
     try:
-        config = config_lib.from_mapping(rm.RewardModelConfig, header["config"], where=str(path))
+        config = config_lib.from_mapping(rm.RewardModelConfig, header["config"],
+                                         where=f"{path}: header field 'config'")
         obs_dim, act_dim = int(header["obs_dim"]), int(header["act_dim"])
         length = int(header["segment_length"])
     except KeyError as err:
         raise FileFormatError(f"{path}: header lacks {err}") from err
+    except config_lib.ConfigError as err:  # a file's content: an input error, not an option
+        raise FileFormatError(str(err)) from err
     _check_finite(arrays, str(path))
     state = reward_model_state(config, arrays, "", obs_dim, act_dim, length, str(path))
     return (rm.model(config), state), header
@@ -103,6 +106,19 @@ def reward_model_state(config: Any, arrays: Mapping[str, np.ndarray], prefix: st
     missing = [prefix + n for n in ("reward_mean", "reward_std") if prefix + n not in arrays]
     if missing:
         raise FileFormatError(f"{where}: missing arrays {missing}")
+    for name in ("reward_mean", "reward_std"):
+        value, expected = arrays[prefix + name], np.shape(getattr(state, name))
+        if value.shape != expected:
+            raise FileFormatError(f"{where}: array {prefix + name!r} has shape {value.shape}, "
+                                  f"expected {expected} (one standardisation for the model)")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise FileFormatError(f"{where}: array {prefix + name!r} must be floating point, got "
+                                  f"dtype {value.dtype}")
+    std = arrays[prefix + "reward_std"]
+    if not np.all(std > 0):
+        raise FileFormatError(
+            f"{where}: array {prefix + 'reward_std'!r} is {float(np.min(std)):g}; a reward "
+            "scale must be > 0 (a negative one would make PPO maximise the negated reward)")
     return state.replace(
         params=unflatten(state.params, arrays, prefix + "params", where),
         reward_mean=jnp.asarray(arrays[prefix + "reward_mean"], jnp.float32),
@@ -194,6 +210,19 @@ def load_regret_sf_reward(path: Any) -> tuple[tuple[Any, dict[str, Any]], dict[s
             raise FileFormatError(f"{where}: unknown φ kind {phi['kind']!r}")
     except KeyError as err:
         raise FileFormatError(f"{where}: header lacks {err}") from err
+    except (config_lib.ConfigError, TypeError) as err:
+        raise FileFormatError(f"{where}: header field 'phi': {err}") from err
+    feature_dim = header.get("feature_dim", arrays["w"].shape[0] if arrays["w"].ndim else None)
+    if arrays["w"].shape != (feature_dim,):
+        raise FileFormatError(f"{where}: array 'w' has shape {arrays['w'].shape}, but the header "
+                              f"says feature_dim {feature_dim}")
+    for name in ("mean", "std"):
+        if arrays[name].shape != ():
+            raise FileFormatError(f"{where}: array {name!r} must be a scalar, got shape "
+                                  f"{arrays[name].shape}")
+    if not float(arrays["std"]) > 0:
+        raise FileFormatError(f"{where}: array 'std' is {float(arrays['std']):g}; the reward's "
+                              "scale must be > 0")
     params = {"phi": phi_params, "w": jnp.asarray(arrays["w"], jnp.float32),
               "mean": jnp.asarray(arrays["mean"], jnp.float32),
               "std": jnp.asarray(arrays["std"], jnp.float32)}

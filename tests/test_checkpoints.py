@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ppo_toy import ACT_DIM, OBS_DIM, PointMassBatchedEnv
 
-from prefrl import checkpoints
+from prefrl import checkpoints, schema
 from prefrl.io import FileFormatError
 from prefrl.learners import ppo
 from prefrl.loops import ppo as training
@@ -19,6 +19,10 @@ from prefrl.loops import ppo as training
 TINY = ppo.PPOConfig(
     num_epochs=2, num_minibatches=2, learning_rate=3e-3, policy_hidden=(16,), value_hidden=(16,)
 )
+
+
+# The toy environment's task: a name files may record besides prefrl's own tasks.
+schema.register_task_name("point")
 
 
 def _train_config(out_dir, **kw):

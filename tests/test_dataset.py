@@ -261,7 +261,10 @@ def test_import_cs234_style_file(tmp_path):
     np.testing.assert_allclose(
         np.asarray(data.segments.obs[data.second[1]]), arrays["obs_2"][1, :-1], rtol=1e-6
     )
-    # The imported dataset is a valid native file.
+    # The imported dataset is a valid native file (of a task registered as another env's).
+    from prefrl import schema
+
+    schema.register_task_name("hopper")
     ds.save(tmp_path / "native.npz", data, task="hopper")
     ds.load(tmp_path / "native.npz")
 

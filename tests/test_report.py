@@ -170,7 +170,7 @@ def test_report_without_optional_metrics(tmp_path):
 
 
 def test_report_errors_name_the_problem(tmp_path, capsys):
-    assert cli_main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert cli_main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
     assert "not a result directory" in capsys.readouterr().err
     (tmp_path / "empty" / "runs").mkdir(parents=True)
     with pytest.raises(sweep_spec.SweepError, match="no valid run records"):

@@ -31,6 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from prefrl.config import parse_seed, positive_int
+
 
 def value_mc_check(
     checkpoint_path: str | Path,
@@ -142,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="experiments/experts/run/final.npz")
     p.add_argument("--task", default=None)
-    p.add_argument("--envs", type=int, default=16)
-    p.add_argument("--horizon", type=int, default=500)
+    p.add_argument("--envs", type=positive_int, default=16)
+    p.add_argument("--horizon", type=positive_int, default=500)
     p.add_argument("--times", type=int, nargs="*",
                    default=[0, 5, 10, 20, 50, 100, 200, 400, 700, 1000])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--no-tail", action="store_true")
     p.add_argument("--state-checkpoint", default=None,

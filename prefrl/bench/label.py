@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prefrl import oracles
+from prefrl.config import parse_seed, positive_int
 from prefrl.data import queries
 from prefrl.io import atomic_write_json
 from prefrl.types import Segments
@@ -120,12 +121,12 @@ def _time(fn, repeats: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prefrl bench label", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--queries", type=int, default=100_000)
-    parser.add_argument("--length", type=int, default=50)
-    parser.add_argument("--pool", type=int, default=20_000)
-    parser.add_argument("--numpy-subset", type=int, default=2_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--queries", type=positive_int, default=100_000)
+    parser.add_argument("--length", type=positive_int, default=50)
+    parser.add_argument("--pool", type=positive_int, default=20_000)
+    parser.add_argument("--numpy-subset", type=positive_int, default=2_000)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--seed", type=parse_seed, default=0)
     parser.add_argument("--out", default="experiments/bench/results/label.json")
     args = parser.parse_args(argv)
     if args.numpy_subset > args.queries:

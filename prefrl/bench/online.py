@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from prefrl.config import positive_int
+
 RESULTS = Path("experiments/bench/results/online")
 HEADLINE = ("true", "online-pr-1000", "offline-initial-1000")
 ROWS = {
@@ -321,9 +323,10 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS),
                    help="task keys (run-backward and target-speed-v3 are held out from tuning)")
-    p.add_argument("--total-steps", type=int, default=1_000_000)
+    p.add_argument("--total-steps", type=positive_int, default=1_000_000)
     p.add_argument("--out", default=str(RESULTS), help="results folder (resumable)")
-    p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    p.add_argument("--max-runs", type=positive_int, default=None,
+                   help="stop after this many new runs")
     p.add_argument("--only", nargs="*", default=None, help="rows to run (default: all)")
     p.add_argument("--summary-only", action="store_true", help="only summarise existing runs")
     p.add_argument("--wall-pairs", type=int, default=0, metavar="N",

@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from prefrl.config import parse_seed, positive_int
+
 CLEANRL_RETURN = 1442.0
 CLEANRL_RETURN_STD = 46.0
 TARGET_WALL_S = 300.0
@@ -80,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="prefrl bench ppo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--total-steps", type=int, default=1_000_000)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--total-steps", type=positive_int, default=1_000_000)
+    p.add_argument("--seeds", type=parse_seed, nargs="+", default=[0, 1, 2])
     p.add_argument("--task", default="run")
-    p.add_argument("--num-envs", type=int, default=64)
-    p.add_argument("--rollout-steps", type=int, default=64)
-    p.add_argument("--num-minibatches", type=int, default=32)
-    p.add_argument("--eval-episodes", type=int, default=8)
+    p.add_argument("--num-envs", type=positive_int, default=64)
+    p.add_argument("--rollout-steps", type=positive_int, default=64)
+    p.add_argument("--num-minibatches", type=positive_int, default=32)
+    p.add_argument("--eval-episodes", type=positive_int, default=8)
     p.add_argument("--separate", action="store_true",
                    help="train the seeds one after another (no 1-seed comparison run)")
     p.add_argument("--out", default=None, help=f"results file (JSON; default {RESULTS}, "
@@ -94,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--backend", choices=("cpu", "mjx"), default="cpu",
                    help="cpu: C-engine rollouts, jitted update; mjx: jit(vmap(train)) on MJX")
-    p.add_argument("--num-epochs", type=int, default=ppo.PPOConfig.num_epochs)
+    p.add_argument("--num-epochs", type=positive_int, default=ppo.PPOConfig.num_epochs)
     p.add_argument("--mjx-solver", choices=("gpu", "c"), default="gpu",
                    help="MJX solver options: gpu (prefrl.envs.mjx_options.GPU) or MuJoCo C's")
-    p.add_argument("--cpu-steps", type=int, default=262_144,
+    p.add_argument("--cpu-steps", type=positive_int, default=262_144,
                    help="--backend mjx: env steps of the C-engine PPO run timed for the ratio")
     args = p.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):

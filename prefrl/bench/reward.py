@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prefrl.config import positive_int
 from prefrl.io import atomic_write_json
 from prefrl.learners import reward_model as rm
 
@@ -125,14 +126,14 @@ def update_rate(config: rm.RewardModelConfig, batch: rm.PairBatch, repeats: int
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prefrl bench reward", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--members", type=int, default=3)
-    p.add_argument("--hidden", type=int, nargs="*", default=[256, 256])
-    p.add_argument("--length", type=int, default=50, help="segment length k")
-    p.add_argument("--pairs", type=int, default=1024, help="query pairs per update")
-    p.add_argument("--obs", type=int, default=17)
-    p.add_argument("--act", type=int, default=6)
-    p.add_argument("--chunk-pairs", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--members", type=positive_int, default=3)
+    p.add_argument("--hidden", type=positive_int, nargs="*", default=[256, 256])
+    p.add_argument("--length", type=positive_int, default=50, help="segment length k")
+    p.add_argument("--pairs", type=positive_int, default=1024, help="query pairs per update")
+    p.add_argument("--obs", type=positive_int, default=17)
+    p.add_argument("--act", type=positive_int, default=6)
+    p.add_argument("--chunk-pairs", type=positive_int, default=32)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--skip-unchunked", action="store_true", help="skip the unchunked baseline")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)

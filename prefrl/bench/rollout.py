@@ -50,6 +50,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from prefrl.config import parse_seed, positive_int
 from prefrl.io import atomic_write_json
 from prefrl.jax_setup import jax_settings
 
@@ -87,10 +88,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--num-envs", type=int, nargs="+", default=[64, 256], help="batch sizes B to measure"
     )
-    p.add_argument("--steps", type=int, default=500, help="control steps per timed run")
-    p.add_argument("--gym-envs", type=int, default=16, help="Gymnasium sync vector env size")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median is reported)")
-    p.add_argument("--threads", type=int, default=None, help="physics threads (default: all)")
+    p.add_argument("--steps", type=positive_int, default=500, help="control steps per timed run")
+    p.add_argument("--gym-envs", type=positive_int, default=16,
+                   help="Gymnasium sync vector env size")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed repeats (median is reported)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="physics threads (default: all)")
     p.add_argument(
         "--envpool",
         choices=("auto", "off"),
@@ -98,7 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="auto: measure EnvPool when it is installed; off: skip it",
     )
     p.add_argument("--gym", choices=("on", "off"), default="on", help="measure Gymnasium")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
     p.add_argument("--out", default=None, help="result JSON path (default: "
                    f"{DEFAULT_OUT}, or rollout_mjx.json beside it for --backend mjx)")
     p.add_argument("--backend", choices=("cpu", "mjx"), default="cpu",
@@ -106,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "default JAX device against BatchedEnv")
     p.add_argument("--mjx-solver", choices=("gpu", "c"), default="gpu",
                    help="MJX solver options: gpu (prefrl.envs.mjx_options.GPU) or MuJoCo C's")
-    p.add_argument("--cpu-steps", type=int, default=100,
+    p.add_argument("--cpu-steps", type=positive_int, default=100,
                    help="--backend mjx: control steps per timed C-engine run (the ratio)")
     args = p.parse_args(argv)
     if args.out is None:

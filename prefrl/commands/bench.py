@@ -28,6 +28,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# Benchmarks whose --out is a folder (the others write one file).
+FOLDER_OUTPUTS = ("online",)
+RESULTS = "experiments/bench/results"
+
+
+def _out(rest: list[str]) -> str | None:
+    """The value of ``--out`` among a benchmark's own options (the last one given)."""
+    value = None
+    for i, arg in enumerate(rest):
+        if arg == "--out" and i + 1 < len(rest):
+            value = rest[i + 1]
+        elif arg.startswith("--out="):
+            value = arg.partition("=")[2]
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run the benchmark holding its output's lock: one writer per result file or folder."""
+    from pathlib import Path
+
+    from prefrl import locks, preflight
+
+    out = _out(list(args.rest or []))
+    folder = args.name in FOLDER_OUTPUTS
+    if out is not None:
+        check = preflight.check_output_dir if folder else preflight.check_output_file
+        check(out, "--out")
+    target = Path(out) if out else Path(RESULTS) / args.name
+    lock = (locks.hold(target, option="--out", what="benchmark folder") if folder
+            else locks.hold_file(target, option="--out", what="benchmark result"))
     mod = importlib.import_module(f"prefrl.bench.{args.name}")
-    return int(mod.main(args.rest) or 0)
+    with lock:
+        return int(mod.main(args.rest) or 0)

@@ -89,6 +89,10 @@ def collect_task(config: CollectConfig) -> Any:
 
     params = config.task_param
     if config.target_speed is not None:
+        given = [p for p in params if str(p).partition("=")[0].strip() == "target_speed"]
+        if given:
+            raise ConfigError(f"--target-speed {config.target_speed:g} and --task-param "
+                              f"{given[0]} contradict each other; give target_speed once")
         params = (*params, f"target_speed={config.target_speed!r}")
     return parse_task_params(config.task, params)
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from prefrl.config import parse_int
+from prefrl.config import parse_int, parse_seed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="task parameter, repeatable (e.g. target_speed=3.0; default: the "
                         "checkpoint's); must match the checkpoint's for its own task")
     p.add_argument("--episodes", type=parse_int, default=10, help="number of episodes")
-    p.add_argument("--seed", type=parse_int, default=12345,
+    p.add_argument("--seed", type=parse_seed, default=12345,
                    help="seed of the resets and the policy")
     p.add_argument(
         "--stochastic", action="store_true", help="sample actions (default: tanh(mean))"

@@ -25,8 +25,17 @@ def add_offline_parser(sub: argparse._SubParsersAction, name: str, help_text: st
 
 def run_offline(args: argparse.Namespace, algo: str, run_config: type, learner_config: Any
                 ) -> int:
-    """Train, evaluate and save (:func:`prefrl.studies.train_offline.run`); print the summary."""
-    summary = train_offline.run(algo, config_lib.from_args(run_config, args),
-                                config_lib.from_args(offline.TrainConfig, args), learner_config)
+    """Train, evaluate and save (:func:`prefrl.studies.train_offline.run`); print the summary.
+
+    The output file is locked (:func:`prefrl.locks.hold_file`): one writer at a time.
+    """
+    from prefrl import locks, preflight
+
+    config = config_lib.from_args(run_config, args)
+    train_config = config_lib.from_args(offline.TrainConfig, args)
+    for path in train_offline.seed_paths(config.out, config.seeds):
+        preflight.check_output_file(path, "--out")
+    with locks.hold_file(config.out, option="--out"):
+        summary = train_offline.run(algo, config, train_config, learner_config)
     print(json.dumps(summary))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from prefrl.config import parse_float, parse_int
 from prefrl.tracking import add_track_args
 
 
@@ -25,9 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="run cells as Ray tasks on this cluster "
                         "('local' starts one, 'auto' finds a running one)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=parse_int, default=None,
                    help="local worker processes (default: CPU cores; 1 = in this process)")
-    p.add_argument("--budget-scale", type=float, default=1.0,
+    p.add_argument("--budget-scale", type=parse_float, default=1.0,
                    help="multiply every step budget (training steps, env steps) by this")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep-file value, e.g. --set tasks.run.dataset=data.npz "
@@ -35,9 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="validate and list the runs to do, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile-cache", metavar="DIR", default=None,
+                   help="JAX persistent compilation cache shared by the workers (default: "
+                        "$PREFRL_JAX_CACHE, else ~/.cache/prefrl/jax; never inside --out)")
     p.add_argument("--no-compile-cache", action="store_true",
-                   help="do not share a JAX persistent compilation cache (OUT/.jax_cache) "
-                        "between workers")
+                   help="do not use a JAX persistent compilation cache")
+    p.add_argument("--ray-timeout", type=parse_float, default=30.0, metavar="SECONDS",
+                   help="give up on a --ray address that does not answer within this time")
     add_track_args(p)
     p.set_defaults(func=run)
 
@@ -51,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_lib.load_sweep(args.sweep_file, args.overrides)
     spec_lib.check_budget_scale(args.budget_scale)
     if args.dry_run:
-        execute.check_before_writing(spec, args.out, args.workers)
+        execute.check_before_writing(spec, args.out, args.workers, ray_address=args.ray,
+                                     ray_timeout=args.ray_timeout)
         store = store_lib.ResultStore(args.out)
         units, summary = execute.plan(spec, store, RUNNERS, budget_scale=args.budget_scale,
                                       resume=args.resume)
@@ -81,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         outcome = execute.run_sweep(
             spec, args.out, RUNNERS, resume=args.resume, budget_scale=args.budget_scale,
             workers=args.workers, ray_address=args.ray, on_records=on_records, on_plan=on_plan,
-            compile_cache=not args.no_compile_cache,
+            compile_cache=False if args.no_compile_cache else (args.compile_cache or True),
+            ray_timeout=args.ray_timeout,
         )
     finally:
         if bar is not None:

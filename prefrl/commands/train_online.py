@@ -77,6 +77,48 @@ def run(args: argparse.Namespace) -> int:
     ppo_config = config_lib.from_args(ppo.PPOConfig, args, prefix="ppo-")
     reward_config = online.default_reward_config(**_given(rm.RewardModelConfig, args, "reward-"))
     oracle = config_lib.from_args(oracles.OracleConfig, args, prefix="oracle-")
+    check_inputs(config)
+    if config.out_dir:
+        from prefrl import locks
+
+        with locks.hold(config.out_dir, option="--out-dir", what="run folder"):
+            return _run(args, config, ppo_config, reward_config, oracle)
+    return _run(args, config, ppo_config, reward_config, oracle)
+
+
+def check_inputs(config: OnlineConfig) -> None:
+    """Refuse, before the run folder is touched, options and files the run cannot use.
+
+    Round 0 (before any RL) must get at least two labels: a preference fit on
+    fewer has nothing to compare. The files the loop will read are loaded once here, so a
+    bad one is refused before the run folder exists.
+    """
+    from prefrl import checkpoints, preflight
+    from prefrl.config import ConfigError
+
+    first = int(config.schedule_counts()[0])
+    if first < 2:
+        raise ConfigError(
+            f"--label-budget {config.label_budget}: round 0 would get {first} label(s) "
+            f"(--initial-fraction {config.initial_fraction:g} of the budget), and the first "
+            "reward fit needs at least 2; raise --label-budget or --initial-fraction")
+    if config.out_dir:
+        preflight.check_output_dir(config.out_dir, "--out-dir")
+    # Each file by its schema and arrays; the loop checks them against the task.
+    if config.expert:
+        checkpoints.load_ppo(config.expert)
+    if config.reference:
+        checkpoints.read_policy(config.reference)
+    if config.offline_dataset:
+        from prefrl.data import dataset
+
+        dataset.load(config.offline_dataset)
+
+
+def _run(args: argparse.Namespace, config: OnlineConfig, ppo_config: ppo.PPOConfig,
+         reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig) -> int:
+    from prefrl.loops import online
+
     if getattr(args, "backend", "cpu") == "mjx":
         return _run_mjx(args, config, ppo_config, reward_config, oracle)
     result = online.train(config, ppo_config, reward_config, oracle,

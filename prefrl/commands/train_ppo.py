@@ -93,12 +93,37 @@ def run(args: argparse.Namespace) -> int:
     train_config = config_lib.from_args(training.TrainConfig, args)
     ppo_config = config_lib.from_args(ppo.PPOConfig, args)
     check_memory(train_config)
+    if train_config.out_dir:
+        from prefrl import preflight
+
+        preflight.check_output_dir(train_config.out_dir, "--out-dir")
     check_task_params(train_config.task_spec(), {
         f"--{name.replace('_', '-')}": getattr(args, name, None)
         for name in ("reward_model", "reference", "init_checkpoint")})
     kwargs = training.rlhf_kwargs(
         getattr(args, "reward_model", None), getattr(args, "reference", None), ppo_config
     )
+    if train_config.out_dir:  # a last.npz that cannot be resumed: refused before anything runs
+        from prefrl.loops.ppo_files import check_resumable
+
+        check_resumable(train_config, ppo_config, getattr(args, "backend", "cpu"))
+    if getattr(args, "init_checkpoint", None):  # refused before the run folder is touched
+        from prefrl import checkpoints
+
+        checkpoints.load_ppo(args.init_checkpoint, obs_dim=train_config.task_spec().obs_dim)
+    if train_config.out_dir:
+        from prefrl import locks
+
+        with locks.hold(train_config.out_dir, option="--out-dir", what="run folder"):
+            result = _train(args, train_config, ppo_config, kwargs)
+    else:
+        result = _train(args, train_config, ppo_config, kwargs)
+    print(json.dumps(_summary(args, train_config, kwargs, result)))
+    return 0
+
+
+def _train(args: argparse.Namespace, train_config: training.TrainConfig,
+           ppo_config: ppo.PPOConfig, kwargs: dict[str, Any]) -> Any:
     log = lambda line: print(line, file=sys.stderr, flush=True)
     init_checkpoint = getattr(args, "init_checkpoint", None)
     if getattr(args, "backend", "cpu") == "mjx":
@@ -113,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = training.train(train_config, ppo_config, log=log,
                                 init_checkpoint=init_checkpoint, **kwargs)
+    return result
+
+
+def _summary(args: argparse.Namespace, train_config: training.TrainConfig,
+             kwargs: dict[str, Any], result: Any) -> dict[str, Any]:
     final = result.evaluations[-1] if result.evaluations else {}
     summary = {
         "task": train_config.task,
@@ -134,5 +164,4 @@ def run(args: argparse.Namespace) -> int:
         summary["mean_speed_error"] = final["mean_speed_error"]
     if result.out_dir is not None:
         summary["checkpoint"] = str(result.out_dir / "final.npz")
-    print(json.dumps(summary))
-    return 0
+    return summary

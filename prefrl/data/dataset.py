@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,139 +46,20 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from prefrl.data import dataset_checks
+from prefrl.data.dataset_checks import LABEL_VALUES
 from prefrl.io import FileFormatError, atomic_write_bytes, load_npz, save_npz
 from prefrl.types import PreferenceDataset, Segments
 
 KIND = "preference_dataset"
 SCHEMA_VERSION = 1
 SEGMENT_FIELDS = tuple(f.name for f in dataclasses.fields(Segments))
-# Fields whose leading axes are [N, k]; `source` is [N, 2].
-_TIME_FIELDS = tuple(f for f in SEGMENT_FIELDS if f != "source")
-LABEL_VALUES = (0.0, 0.5, 1.0)
 
 
-# ---------------------------------------------------------------------------
-# Validation shared by save and load.
-
-
-def _check(where: str, arrays: Mapping[str, np.ndarray], label_names: list[str]) -> None:
-    """Raise FileFormatError for any inconsistency, naming it."""
-    seg = {f: arrays[f"segments.{f}"] for f in SEGMENT_FIELDS}
-    obs = seg["obs"]
-    if obs.ndim != 3:
-        raise FileFormatError(f"{where}: segments.obs must be [N, k, obs_dim], got {obs.shape}")
-    n, k = obs.shape[:2]
-    for name in _TIME_FIELDS:
-        value = seg[name]
-        if value.shape[:2] != (n, k):
-            raise FileFormatError(
-                f"{where}: segments.{name} has leading shape {value.shape[:2]}, "
-                f"expected (N, k) = {(n, k)} like segments.obs"
-            )
-    if seg["next_obs"].shape != obs.shape:
-        raise FileFormatError(
-            f"{where}: segments.next_obs shape {seg['next_obs'].shape} != "
-            f"segments.obs shape {obs.shape}"
-        )
-    if seg["source"].shape != (n, 2):
-        raise FileFormatError(
-            f"{where}: segments.source must be [{n}, 2], got {seg['source'].shape}"
-        )
-    first, second = arrays["first"], arrays["second"]
-    if first.ndim != 1 or second.ndim != 1 or first.shape != second.shape:
-        raise FileFormatError(
-            f"{where}: first and second must be equal-length [Q] index arrays, "
-            f"got shapes {first.shape} and {second.shape}"
-        )
-    for side, idx in (("first", first), ("second", second)):
-        if not np.issubdtype(idx.dtype, np.integer):
-            raise FileFormatError(f"{where}: {side} must hold integers, got dtype {idx.dtype}")
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            bad = int(idx[(idx < 0) | (idx >= n)][0])
-            raise FileFormatError(
-                f"{where}: {side} holds segment index {bad} out of range [0, {n}) "
-                f"(the pool has {n} segments)"
-            )
-    q = first.shape[0]
-    if not label_names:
-        raise FileFormatError(f"{where}: no labels in the dataset")
-    for name in label_names:
-        for prefix in ("label", "label_mask"):
-            key = f"{prefix}.{name}"
-            if key not in arrays:
-                raise FileFormatError(f"{where}: missing array {key!r}")
-            if arrays[key].shape != (q,):
-                raise FileFormatError(
-                    f"{where}: {key} has shape {arrays[key].shape}, "
-                    f"expected [{q}] like first/second"
-                )
-        label = arrays[f"label.{name}"]
-        if not np.all(np.isfinite(label)):
-            raise FileFormatError(f"{where}: label.{name} contains NaN or inf")
-        bad = ~np.isin(label, LABEL_VALUES)
-        if bad.any():
-            raise FileFormatError(
-                f"{where}: label.{name} holds {float(label[bad][0]):g}; labels must be "
-                "0 (second preferred), 0.5 (tie) or 1 (first preferred)"
-            )
-        if arrays[f"label_mask.{name}"].dtype != np.bool_:
-            raise FileFormatError(f"{where}: label_mask.{name} must be bool")
-    for key, value in arrays.items():
-        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-            raise FileFormatError(f"{where}: {key} contains NaN or inf")
-
-
-def _check_meaning(where: str, arrays: Mapping[str, np.ndarray], header: Mapping[str, Any]
-                   ) -> None:
-    """Raise FileFormatError where the arrays are well-formed but cannot mean what they say.
-
-    The header's sizes must be the arrays'; a half-cheetah task fixes the
-    observation and action sizes; a query never compares a segment with
-    itself; a segment a query uses has at least one real (unmasked) step.
-    An unused all-padding segment is harmless: a warning, not an error.
-    """
-    from prefrl.envs.tasks import TASKS, TaskSpec
-
-    obs, action = arrays["segments.obs"], arrays["segments.action"]
-    first, second = arrays["first"], arrays["second"]
-    actual = {"segment_length": obs.shape[1], "num_segments": obs.shape[0],
-              "num_queries": first.shape[0]}
-    for key, value in actual.items():
-        if key in header and header[key] != value:
-            raise FileFormatError(
-                f"{where}: header says {key} = {header[key]!r}, but the arrays have {value}")
-    names = header.get("labels") or []
-    extra = sorted(k.partition(".")[2] for k in arrays
-                   if k.startswith("label.") and k.partition(".")[2] not in names)
-    if extra:
-        raise FileFormatError(f"{where}: arrays hold labels {extra} that the header's "
-                              f"labels {list(names)} do not list")
-    task = header.get("task")
-    if task in TASKS:
-        spec = TaskSpec(name=task, params=())
-        for name, size in (("observation", spec.obs_dim), ("action", spec.act_dim)):
-            found = (obs if name == "observation" else action).shape[-1]
-            if found != size:
-                raise FileFormatError(
-                    f"{where}: {name} size {found} disagrees with the header's task {task!r} "
-                    f"({name}s of size {size}); was the file labelled for another task?")
-    same = np.flatnonzero(first == second)
-    if same.size:
-        q = int(same[0])
-        raise FileFormatError(
-            f"{where}: {same.size} queries compare a segment with itself (query {q}: segment "
-            f"{int(first[q])} vs itself); a preference needs two different segments")
-    empty = np.flatnonzero(~np.any(arrays["segments.mask"] != 0, axis=1))
-    if empty.size:
-        used = np.isin(first, empty) | np.isin(second, empty)
-        if used.any():
-            q = int(np.flatnonzero(used)[0])
-            raise FileFormatError(
-                f"{where}: {int(used.sum())} queries compare a segment whose mask is all zero "
-                f"(query {q}: segments {int(first[q])} and {int(second[q])}); such a segment "
-                "has no real step to prefer")
-        warnings.warn(f"{where}: {empty.size} segment(s) have an all-zero mask; no query uses "
-                      "them", stacklevel=3)
+# Validation shared by save, load and a sweep's pre-check: prefrl.data.dataset_checks.
+_check = dataset_checks.check_arrays
+_check_meaning = dataset_checks.check_meaning
+assert SEGMENT_FIELDS == dataset_checks.SEGMENT_FIELDS
 
 
 def _to_arrays(dataset: PreferenceDataset) -> dict[str, np.ndarray]:

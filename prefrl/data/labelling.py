@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prefrl.config import field
+from prefrl.data.labelling_checks import check_critic
 from prefrl.oracles import MODELS, OracleConfig, label_queries
 from prefrl.types import PreferenceDataset, Segments
 
@@ -125,45 +126,6 @@ def check_budget(config: LabelConfig, pool: Segments, option: str = "--budget") 
             f"{option} {config.budget} exceeds the {distinct} distinct pairs of the {n} "
             f"segments (length {config.segment_length}, stride {config.stride}); lower "
             f"{option} or label a longer trajectory")
-
-
-def check_critic(critic: Mapping[str, Any], trajectory: Mapping[str, Any], *, discount: float,
-                 obs_dim: int | None, where: str) -> None:
-    """Refuse an expert critic V_E (a PPO checkpoint header) that cannot score these segments.
-
-    Regret labels are only right when V_E is the value of the task whose
-    reward the trajectory carries (same task *and* parameters, e.g. v*), in
-    true-reward units, with the oracle's discount γ, on observations of the
-    trajectory's size (docs/design.md §3).
-
-    Raises:
-      prefrl.io.FileFormatError: naming the file and what disagrees.
-    """
-    from prefrl.envs.tasks import task_from_header
-    from prefrl.io import FileFormatError
-
-    problems = []
-    if obs_dim is not None and int(critic.get("obs_dim", obs_dim)) != obs_dim:
-        problems.append(f"its observation size {critic['obs_dim']} differs from the "
-                        f"trajectory's {obs_dim}")
-    gamma = critic.get("discount")
-    if gamma is not None and abs(float(gamma) - discount) > 1e-12:
-        problems.append(f"its discount {gamma} differs from --regret-discount {discount} "
-                        f"(set --regret-discount {gamma})")
-    if critic.get("reward", "true") != "true":
-        problems.append(f"it was trained on reward {critic['reward']!r}, not the task's "
-                        "true reward")
-    if "task" in critic and "task" in trajectory:
-        try:
-            ours, theirs = task_from_header(critic), task_from_header(trajectory)
-        except ValueError as err:
-            raise FileFormatError(f"{where}: {err}") from err
-        if ours != theirs:
-            problems.append(f"it is the critic of task {ours.name!r} {ours.params_dict}, but the "
-                            f"trajectory is of task {theirs.name!r} {theirs.params_dict}")
-    if problems:
-        raise FileFormatError(f"expert critic {where} cannot label these segments: "
-                              + "; ".join(problems))
 
 
 def label_pool(

@@ -87,6 +87,12 @@ def validate_trajectory(
                 raise ValueError(f"{where}: {name} must be floating point, got {x.dtype}")
             if not np.isfinite(x).all():
                 raise ValueError(f"{where}: {name} contains non-finite values")
+    if task is not None:
+        from prefrl.data.dataset_checks import check_task_values
+        from prefrl.envs.tasks import ACTION_HIGH, ACTION_LOW
+
+        check_task_values(where, "", np.asarray(arrays["obs"]), np.asarray(arrays["action"]),
+                          np.asarray(arrays["next_obs"]), (ACTION_LOW, ACTION_HIGH))
 
 
 def save_trajectory(

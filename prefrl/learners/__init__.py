@@ -33,6 +33,13 @@ class Learner(NamedTuple, Generic[State, Batch]):
     update: Callable[[State, Batch], tuple[State, Metrics]]
 
 
+def check_make(fn: str, config: Any, cls: type, /, **kwargs: Any) -> None:
+    """A factory's argument checks (:func:`prefrl.learners.arguments.check_make`)."""
+    from prefrl.learners.arguments import check_make as check
+
+    check(fn, config, cls, **kwargs)
+
+
 _SUBMODULES = ("reward_model", "cpl", "ppo", "bc", "best_of_n", "regret_sf", "advantage_policy")
 
 

@@ -58,7 +58,7 @@ import optax
 from flax import struct
 
 from prefrl.config import field
-from prefrl.learners import Learner
+from prefrl.learners import Learner, check_make
 from prefrl.networks import GaussianPolicy, tanh_gaussian_log_prob, tanh_gaussian_mode
 
 Array = jax.Array
@@ -168,6 +168,8 @@ def make(
       ``weight_max``, ``clipped_fraction``, ``advantage_mean``, ``log_std``,
       ``grad_norm``.
     """
+    check_make("advantage_policy.make", config, AdvantagePolicyConfig,
+               network=network, optimizer=optimizer)
     optimizer = default_optimizer(config) if optimizer is None else optimizer
 
     def advantages(batch: AdvantageBatch) -> Array:

@@ -26,7 +26,7 @@ import optax
 from flax import struct
 
 from prefrl import config as config_lib
-from prefrl.learners import Learner
+from prefrl.learners import Learner, check_make
 from prefrl.networks import GaussianPolicy, tanh_gaussian_log_prob
 
 Array = jax.Array
@@ -100,6 +100,7 @@ def make(config: BCConfig, network: nn.Module,
       ``update(state, batch) -> (state, metrics)`` with metrics ``loss``,
       ``nll`` (mean −log π over unmasked steps), ``log_std`` (mean), ``grad_norm``.
     """
+    check_make("bc.make", config, BCConfig, network=network, optimizer=optimizer)
 
     optimizer = default_optimizer() if optimizer is None else optimizer
 

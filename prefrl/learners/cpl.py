@@ -3,8 +3,7 @@
 **CPL** (Hejna et al. 2023, "Contrastive Preference Learning: Learning from
 Human Feedback without RL"). Under maximum-entropy RL the optimal advantage
 is ``A*(s, a) = α log π*(a|s)``, so the regret preference model (Knox et al.
-2022) becomes a loss on the policy itself. For a query (σ¹, σ²) with label
-μ = P(σ¹ ≻ σ²),
+2022) becomes a loss on the policy itself. For a query (σ¹, σ²), μ = P(σ¹ ≻ σ²),
 
     S_i = Σ_t γ^t α log π(a^i_t | s^i_t)                  (masked steps excluded)
     L   = −[ μ log σ(S_1 − λ S_2) + (1 − μ) log σ(S_2 − λ S_1) ]
@@ -28,9 +27,8 @@ it is ``bt_loss(β Σ_t γ^t log(π/π_ref)(σ¹) − β Σ_t γ^t log(π/π_ref
 read as a *tanh-squashed* diagonal Gaussian on the action box ``[-1, 1]^act``:
 ``u ~ N(μ(s), σ(s))``, ``a = tanh(u)``. ``log π(a|s)`` is the exact density
 on the box including the Jacobian of the squashing,
-``log N(atanh a; μ, σ) − Σ_i log(1 − a_i²)``
-(``prefrl.networks.tanh_gaussian_log_prob``); dataset actions that sit at
-exactly ±1 are pulled inside by ``prefrl.networks.ACTION_EPS`` so their
+``log N(atanh a; μ, σ) − Σ_i log(1 − a_i²)`` (``prefrl.networks.tanh_gaussian_log_prob``);
+dataset actions at exactly ±1 are pulled inside by ``prefrl.networks.ACTION_EPS`` so their
 log-density stays finite. CPL's usual choice is ``state_dependent_std=True``.
 
 **Which density scores a segment** (``CPLConfig.squash_jacobian``): the box
@@ -58,7 +56,7 @@ from flax import struct
 
 from prefrl import config as config_lib
 from prefrl import evaluation
-from prefrl.learners import Learner
+from prefrl.learners import Learner, check_make
 from prefrl.networks import ACTION_EPS, GaussianPolicy, tanh_gaussian_log_prob
 from prefrl.preference import bt_loss, regret_score
 from prefrl.types import PairBatch
@@ -475,6 +473,7 @@ def make(config: CPLConfig, policy_network: nn.Module,
       ``update(state, batch) -> (state, metrics)`` with metrics ``loss``,
       ``pref_loss``, ``bc_nll``, ``accuracy``, ``score_gap``, ``grad_norm``.
     """
+    check_make("cpl.make", config, CPLConfig, policy_network=policy_network, optimizer=optimizer)
     optimizer = default_optimizer() if optimizer is None else optimizer
     return _make(
         policy_network, optimizer, temperature=config.alpha, bias=config.bias,
@@ -492,6 +491,8 @@ def make_dpo(config: DPOConfig, policy_network: nn.Module,
     receives no gradient; ``update`` refuses a state without it. Start at π_ref
     with ``state.replace(params=ref, ref_params=ref)``. Metrics as in :func:`make`.
     """
+    check_make("cpl.make_dpo", config, DPOConfig, policy_network=policy_network,
+               optimizer=optimizer)
     optimizer = default_optimizer() if optimizer is None else optimizer
     return _make(
         policy_network, optimizer, temperature=config.beta, bias=config.bias,

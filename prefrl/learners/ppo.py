@@ -45,7 +45,7 @@ import optax
 from flax import struct
 
 from prefrl.config import field
-from prefrl.learners import Learner
+from prefrl.learners import Learner, check_make
 from prefrl.learners.ppo_losses import (
     adapt_kl_coef,
     clipped_surrogate_loss,
@@ -237,6 +237,7 @@ def make(
       collected with ``state``'s policy. ``T·B`` must be divisible by
       ``config.num_minibatches``.
     """
+    check_make("ppo.make", config, PPOConfig, obs_dim=obs_dim, action_dim=action_dim)
     if config.kl_ref_coef > 0 and reference_apply is None:
         raise ValueError("kl_ref_coef > 0 needs a reference policy (reference_apply=…, "
                          "and its parameters in state.ref_params)")

@@ -62,7 +62,7 @@ from flax import struct
 
 from prefrl import preference
 from prefrl.config import field
-from prefrl.learners import Learner
+from prefrl.learners import Learner, check_make
 from prefrl.learners import sf_networks as nets
 from prefrl.learners.sf_networks import PhiFn
 
@@ -342,6 +342,8 @@ def make(
         ``negative_regret_fraction`` (segments with regret < 0: GPI is
         inexact there).
     """
+    check_make("regret_sf.make", config, RegretSFConfig,
+               phi=phi, optimizer=optimizer, psi_network=psi_network)
     model = nets.make_model(phi, psi_network, num_policies=config.num_policies)
     optimizer = default_optimizer(config) if optimizer is None else optimizer
 

@@ -1,8 +1,7 @@
 """Reward fitting from preferences: r̂(s, a) (partial return) or Â(s, a) (regret).
 
-Both learning assumptions fit one scalar function ``f_θ(s, a)`` of a state and
-an action by the Bradley–Terry loss on its discounted sum over each segment
-(docs/design.md §2, §4):
+Both learning assumptions fit one scalar function ``f_θ(s, a)`` of a state and an action
+by the Bradley–Terry loss on its discounted sum over each segment (docs/design.md §2, §4):
 
     score(σ) = Σ_t γ^t m_t f_θ(s_t, a_t)
     P_θ(σ¹ ≻ σ²) = sigmoid((score(σ¹) − score(σ²)) / β)
@@ -51,7 +50,7 @@ from flax import struct
 from prefrl import preference
 from prefrl.config import field
 from prefrl.data import pairs
-from prefrl.learners import Learner
+from prefrl.learners import Learner, check_make
 from prefrl.networks import MLP
 from prefrl.types import PairBatch
 
@@ -390,6 +389,7 @@ def make(
         the per-member mean loss ``Σ_b w_mb ℓ_mb / Σ_b w_mb`` (+ ``l2/2 ‖θ_m‖²``).
         ``metrics``: ``loss``, ``accuracy``, ``grad_norm`` — each ``[M]``.
     """
+    check_make("reward_model.make", config, RewardModelConfig, network=network, optimizer=optimizer)
     optimizer = default_optimizer(config) if optimizer is None else optimizer
     rm = model(config, network)
     network = rm.network

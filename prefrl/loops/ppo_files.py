@@ -111,6 +111,7 @@ class RunFiles:
         if self.tc.resume and last.exists():
             arrays, header = load_npz(last, kind=checkpoints.PPO_KIND)
             self.check_same_run(header, last)
+            _check_progress(header, arrays, self.tc, last, self.ppo_config.normalize_obs)
             for name in ("metrics.jsonl", "evals.jsonl"):
                 resume.truncate_jsonl(self.out_dir / name, int(header["progress"]["update"]))
             return arrays, header
@@ -172,6 +173,50 @@ class RunFiles:
                       {"fraction_of_training": snapshots[update_idx]})
         if last_due:
             self.save(self.out_dir / "last.npz", state, update_idx, arrays=resume_arrays())
+
+
+def check_resumable(tc: TrainConfig, ppo_config: ppo.PPOConfig, backend: str = "cpu") -> None:
+    """Refuse, before any environment is built, an ``out_dir/last.npz`` this run cannot resume.
+
+    The checks :meth:`_RunFiles.open_last` makes (settings, backend, progress
+    against the arrays), early, for the command line; nothing is read when
+    there is nothing to resume.
+    """
+    last = Path(tc.out_dir) / "last.npz" if tc.out_dir else None
+    if last is None or not tc.resume or not last.exists():
+        return
+    arrays, header = load_npz(last, kind=checkpoints.PPO_KIND)
+    _check_same_run(header, ppo_config, tc, last, backend)
+    _check_progress(header, arrays, tc, last, ppo_config.normalize_obs)
+
+
+def _check_progress(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                    tc: TrainConfig, path: Path, counts_obs: bool = True) -> None:
+    """``FileFormatError`` when ``last.npz``'s progress disagrees with itself or its arrays.
+
+    The update it resumes at must be an update of this run, its env steps those
+    updates' steps, and the observation statistics must have seen at least that
+    many steps (more after ``--init-checkpoint``): a header that claims more
+    training than its arrays hold would skip the missing updates.
+    """
+    from prefrl.io import FileFormatError
+
+    progress = header.get("progress")
+    update = progress.get("update") if isinstance(progress, Mapping) else None
+    if isinstance(update, bool) or not isinstance(update, int) or not (
+            0 <= update <= tc.num_updates):
+        raise FileFormatError(f"{path}: header field 'progress.update' is {update!r}; a resume "
+                              f"needs an update in [0, {tc.num_updates}]")
+    steps = update * tc.steps_per_update
+    if progress.get("env_steps", steps) != steps:
+        raise FileFormatError(f"{path}: header says update {update} but env_steps "
+                              f"{progress.get('env_steps')!r} (expected {steps})")
+    for name in ("state/obs_stats/count", "state.obs_stats.count") if counts_obs else ():
+        if name in arrays and float(arrays[name]) < steps * (1 - 1e-6):
+            raise FileFormatError(
+                f"{path}: header says {steps} env steps (update {update}), but the observation "
+                f"statistics have seen only {float(arrays[name]):.0f}; the header does not "
+                "describe these arrays")
 
 
 def _check_same_run(

@@ -201,8 +201,9 @@ def load_library(config: LearnerAssumptionConfig, task: Any) -> Library:
     for path in paths:
         try:
             policy, _ = checkpoints.load_policy(path, deterministic=False, obs_dim=task.obs_dim)
-        except ValueError as err:
-            raise ValueError(f"library policy {path}: {err}") from err
+        except ValueError as err:  # keeps its kind: a bad file stays an input error (exit 1)
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            raise type(err)(f"library policy {message}") from err
         policies.append(policy)
     return Library(tuple(paths), tuple(policies))
 

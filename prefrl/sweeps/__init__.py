@@ -68,7 +68,8 @@ CPL/DPO, BC; PPO's host-side environment loop runs seeds in turn). Cells run
 in a process pool (``spawn`` start method: forking a process that has
 initialised JAX's thread pools can deadlock) or as Ray tasks
 (``ray_address``); the driver alone writes records, so both paths produce
-the same store. Workers share a persistent XLA compilation cache
-(``DIR/.jax_cache``), so a resumed sweep does not pay compile time again.
+the same store. Workers share a persistent XLA compilation cache in the
+user's cache folder (``~/.cache/prefrl/jax`` or ``$PREFRL_JAX_CACHE``; never
+in ``DIR``), so a resumed sweep does not pay compile time again.
 """
 

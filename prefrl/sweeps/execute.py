@@ -7,12 +7,20 @@ knowing what it computes. The seeds of one cell go to its runner together
 (``spawn`` start method: forking a process that has initialised JAX's thread
 pools can deadlock) or as Ray tasks (``ray_address``); the driver alone
 writes records, so both paths produce the same store. Workers share a
-persistent XLA compilation cache (``DIR/.jax_cache``), so a resumed sweep does
-not pay compile time again.
+persistent XLA compilation cache in the user's cache folder
+(:func:`default_compile_cache`: ``~/.cache/prefrl/jax``, or ``$PREFRL_JAX_CACHE``),
+never in the result directory: compiled code is native code, and a result
+directory may come from someone else.
+
+A cell that fails leaves ``DIR/failed/<cell>.json`` (its one-line reason and
+the path of its log, ``DIR/cells/<cell>/error.log``, which holds the
+traceback); the terminal gets the one line, and ``DIR/summary.json`` lists the
+failed cells. A rerun that succeeds removes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -26,6 +34,12 @@ from typing import Any
 
 from prefrl.io import atomic_write_json, atomic_write_text
 from prefrl.sweeps.data_check import check_sweep_data
+from prefrl.sweeps.guards import (
+    check_compile_cache,
+    check_ray_address,
+    check_same_sweep,
+    default_compile_cache,
+)
 from prefrl.sweeps.spec import CellConfig, SweepError, SweepSpec, check_budget_scale
 from prefrl.sweeps.store import ResultStore, make_record, versions
 
@@ -52,6 +66,7 @@ class WorkUnit:
     sweep_name: str = ""
     compile_cache: str | None = None
     keep: tuple[int, ...] | None = None  # seeds whose records are wanted (default: all)
+    cell_dir: str | None = None  # locked while the cell runs; its error.log on failure
 
     @property
     def wanted(self) -> tuple[int, ...]:
@@ -75,8 +90,53 @@ def enable_compile_cache(path: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+class CellFailed(Exception):
+    """A cell raised: its one-line reason, with the path of the log holding the traceback."""
+
+
+def cell_slug(cell: CellConfig) -> str:
+    """A filename-safe, unique name of a cell: its label plus a hash of its configuration."""
+    import hashlib
+    import json
+    import re
+
+    digest = hashlib.sha256(json.dumps(cell.to_dict(), sort_keys=True).encode()).hexdigest()
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", cell.label()).strip("_") + "_" + digest[:10]
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters)."""
+    text = str(err).strip().splitlines()
+    line = f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
 def execute_unit(unit: WorkUnit) -> list[dict[str, Any]]:
-    """Run one unit (in whatever process) and return its complete records."""
+    """Run one unit (in whatever process) and return its complete records.
+
+    With ``unit.cell_dir`` the cell holds that folder's lock while it runs, and
+    a failure writes its traceback to ``cell_dir/error.log`` and raises
+    :class:`CellFailed` with a one-line reason.
+    """
+    if unit.cell_dir is None:
+        return _execute_unit(unit)
+    from prefrl import locks
+
+    with locks.hold(unit.cell_dir, option="--out", what="sweep cell folder"):
+        try:
+            records = _execute_unit(unit)
+        except Exception as err:  # noqa: BLE001 - the traceback goes to the cell's log
+            log = Path(unit.cell_dir) / "error.log"
+            atomic_write_text(log, f"cell {unit.cell.label()} seeds {list(unit.seeds)}\n"
+                              + traceback.format_exc())
+            raise CellFailed(f"{one_line(err)} (traceback in {log})") from None
+        (Path(unit.cell_dir) / "error.log").unlink(missing_ok=True)  # an earlier failure's
+    with contextlib.suppress(OSError):  # a folder a killed run left: empty once released
+        Path(unit.cell_dir).rmdir()
+    return records
+
+
+def _execute_unit(unit: WorkUnit) -> list[dict[str, Any]]:
     if unit.compile_cache:
         enable_compile_cache(unit.compile_cache)
     settings = unit.cell.settings.scaled(unit.budget_scale)
@@ -138,7 +198,7 @@ def plan(
         raise SweepError(f"no runner for learner(s) {missing}; runners: {sorted(runners)}")
     units = [
         WorkUnit(c, runners[c.learner], spec.seeds, budget_scale, spec.name, compile_cache,
-                 tuple(s))
+                 tuple(s), str(store.root / "cells" / cell_slug(c)))
         for c, s in pending.items()
     ]
     return units, {"total": len(spec.seeds) * len(spec.cells()), "done": done, "corrupt": corrupt}
@@ -178,6 +238,7 @@ def run_sweep(
     on_records: Callable[[list[dict[str, Any]]], None] | None = None,
     on_plan: Callable[[int, int], None] | None = None,
     compile_cache: str | None | bool = True,
+    ray_timeout: float = 30.0,
 ) -> SweepOutcome:
     """Run every missing run of ``spec`` and store its records under ``out``.
 
@@ -196,14 +257,18 @@ def run_sweep(
       on_records: called in the driver with each unit's records once stored.
       on_plan: called once with ``(runs to do, runs already done)``.
       compile_cache: JAX persistent compilation cache shared by the workers:
-        ``True`` uses ``out/.jax_cache``, a path uses that, ``False``/``None``
-        none (see :func:`enable_compile_cache`).
+        ``True`` uses :func:`default_compile_cache`, a path uses that (never
+        inside ``out``), ``False``/``None`` none (see :func:`enable_compile_cache`).
+      ray_timeout: seconds to wait for ``ray_address`` to answer before giving up.
     """
-    check_before_writing(spec, out, workers)
-    store = ResultStore(out)
     if compile_cache is True:
-        compile_cache = str(Path(out).resolve() / ".jax_cache")
+        compile_cache = str(default_compile_cache())
+    if compile_cache:
+        compile_cache = str(check_compile_cache(compile_cache, out))
+    check_before_writing(spec, out, workers, ray_address=ray_address, ray_timeout=ray_timeout)
+    store = ResultStore(out)
     with store.writer_lock():
+        check_same_sweep(spec, store, budget_scale)
         units, summary = plan(spec, store, runners, budget_scale=budget_scale, resume=resume,
                               compile_cache=compile_cache or None)
         return _run_locked(spec, store, units, summary, budget_scale, workers, ray_address,
@@ -211,17 +276,24 @@ def run_sweep(
 
 
 def check_before_writing(spec: SweepSpec, out: str | os.PathLike,
-                         workers: int | None = None) -> None:
+                         workers: int | None = None, *, ray_address: str | None = None,
+                         ray_timeout: float = 30.0) -> None:
     """Refuse, before any file is written, a sweep that cannot run.
 
-    ``out`` must be a folder (or not exist yet), ``workers`` at least 1, and
-    every dataset fit its cells (:func:`prefrl.sweeps.data_check.check_sweep_data`).
+    ``out`` must be a writable folder (or not exist yet), ``workers`` at least 1,
+    every input fit its cells (:func:`prefrl.sweeps.data_check.check_sweep_data`)
+    and a Ray cluster address answer within ``ray_timeout`` seconds.
     """
+    from prefrl import preflight
+
     if Path(out).exists() and not Path(out).is_dir():
         raise SweepError(f"--out {out} is a file; give a result directory")
+    preflight.check_output_dir(out, "--out")
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise SweepError(f"--workers must be >= 1, got {workers}")
     check_sweep_data(spec)
+    if ray_address is not None:
+        check_ray_address(ray_address, ray_timeout)
 
 
 def _run_locked(
@@ -243,37 +315,54 @@ def _run_locked(
     outcome = SweepOutcome([], {}, summary["done"])
 
     def finish(unit: WorkUnit, records: list[dict[str, Any]] | None, error: str | None) -> None:
+        failure = store.root / "failed" / f"{cell_slug(unit.cell)}.json"
         if error is not None:
             outcome.failed[unit.cell.label()] = error
-            print(f"cell {unit.cell.label()} failed:\n{error}", file=sys.stderr)
+            atomic_write_json(failure, {"cell": unit.cell.to_dict(), "label": unit.cell.label(),
+                                        "seeds": list(unit.wanted), "reason": error})
+            print(f"cell {unit.cell.label()} failed: {error}", file=sys.stderr)
             return
         assert records is not None
         for r in records:
             store.write(r)
             outcome.written.append(r["run_id"])
+        failure.unlink(missing_ok=True)
         if on_records is not None:
             on_records(records)
 
+    try:
+        _dispatch(units, workers, ray_address, finish)
+    finally:
+        for name in ("cells", "failed"):  # every cell's folder went with its lock
+            if (store.root / name).is_dir() and not any((store.root / name).iterdir()):
+                (store.root / name).rmdir()
+        atomic_write_json(store.root / "summary.json", {
+            "name": spec.name, "runs": summary["total"], "already_done": summary["done"],
+            "written": len(outcome.written), "failed": dict(outcome.failed)})
+    return outcome
+
+
+def _dispatch(units: list[WorkUnit], workers: int | None, ray_address: str | None,
+              finish: Callable[..., None]) -> None:
     if not units:
-        return outcome
+        return
     if ray_address is not None:
         _run_ray(units, ray_address, finish)
-    else:
-        n = workers if workers is not None else (os.cpu_count() or 1)
-        if n < 1:
-            raise SweepError(f"workers must be >= 1, got {n}")
-        n = min(n, len(units))
-        if n == 1:
-            for unit in units:
-                try:
-                    records = execute_unit(unit)
-                except Exception:  # noqa: BLE001 - one bad cell must not stop the sweep
-                    finish(unit, None, traceback.format_exc())
-                else:
-                    finish(unit, records, None)
+        return
+    n = workers if workers is not None else (os.cpu_count() or 1)
+    if n < 1:
+        raise SweepError(f"workers must be >= 1, got {n}")
+    n = min(n, len(units))
+    if n > 1:
+        _run_pool(units, n, finish)
+        return
+    for unit in units:
+        try:
+            records = execute_unit(unit)
+        except Exception as err:  # noqa: BLE001 - one bad cell must not stop the sweep
+            finish(unit, None, str(err) if isinstance(err, CellFailed) else one_line(err))
         else:
-            _run_pool(units, n, finish)
-    return outcome
+            finish(unit, records, None)
 
 
 def _run_pool(units: list[WorkUnit], n: int, finish: Callable[..., None]) -> None:
@@ -286,9 +375,9 @@ def _run_pool(units: list[WorkUnit], n: int, finish: Callable[..., None]) -> Non
             done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
             for fut in done:
                 err = fut.exception()
-                if err is not None:
-                    text = "".join(traceback.format_exception(err))
-                    finish(futures[fut], None, text)
+                if err is not None:  # CellFailed, or the worker process died
+                    finish(futures[fut], None,
+                           str(err) if isinstance(err, CellFailed) else one_line(err))
                 else:
                     finish(futures[fut], fut.result(), None)
 
@@ -311,18 +400,26 @@ def _run_ray(units: list[WorkUnit], address: str, finish: Callable[..., None]) -
         else:
             ray.init(address=address, log_to_driver=False)
     remote = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
-    refs = {remote.remote(u): u for u in units}
+    # A remote machine has no result directory: the driver keeps each cell's folder and log.
+    refs = {remote.remote(dataclasses.replace(u, cell_dir=None)): u for u in units}
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
+            unit = refs[ref]
             records, error = ray.get(ref)
-            finish(refs[ref], records, error)
+            if error is not None and unit.cell_dir is not None:
+                reason, _, text = error.partition("\n")
+                log = Path(unit.cell_dir) / "error.log"
+                atomic_write_text(log, f"cell {unit.cell.label()} seeds {list(unit.seeds)}\n"
+                                  + text)
+                error = f"{reason} (traceback in {log})"
+            finish(unit, records, error)
 
 
 def _ray_execute(unit: WorkUnit) -> tuple[list[dict[str, Any]] | None, str | None]:
-    # Errors travel back as text: the driver reports the cell and carries on.
+    # Errors travel back as text (one line, then the traceback): the driver records them.
     try:
         return execute_unit(unit), None
-    except Exception:  # noqa: BLE001
-        return None, traceback.format_exc()
+    except Exception as err:  # noqa: BLE001
+        return None, f"{one_line(err)}\n{traceback.format_exc()}"

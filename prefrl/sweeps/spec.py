@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prefrl import config as cfg
+from prefrl.io import FileFormatError
 
 LABEL_MODELS = ("partial_return", "regret")
 KNOWN_TASKS = ("run", "run-backward", "target-speed")
@@ -51,6 +52,10 @@ _NEEDS_EXPERT: tuple[str, ...] = ("regret_sf+ppo",)  # its library Π: the exper
 
 class SweepError(ValueError):
     """A sweep file, its data files or a result directory is invalid; the message says which."""
+
+
+class SweepInputError(SweepError, FileFormatError):
+    """A file a sweep's cells would read cannot be used (exit status 1, as any unusable input)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -362,13 +367,15 @@ def parse_sweep(
         raise SweepError(f"{source}: 'description' must be a string")
     seeds = data.get("seeds")
     if isinstance(seeds, int) and not isinstance(seeds, bool):
-        if seeds < 1:
-            raise SweepError(f"{source}: seeds = {seeds}: give a count >= 1 or a list of seeds")
+        if not 1 <= seeds <= 10_000:
+            raise SweepError(f"{source}: seeds = {seeds}: give a count in [1, 10000] or a list "
+                             "of seeds")
         seeds = list(range(seeds))
     if not isinstance(seeds, list) or not seeds or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= cfg.SEED_MAX for s in seeds
     ):
-        raise SweepError(f"{source}: 'seeds' must be a count or a list of integers >= 0")
+        raise SweepError(f"{source}: 'seeds' must be a count or a list of integers in "
+                         f"[0, {cfg.SEED_MAX}]")
     if len(set(seeds)) != len(seeds):
         raise SweepError(f"{source}: duplicate seeds {seeds}")
 
@@ -481,6 +488,9 @@ def load_sweep(
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise SweepError(f"{path}: not valid TOML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise SweepError(f"{path}: not a text (UTF-8) file, so not a TOML sweep file: "
+                         f"byte {err.object[err.start]:#04x} at position {err.start}") from err
     for assignment in overrides:
         _apply_override(data, assignment)
     return parse_sweep(data, base_dir=path.parent, source=str(path), check_files=check_files)

@@ -20,8 +20,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from prefrl.io import atomic_write_json, jsonable, pid_alive, remove_stale_temp_files
-from prefrl.sweeps.spec import CellConfig, SweepError
+from prefrl.io import atomic_write_json, jsonable, remove_stale_temp_files
+from prefrl.sweeps.spec import CellConfig, SweepError, SweepInputError
 
 RECORD_KIND = "prefrl.sweep.record"
 RECORD_SCHEMA_VERSION = 1
@@ -136,6 +136,17 @@ def make_record(
     return record
 
 
+# The types of a record's fields (a report reads them without further checks).
+_RECORD_TYPES: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    ("run_id", (str,), "a string"), ("sweep", (str,), "a string"),
+    ("cell", (dict,), "an object"), ("identity", (dict,), "an object"),
+    ("assumption", (str,), "a string"), ("seed", (int,), "an integer"),
+    ("budget_scale", (int, float), "a number"), ("metrics", (dict,), "an object"),
+    ("wall_time_s", (int, float), "a number"), ("group_size", (int,), "an integer"),
+    ("checksum", (str,), "a string"),
+)
+
+
 def validate_record(record: Any, expected_id: str | None = None) -> str | None:
     """``None`` if ``record`` is a complete, untampered record; else what is wrong."""
     if not isinstance(record, dict):
@@ -147,6 +158,10 @@ def validate_record(record: Any, expected_id: str | None = None) -> str | None:
     for key in ("run_id", "cell", "identity", "seed", "metrics", "checksum"):
         if key not in record:
             return f"missing field {key!r}"
+    for key, types, what in _RECORD_TYPES:
+        if key in record and (not isinstance(record[key], types)
+                              or isinstance(record[key], bool) and bool not in types):
+            return f"field {key!r} must be {what}, got {type(record[key]).__name__}"
     if record["checksum"] != _checksum(record):
         return "checksum mismatch (edited or damaged)"
     if expected_id is not None and record["run_id"] != expected_id:
@@ -186,35 +201,23 @@ class ResultStore:
     def writer_lock(self) -> Iterator[None]:
         """Hold ``root/runs/.lock`` while writing: one sweep process per result directory.
 
-        A lock left by a process that no longer exists on this host (e.g. a
-        killed sweep) is taken over. On taking the lock, temporary files that
-        a killed writer left between ``mkstemp`` and ``os.replace`` are removed
+        An OS lock (:func:`prefrl.locks.hold`): the kernel drops it when its
+        process dies, so a lock file a killed sweep left is taken over. On
+        taking the lock, temporary files that a killed writer left between
+        ``mkstemp`` and ``os.replace`` are removed
         (:func:`prefrl.io.remove_stale_temp_files`: only those of dead processes).
         """
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        lock = self.runs_dir / ".lock"
-        me = f"{platform.node()} {os.getpid()}"
-        for _ in range(2):
+        from prefrl import locks
+
+        with contextlib.ExitStack() as stack:
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                host, _, pid = lock.read_text(encoding="utf-8").partition(" ")
-                if host == platform.node() and pid.isdigit() and not pid_alive(int(pid)):
-                    lock.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                raise SweepError(
-                    f"{self.root} is being written by another sweep (process {pid} on "
-                    f"{host}); if none is running, delete {lock}"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            break
-        try:
+                stack.enter_context(locks.hold(self.runs_dir, option="--out",
+                                               what="result directory"))
+            except locks.FolderLocked as err:
+                raise SweepError(f"{self.root} is being written by another sweep: {err}"
+                                 ) from None
             remove_stale_temp_files(self.runs_dir)
             yield
-        finally:
-            if lock.exists() and lock.read_text(encoding="utf-8") == me:
-                lock.unlink()
 
     def records(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """All valid records (sorted by run id) and ``{file: problem}`` for corrupt ones."""
@@ -234,12 +237,14 @@ def load_records(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Valid records of a result directory; raises :class:`SweepError` if there is none."""
     store = ResultStore(results_dir)
     if not store.runs_dir.is_dir():
-        raise SweepError(f"{results_dir}: not a result directory (no runs/ folder)")
+        raise SweepInputError(f"{results_dir}: not a result directory (no runs/ folder)")
     good, bad = store.records()
     for path, problem in bad.items():
         print(f"warning: skipping corrupt record {path}: {problem}", file=sys.stderr)
     if not good:
-        raise SweepError(f"{results_dir}: no valid run records")
+        raise SweepInputError(f"{results_dir}: no valid run records"
+                              + (f" ({len(bad)} refused, e.g. {next(iter(bad.values()))})"
+                                 if bad else ""))
     return good
 
 

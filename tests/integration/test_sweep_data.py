@@ -35,20 +35,22 @@ def _sweep(out: Path, dataset: Path, *extra: str) -> list[str]:
             "--set", f"tasks.run.dataset={json.dumps(str(dataset))}", *extra]
 
 
-@pytest.mark.parametrize(("dataset", "extra", "message"), [
-    ("good", ["--set", "grid.segment_length=[50]"],
+# Exit status: 1 for a file the cells cannot use, 2 for a grid value or option (prefrl.cli).
+@pytest.mark.parametrize(("dataset", "extra", "status", "message"), [
+    ("good", ["--set", "grid.segment_length=[50]"], 2,
      "segment_length 50 (cell rm_pr|partial_return|run|n64|k50"),
-    ("trajectory", [], "found kind 'trajectory'"),
-    ("truncated", [], "truncated or corrupt"),
-    ("small_obs", [], "observation/action sizes 6/6, but task 'run' has 17/6"),
-    ("good", ["--workers", "0"], "--workers must be >= 1, got 0"),
-    ("good", ["--set", "grid.label_budget=[1000000000]"], "label_budget 1000000000: needs about"),
+    ("trajectory", [], 1, "found kind 'trajectory'"),
+    ("truncated", [], 1, "truncated or corrupt"),
+    ("small_obs", [], 1, "observation size 6 disagrees with the header's task 'run'"),
+    ("good", ["--workers", "0"], 2, "--workers must be >= 1, got 0"),
+    ("good", ["--set", "grid.label_budget=[1000000000]"], 2,
+     "label_budget 1000000000: needs about"),
 ])
 def test_bad_data_or_options_fail_before_any_run(files, tmp_path, capsys, dataset, extra,
-                                                 message):
+                                                 status, message):
     out = tmp_path / "out"
     for dry_run in ([], ["--dry-run"]):
-        assert cli_main(_sweep(out, files[dataset], *extra, *dry_run)) == 2
+        assert cli_main(_sweep(out, files[dataset], *extra, *dry_run)) == status
         err = capsys.readouterr().err
         assert message in err, err
         assert "Traceback" not in err and "--resume" not in err
