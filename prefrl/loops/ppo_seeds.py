@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prefrl.io import jsonable
 from prefrl.learners import ppo
 from prefrl.loops.ppo import (
     TrainConfig,
     TrainResult,
     _check_finite,
     _EpisodeTracker,
-    _to_jsonable,
 )
 from prefrl.policies import Policy, policy_fn
 from prefrl.rollout import BatchedEnv, evaluate_policy
@@ -219,7 +219,7 @@ def train_seeds(
                 update_idx == tc.num_updates)
             results = run_eval(update_idx, seed_params(state)) if due else [None] * S
             for i in range(S):
-                record = _to_jsonable(unstack(metrics, i))
+                record = jsonable(unstack(metrics, i), keep_non_finite=True)
                 episodes = trackers[i].pop()
                 if episodes:
                     record["train_episode_return"] = float(np.mean(episodes))
