@@ -36,7 +36,7 @@ minima even when GPI is exact: on a random 3-state, 2-action MDP with
 Π = every deterministic policy and exact soft labels
 (``tests/test_regret_sf.py::test_annealed_gpi_escapes_the_false_minimum``),
 hard-max GPI fitted from the default start stops well above the label
-entropy (the optimum) with the fitted regret a small multiple of the true
+entropy (the optimum) with the fitted regret a small fraction of the true
 one; a soft maximum (τ ≈ β) first, annealed to the hard max, reaches the
 label entropy. τ is therefore an *array* of the state (:class:`GPISchedule`,
 ``state.gpi``): it anneals linearly from ``gpi_anneal_start`` to
