@@ -125,8 +125,10 @@ CASES: dict[str, Callable[[], Case]] = {
                                value_hidden=(8,), anneal_lr=False), OBS, ACT,
                  optimizer=foreign_optimizer()), trajectory()),
     "regret_sf": lambda: Case(
-        rs.make(rs.RegretSFConfig(discount=0.95, gpi_temperature=0.01), frozen_phi,
-                foreign_optimizer()), sf_batch()),
+        # τ annealed 1 → 0.5 → 0 over the 3 updates: soft and hard GPI in one compile.
+        rs.make(rs.RegretSFConfig(discount=0.95, gpi_temperature=0.0, gpi_anneal_start=1.0,
+                                  gpi_anneal_steps=2), frozen_phi, foreign_optimizer()),
+        sf_batch()),
     "regret_sf_learned_phi": lambda: Case(
         rs.make(rs.RegretSFConfig(discount=0.95, num_policies=3, gpi_temperature=0.01,
                                   label_smoothing=0.1),

@@ -183,6 +183,76 @@ def test_fitting_exact_regret_labels_recovers_regret_and_optimal_policy(x64, jit
     assert float(metrics["accuracy"]) > 0.95
 
 
+def label_entropy(label: np.ndarray) -> float:
+    """The mean binary entropy of soft labels: the BT loss's minimum when they are realisable."""
+    p = np.clip(np.asarray(label, np.float64), 1e-15, 1 - 1e-15)
+    return float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
+
+
+def test_annealed_gpi_escapes_the_false_minimum(x64):
+    """The loss is not convex in w: hard-max GPI stops at a false minimum, annealing does not.
+
+    Random MDP (seed 35) with 3 states, 2 actions; Π = all 8 deterministic policies (GPI
+    exact for any r̂), ψ by the linear solve, every segment of length 3 (24) and all 276
+    pairs with exact soft labels (β = 1). The labels are realisable, so the optimal BT loss
+    is their entropy. Regret is compared, not w (shaping changes w, not regret).
+    """
+    world = World(35, 3, 2, 3, policies=tabular.deterministic_policies(3, 2))
+    first, second, label = all_pairs(world)
+    pool = world.pool()
+    batch = rs.pair_batch(pool, first, second, label)
+    cfg = rs.RegretSFConfig(discount=GAMMA, learning_rate=0.05)  # τ = 0, no annealing
+    learner = rs.make(cfg, one_hot_phi)
+    regret_fn = rs.make_regret_fn(cfg, one_hot_phi)
+
+    @jax.jit
+    def fit(state, batch):
+        return jax.lax.scan(lambda s, _: learner.update(s, batch), state, None, length=300)
+
+    start = learner.init(jax.random.key(0), batch)
+    entropy = label_entropy(label)
+
+    # Hard max from the default start: stuck ~0.24 above the optimum, regret ≈ 0.09 × true.
+    hard, m_hard = fit(start, batch)
+    assert float(m_hard["loss"][-1]) - entropy > 0.2
+    hard_regret = np.asarray(regret_fn(hard, pool))
+    assert np.corrcoef(hard_regret, world.regret)[0, 1] < 0.6
+
+    # The same compiled fit, τ annealed 1 → 0 over 150 updates (an array in the state).
+    annealing = rs.RegretSFConfig(discount=GAMMA, learning_rate=0.05, gpi_anneal_start=1.0,
+                                  gpi_anneal_steps=150)
+    schedule = rs.gpi_schedule(annealing, start.gpi.start.dtype)
+    assert [float(x) for x in schedule] == [1.0, 0.0, 150.0]
+    annealed, m = fit(start.replace(gpi=schedule), batch)
+    assert fit._cache_size() == 1
+    np.testing.assert_allclose(np.asarray(m["gpi_temperature"])[[0, 75, 150, 299]],
+                               [1.0, 0.5, 0.0, 0.0], atol=1e-12)
+    assert float(m["loss"][-1]) - entropy < 1e-8
+    regret = np.asarray(regret_fn(annealed, pool))
+    np.testing.assert_allclose(regret, world.regret, atol=1e-4 * np.abs(world.regret).max())
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_traced_gpi_temperature_matches_the_float_path(jit):
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=3), jnp.float32)
+    psi = jnp.asarray(rng.normal(size=(5, 4, 3)), jnp.float32)  # [S, Π, d]
+    traced = maybe_jit(lambda w, p, t: rs.gpi_value(w, p, temperature=t), jit)
+    for tau in (0.0, 0.5):
+        want = rs.gpi_value(w, psi, temperature=tau)
+        np.testing.assert_allclose(np.asarray(traced(w, psi, jnp.float32(tau))),
+                                   np.asarray(want), rtol=1e-6)
+    # τ = 0 traced: the hard max's gradient (the arg-max policy's ψ), finite.
+    grad = maybe_jit(jax.grad(lambda w, t: rs.gpi_value(w, psi[0], temperature=t)), jit)
+    g = np.asarray(grad(w, jnp.float32(0.0)))
+    np.testing.assert_allclose(g, np.asarray(psi[0, jnp.argmax(psi[0] @ w)]), rtol=1e-6)
+    # The schedule: linear from start to end over `steps` updates, then end; steps 0: end.
+    sched = rs.GPISchedule(jnp.float32(2.0), jnp.float32(0.5), jnp.float32(4.0))
+    at = [float(rs.gpi_temperature_at(sched, t)) for t in (0, 1, 4, 9)]
+    assert at == pytest.approx([2.0, 1.625, 0.5, 0.5])  # 0.5 + 1.5 · (1 − 1/4) = 1.625
+    assert float(rs.gpi_temperature_at(sched._replace(steps=jnp.float32(0.0)), 0)) == 0.5
+
+
 def test_x64_does_not_leak_out_of_the_fixture():
     assert jnp.zeros(1).dtype == jnp.float32
 
@@ -518,5 +588,9 @@ def test_bad_input_raises_clear_errors():
         rs.RegretSFConfig(discount=0.0)
     with pytest.raises(ValueError, match="gpi_temperature"):
         rs.RegretSFConfig(gpi_temperature=-1.0)
+    with pytest.raises(ValueError, match="gpi_anneal_steps"):
+        rs.RegretSFConfig(gpi_anneal_steps=-1)
+    with pytest.raises(ValueError, match="gpi_anneal_start"):
+        rs.RegretSFConfig(gpi_anneal_start=-0.5)
     with pytest.raises(ValueError, match="method"):
         sf.SFFitConfig(method="lstd")

@@ -11,6 +11,7 @@ r̂ itself*, so the learner really assumes the regret model:
     V^π_r̂(s)      = w · ψ^π(s)
     V̂*_r̂(s)       = max_{π∈Π} w · ψ^π(s)                 (GPI, τ = 0)
                   or τ log Σ_π exp(w · ψ^π(s) / τ)        (soft; ≤ max + τ log|Π|)
+    τ(t)          = τ_end + (τ_start − τ_end) · max(0, 1 − t / T_anneal)   (update t)
     regret_r̂(σ)   = V̂*(s_0) − [Σ_{t<k} γ^t r̂(s_t, a_t) + γ^k V̂*(s_k)]
     P(σ¹ ≻ σ²)    = sigmoid((regret_r̂(σ²) − regret_r̂(σ¹)) / β)
 
@@ -29,6 +30,22 @@ s_0 and s_k, so approximate regret can be *negative* (a segment that beats
 every policy of Π from s_0) or too large. The soft maximum (Knox's code uses
 τ = 1e-3) adds up to τ log|Π| to each V̂*.
 
+**The loss is not convex in w.** V̂* is a maximum of linear functions of w
+and enters the regret with both signs, so the BT loss has false local
+minima even when GPI is exact: on a random 3-state, 2-action MDP with
+Π = every deterministic policy and exact soft labels
+(``tests/test_regret_sf.py::test_annealed_gpi_escapes_the_false_minimum``),
+hard-max GPI fitted from the default start stops well above the label
+entropy (the optimum) with the fitted regret a small fraction of the true
+one; a soft maximum (τ ≈ β) first, annealed to the hard max, reaches the
+label entropy. τ is therefore an *array* of the state (:class:`GPISchedule`,
+``state.gpi``): it anneals linearly from ``gpi_anneal_start`` to
+``gpi_temperature`` over ``gpi_anneal_steps`` updates, inside the traced
+update (no recompilation), and a caller may set or vmap it
+(``state.replace(gpi=…)``). Annealing is off by default
+(``gpi_anneal_steps = 0``) so that earlier results keep their numbers;
+fits from a cold start should turn it on.
+
 φ (frozen, or a learned module) and ψ (a network, or values in the batch)
 are :mod:`prefrl.learners.sf_networks`; ψ is a constant of every update
 (``stop_gradient``), fitted by regression on rollouts of each library policy
@@ -36,7 +53,8 @@ and, for a learned φ, refitted in alternation with the updates
 (:mod:`prefrl.learners.successor_features`).
 
 Public API:
-  ``RegretSFConfig``, ``SFPairBatch``, ``SFSegments``, ``RegretSFState``;
+  ``RegretSFConfig``, ``SFPairBatch``, ``SFSegments``, ``RegretSFState``,
+  ``GPISchedule``; ``gpi_schedule(config)``, ``gpi_temperature_at(schedule, step)``,
   ``gpi_value(w, psi, *, temperature)``, ``segment_regret(w, phi_t, psi_0,
   psi_k, *, discount, gpi_temperature, mask_t, terminal_k)``;
   ``make(config, phi, optimizer=None, *, psi_network=None) -> Learner``;
@@ -82,7 +100,13 @@ class RegretSFConfig:
 
     discount: float = field(0.99, "γ of the regret model and of ψ (the oracle's γ)")
     temperature: float = field(1.0, "Boltzmann β of the preference model")
-    gpi_temperature: float = field(0.0, "τ of the soft GPI maximum; 0 = hard max")
+    gpi_temperature: float = field(
+        0.0, "τ of the soft GPI maximum (after annealing); 0 = hard max")
+    gpi_anneal_start: float = field(
+        1.0, "τ at update 0 when annealing (gpi_anneal_steps > 0); ≈ β is soft")
+    gpi_anneal_steps: int = field(
+        0, "updates over which τ anneals linearly from gpi_anneal_start to gpi_temperature; "
+        "0 = no annealing (the loss is not convex: anneal on a cold start)")
     num_policies: int = field(0, "|Π| of a ψ network (one head per policy); 0: ψ in the batch")
     learning_rate: float = field(3e-4, "Adam step size of default_optimizer")
     l2: float = field(0.0, "L2 penalty l2/2 (‖w‖² + ‖θ_φ‖²)")
@@ -96,6 +120,10 @@ class RegretSFConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not self.gpi_temperature >= 0:
             raise ValueError(f"gpi_temperature must be >= 0, got {self.gpi_temperature}")
+        if not self.gpi_anneal_start >= 0:
+            raise ValueError(f"gpi_anneal_start must be >= 0, got {self.gpi_anneal_start}")
+        if int(self.gpi_anneal_steps) < 0:
+            raise ValueError(f"gpi_anneal_steps must be >= 0, got {self.gpi_anneal_steps}")
         if int(self.num_policies) < 0:
             raise ValueError(f"num_policies must be >= 0, got {self.num_policies}")
         if not self.learning_rate > 0:
@@ -153,6 +181,34 @@ class SFSegments(NamedTuple):
     terminal: Array | None = None  # [N] bool
 
 
+class GPISchedule(NamedTuple):
+    """The GPI temperature over updates, as scalar arrays (so it anneals without recompiling
+    and can be vmapped over runs).
+
+    ``τ(t) = end + (start − end) · max(0, 1 − t / steps)``; ``steps = 0``: τ = ``end``.
+    """
+
+    start: Array  # float []
+    end: Array  # float []
+    steps: Array  # float []
+
+
+def gpi_schedule(config: RegretSFConfig, dtype: Any = jnp.float32) -> GPISchedule:
+    """The :class:`GPISchedule` of a config (``gpi_anneal_start → gpi_temperature``)."""
+    steps = int(config.gpi_anneal_steps)
+    start = config.gpi_anneal_start if steps > 0 else config.gpi_temperature
+    return GPISchedule(jnp.asarray(start, dtype), jnp.asarray(config.gpi_temperature, dtype),
+                       jnp.asarray(steps, dtype))
+
+
+def gpi_temperature_at(schedule: GPISchedule, step: Array | int) -> Array:
+    """τ at update ``step``: linear from ``start`` to ``end`` over ``steps``, then ``end``."""
+    frac = jnp.clip(1.0 - jnp.asarray(step, schedule.steps.dtype)
+                    / jnp.maximum(schedule.steps, 1.0), 0.0, 1.0)
+    return schedule.end + (schedule.start - schedule.end) * jnp.where(schedule.steps > 0, frac,
+                                                                      0.0)
+
+
 @struct.dataclass
 class RegretSFState:
     """Training state: arrays only.
@@ -161,12 +217,16 @@ class RegretSFState:
     what the optimizer trains; ``psi_params`` are the ψ network's parameters
     stacked ``[Π, …]`` ({} when ψ values come with the batch), set by
     ``successor_features.make_refit`` / ``fit_successor_features``, never by the update.
+    ``gpi``: the GPI temperature's :class:`GPISchedule`; update ``step`` uses
+    ``gpi_temperature_at(gpi, step)`` (a restart of the annealing is
+    ``state.replace(step=0)``, or a new schedule ``state.replace(gpi=…)``).
     """
 
     params: Params
     psi_params: Params
     opt_state: optax.OptState
     step: Array  # int32 scalar
+    gpi: GPISchedule
 
 
 def default_optimizer(config: RegretSFConfig) -> optax.GradientTransformation:
@@ -179,13 +239,15 @@ def default_optimizer(config: RegretSFConfig) -> optax.GradientTransformation:
 # --------------------------------------------------------------------------- #
 
 
-def gpi_value(w: Array, psi: Array, *, temperature: float = 0.0) -> Array:
+def gpi_value(w: Array, psi: Array, *, temperature: float | Array = 0.0) -> Array:
     """GPI value ``V̂*(s) = max_π w·ψ^π(s)``, or ``τ logsumexp_π(w·ψ^π(s)/τ)`` for τ > 0.
 
     Args:
       w: ``[d]`` reward weights.
       psi: ``[..., Π, d]`` successor features of each library policy at a state.
-      temperature: τ ≥ 0 (a Python float: it picks the code path).
+      temperature: τ ≥ 0: a Python float picks the code path; an array (traced,
+        e.g. annealed) selects hard max where τ = 0 and the soft form elsewhere,
+        with finite gradients either way.
 
     Returns:
       ``[...]``. With τ = 0 a lower bound on V*_r̂, exact when π*_r̂ ∈ Π
@@ -193,9 +255,15 @@ def gpi_value(w: Array, psi: Array, *, temperature: float = 0.0) -> Array:
     """
     chex.assert_rank(w, 1)
     q = jnp.einsum("...pd,d->...p", psi, w)
-    if temperature == 0:
-        return jnp.max(q, axis=-1)
-    return temperature * jax.nn.logsumexp(q / temperature, axis=-1)
+    if isinstance(temperature, (int, float)):
+        if temperature == 0:
+            return jnp.max(q, axis=-1)
+        return temperature * jax.nn.logsumexp(q / temperature, axis=-1)
+    tau = jnp.asarray(temperature, q.dtype)
+    # τ = 0 must not divide: the soft branch sees τ = 1 there, and its gradient is 0 · softmax.
+    safe = jnp.where(tau > 0, tau, 1.0)
+    soft = tau * jax.nn.logsumexp(q / safe, axis=-1)
+    return jnp.where(tau > 0, soft, jnp.max(q, axis=-1))
 
 
 def segment_regret(
@@ -205,7 +273,7 @@ def segment_regret(
     psi_k: Array,
     *,
     discount: float | Array,
-    gpi_temperature: float = 0.0,
+    gpi_temperature: float | Array = 0.0,
     mask_t: Array | None = None,
     terminal_k: Array | bool | None = None,
 ) -> Array:
@@ -221,7 +289,7 @@ def segment_regret(
       phi_t: ``[k, d]`` φ(s_t, a_t).
       psi_0, psi_k: ``[Π, d]`` ψ^π(s_0), ψ^π(s_k).
       discount: γ.
-      gpi_temperature: τ of :func:`gpi_value`.
+      gpi_temperature: τ of :func:`gpi_value` (a float, or a traced scalar array).
       mask_t: optional ``[k]`` prefix-of-ones step mask.
       terminal_k: optional scalar bool.
 
@@ -295,14 +363,15 @@ def _check_batch(model: nets.SFModel, state_like: tuple[Params, Params], batch: 
 
 
 def _regrets(config: RegretSFConfig, model: nets.SFModel, params: Params, psi_params: Params,
-             obs: Array, action: Array, mask: Array, psi_in: Array,
+             tau: Array, obs: Array, action: Array, mask: Array, psi_in: Array,
              terminal: Array | None) -> Array:
-    """``[N]`` regrets of N segments; ψ is a constant (no gradient flows into it)."""
+    """``[N]`` regrets of N segments at GPI temperature ``tau`` (a scalar array); ψ is a
+    constant (no gradient flows into it)."""
     phi_ntd = model.phi(params["phi"], obs, action)
     psi = jax.lax.stop_gradient(model.psi(psi_params, psi_in))  # [N, 2, Π, d]
     one = lambda phi_t, psi_2, mask_t, term: segment_regret(
         params["w"], phi_t, psi_2[0], psi_2[1], discount=config.discount,
-        gpi_temperature=config.gpi_temperature, mask_t=mask_t.astype(phi_t.dtype),
+        gpi_temperature=tau, mask_t=mask_t.astype(phi_t.dtype),
         terminal_k=term,
     )
     if terminal is None:
@@ -340,7 +409,8 @@ def make(
         ``logit = (regret(σ²) − regret(σ¹)) / β``. Metrics (scalars):
         ``loss``, ``accuracy`` (ties count ½), ``grad_norm``, ``regret_mean``,
         ``negative_regret_fraction`` (segments with regret < 0: GPI is
-        inexact there).
+        inexact there), ``gpi_temperature`` (the τ this update used,
+        ``gpi_temperature_at(state.gpi, state.step)``).
     """
     check_make("regret_sf.make", config, RegretSFConfig,
                phi=phi, optimizer=optimizer, psi_network=psi_network)
@@ -359,12 +429,14 @@ def make(
         w = config.init_scale / math.sqrt(width) * jax.random.normal(key_w, (width,), dtype)
         params = {"w": w, "phi": phi_params}
         return RegretSFState(params=params, psi_params=psi_params,
-                             opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
+                             opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
+                             gpi=gpi_schedule(config, dtype))
 
-    def loss_fn(params: Params, psi_params: Params, batch: SFPairBatch) -> tuple[Array, dict]:
-        regret_1 = _regrets(config, model, params, psi_params, batch.obs_1, batch.action_1,
+    def loss_fn(params: Params, psi_params: Params, tau: Array, batch: SFPairBatch
+                ) -> tuple[Array, dict]:
+        regret_1 = _regrets(config, model, params, psi_params, tau, batch.obs_1, batch.action_1,
                             batch.mask_1, batch.psi_in_1, batch.terminal_1)
-        regret_2 = _regrets(config, model, params, psi_params, batch.obs_2, batch.action_2,
+        regret_2 = _regrets(config, model, params, psi_params, tau, batch.obs_2, batch.action_2,
                             batch.mask_2, batch.psi_in_2, batch.terminal_2)
         logits = preference.logit(-regret_1, -regret_2, temperature=config.temperature)
         label = batch.label.astype(logits.dtype)
@@ -393,10 +465,13 @@ def make(
         if state.params["w"].shape[-1:] != (width,):
             raise ValueError(f"feature width mismatch: the state's w has shape "
                              f"{state.params['w'].shape}, φ has width {width}")
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.psi_params, batch)
+        tau = gpi_temperature_at(state.gpi, state.step)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.psi_params, tau,
+                                                         batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["gpi_temperature"] = tau
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     return Learner(init=init, update=update)
@@ -418,7 +493,8 @@ def make_regret_fn(
     """``regret(state, pool) -> [N]``: the learner's regret of every segment of a pool.
 
     Pure and jittable; the same computation as the loss (for query selection,
-    evaluation against the oracle's regret, or labelling). ``chunk`` bounds
+    evaluation against the oracle's regret, or labelling), at the state's current
+    GPI temperature ``gpi_temperature_at(state.gpi, state.step)``. ``chunk`` bounds
     memory: segments are processed ``chunk`` at a time by ``lax.map``.
     """
     model = nets.make_model(phi, psi_network, num_policies=config.num_policies)
@@ -427,7 +503,8 @@ def make_regret_fn(
         _segment_dims(pool.obs, pool.action, pool.mask, pool.psi_in, pool.terminal, "")
         nets.check_widths(model, (state.params["phi"], state.psi_params), pool.obs, pool.action,
                       pool.psi_in)
-        one = lambda x: _regrets(config, model, state.params, state.psi_params, *x)
+        tau = gpi_temperature_at(state.gpi, state.step)
+        one = lambda x: _regrets(config, model, state.params, state.psi_params, tau, *x)
         if chunk is None:
             return one(tuple(pool))
         # lax.map over rows of size `chunk`: vmap inside each block.
@@ -481,6 +558,7 @@ def from_pair_batch(batch: Any, psi_in_1: Array, psi_in_2: Array) -> SFPairBatch
 
 
 __all__ = [
+    "GPISchedule",
     "PhiFn",
     "RegretSFConfig",
     "RegretSFState",
@@ -488,6 +566,8 @@ __all__ = [
     "SFSegments",
     "default_optimizer",
     "from_pair_batch",
+    "gpi_schedule",
+    "gpi_temperature_at",
     "gpi_value",
     "make",
     "make_regret_fn",
