@@ -255,7 +255,8 @@ class Server:
 def serve_queries(segments: Segments, pairs: Any, out_path: str | Path, *, task: str,
                   label_name: str = "human", host: str = "127.0.0.1", port: int = 0,
                   annotator: str = "", timeout: float | None = None, video_format: str = "webm",
-                  announce: Any = None) -> PreferenceDataset:
+                  announce: Any = None, meta: dict[str, Any] | None = None, width: int = 320,
+                  height: int = 240, gl: str | None = None) -> PreferenceDataset:
     """Serve the queries ``pairs [Q, 2]`` (segment indices) on the page; block until answered.
 
     For a program that holds a run folder (e.g. an online loop whose round
@@ -264,6 +265,8 @@ def serve_queries(segments: Segments, pairs: Any, out_path: str | Path, *, task:
     Returns the dataset with the people's labels under ``label_name`` (mask
     False where skipped). ``announce(url)`` is called once the page listens
     (default: a line on stderr). ``TimeoutError`` after ``timeout`` seconds.
+    ``meta``: the labels file's header ``meta`` (where the queries come from);
+    ``width``/``height``/``gl``: the videos' size and GL backend.
     """
     import jax.numpy as jnp
 
@@ -276,8 +279,9 @@ def serve_queries(segments: Segments, pairs: Any, out_path: str | Path, *, task:
                                     (q,), 0.5, jnp.float32)},
                                 label_mask={label_name: jnp.zeros((q,), bool)})
     store = LabelStore.create(out_path, dataset, task=task, label_name=label_name,
-                              source="serve_queries")
-    videos = VideoCache(Path(out_path).parent / "videos", segments)
+                              source="serve_queries", meta=meta)
+    videos = VideoCache(Path(out_path).parent / "videos", segments, width=width, height=height,
+                        backend=gl)
     server = Server(make_app(store, videos, annotator=annotator, video_format=video_format,
                              hosts=allowed_hosts(host)), host, port).start()
     (announce or (lambda url: print(f"label {q} queries at {url}", file=sys.stderr)))(server.url)

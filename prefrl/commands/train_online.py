@@ -13,6 +13,19 @@ reward, whose critic V_E it uses). Writes ``rounds.jsonl`` (one line per
 labelling round), ``evals.jsonl`` and ``result.json`` into ``--out-dir``;
 ends with one JSON line.
 
+A person as the teacher: ``--teacher web`` serves each round's queries on
+the labelling page of ``prefrl annotate`` (one address for the run,
+``--teacher-port``), from inside the training process, and waits for the
+answers (``prefrl.annotate.teacher``). Where not set, the budget and schedule
+are sized for a person: ``--label-budget 100 --initial-fraction 0.2
+--refit-every 25`` (10 rounds of 20, 17, …, 5 labels over 1M steps). Labels go
+to ``OUT_DIR/people/round_RRR/labels.npz``; each round's record names the
+teacher and the annotators; a killed run resumes at the waiting round with the
+answers kept (run the same command again)::
+
+    prefrl train online --teacher web --out-dir runs/person --teacher-annotator alice
+    # open http://127.0.0.1:8765/ when a round is announced
+
 GPU: ``--backend mjx`` runs each round (PPO updates on MJX, the segment
 pool, query selection, oracle labels and the reward refit) as one compiled
 function on the device (``prefrl.loops.online.mjx``; needs ``pip install -e
@@ -35,10 +48,13 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefrl import config as config_lib
 from prefrl import oracles
+from prefrl.annotate import teacher as teacher_lib
+from prefrl.config import ConfigError
 from prefrl.envs.mjx_options import SolverOptions
 from prefrl.learners import ppo
 from prefrl.learners import reward_model as rm
@@ -60,6 +76,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="cpu: MuJoCo C on threads, host loop; mjx: each round in one jit on "
                         "MJX (GPU; pip install -e \".[mjx]\")")
     config_lib.add_dataclass_args(p, SolverOptions, prefix="mjx-")
+    p.add_argument("--teacher", choices=teacher_lib.TEACHERS, default="oracle",
+                   help="who labels: oracle (the scripted --oracle-…, default) or web (a person "
+                        "on the labelling page; CPU backend)")
+    config_lib.add_dataclass_args(p, teacher_lib.TeacherConfig, prefix="teacher-")
     p.set_defaults(func=run)
 
 
@@ -73,17 +93,22 @@ def _given(cls: type, args: argparse.Namespace, prefix: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     from prefrl.loops import online
 
-    config = config_lib.from_args(online.OnlineConfig, args)
+    kind = getattr(args, "teacher", "oracle")
+    web = kind == "web"
+    # A person's budget where the user set none (argparse leaves unset options out).
+    person = {k: v for k, v in teacher_lib.WEB_DEFAULTS.items() if web and not hasattr(args, k)}
+    config = config_lib.from_args(online.OnlineConfig, args, **person)
     ppo_config = config_lib.from_args(ppo.PPOConfig, args, prefix="ppo-")
     reward_config = online.default_reward_config(**_given(rm.RewardModelConfig, args, "reward-"))
     oracle = config_lib.from_args(oracles.OracleConfig, args, prefix="oracle-")
     check_inputs(config)
+    teacher_config = _check_teacher(args, kind, config)
     if config.out_dir:
         from prefrl import locks
 
         with locks.hold(config.out_dir, option="--out-dir", what="run folder"):
-            return _run(args, config, ppo_config, reward_config, oracle)
-    return _run(args, config, ppo_config, reward_config, oracle)
+            return _run(args, config, ppo_config, reward_config, oracle, kind, teacher_config)
+    return _run(args, config, ppo_config, reward_config, oracle, kind, teacher_config)
 
 
 def check_inputs(config: OnlineConfig) -> None:
@@ -116,13 +141,25 @@ def check_inputs(config: OnlineConfig) -> None:
 
 
 def _run(args: argparse.Namespace, config: OnlineConfig, ppo_config: ppo.PPOConfig,
-         reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig) -> int:
+         reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig, kind: str,
+         teacher_config: teacher_lib.TeacherConfig) -> int:
     from prefrl.loops import online
 
+    web = kind == "web"
     if getattr(args, "backend", "cpu") == "mjx":
         return _run_mjx(args, config, ppo_config, reward_config, oracle)
-    result = online.train(config, ppo_config, reward_config, oracle,
-                          log=None if config.out_dir else
+    labeller, callback = None, None
+    if web:
+        from prefrl.envs import parse_task_params
+
+        teacher = teacher_lib.WebTeacher(
+            teacher_config, task=parse_task_params(config.task, config.task_param),
+            task_name=config.task, out_dir=config.out_dir, round_updates=config.round_updates(),
+            counts=config.schedule_counts())
+        labeller, callback = teacher.labeller(), teacher.add_to_record
+        teacher_lib.mark_teacher(Path(config.out_dir), kind)
+    result = online.train(config, ppo_config, reward_config, oracle, labeller=labeller,
+                          callback=callback, log=None if config.out_dir else
                           (lambda line: print(line, file=sys.stderr, flush=True)))
     final = result["final"]
     print(json.dumps({
@@ -133,6 +170,46 @@ def _run(args: argparse.Namespace, config: OnlineConfig, ppo_config: ppo.PPOConf
         "out_dir": config.out_dir or None,
     }))
     return 0
+
+
+def _check_teacher(args: argparse.Namespace, kind: str, config: OnlineConfig
+                   ) -> teacher_lib.TeacherConfig:
+    """The teacher's options, checked before anything is written (``ConfigError``)."""
+    teacher_config = config_lib.from_args(teacher_lib.TeacherConfig, args, prefix="teacher-")
+    given = sorted(f"--teacher-{f.name.replace('_', '-')}"
+                   for f in dataclasses.fields(teacher_lib.TeacherConfig)
+                   if hasattr(args, "teacher-" + f.name))
+    if kind != "web":
+        if given:
+            raise ConfigError(f"{', '.join(given)} set the web teacher: add --teacher web")
+        if config.out_dir:
+            teacher_lib.check_teacher_of_run(Path(config.out_dir), kind, config.resume)
+        return teacher_config
+    if getattr(args, "backend", "cpu") != "cpu":
+        raise ConfigError("--teacher web runs on the CPU backend only (a round waits for a "
+                          "person between two jitted calls); drop --backend mjx")
+    if not config.out_dir:
+        raise ConfigError("--teacher web needs --out-dir: the people's labels and the "
+                          "checkpoint a waiting run resumes from go there")
+    if config.offline_dataset:
+        raise ConfigError("--teacher web labels the run's own queries; --offline-dataset takes "
+                          "its labels from a file (drop one of them)")
+    out = Path(config.out_dir)
+    teacher_lib.check_teacher_of_run(out, kind, config.resume)
+    if config.resume and (out / "result.json").exists() and not (out / "last.npz").exists():
+        raise ConfigError(f"{out} holds a finished run; use another --out-dir")
+    from prefrl.annotate.store import check_annotator
+    from prefrl.render import Renderer
+
+    if teacher_config.annotator:
+        try:
+            check_annotator(teacher_config.annotator)
+        except ValueError as err:
+            raise ConfigError(f"--teacher-annotator: {err}") from err
+    # A machine that cannot draw the clips, or a port in use, fails now, with nothing written.
+    Renderer(16, 16, backend=teacher_config.gl).close()
+    teacher_lib.check_port(teacher_config.host, teacher_config.port)
+    return teacher_config
 
 
 def _run_mjx(args: argparse.Namespace, config: OnlineConfig, ppo_config: ppo.PPOConfig,

@@ -110,8 +110,11 @@ def train(
     ``config.out_dir``, writes ``rounds.jsonl``, ``evals.jsonl``,
     ``result.json`` and, every ``checkpoint_every`` updates, ``last.npz``,
     from which a killed run resumes exactly (``config.resume``).
-    ``callback(state, record)`` is called after each round (tests, custom
-    logs). ``stop_after_updates`` stops early as if killed (tests of resume).
+    ``callback(state, record)`` is called after each round, before the record
+    is written (tests, custom logs: it may add fields, e.g. who labelled).
+    A host labeller's rounds (``labeller.traced`` False: a person) are each
+    preceded by a checkpoint, so a run killed while it waits resumes there.
+    ``stop_after_updates`` stops early as if killed (tests of resume).
     """
     ppo_config = ppo.PPOConfig() if ppo_config is None else ppo_config
     reward_config = default_reward_config() if reward_config is None else reward_config
@@ -164,8 +167,13 @@ def _train(config: OnlineConfig, ppo_config: ppo.PPOConfig,
                 break
             state = _iteration(c, built, state, keys, update_idx, round_at.get(update_idx),
                                env, eval_env, task, records, out_dir, log, callback)
+            # A host labeller may wait on a person: a checkpoint just before its round lets a
+            # killed run resume at that round (its answers kept by the labeller).
+            next_round = round_at.get(update_idx + 1)
+            before_host_round = (not built.labeller.traced and next_round is not None
+                                 and core.counts[next_round] > 0)
             if out_dir is not None and (update_idx % c.checkpoint_every == 0
-                                        or update_idx == c.num_updates):
+                                        or update_idx == c.num_updates or before_host_round):
                 files.save(out_dir / "last.npz", state, policy, env, eval_env, settings,
                            records, update_idx, time.perf_counter() - t_start)
             if bar is not None:
@@ -224,9 +232,9 @@ def _iteration(c: OnlineConfig, built: _Built, state: core_lib.OnlineState,
                 record["value_loss_before"] = records.history[-2]["value_loss"]
         if "proxy_reward" in records.history[-1]:
             record["proxy_reward"] = records.history[-1]["proxy_reward"]
-        files.write_record(out_dir, "rounds.jsonl", record, log)
-        if callback is not None:
+        if callback is not None:  # before the record is written: it may add to it
             callback(state, record)
+        files.write_record(out_dir, "rounds.jsonl", record, log)
     if update_idx == c.num_updates or (c.eval_every and update_idx % c.eval_every == 0):
         t0 = time.perf_counter()
         result = evaluate_policy(eval_env, policy.greedy(state.policy),
@@ -338,14 +346,20 @@ def _build(config: OnlineConfig, ppo_config: ppo.PPOConfig,
            dims: tuple[int, int, int, int], labeller: core_lib.Labeller | None) -> _Built:
     if labeller is None:
         return _build_cached(config, ppo_config, reward_config, oracle, dims)
-    return _build_uncached(config, ppo_config, reward_config, oracle, dims, labeller)
+    try:
+        hash(labeller)
+    except TypeError:  # a labeller holding unhashable values: built for this run only
+        return _build_uncached(config, ppo_config, reward_config, oracle, dims, labeller)
+    # The same labeller object again (a run resumed in one process) compiles nothing anew.
+    return _build_cached(config, ppo_config, reward_config, oracle, dims, labeller)
 
 
 @functools.lru_cache(maxsize=8)
 def _build_cached(config: OnlineConfig, ppo_config: ppo.PPOConfig,
                   reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig,
-                  dims: tuple[int, int, int, int]) -> _Built:
-    return _build_uncached(config, ppo_config, reward_config, oracle, dims, None)
+                  dims: tuple[int, int, int, int],
+                  labeller: core_lib.Labeller | None = None) -> _Built:
+    return _build_uncached(config, ppo_config, reward_config, oracle, dims, labeller)
 
 
 def _build_uncached(config: OnlineConfig, ppo_config: ppo.PPOConfig,
