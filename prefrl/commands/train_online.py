@@ -13,6 +13,22 @@ reward, whose critic V_E it uses). Writes ``rounds.jsonl`` (one line per
 labelling round), ``evals.jsonl`` and ``result.json`` into ``--out-dir``;
 ends with one JSON line.
 
+Policy learners (``--policy-learner``; registry.POLICY_LEARNERS) with their own
+options under ``--{name}-…``: ``ppo`` (PPO on r̂, ``--ppo-…``),
+``advantage_greedy`` (an actor climbing Â; ``--reward-learner advantage``;
+``--advantage-greedy-…``) and ``cpl`` (π fitted to the labels, no reward
+model: ``--reward-learner none`` and stochastic labels, e.g.
+``--oracle-temperature 1 --oracle-temperature-mode relative``; ``--cpl-…``)::
+
+    prefrl train online --task run --oracle-model regret --oracle-discount 0.99 \
+        --expert experiments/experts/run/final.npz --oracle-temperature 1 \
+        --oracle-temperature-mode relative --policy-learner cpl --reward-learner none
+
+``--oracle-value mc`` takes the regret oracle's V from Monte-Carlo rollouts of
+the expert (``--mc-rollouts`` M, ``--mc-horizon`` H; ``prefrl.loops.online.mc``);
+its env steps are logged per round (``oracle_env_steps``,
+``oracle_heldout_env_steps``).
+
 GPU: ``--backend mjx`` runs each round (PPO updates on MJX, the segment
 pool, query selection, oracle labels and the reward refit) as one compiled
 function on the device (``prefrl.loops.online.mjx``; needs ``pip install -e
@@ -56,6 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     config_lib.add_dataclass_args(p, ppo.PPOConfig, prefix="ppo-")
     config_lib.add_dataclass_args(p, rm.RewardModelConfig, prefix="reward-")
     config_lib.add_dataclass_args(p, oracles.OracleConfig, prefix="oracle-")
+    for name, spec in online.POLICY_LEARNERS.items():
+        if spec.config is not None:
+            config_lib.add_dataclass_args(p, spec.config, prefix=_prefix(name))
     p.add_argument("--backend", choices=("cpu", "mjx"), default="cpu",
                    help="cpu: MuJoCo C on threads, host loop; mjx: each round in one jit on "
                         "MJX (GPU; pip install -e \".[mjx]\")")
@@ -70,16 +89,36 @@ def _given(cls: type, args: argparse.Namespace, prefix: str) -> dict:
             and hasattr(args, prefix + f.name)}
 
 
+def _prefix(policy_learner: str) -> str:
+    return policy_learner.replace("_", "-") + "-"
+
+
 def run(args: argparse.Namespace) -> int:
     from prefrl.loops import online
+    from prefrl.loops.online import registry
 
     config = config_lib.from_args(online.OnlineConfig, args)
     ppo_config = config_lib.from_args(ppo.PPOConfig, args, prefix="ppo-")
-    reward_config = online.default_reward_config(**_given(rm.RewardModelConfig, args, "reward-"))
+    given_reward = _given(rm.RewardModelConfig, args, "reward-")
+    if given_reward and not registry.reward_learner(config.reward_learner).fits:
+        options = sorted("--reward-" + k.replace("_", "-") for k in given_reward)
+        raise config_lib.ConfigError(
+            f"--reward-learner {config.reward_learner} fits no reward model (policy learner "
+            f"{config.policy_learner} learns from the labels directly): {options} would be "
+            "ignored; leave them out")
+    for name, spec in online.POLICY_LEARNERS.items():
+        if spec.config is not None and name != config.policy_learner and \
+                _given(spec.config, args, _prefix(name)):
+            raise config_lib.ConfigError(f"--{_prefix(name)}… options set {name}, but the "
+                                         f"policy learner is {config.policy_learner}")
+    spec = online.POLICY_LEARNERS[config.policy_learner]
+    policy_config = None if spec.config is None else config_lib.from_args(
+        spec.config, args, prefix=_prefix(config.policy_learner))
+    reward_config = online.default_reward_config(**given_reward)
     oracle = config_lib.from_args(oracles.OracleConfig, args, prefix="oracle-")
     if getattr(args, "backend", "cpu") == "mjx":
         return _run_mjx(args, config, ppo_config, reward_config, oracle)
-    result = online.train(config, ppo_config, reward_config, oracle,
+    result = online.train(config, ppo_config, reward_config, oracle, policy_config=policy_config,
                           log=None if config.out_dir else
                           (lambda line: print(line, file=sys.stderr, flush=True)))
     final = result["final"]
