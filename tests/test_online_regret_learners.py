@@ -18,7 +18,7 @@ from ppo_toy import PointMassBatchedEnv
 from prefrl import oracles
 from prefrl.data.buffers import make_ring_buffer
 from prefrl.learners import advantage_greedy as ag
-from prefrl.learners import cpl, ppo
+from prefrl.learners import ppo
 from prefrl.loops import online
 from prefrl.loops.online import core as core_lib
 from prefrl.loops.online import cpl as online_cpl
@@ -34,7 +34,7 @@ POINT_PPO = ppo.PPOConfig(num_minibatches=2, num_epochs=2, policy_hidden=(16,),
 POINT_REWARD = online.default_reward_config(hidden=(16,), ensemble_size=2, num_steps=10,
                                             eval_every=10, batch_size=16, chunk_pairs=16)
 GREEDY = ag.AdvantageGreedyConfig(hidden=(16,), batch_size=32, steps=4, replay_rollouts=2)
-CPL = cpl.OnlineCPLConfig(hidden=(16,), batch_size=8, steps=4, alpha=0.5)
+CPL = online_cpl.OnlineCPLConfig(hidden=(16,), batch_size=8, steps=4, alpha=0.5)
 SAMPLED = oracles.OracleConfig(temperature=1.0, temperature_mode="relative")
 
 

@@ -241,30 +241,6 @@ class DPOConfig:
 BC_DATA = ("all", "preferred")
 
 
-@dataclasses.dataclass(frozen=True)
-class OnlineCPLConfig(CPLConfig):
-    """CPL as the online loop's policy learner: :class:`CPLConfig` plus the policy and steps.
-
-    Online CPL (``policy_learner="cpl"``) learns π from labels of its own
-    segments only. It needs *stochastic* labels (``--oracle-temperature 1
-    --oracle-temperature-mode relative``): with deterministic labels the loss
-    has no finite minimum and pushes log π towards ±∞.
-    """
-
-    hidden: tuple[int, ...] = config_lib.field((64, 64), "policy hidden sizes (ReLU)")
-    learning_rate: float = config_lib.field(3e-4, "Adam step size")
-    batch_size: int = config_lib.field(64, "labelled queries per gradient step")
-    steps: int = config_lib.field(16, "gradient steps per rollout (0 before any label)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        for name in ("batch_size", "steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
 def _check_common(bias: float, discount: float, bc_weight: float) -> None:
     if not 0.0 < bias <= 1.0:
         raise ValueError(f"bias (λ) must be in (0, 1], got {bias}")

@@ -19,6 +19,7 @@ have no finite minimiser and push log π towards ±∞ (the registry refuses the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -26,14 +27,39 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from prefrl.config import field
 from prefrl.data.buffers import RingState, filled
 from prefrl.learners import cpl
-from prefrl.loops.online.registry import PolicyLearner
+from prefrl.loops.online.learner_types import PolicyLearner
 from prefrl.policies import Policy, policy_fn
 from prefrl.types import PairBatch, Trajectory
 
 Array = jax.Array
 PRNGKey = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineCPLConfig(cpl.CPLConfig):
+    """CPL as the online loop's policy learner: :class:`CPLConfig` plus the policy and steps.
+
+    Online CPL (``policy_learner="cpl"``) learns π from labels of its own
+    segments only. It needs *stochastic* labels (``--oracle-temperature 1
+    --oracle-temperature-mode relative``): with deterministic labels the loss
+    has no finite minimum and pushes log π towards ±∞.
+    """
+
+    hidden: tuple[int, ...] = field((64, 64), "policy hidden sizes (ReLU)")
+    learning_rate: float = field(3e-4, "Adam step size")
+    batch_size: int = field(64, "labelled queries per gradient step")
+    steps: int = field(16, "gradient steps per rollout (0 before any label)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("batch_size", "steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @struct.dataclass
@@ -64,9 +90,9 @@ def sample_pairs(labels: RingState, key: PRNGKey, batch_size: int) -> PairBatch:
 
 
 def make(*, config: Any, obs_dim: int, act_dim: int,
-         policy_config: cpl.OnlineCPLConfig | None = None, **_: Any) -> PolicyLearner:
+         policy_config: OnlineCPLConfig | None = None, **_: Any) -> PolicyLearner:
     """The registered ``cpl`` policy learner (see the module docstring)."""
-    pc = cpl.OnlineCPLConfig() if policy_config is None else policy_config
+    pc = OnlineCPLConfig() if policy_config is None else policy_config
     network = cpl.default_network(act_dim, pc.hidden)
     learner = cpl.make(pc, network, cpl.default_optimizer(pc.learning_rate))
     k = config.segment_length
@@ -109,4 +135,4 @@ def make(*, config: Any, obs_dim: int, act_dim: int,
         set_labels=lambda s, labels: s.replace(labels=labels), segment_score=segment_score)
 
 
-__all__ = ["CPLOnlineState", "make", "sample_pairs", "training_weights"]
+__all__ = ["CPLOnlineState", "OnlineCPLConfig", "make", "sample_pairs", "training_weights"]

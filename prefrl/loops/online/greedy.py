@@ -23,7 +23,7 @@ from flax import struct
 from prefrl.data.buffers import RingState, make_ring_buffer
 from prefrl.learners import advantage_greedy as ag
 from prefrl.learners import reward_model as rm
-from prefrl.loops.online.registry import PolicyLearner
+from prefrl.loops.online.learner_types import PolicyLearner
 from prefrl.policies import Policy, policy_fn
 from prefrl.types import Trajectory
 

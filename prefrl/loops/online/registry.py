@@ -29,10 +29,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from prefrl.learners import advantage_greedy, cpl, ppo
+from prefrl.learners import advantage_greedy, ppo
 from prefrl.learners import reward_model as rm
+from prefrl.loops.online import cpl as online_cpl
+from prefrl.loops.online import greedy
+from prefrl.loops.online.learner_types import PolicyLearner
 from prefrl.policies import Policy, policy_fn
-from prefrl.types import Trajectory
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -72,42 +74,6 @@ class OnlineRewardLearner:
     configure: Callable[[rm.RewardModelConfig, float, float], rm.RewardModelConfig]
     segment_term: Callable[[TermContext, Array, Array], Array] | None = None
     fits: bool = True
-
-
-class PolicyLearner(NamedTuple):
-    """How the online loop improves its policy (pure functions; ``update`` is jittable).
-
-    - ``init(key) -> state``;
-    - ``update(state, traj [T, B, …]) -> (state, metrics)``: learn from the
-      newest rollout with the learned reward the state holds (``metrics`` may
-      hold ``nonfinite``, ``value_loss``, ``proxy_reward``, ``true_reward``);
-    - ``set_reward(state, reward_state) -> state``: give it the refitted r̂
-      (parameters in the state, so a refit never recompiles ``update``);
-    - ``behaviour(state)`` / ``greedy(state)``: ``(obs, key) -> action``
-      functions for the C-engine rollouts and the evaluation;
-    - ``critic(state, obs) -> V`` or None;
-    - ``checkpoint_view(state)`` / ``restore(loaded, fresh)``: what a
-      checkpoint stores (inputs such as the reward or π_ref parameters left
-      out) and how a loaded view gets them back from a fresh state;
-    - ``set_labels(state, labels)`` (optional): give it the label buffer
-      (a :class:`~prefrl.data.buffers.RingState` of ``core.LabelItem``) after
-      each round, for learners that learn from preferences directly (CPL);
-    - ``segment_score(state, obs [N, k, obs], action [N, k, act], mask [N, k])
-      -> [N]`` (optional): the policy's own segment score (CPL's Σ α log π),
-      which held-out accuracy reads when no reward model is fitted.
-    """
-
-    init: Callable[[PRNGKey], Any]
-    update: Callable[[Any, Trajectory], tuple[Any, Metrics]]
-    set_reward: Callable[[Any, Any], Any]
-    behaviour: Callable[[Any], Callable[..., Any]]
-    greedy: Callable[[Any], Callable[..., Any]]
-    critic: Callable[[Any, Array], Array] | None
-    checkpoint_view: Callable[[Any], Any]
-    restore: Callable[[Any, Any], Any]
-    discount: float
-    set_labels: Callable[[Any, Any], Any] | None = None
-    segment_score: Callable[[Any, Array, Array, Array], Array] | None = None
 
 
 class PolicyLearnerSpec(NamedTuple):
@@ -231,16 +197,6 @@ def _ppo(*, config: Any, learner_config: Any, obs_dim: int, act_dim: int, num_up
         discount=float(learner_config.discount))
 
 
-def _module_make(module: str) -> Callable[..., PolicyLearner]:
-    """``make`` of a policy-learner module, imported when first used (no import cycle:
-    the module imports this registry for :class:`PolicyLearner`)."""
-    def make(**context: Any) -> PolicyLearner:
-        import importlib
-
-        return importlib.import_module(module).make(**context)
-    return make
-
-
 def _cpl_check(oracle: Any) -> None:
     if oracle.temperature <= 0:
         raise ValueError(
@@ -254,15 +210,15 @@ POLICY_LEARNERS: dict[str, PolicyLearnerSpec] = {
     "ppo": PolicyLearnerSpec(_ppo, "PPO on the standardised learned reward (Schulman et al. "
                                    "2017), on-policy: each update recomputes r̂ on its rollout"),
     "advantage_greedy": PolicyLearnerSpec(
-        _module_make("prefrl.loops.online.greedy"),
+        greedy.make,
         "an actor climbing Â(s, π(s)) on visited states, BC-regularised (Knox et al. 2023: "
         "Â used greedily, not as a reward); with reward_learner='advantage'",
         advantage_greedy.AdvantageGreedyConfig, ("advantage",)),
     "cpl": PolicyLearnerSpec(
-        _module_make("prefrl.loops.online.cpl"),
+        online_cpl.make,
         "CPL (Hejna et al. 2023): π fitted to labels of its own segments, Σ α log π as the "
         "regret score; no reward model, no RL; needs stochastic labels; reward_learner='none'",
-        cpl.OnlineCPLConfig, ("none",), _cpl_check),
+        online_cpl.OnlineCPLConfig, ("none",), _cpl_check),
 }
 
 
