@@ -39,7 +39,8 @@ SAMPLED = oracles.OracleConfig(temperature=1.0, temperature_mode="relative")
 
 
 def _point_train(config, oracle=None, **kwargs):
-    return online.train(config, POINT_PPO, POINT_REWARD, oracle,
+    fits = registry.reward_learner(config.reward_learner).fits
+    return online.train(config, POINT_PPO, POINT_REWARD if fits else None, oracle,
                         env_factory=lambda n, s: PointMassBatchedEnv(n, s), **kwargs)
 
 
@@ -208,6 +209,10 @@ def test_cli_refuses_reward_options_for_cpl(tmp_path):
 def test_registry_lists_the_regret_learners():
     assert {"advantage_greedy", "cpl"} <= set(registry.POLICY_LEARNERS)
     assert not registry.REWARD_LEARNERS["none"].fits
+    config = dataclasses.replace(POINT, policy_learner="cpl", reward_learner="none")
+    with pytest.raises(ValueError, match="pass no reward_config"):  # CPL given reward options
+        online.train(config, POINT_PPO, POINT_REWARD, SAMPLED,
+                     env_factory=lambda n, s: PointMassBatchedEnv(n, s))
 
 
 # --------------------------------------------------------------------------- MC oracle online

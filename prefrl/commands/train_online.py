@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     spec = online.POLICY_LEARNERS[config.policy_learner]
     policy_config = None if spec.config is None else config_lib.from_args(
         spec.config, args, prefix=_prefix(config.policy_learner))
-    reward_config = online.default_reward_config(**given_reward)
+    reward_config = online.default_reward_config(**given_reward) if registry.reward_learner(
+        config.reward_learner).fits else None
     oracle = config_lib.from_args(oracles.OracleConfig, args, prefix="oracle-")
     if getattr(args, "backend", "cpu") == "mjx":
         return _run_mjx(args, config, ppo_config, reward_config, oracle)

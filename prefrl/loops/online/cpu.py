@@ -119,6 +119,10 @@ def train(
     labels with the Monte-Carlo regret oracle (:mod:`prefrl.loops.online.mc`).
     Settings that cannot work are refused before anything runs or is written.
     """
+    if reward_config is not None and not registry.reward_learner(config.reward_learner).fits:
+        raise ValueError(f"reward_learner={config.reward_learner!r} fits no reward model (policy "
+                         f"learner {config.policy_learner!r} learns from the labels directly): "
+                         "pass no reward_config")
     ppo_config = ppo.PPOConfig() if ppo_config is None else ppo_config
     reward_config = default_reward_config() if reward_config is None else reward_config
     oracle = oracles.OracleConfig() if oracle is None else oracle
