@@ -2,7 +2,8 @@
 
 For each learner — reward model, CPL, contrastive DPO, BC, PPO, the regret-model
 reward via successor features (given ψ, and a learned φ with a ψ network), Â
-used as a policy (AWR) — with a foreign optax transform (not the learner's default), on tiny sizes:
+used as a policy (AWR) and by a greedy actor — with a foreign optax transform
+(not the learner's default), on tiny sizes:
 
 * ``init(key, example_batch)`` and ``update(state, batch)`` run;
 * ``jax.jit(jax.vmap(update))`` over 3 seeds gives what the seeds give one
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+from prefrl.learners import advantage_greedy as ag
 from prefrl.learners import advantage_policy as ap
 from prefrl.learners import bc, cpl, ppo
 from prefrl.learners import regret_sf as rs
@@ -103,6 +105,18 @@ def advantage_batch() -> ap.AdvantageBatch:
                              advantage=jnp.sum(pb.obs_1[..., :ACT] * pb.action_1, -1))
 
 
+def step_batch() -> ag.StepBatch:
+    pb = pair_batch()
+    return ag.StepBatch(pb.obs_1.reshape(-1, OBS), pb.action_1.reshape(-1, ACT),
+                        pb.mask_1.reshape(-1))
+
+
+def two_member_advantage(params: Any, obs: jax.Array, action: jax.Array) -> jax.Array:
+    # [2, N]: Â_j = −‖a − tanh(obs[:ACT])‖² ± obs[0]·a[0]; params unused (None).
+    base = -jnp.sum((action - jnp.tanh(obs[..., :ACT])) ** 2, axis=-1)
+    return jnp.stack([base + obs[..., 0] * action[..., 0], base - obs[..., 0] * action[..., 0]])
+
+
 def _dpo_start(state: Any) -> Any:
     return state.replace(ref_params=state.params)
 
@@ -134,6 +148,10 @@ CASES: dict[str, Callable[[], Case]] = {
                                   label_smoothing=0.1),
                 sf_nets.default_phi_network(4, (8,)), foreign_optimizer(),
                 psi_network=sf_nets.default_psi_network(4, (8,))), sf_network_batch()),
+    "advantage_greedy": lambda: Case(
+        ag.make(ag.AdvantageGreedyConfig(alpha=1.0, pessimism=0.5),
+                ag.default_network(ACT, (8,)), foreign_optimizer(),
+                a_hat=two_member_advantage), step_batch()),
     "advantage_policy": lambda: Case(
         ap.make(ap.AdvantagePolicyConfig(beta=0.5), ap.default_network(ACT, (8,)),
                 foreign_optimizer()), advantage_batch()),

@@ -26,6 +26,22 @@ answers kept (run the same command again)::
     prefrl train online --teacher web --out-dir runs/person --teacher-annotator alice
     # open http://127.0.0.1:8765/ when a round is announced
 
+Policy learners (``--policy-learner``; registry.POLICY_LEARNERS) with their own
+options under ``--{name}-…``: ``ppo`` (PPO on r̂, ``--ppo-…``),
+``advantage_greedy`` (an actor climbing Â; ``--reward-learner advantage``;
+``--advantage-greedy-…``) and ``cpl`` (π fitted to the labels, no reward
+model: ``--reward-learner none`` and stochastic labels, e.g.
+``--oracle-temperature 1 --oracle-temperature-mode relative``; ``--cpl-…``)::
+
+    prefrl train online --task run --oracle-model regret --oracle-discount 0.99 \
+        --expert experiments/experts/run/final.npz --oracle-temperature 1 \
+        --oracle-temperature-mode relative --policy-learner cpl --reward-learner none
+
+``--oracle-value mc`` takes the regret oracle's V from Monte-Carlo rollouts of
+the expert (``--mc-rollouts`` M, ``--mc-horizon`` H; ``prefrl.loops.online.mc``);
+its env steps are logged per round (``oracle_env_steps``,
+``oracle_heldout_env_steps``).
+
 GPU: ``--backend mjx`` runs each round (PPO updates on MJX, the segment
 pool, query selection, oracle labels and the reward refit) as one compiled
 function on the device (``prefrl.loops.online.mjx``; needs ``pip install -e
@@ -49,7 +65,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefrl import config as config_lib
 from prefrl import oracles
@@ -72,6 +88,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     config_lib.add_dataclass_args(p, ppo.PPOConfig, prefix="ppo-")
     config_lib.add_dataclass_args(p, rm.RewardModelConfig, prefix="reward-")
     config_lib.add_dataclass_args(p, oracles.OracleConfig, prefix="oracle-")
+    for name, spec in online.POLICY_LEARNERS.items():
+        if spec.config is not None:
+            config_lib.add_dataclass_args(p, spec.config, prefix=_prefix(name))
     p.add_argument("--backend", choices=("cpu", "mjx"), default="cpu",
                    help="cpu: MuJoCo C on threads, host loop; mjx: each round in one jit on "
                         "MJX (GPU; pip install -e \".[mjx]\")")
@@ -90,8 +109,13 @@ def _given(cls: type, args: argparse.Namespace, prefix: str) -> dict:
             and hasattr(args, prefix + f.name)}
 
 
+def _prefix(policy_learner: str) -> str:
+    return policy_learner.replace("_", "-") + "-"
+
+
 def run(args: argparse.Namespace) -> int:
     from prefrl.loops import online
+    from prefrl.loops.online import registry
 
     kind = getattr(args, "teacher", "oracle")
     web = kind == "web"
@@ -99,7 +123,23 @@ def run(args: argparse.Namespace) -> int:
     person = {k: v for k, v in teacher_lib.WEB_DEFAULTS.items() if web and not hasattr(args, k)}
     config = config_lib.from_args(online.OnlineConfig, args, **person)
     ppo_config = config_lib.from_args(ppo.PPOConfig, args, prefix="ppo-")
-    reward_config = online.default_reward_config(**_given(rm.RewardModelConfig, args, "reward-"))
+    given_reward = _given(rm.RewardModelConfig, args, "reward-")
+    if given_reward and not registry.reward_learner(config.reward_learner).fits:
+        options = sorted("--reward-" + k.replace("_", "-") for k in given_reward)
+        raise config_lib.ConfigError(
+            f"--reward-learner {config.reward_learner} fits no reward model (policy learner "
+            f"{config.policy_learner} learns from the labels directly): {options} would be "
+            "ignored; leave them out")
+    for name, spec in online.POLICY_LEARNERS.items():
+        if spec.config is not None and name != config.policy_learner and \
+                _given(spec.config, args, _prefix(name)):
+            raise config_lib.ConfigError(f"--{_prefix(name)}… options set {name}, but the "
+                                         f"policy learner is {config.policy_learner}")
+    spec = online.POLICY_LEARNERS[config.policy_learner]
+    policy_config = None if spec.config is None else config_lib.from_args(
+        spec.config, args, prefix=_prefix(config.policy_learner))
+    reward_config = online.default_reward_config(**given_reward) if registry.reward_learner(
+        config.reward_learner).fits else None
     oracle = config_lib.from_args(oracles.OracleConfig, args, prefix="oracle-")
     check_inputs(config)
     teacher_config = _check_teacher(args, kind, config)
@@ -107,8 +147,10 @@ def run(args: argparse.Namespace) -> int:
         from prefrl import locks
 
         with locks.hold(config.out_dir, option="--out-dir", what="run folder"):
-            return _run(args, config, ppo_config, reward_config, oracle, kind, teacher_config)
-    return _run(args, config, ppo_config, reward_config, oracle, kind, teacher_config)
+            return _run(args, config, ppo_config, reward_config, oracle, kind, teacher_config,
+                        policy_config)
+    return _run(args, config, ppo_config, reward_config, oracle, kind, teacher_config,
+                policy_config)
 
 
 def check_inputs(config: OnlineConfig) -> None:
@@ -141,8 +183,8 @@ def check_inputs(config: OnlineConfig) -> None:
 
 
 def _run(args: argparse.Namespace, config: OnlineConfig, ppo_config: ppo.PPOConfig,
-         reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig, kind: str,
-         teacher_config: teacher_lib.TeacherConfig) -> int:
+         reward_config: rm.RewardModelConfig | None, oracle: oracles.OracleConfig, kind: str,
+         teacher_config: teacher_lib.TeacherConfig, policy_config: Any = None) -> int:
     from prefrl.loops import online
 
     web = kind == "web"
@@ -159,7 +201,8 @@ def _run(args: argparse.Namespace, config: OnlineConfig, ppo_config: ppo.PPOConf
         labeller, callback = teacher.labeller(), teacher.add_to_record
         teacher_lib.mark_teacher(Path(config.out_dir), kind)
     result = online.train(config, ppo_config, reward_config, oracle, labeller=labeller,
-                          callback=callback, log=None if config.out_dir else
+                          callback=callback, policy_config=policy_config,
+                          log=None if config.out_dir else
                           (lambda line: print(line, file=sys.stderr, flush=True)))
     final = result["final"]
     print(json.dumps({

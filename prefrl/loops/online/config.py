@@ -44,9 +44,12 @@ class OnlineConfig:
         "rhat", "what the refits fit (registry.REWARD_LEARNERS): rhat (r̂, BT on Σ r̂), "
         "advantage (Â, BT on Σ γ^t Â with the oracle's γ) or regret_critic (r̂ under the "
         "regret model, BT on Σγ^t r̂ + γ^k V(s_k) − V(s_0), V = the policy's critic; Knox et "
-        "al. 2022 with Π = {π}); old names partial_return, regret")
+        "al. 2022 with Π = {π}), or none (no reward model: policy_learner cpl); old names "
+        "partial_return, regret")
     policy_learner: str = field("ppo", "how the policy improves between rounds "
-                                "(registry.POLICY_LEARNERS): ppo")
+                                "(registry.POLICY_LEARNERS): ppo (PPO on r̂), advantage_greedy "
+                                "(an actor climbing Â; reward_learner advantage) or cpl (π "
+                                "fitted to the labels; reward_learner none)")
     initial_rollouts: int = field(
         1, "rollouts of the initial policy whose segments seed the pool (the first is PPO's)")
     offline_dataset: str = field(
@@ -55,6 +58,17 @@ class OnlineConfig:
     offline_label: str = field("partial_return", "which labels of offline_dataset to use")
     heldout_queries: int = field(128, "fresh evaluation queries per round (not in the budget)")
     expert: str = field("", "expert PPO checkpoint whose critic V_E the regret oracle uses")
+    oracle_value: str = field(
+        "critic", "V of the regret oracle: critic (the expert's V_E) or mc (Monte-Carlo rollouts "
+        "of the expert from s_0 and s_k plus γ^H·V_E; prefrl.oracles_mc)")
+    mc_rollouts: int = field(16, "M: expert rollouts per state (oracle_value mc)")
+    mc_horizon: int = field(200, "H: steps per rollout before the γ^H·V_E tail (oracle_value mc)")
+    mc_heldout_queries: int = field(
+        16, "of each round's held-out queries, how many the MC oracle labels (regret_mc accuracy)",
+        result_free=True)
+    mc_heldout_every: int = field(
+        4, "MC-label held-out queries every this many rounds only (their env steps are logged)",
+        result_free=True)
     reference: str = field("", "frozen π_ref (policy file or PPO checkpoint) for PPO's "
                            "KL penalty (kl_ref_coef of the PPO config); '' = none")
     eval_every: int = field(25, "evaluate the policy every this many updates (0: at the end)",
@@ -77,10 +91,26 @@ class OnlineConfig:
         if self.selection not in ACQUISITIONS:
             raise ValueError(f"unknown selection {self.selection!r}; use one of "
                              f"{tuple(ACQUISITIONS)}")
-        registry.reward_learner(self.reward_learner)  # ValueError naming the choices
+        learner = registry.reward_learner(self.reward_learner)  # ValueError naming the choices
         if self.policy_learner not in registry.POLICY_LEARNERS:
             raise ValueError(f"unknown policy_learner {self.policy_learner!r}; use one of "
                              f"{tuple(registry.POLICY_LEARNERS)}")
+        registry.check_pairing(self.policy_learner, learner.name)
+        if not learner.fits and ACQUISITIONS[self.selection] is not None:
+            raise ValueError(f"selection={self.selection!r} scores queries with the reward "
+                             f"ensemble; reward_learner={learner.name!r} fits none (use uniform)")
+        if self.oracle_value not in ("critic", "mc"):
+            raise ValueError(f"oracle_value must be critic or mc, got {self.oracle_value!r}")
+        for name in ("mc_rollouts", "mc_horizon", "mc_heldout_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.mc_heldout_queries < 0:
+            raise ValueError(f"mc_heldout_queries must be >= 0, got {self.mc_heldout_queries}")
+        if self.oracle_value == "mc" and not self.expert:
+            raise ValueError("oracle_value='mc' needs the expert checkpoint (--expert PATH): its "
+                             "stochastic policy makes the rollouts and its critic V_E the γ^H "
+                             "tail")
         for name in ("total_steps", "num_envs", "rollout_steps", "refit_every", "segment_length",
                      "segment_stride", "oversample", "initial_fit_steps", "eval_episodes",
                      "initial_rollouts", "checkpoint_every"):

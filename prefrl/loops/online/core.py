@@ -179,13 +179,18 @@ class Labeller(NamedTuple):
     labels; ``heldout(key, pool, first, second) -> {oracle name: Labels}``: the
     rational oracles that score held-out accuracy. ``pool`` is a
     :class:`PoolItem` pool. ``traced``: both are traceable (they run inside the
-    compiled round); otherwise the backend hands them NumPy arrays on the host.
+    compiled round); otherwise the backend hands them NumPy arrays on the host
+    (a host labeller gets only the round's ``n`` queries). ``cost() -> {name:
+    number}`` (optional, host): running totals the round records log, e.g. a
+    Monte-Carlo oracle's env steps; ``close()`` (optional) frees its resources.
     """
 
     label: Callable[..., oracles.Labels]
     heldout: Callable[..., dict[str, oracles.Labels]]
     traced: bool
     name: str = "scripted"
+    cost: Callable[[], dict[str, Any]] | None = None
+    close: Callable[[], None] | None = None
 
 
 def scripted_labeller(oracle: oracles.OracleConfig,
@@ -272,12 +277,15 @@ def sizes(config: OnlineConfig, counts: np.ndarray) -> Sizes:
 def make_core(config: OnlineConfig, reward_config: rm.RewardModelConfig, *,
               policy_discount: float, oracle_discount: float,
               critic: Callable[[Any, Array], Array] | None = None,
-              counts: np.ndarray | None = None) -> Core:
+              counts: np.ndarray | None = None,
+              policy_score: Callable[..., Array] | None = None) -> Core:
     """The online core's functions for these settings.
 
     ``critic(policy_state, obs) -> V``: the policy learner's value (needed by a
     reward learner with a known segment term). ``counts``: labels per round
-    (default: the config's schedule).
+    (default: the config's schedule). ``policy_score(policy_state, obs, action,
+    mask) -> [N]``: the policy's own segment score, which held-out accuracy
+    reads when the reward learner fits nothing (``none``; CPL's Σ α log π).
     """
     c = config
     learner = registry.reward_learner(c.reward_learner)
@@ -382,6 +390,11 @@ def make_core(config: OnlineConfig, reward_config: rm.RewardModelConfig, *,
         rollout (the last only for the logged Pearson correlation of r̂ with r).
         """
         data = state.labels.data
+        if not learner.fits:  # no reward model (reward_learner "none"): nothing to fit
+            nan = jnp.float32(jnp.nan)
+            metrics = {name: nan for name in FIT_METRICS}
+            metrics["fit_nonfinite"] = jnp.float32(0)
+            return state.replace(fitted=jnp.ones((), bool)), metrics
         offset, value_scale = logit_offsets(state)
         metrics = {"critic_offset_std": jnp.float32(jnp.nan)}
         if offset is not None:
@@ -431,6 +444,12 @@ def make_core(config: OnlineConfig, reward_config: rm.RewardModelConfig, *,
                          label: Array) -> Array:
         """Accuracy of the learner's own segment score on held-out labels (NaN: none)."""
         pool = state.pool.data
+        if not learner.fits:
+            if policy_score is None:
+                return jnp.float32(jnp.nan)
+            score = policy_score(state.policy, pool.obs, pool.action, pool.mask)
+            correct, total = evaluation.accuracy_sums(score[first], score[second], label)
+            return jnp.where(total > 0, correct / jnp.maximum(total, 1.0), jnp.nan)
         score = rm.segment_scores(model, state.reward, pool.obs, pool.action, pool.mask)
         if learner.segment_term is not None:
             # The terms were in raw units × value_scale: rescaled to the new fit's units.

@@ -100,6 +100,7 @@ def train(
     log: Callable[[str], None] | None = None,
     callback: Callable[[core_lib.OnlineState, dict[str, Any]], None] | None = None,
     stop_after_updates: int | None = None,
+    policy_config: Any = None,
 ) -> OnlineResult:
     """Run the online loop on the C engine; returns the final evaluation, records and state.
 
@@ -115,24 +116,50 @@ def train(
     A host labeller's rounds (``labeller.traced`` False: a person) are each
     preceded by a checkpoint, so a run killed while it waits resumes there.
     ``stop_after_updates`` stops early as if killed (tests of resume).
+    ``policy_config``: the policy learner's own settings (its registered
+    config class, e.g. :class:`prefrl.learners.cpl.OnlineCPLConfig`; default
+    its defaults; PPO reads ``ppo_config``). ``config.oracle_value="mc"``
+    labels with the Monte-Carlo regret oracle (:mod:`prefrl.loops.online.mc`).
+    Settings that cannot work are refused before anything runs or is written.
     """
+    if reward_config is not None and not registry.reward_learner(config.reward_learner).fits:
+        raise ValueError(f"reward_learner={config.reward_learner!r} fits no reward model (policy "
+                         f"learner {config.policy_learner!r} learns from the labels directly): "
+                         "pass no reward_config")
     ppo_config = ppo.PPOConfig() if ppo_config is None else ppo_config
     reward_config = default_reward_config() if reward_config is None else reward_config
     oracle = oracles.OracleConfig() if oracle is None else oracle
+    spec = registry.POLICY_LEARNERS[config.policy_learner]
+    if policy_config is None and spec.config is not None:
+        policy_config = spec.config()
+    if spec.config is not None and not isinstance(policy_config, spec.config):
+        raise TypeError(f"policy_learner={config.policy_learner!r} takes a "
+                        f"{spec.config.__name__}, got {type(policy_config).__name__}")
+    if labeller is None and spec.check is not None:
+        spec.check(oracle)
     task = parse_task_params(config.task, config.task_param)
-    if env_factory is None:
-        env_factory = functools.partial(_batched_env, task, config.num_threads)
-    env = env_factory(config.num_envs, config.seed)
-    eval_env = env_factory(config.eval_episodes, config.seed + 1_000_003)
+    own_labeller = labeller is None and config.oracle_value == "mc"
+    if own_labeller:
+        from prefrl.loops.online.mc import mc_labeller
+
+        labeller = mc_labeller(config, oracle, task, num_threads=config.num_threads)
+    env = eval_env = None
     try:
+        if env_factory is None:
+            env_factory = functools.partial(_batched_env, task, config.num_threads)
+        env = env_factory(config.num_envs, config.seed)
+        eval_env = env_factory(config.eval_episodes, config.seed + 1_000_003)
         dims = (int(env.obs_dim), int(env.act_dim), int(env.nq), int(env.nv))
-        built = _build(_shape_key(config), ppo_config, reward_config, oracle, dims, labeller)
+        built = _build(_shape_key(config), ppo_config, reward_config, oracle, dims, labeller,
+                       policy_config)
         return _train(config, ppo_config, reward_config, oracle, built, env, eval_env, task,
-                      dims, log, callback, stop_after_updates)
+                      dims, log, callback, stop_after_updates, policy_config)
     finally:
         for e in (env, eval_env):
-            if hasattr(e, "close"):
+            if e is not None and hasattr(e, "close"):
                 e.close()
+        if own_labeller and labeller.close is not None:
+            labeller.close()
 
 
 def _train(config: OnlineConfig, ppo_config: ppo.PPOConfig,
@@ -140,13 +167,13 @@ def _train(config: OnlineConfig, ppo_config: ppo.PPOConfig,
            env: Any, eval_env: Any, task: Any, dims: tuple[int, int, int, int],
            log: Callable[[str], None] | None,
            callback: Callable[[core_lib.OnlineState, dict[str, Any]], None] | None,
-           stop_after_updates: int | None) -> OnlineResult:
+           stop_after_updates: int | None, policy_config: Any = None) -> OnlineResult:
     c, core, policy = config, built.core, built.policy
     names = ("policy", "rollout", "core", "eval", "initial")
     keys = dict(zip(names, jax.random.split(jax.random.key(c.seed), len(names)), strict=True))
     fresh = built.init(keys["core"], keys["policy"])
     out_dir = Path(c.out_dir) if c.out_dir else None
-    settings = files.run_settings(c, ppo_config, reward_config, oracle)
+    settings = files.run_settings(c, ppo_config, reward_config, oracle, policy_config)
     records = RunLog()
     state, start = files.start(out_dir, c, settings, fresh, policy, env, eval_env, records,
                                log)
@@ -265,7 +292,12 @@ def _round(c: OnlineConfig, built: _Built, state: core_lib.OnlineState, round_id
         items = _dataset_items(c, core, n, r)
     elif n > 0:
         first, second = built.select(state, k_sel, jnp.int32(n))
-        labels = built.label(k_lab, state.pool.data, first, second)
+        if built.labeller.traced:
+            labels = built.label(k_lab, state.pool.data, first, second)
+        else:  # host labellers (a Monte-Carlo oracle, a person) see only the n asked
+            pad = lambda x: jnp.pad(jnp.asarray(x), (0, core.sizes.max_round - n))
+            labels = jax.tree.map(pad, built.label(k_lab, state.pool.data, first[:n],
+                                                   second[:n]))
         items = core_lib.label_items(state.pool.data, jnp.asarray(first), jnp.asarray(second),
                                      jax.tree.map(jnp.asarray, labels), r)
         record["skipped"] = int(n - np.sum(np.asarray(labels.keep)[:n]))
@@ -297,6 +329,8 @@ def _round(c: OnlineConfig, built: _Built, state: core_lib.OnlineState, round_id
         record.update({k: float(v) for k, v in
                        jax.device_get(built.heldout(state, k_held, rows)).items()})
     timing["select_label_s"] += time.perf_counter() - t0
+    if built.labeller.cost is not None:  # e.g. the MC oracle's env steps since the last round
+        record.update(built.labeller.cost())
     record["wall"] = dict(timing)
     return state, record
 
@@ -343,43 +377,51 @@ def _shape_key(config: OnlineConfig) -> OnlineConfig:
 
 def _build(config: OnlineConfig, ppo_config: ppo.PPOConfig,
            reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig,
-           dims: tuple[int, int, int, int], labeller: core_lib.Labeller | None) -> _Built:
+           dims: tuple[int, int, int, int], labeller: core_lib.Labeller | None,
+           policy_config: Any = None) -> _Built:
     if labeller is None:
-        return _build_cached(config, ppo_config, reward_config, oracle, dims)
+        return _build_cached(config, ppo_config, reward_config, oracle, dims, None,
+                             policy_config)
     try:
         hash(labeller)
     except TypeError:  # a labeller holding unhashable values: built for this run only
-        return _build_uncached(config, ppo_config, reward_config, oracle, dims, labeller)
+        return _build_uncached(config, ppo_config, reward_config, oracle, dims, labeller,
+                               policy_config)
     # The same labeller object again (a run resumed in one process) compiles nothing anew.
-    return _build_cached(config, ppo_config, reward_config, oracle, dims, labeller)
+    return _build_cached(config, ppo_config, reward_config, oracle, dims, labeller,
+                         policy_config)
 
 
 @functools.lru_cache(maxsize=8)
 def _build_cached(config: OnlineConfig, ppo_config: ppo.PPOConfig,
                   reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig,
                   dims: tuple[int, int, int, int],
-                  labeller: core_lib.Labeller | None = None) -> _Built:
-    return _build_uncached(config, ppo_config, reward_config, oracle, dims, labeller)
+                  labeller: core_lib.Labeller | None = None, policy_config: Any = None
+                  ) -> _Built:
+    return _build_uncached(config, ppo_config, reward_config, oracle, dims, labeller,
+                           policy_config)
 
 
 def _build_uncached(config: OnlineConfig, ppo_config: ppo.PPOConfig,
                     reward_config: rm.RewardModelConfig, oracle: oracles.OracleConfig,
-                    dims: tuple[int, int, int, int], labeller: core_lib.Labeller | None
-                    ) -> _Built:
+                    dims: tuple[int, int, int, int], labeller: core_lib.Labeller | None,
+                    policy_config: Any = None) -> _Built:
     obs_dim, act_dim, nq, nv = dims
-    value_fn, critic_discount = _expert_critic(config, oracle, obs_dim)
-    if labeller is None:
+    if labeller is None:  # a given labeller brings its own values (e.g. the MC oracle's)
+        value_fn, critic_discount = _expert_critic(config, oracle, obs_dim)
         labeller = core_lib.scripted_labeller(oracle, value_fn, critic_discount)
     learner = registry.reward_learner(config.reward_learner)
     fit_config = dataclasses.replace(
         learner.configure(reward_config, ppo_config.discount, oracle.discount), normalize=False)
     spec = registry.POLICY_LEARNERS[config.policy_learner]
+    extra = {} if spec.config is None else {"policy_config": policy_config}
     policy = spec.make(config=config, learner_config=ppo_config, obs_dim=obs_dim,
                        act_dim=act_dim, num_updates=config.num_updates,
                        reward_model=rm.model(fit_config),
-                       reference=_reference(config, ppo_config))
+                       reference=_reference(config, ppo_config), **extra)
     core = core_lib.make_core(config, reward_config, policy_discount=policy.discount,
-                              oracle_discount=oracle.discount, critic=policy.critic)
+                              oracle_discount=oracle.discount, critic=policy.critic,
+                              policy_score=policy.segment_score)
 
     def init(core_key: jax.Array, policy_key: jax.Array) -> core_lib.OnlineState:
         return core.init(core_key, policy.init(policy_key), obs_dim, act_dim, nq, nv)

@@ -48,12 +48,15 @@ class RunLog:
 
 
 def run_settings(c: OnlineConfig, ppo_config: ppo.PPOConfig, reward_config: rm.RewardModelConfig,
-              oracle: oracles.OracleConfig) -> dict[str, Any]:
+              oracle: oracles.OracleConfig, policy_config: Any = None) -> dict[str, Any]:
     """Everything a resumed run must share with the run that wrote ``last.npz`` (as JSON)."""
-    return jsonable({"config": config_lib.result_settings(c),
-                     "ppo_config": config_lib.result_settings(ppo_config),
-                     "reward_config": config_lib.result_settings(reward_config),
-                     "oracle": config_lib.result_settings(oracle)})
+    settings = {"config": config_lib.result_settings(c),
+                "ppo_config": config_lib.result_settings(ppo_config),
+                "reward_config": config_lib.result_settings(reward_config),
+                "oracle": config_lib.result_settings(oracle)}
+    if policy_config is not None:  # a policy learner's own settings (cpl, advantage_greedy)
+        settings["policy_config"] = config_lib.result_settings(policy_config)
+    return jsonable(settings)
 
 
 def settings_diff(now: Mapping[str, Any], then: Mapping[str, Any]) -> list[str]:

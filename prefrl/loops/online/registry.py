@@ -6,9 +6,11 @@
   optional known per-segment term (the fixed-critic regret learner's
   ``γ^k V(s_k) − V(s_0)``).
 * **Policy learners** (:data:`POLICY_LEARNERS`): how the policy improves
-  between rounds from its rollouts, given the current learned reward
-  (PPO on r̂ today; an off-policy learner keeps its own replay buffer in its
-  state and updates as often as it likes inside ``update``).
+  between rounds from its rollouts, given the current learned reward or the
+  labels themselves: ``ppo`` (PPO on r̂), ``advantage_greedy`` (an actor
+  climbing Â, Knox et al. 2023), ``cpl`` (the policy fitted to the labels,
+  Hejna et al. 2023). An off-policy learner keeps its own replay buffer in its
+  state and updates as often as it likes inside ``update``.
 * Query rules live in :data:`prefrl.data.queries.ACQUISITIONS` (the data
   layer, where selection is).
 
@@ -27,10 +29,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from prefrl.learners import ppo
+from prefrl.learners import advantage_greedy, ppo
 from prefrl.learners import reward_model as rm
+from prefrl.loops.online import cpl as online_cpl
+from prefrl.loops.online import greedy
+from prefrl.loops.online.learner_types import PolicyLearner
 from prefrl.policies import Policy, policy_fn
-from prefrl.types import Trajectory
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -60,52 +64,33 @@ class OnlineRewardLearner:
     -> [N]`` (optional) is a known part of each segment's score in units of
     the policy's reward (the fit adds ``σ·(term(σ¹) − term(σ²))`` to each
     query's logit, σ the std of the r̂ the policy learned from, and held-out
-    accuracy adds it to the learned score).
+    accuracy adds it to the learned score). ``fits=False``: no reward model
+    is fitted at all (``none``: for policy learners that learn from the
+    labels directly).
     """
 
     name: str
     description: str
     configure: Callable[[rm.RewardModelConfig, float, float], rm.RewardModelConfig]
     segment_term: Callable[[TermContext, Array, Array], Array] | None = None
-
-
-class PolicyLearner(NamedTuple):
-    """How the online loop improves its policy (pure functions; ``update`` is jittable).
-
-    - ``init(key) -> state``;
-    - ``update(state, traj [T, B, …]) -> (state, metrics)``: learn from the
-      newest rollout with the learned reward the state holds (``metrics`` may
-      hold ``nonfinite``, ``value_loss``, ``proxy_reward``, ``true_reward``);
-    - ``set_reward(state, reward_state) -> state``: give it the refitted r̂
-      (parameters in the state, so a refit never recompiles ``update``);
-    - ``behaviour(state)`` / ``greedy(state)``: ``(obs, key) -> action``
-      functions for the C-engine rollouts and the evaluation;
-    - ``critic(state, obs) -> V`` or None;
-    - ``checkpoint_view(state)`` / ``restore(loaded, fresh)``: what a
-      checkpoint stores (inputs such as the reward or π_ref parameters left
-      out) and how a loaded view gets them back from a fresh state;
-    - ``set_labels(state, labels)`` (optional): give it the label buffer
-      (a :class:`~prefrl.data.buffers.RingState` of ``core.LabelItem``) after
-      each round, for learners that learn from preferences directly (CPL).
-    """
-
-    init: Callable[[PRNGKey], Any]
-    update: Callable[[Any, Trajectory], tuple[Any, Metrics]]
-    set_reward: Callable[[Any, Any], Any]
-    behaviour: Callable[[Any], Callable[..., Any]]
-    greedy: Callable[[Any], Callable[..., Any]]
-    critic: Callable[[Any, Array], Array] | None
-    checkpoint_view: Callable[[Any], Any]
-    restore: Callable[[Any, Any], Any]
-    discount: float
-    set_labels: Callable[[Any, Any], Any] | None = None
+    fits: bool = True
 
 
 class PolicyLearnerSpec(NamedTuple):
-    """A registered policy learner: ``make(context) -> PolicyLearner`` and a description."""
+    """A registered policy learner: ``make(context) -> PolicyLearner`` and a description.
+
+    ``config``: its own settings' dataclass (``make`` gets an instance as
+    ``policy_config``; the CLI's ``--{name}-…`` options), or None.
+    ``reward_learners``: the reward learners it works with (None: any that
+    fits a reward). ``check(oracle)``: refuses oracle settings it cannot learn
+    from (``ValueError``), before anything runs or is written.
+    """
 
     make: Callable[..., PolicyLearner]
     description: str
+    config: type | None = None
+    reward_learners: tuple[str, ...] | None = None
+    check: Callable[[Any], None] | None = None
 
 
 # --------------------------------------------------------------------------- reward learners
@@ -159,6 +144,9 @@ for _learner in (
         "advantage", "Â: Bradley–Terry on Σ γ^t Â with the oracle's γ (Knox et al. 2023); "
         "for regret labels", _oracle_gamma),
     OnlineRewardLearner(
+        "none", "no reward model: for policy learners that learn from the labels directly "
+        "(cpl)", _same, fits=False),
+    OnlineRewardLearner(
         "regret_critic", "r̂ under the regret model with the policy's critic as V: Bradley–Terry "
         "on Σ γ^t r̂ + γ^k V(s_k) − V(s_0) (Knox et al. 2022 with Π = {π}); for regret labels",
         _policy_gamma, _critic_gap),
@@ -185,7 +173,7 @@ def reward_learner(name: str) -> OnlineRewardLearner:
 # --------------------------------------------------------------------------- policy learners
 
 def _ppo(*, config: Any, learner_config: Any, obs_dim: int, act_dim: int, num_updates: int,
-         reward_model: rm.RewardModel, reference: tuple[Any, Any]) -> PolicyLearner:
+         reward_model: rm.RewardModel, reference: tuple[Any, Any], **_: Any) -> PolicyLearner:
     """PPO on the learned reward (the reward's parameters in ``PPOState.reward_params``)."""
     ref_params, ref_apply = reference
     learner = ppo.make(learner_config, obs_dim, act_dim, num_updates=num_updates,
@@ -209,21 +197,56 @@ def _ppo(*, config: Any, learner_config: Any, obs_dim: int, act_dim: int, num_up
         discount=float(learner_config.discount))
 
 
+def _cpl_check(oracle: Any) -> None:
+    if oracle.temperature <= 0:
+        raise ValueError(
+            "policy_learner='cpl' needs stochastic labels: with deterministic labels CPL's "
+            "loss has no finite minimum and pushes log π towards ±∞; set the oracle's β "
+            "relative to the score scale (--oracle-temperature 1 --oracle-temperature-mode "
+            "relative)")
+
+
 POLICY_LEARNERS: dict[str, PolicyLearnerSpec] = {
     "ppo": PolicyLearnerSpec(_ppo, "PPO on the standardised learned reward (Schulman et al. "
                                    "2017), on-policy: each update recomputes r̂ on its rollout"),
+    "advantage_greedy": PolicyLearnerSpec(
+        greedy.make,
+        "an actor climbing Â(s, π(s)) on visited states, BC-regularised (Knox et al. 2023: "
+        "Â used greedily, not as a reward); with reward_learner='advantage'",
+        advantage_greedy.AdvantageGreedyConfig, ("advantage",)),
+    "cpl": PolicyLearnerSpec(
+        online_cpl.make,
+        "CPL (Hejna et al. 2023): π fitted to labels of its own segments, Σ α log π as the "
+        "regret score; no reward model, no RL; needs stochastic labels; reward_learner='none'",
+        online_cpl.OnlineCPLConfig, ("none",), _cpl_check),
 }
 
 
-def register_policy_learner(name: str, make: Callable[..., PolicyLearner],
-                            description: str) -> None:
+def register_policy_learner(name: str, make: Callable[..., PolicyLearner], description: str,
+                            *, config: type | None = None,
+                            reward_learners: tuple[str, ...] | None = None,
+                            check: Callable[[Any], None] | None = None) -> None:
     """Add a policy learner: ``make(config=, learner_config=, obs_dim=, act_dim=, num_updates=,
-    reward_model=, reference=) -> PolicyLearner``."""
+    reward_model=, reference=, policy_config=) -> PolicyLearner`` (see
+    :class:`PolicyLearnerSpec` for the keywords)."""
     if not isinstance(name, str) or not callable(make):
         raise TypeError("register_policy_learner(name: str, make: callable, description: str)")
     if name in POLICY_LEARNERS:
         raise ValueError(f"policy learner {name!r} is already registered")
-    POLICY_LEARNERS[name] = PolicyLearnerSpec(make, description)
+    POLICY_LEARNERS[name] = PolicyLearnerSpec(make, description, config, reward_learners, check)
+
+
+def check_pairing(policy_learner: str, reward_learner: str) -> None:
+    """``ValueError`` unless the policy learner works with the reward learner."""
+    spec = POLICY_LEARNERS[policy_learner]
+    allowed = spec.reward_learners
+    fits = REWARD_LEARNERS[reward_learner].fits
+    if allowed is None and not fits:
+        raise ValueError(f"policy_learner={policy_learner!r} learns from a fitted reward; "
+                         f"reward_learner={reward_learner!r} fits none")
+    if allowed is not None and reward_learner not in allowed:
+        raise ValueError(f"policy_learner={policy_learner!r} works with reward_learner in "
+                         f"{list(allowed)}, got {reward_learner!r}")
 
 
 def zeros_like_metrics(names: tuple[str, ...]) -> Metrics:
@@ -233,6 +256,7 @@ def zeros_like_metrics(names: tuple[str, ...]) -> Metrics:
 
 __all__ = [
     "POLICY_LEARNERS", "REWARD_LEARNERS", "REWARD_LEARNER_ALIASES", "OnlineRewardLearner",
-    "PolicyLearner", "PolicyLearnerSpec", "TermContext", "register_policy_learner",
+    "PolicyLearner", "PolicyLearnerSpec", "TermContext", "check_pairing",
+    "register_policy_learner",
     "register_reward_learner", "reward_learner",
 ]
