@@ -360,9 +360,41 @@ def stratified_bootstrap_ci(
     return float(point), float(low), float(high)
 
 
+def difference_ci(
+    scores_a: Array | np.ndarray,
+    scores_b: Array | np.ndarray,
+    statistic: Callable[[np.ndarray], float] = iqm,
+    *,
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(point, low, high) of ``statistic(a) − statistic(b)`` for two independent samples.
+
+    Percentile bootstrap: each replicate resamples the runs of ``a`` and of
+    ``b`` with replacement, independently and each with its own size (two
+    arms of an experiment; the seeds are not paired).
+    """
+    a = np.asarray(scores_a, np.float64).ravel()
+    b = np.asarray(scores_b, np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError("difference_ci needs two non-empty samples")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    draws_a = a[rng.integers(0, a.size, size=(reps, a.size))]
+    draws_b = b[rng.integers(0, b.size, size=(reps, b.size))]
+    replicates = np.array([statistic(x) - statistic(y) for x, y in zip(draws_a, draws_b,
+                                                                       strict=True)])
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.percentile(replicates, [100 * alpha, 100 * (1 - alpha)])
+    return float(statistic(a) - statistic(b)), float(low), float(high)
+
+
 __all__ = [
     "accuracy_sums",
     "bootstrap_ci",
+    "difference_ci",
     "canonicalize",
     "epic_distance",
     "interval_estimates",

@@ -103,3 +103,18 @@ def test_bootstrap_ci_is_stratified_and_deterministic(rng):
     assert low <= point <= high and low < high
     out = evaluation.interval_estimates({"a": scores}, reps=100)
     assert set(out) == {"a"} and len(out["a"]) == 3
+
+
+def test_difference_ci_known_answers():
+    from prefrl.evaluation import difference_ci
+
+    # Constant samples: every replicate is the same difference, a zero-width interval.
+    assert difference_ci([3.0] * 4, [1.0] * 5) == (2.0, 2.0, 2.0)
+    # IQM of [0, 1, 2, 10] drops one from each end: (1 + 2) / 2 = 1.5; minus IQM([1]) = 0.5.
+    point, low, high = difference_ci([0.0, 1.0, 2.0, 10.0], [1.0])
+    assert point == 0.5 and low <= point <= high
+    # A shift of the first sample shifts the interval by the same amount (same draws).
+    shifted = difference_ci([10.0, 11.0, 12.0, 20.0], [1.0])
+    np.testing.assert_allclose(shifted, (10.5, low + 10.0, high + 10.0))
+    with pytest.raises(ValueError, match="non-empty"):
+        difference_ci([], [1.0])
