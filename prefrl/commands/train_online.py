@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     reward_config = online.default_reward_config(**given_reward) if registry.reward_learner(
         config.reward_learner).fits else None
     oracle = config_lib.from_args(oracles.OracleConfig, args, prefix="oracle-")
+    teacher_config = _check_teacher(args, kind, config)  # options (exit 2) before files
     check_inputs(config)
-    teacher_config = _check_teacher(args, kind, config)
     if config.out_dir:
         from prefrl import locks
 

@@ -69,7 +69,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import chex
 import flax.linen as nn
@@ -82,6 +82,14 @@ from prefrl import preference
 from prefrl.config import field
 from prefrl.learners import Learner, check_make
 from prefrl.learners import sf_networks as nets
+from prefrl.learners.gpi import GPISchedule, gpi_temperature_at, gpi_value
+from prefrl.learners.sf_batches import (
+    SFPairBatch,
+    SFSegments,
+    from_pair_batch,
+    pair_batch,
+    psi_inputs,
+)
 from prefrl.learners.sf_networks import PhiFn
 
 Array = jax.Array
@@ -136,77 +144,12 @@ class RegretSFConfig:
             raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
 
 
-class SFPairBatch(NamedTuple):
-    """Labelled queries for the regret-SF learner, batch axis ``B`` first.
-
-    Per step, the φ-inputs of each segment (as ``prefrl.types.PairBatch``):
-    ``obs_i [B, k, obs]``, ``action_i [B, k, act]``, ``mask_i [B, k]`` (1 inside
-    the episode; a 0 means it terminated inside the segment).
-
-    Per segment, the ψ-inputs at s_0 and s_k stacked on axis 1, in one of two forms:
-
-    * ``psi_in_i [B, 2, obs]``: the states s_0 and s_k, for a ψ network;
-    * ``psi_in_i [B, 2, Π, d]``: precomputed ψ^π(s_0), ψ^π(s_k) of every π ∈ Π.
-
-    ``label [B]`` = P(σ¹ ≻ σ²) (½ a tie); ``weight [B]`` optional per-query
-    weight (0 drops a query); ``terminal_i [B]`` optional bool: s_k is an MDP
-    terminal state with the mask all ones (drops the bootstrap γ^k V̂*(s_k)).
-    """
-
-    obs_1: Array  # [B, k, obs]
-    action_1: Array  # [B, k, act]
-    mask_1: Array  # [B, k]
-    obs_2: Array  # [B, k, obs]
-    action_2: Array  # [B, k, act]
-    mask_2: Array  # [B, k]
-    label: Array  # [B]
-    psi_in_1: Array  # [B, 2, obs] or [B, 2, Π, d]
-    psi_in_2: Array  # [B, 2, obs] or [B, 2, Π, d]
-    weight: Array | None = None  # [B]
-    terminal_1: Array | None = None  # [B] bool
-    terminal_2: Array | None = None  # [B] bool
-
-    @property
-    def size(self) -> int:
-        return self.label.shape[0]
-
-
-class SFSegments(NamedTuple):
-    """A pool of segments ``[N, …]`` with their ψ-inputs (fields as in :class:`SFPairBatch`)."""
-
-    obs: Array  # [N, k, obs]
-    action: Array  # [N, k, act]
-    mask: Array  # [N, k]
-    psi_in: Array  # [N, 2, obs] or [N, 2, Π, d]
-    terminal: Array | None = None  # [N] bool
-
-
-class GPISchedule(NamedTuple):
-    """The GPI temperature over updates, as scalar arrays (so it anneals without recompiling
-    and can be vmapped over runs).
-
-    ``τ(t) = end + (start − end) · max(0, 1 − t / steps)``; ``steps = 0``: τ = ``end``.
-    """
-
-    start: Array  # float []
-    end: Array  # float []
-    steps: Array  # float []
-
-
 def gpi_schedule(config: RegretSFConfig, dtype: Any = jnp.float32) -> GPISchedule:
     """The :class:`GPISchedule` of a config (``gpi_anneal_start → gpi_temperature``)."""
     steps = int(config.gpi_anneal_steps)
     start = config.gpi_anneal_start if steps > 0 else config.gpi_temperature
     return GPISchedule(jnp.asarray(start, dtype), jnp.asarray(config.gpi_temperature, dtype),
                        jnp.asarray(steps, dtype))
-
-
-def gpi_temperature_at(schedule: GPISchedule, step: Array | int) -> Array:
-    """τ at update ``step``: linear from ``start`` to ``end`` over ``steps``, then ``end``."""
-    frac = jnp.clip(1.0 - jnp.asarray(step, schedule.steps.dtype)
-                    / jnp.maximum(schedule.steps, 1.0), 0.0, 1.0)
-    return schedule.end + (schedule.start - schedule.end) * jnp.where(schedule.steps > 0, frac,
-                                                                      0.0)
 
 
 @struct.dataclass
@@ -237,33 +180,6 @@ def default_optimizer(config: RegretSFConfig) -> optax.GradientTransformation:
 # --------------------------------------------------------------------------- #
 # The regret of one segment
 # --------------------------------------------------------------------------- #
-
-
-def gpi_value(w: Array, psi: Array, *, temperature: float | Array = 0.0) -> Array:
-    """GPI value ``V̂*(s) = max_π w·ψ^π(s)``, or ``τ logsumexp_π(w·ψ^π(s)/τ)`` for τ > 0.
-
-    Args:
-      w: ``[d]`` reward weights.
-      psi: ``[..., Π, d]`` successor features of each library policy at a state.
-      temperature: τ ≥ 0: a Python float picks the code path; an array (traced,
-        e.g. annealed) selects hard max where τ = 0 and the soft form elsewhere,
-        with finite gradients either way.
-
-    Returns:
-      ``[...]``. With τ = 0 a lower bound on V*_r̂, exact when π*_r̂ ∈ Π
-      (Barreto et al. 2017); the soft form exceeds the max by at most τ log|Π|.
-    """
-    chex.assert_rank(w, 1)
-    q = jnp.einsum("...pd,d->...p", psi, w)
-    if isinstance(temperature, (int, float)):
-        if temperature == 0:
-            return jnp.max(q, axis=-1)
-        return temperature * jax.nn.logsumexp(q / temperature, axis=-1)
-    tau = jnp.asarray(temperature, q.dtype)
-    # τ = 0 must not divide: the soft branch sees τ = 1 there, and its gradient is 0 · softmax.
-    safe = jnp.where(tau > 0, tau, 1.0)
-    soft = tau * jax.nn.logsumexp(q / safe, axis=-1)
-    return jnp.where(tau > 0, soft, jnp.max(q, axis=-1))
 
 
 def segment_regret(
@@ -523,38 +439,6 @@ def reward_fn(state: RegretSFState, phi: PhiFn | nn.Module) -> Callable[[Array, 
         return model.phi(state.params["phi"], obs, action) @ state.params["w"]
 
     return fn
-
-
-# --------------------------------------------------------------------------- #
-# Batches from pools
-# --------------------------------------------------------------------------- #
-
-
-def psi_inputs(segments: Any) -> Array:
-    """``[N, 2, obs]``: s_0 and s_k of a ``prefrl.types.Segments`` pool (ψ-network inputs)."""
-    return jnp.stack([jnp.asarray(segments.obs)[:, 0], jnp.asarray(segments.next_obs)[:, -1]],
-                     axis=1)
-
-
-def pair_batch(pool: SFSegments, first: Array, second: Array, label: Array,
-               weight: Array | None = None) -> SFPairBatch:
-    """:class:`SFPairBatch` of queries ``(pool[first[q]], pool[second[q]])``, labels ``[Q]``."""
-    take = lambda x, i: None if x is None else jnp.take(x, i, axis=0)
-    return SFPairBatch(
-        obs_1=take(pool.obs, first), action_1=take(pool.action, first),
-        mask_1=take(pool.mask, first),
-        obs_2=take(pool.obs, second), action_2=take(pool.action, second),
-        mask_2=take(pool.mask, second),
-        label=jnp.asarray(label), psi_in_1=take(pool.psi_in, first),
-        psi_in_2=take(pool.psi_in, second), weight=None if weight is None else jnp.asarray(weight),
-        terminal_1=take(pool.terminal, first), terminal_2=take(pool.terminal, second),
-    )
-
-
-def from_pair_batch(batch: Any, psi_in_1: Array, psi_in_2: Array) -> SFPairBatch:
-    """An :class:`SFPairBatch` from a ``prefrl.types.PairBatch`` plus ψ-inputs ``[B, 2, …]``."""
-    return SFPairBatch(batch.obs_1, batch.action_1, batch.mask_1, batch.obs_2, batch.action_2,
-                       batch.mask_2, batch.label, psi_in_1, psi_in_2, weight=batch.weight)
 
 
 __all__ = [

@@ -56,17 +56,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prefrl import checkpoints, oracles
-from prefrl.data import dataset as dataset_io
-from prefrl.envs import check_same_params, parse_task_params
-from prefrl.io import atomic_write_json, read_task
+from prefrl import oracles
+from prefrl.envs import parse_task_params
+from prefrl.io import atomic_write_json
 from prefrl.learners import ppo
 from prefrl.learners import reward_model as rm
 from prefrl.loops.online import core as core_lib
-from prefrl.loops.online import files, registry
+from prefrl.loops.online import files, inputs, registry
 from prefrl.loops.online.config import OnlineConfig, default_reward_config
 from prefrl.loops.online.files import RunLog
-from prefrl.loops.ppo import load_reference
 from prefrl.rollout import BatchedEnv, evaluate_policy
 
 
@@ -289,7 +287,7 @@ def _round(c: OnlineConfig, built: _Built, state: core_lib.OnlineState, round_id
                               "env_steps": (update_idx - 1) * c.steps_per_update}
     items = None
     if n > 0 and c.offline_dataset:
-        items = _dataset_items(c, core, n, r)
+        items = inputs.dataset_items(c, core, n, r)
     elif n > 0:
         first, second = built.select(state, k_sel, jnp.int32(n))
         if built.labeller.traced:
@@ -335,36 +333,6 @@ def _round(c: OnlineConfig, built: _Built, state: core_lib.OnlineState, round_id
     return state, record
 
 
-def _dataset_items(c: OnlineConfig, core: core_lib.Core, n: int, r: jax.Array
-                   ) -> core_lib.LabelItem:
-    """``n`` queries of ``offline_dataset`` (a seeded subset) with its stored labels."""
-    data, header = dataset_io.load(c.offline_dataset)
-    if header.get("task") not in (None, c.task):
-        raise ValueError(f"{c.offline_dataset}: dataset of task {header.get('task')!r}, "
-                         f"the run is on {c.task!r}")
-    if data.segments.length != c.segment_length:
-        raise ValueError(f"{c.offline_dataset}: segments of length {data.segments.length}; "
-                         f"set segment_length={data.segments.length}")
-    if c.offline_label not in data.labels:
-        raise ValueError(f"{c.offline_dataset} has no labels {c.offline_label!r}; "
-                         f"it has {sorted(data.labels)}")
-    if data.num_queries < n:
-        raise ValueError(f"{c.offline_dataset} has {data.num_queries} queries, the budget "
-                         f"is {n}")
-    rows = np.sort(np.random.default_rng(c.seed).permutation(data.num_queries)[:n])
-    label = np.asarray(data.labels[c.offline_label], np.float32)[rows]
-    mask = data.label_mask.get(c.offline_label) if data.label_mask else None
-    keep = np.ones(n, bool) if mask is None else np.asarray(mask, bool)[rows]
-    pad = core.sizes.max_round - n
-    labels = oracles.Labels(label=jnp.asarray(np.pad(label, (0, pad))),
-                            keep=jnp.asarray(np.pad(keep, (0, pad))),
-                            score_1=jnp.zeros(n + pad), score_2=jnp.zeros(n + pad))
-    segs = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32 if np.asarray(x).dtype.kind == "f"
-                                              else None), data.segments)
-    idx = lambda x: jnp.asarray(np.pad(np.asarray(x)[rows], (0, pad)), jnp.int32)
-    return core_lib.label_items(segs, idx(data.first), idx(data.second), labels, r)
-
-
 # --------------------------------------------------------------------------- compile once
 
 
@@ -408,7 +376,7 @@ def _build_uncached(config: OnlineConfig, ppo_config: ppo.PPOConfig,
                     policy_config: Any = None) -> _Built:
     obs_dim, act_dim, nq, nv = dims
     if labeller is None:  # a given labeller brings its own values (e.g. the MC oracle's)
-        value_fn, critic_discount = _expert_critic(config, oracle, obs_dim)
+        value_fn, critic_discount = inputs.expert_critic(config, oracle, obs_dim)
         labeller = core_lib.scripted_labeller(oracle, value_fn, critic_discount)
     learner = registry.reward_learner(config.reward_learner)
     fit_config = dataclasses.replace(
@@ -418,7 +386,7 @@ def _build_uncached(config: OnlineConfig, ppo_config: ppo.PPOConfig,
     policy = spec.make(config=config, learner_config=ppo_config, obs_dim=obs_dim,
                        act_dim=act_dim, num_updates=config.num_updates,
                        reward_model=rm.model(fit_config),
-                       reference=_reference(config, ppo_config), **extra)
+                       reference=inputs.reference(config, ppo_config), **extra)
     core = core_lib.make_core(config, reward_config, policy_discount=policy.discount,
                               oracle_discount=oracle.discount, critic=policy.critic,
                               policy_score=policy.segment_score)
@@ -469,39 +437,6 @@ def _host_heldout(core: core_lib.Core, labeller: core_lib.Labeller) -> Callable[
 def _batched_env(task: Any, num_threads: int | None, num_envs: int, seed: int) -> Any:
     return BatchedEnv(task, num_envs=num_envs, seed=seed, num_threads=num_threads,
                       dtype=np.float32)
-
-
-def _reference(config: OnlineConfig, ppo_config: ppo.PPOConfig) -> tuple[Any, Any]:
-    """``(params, apply)`` of π_ref, or ``(None, None)``."""
-    if not config.reference:
-        if ppo_config.kl_ref_coef > 0:
-            raise ValueError("kl_ref_coef > 0 needs a reference policy (reference / --reference)")
-        return None, None
-    check_same_params(parse_task_params(config.task, config.task_param),
-                      read_task(config.reference), f"reference {config.reference}")
-    return load_reference(config.reference)
-
-
-def _expert_critic(config: OnlineConfig, oracle: oracles.OracleConfig, obs_dim: int
-                   ) -> tuple[Any, float]:
-    """``(V_E, γ)`` of the expert checkpoint (true-reward units), or ``(None, 0.99)``."""
-    if not config.expert:
-        if oracle.model == "regret":
-            raise ValueError("the regret oracle needs an expert critic: set expert "
-                             "(--expert PATH to a PPO checkpoint trained on the true reward)")
-        return None, 0.99
-    if not Path(config.expert).is_file():
-        raise FileNotFoundError(f"expert checkpoint {config.expert} not found")
-    _, header = checkpoints.load_ppo(config.expert, obs_dim=obs_dim)
-    if header.get("task") not in (None, config.task):
-        raise ValueError(f"expert {config.expert} was trained on task {header.get('task')!r}, "
-                         f"the run is on {config.task!r}")
-    check_same_params(parse_task_params(config.task, config.task_param), header,
-                      f"expert {config.expert}")
-    if oracle.model == "regret" and abs(float(header["discount"]) - oracle.discount) > 1e-9:
-        raise ValueError(f"the regret oracle's discount {oracle.discount} differs from the "
-                         f"expert critic's γ = {header['discount']}")
-    return checkpoints.load_value_fn(config.expert, obs_dim=obs_dim), float(header["discount"])
 
 
 __all__ = ["OnlineResult", "train"]
