@@ -2,7 +2,8 @@
 
 For each learner — reward model, CPL, contrastive DPO, BC, PPO, the regret-model
 reward via successor features (given ψ, and a learned φ with a ψ network), Â
-used as a policy (AWR) — with a foreign optax transform (not the learner's default), on tiny sizes:
+used as a policy (AWR), SAC (on a batch of replay transitions) — with a foreign
+optax transform (not the learner's default), on tiny sizes:
 
 * ``init(key, example_batch)`` and ``update(state, batch)`` run;
 * ``jax.jit(jax.vmap(update))`` over 3 seeds gives what the seeds give one
@@ -22,7 +23,7 @@ import optax
 import pytest
 
 from prefrl.learners import advantage_policy as ap
-from prefrl.learners import bc, cpl, ppo
+from prefrl.learners import bc, cpl, ppo, sac
 from prefrl.learners import regret_sf as rs
 from prefrl.learners import reward_model as rm
 from prefrl.learners import sf_networks as sf_nets
@@ -103,6 +104,12 @@ def advantage_batch() -> ap.AdvantageBatch:
                              advantage=jnp.sum(pb.obs_1[..., :ACT] * pb.action_1, -1))
 
 
+def transitions(n: int = 8) -> sac.Transition:
+    traj = trajectory(t=1, b=n)
+    return sac.Transition(traj.obs[0], traj.action[0], traj.reward[0], traj.next_obs[0],
+                          traj.terminated[0])
+
+
 def _dpo_start(state: Any) -> Any:
     return state.replace(ref_params=state.params)
 
@@ -132,6 +139,9 @@ CASES: dict[str, Callable[[], Case]] = {
                                   label_smoothing=0.1),
                 sf_nets.default_phi_network(4, (8,)), foreign_optimizer(),
                 psi_network=sf_nets.default_psi_network(4, (8,))), sf_network_batch()),
+    "sac": lambda: Case(
+        sac.make(sac.SACConfig(hidden=(8,), batch_size=8, buffer_size=8), OBS, ACT,
+                 optimizer=foreign_optimizer()), transitions()),
     "advantage_policy": lambda: Case(
         ap.make(ap.AdvantagePolicyConfig(beta=0.5), ap.default_network(ACT, (8,)),
                 foreign_optimizer()), advantage_batch()),
@@ -158,8 +168,9 @@ def test_vmapped_seeds_equal_single_seeds_and_compile_once(name):
         chex.assert_trees_all_close(_arrays(jax.tree.map(lambda x, i=i: x[i], states)),
                                     _arrays(state), rtol=1e-5, atol=1e-6)
     # The seeds differ.
-    first = jax.tree.leaves(states.params if hasattr(states, "params") else
-                            states.policy_params)[0]
+    params = next(getattr(states, name) for name in ("params", "policy_params", "actor_params")
+                  if hasattr(states, name))
+    first = jax.tree.leaves(params)[0]
     assert not jnp.allclose(first[0], first[1])
 
 
