@@ -33,7 +33,8 @@ class Learner(NamedTuple, Generic[State, Batch]):
     update: Callable[[State, Batch], tuple[State, Metrics]]
 
 
-_SUBMODULES = ("reward_model", "cpl", "ppo", "bc", "best_of_n", "regret_sf", "advantage_policy")
+_SUBMODULES = ("reward_model", "cpl", "ppo", "bc", "best_of_n", "regret_sf", "advantage_policy",
+               "sac")
 
 
 def __getattr__(name: str) -> Any:
