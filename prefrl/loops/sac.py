@@ -47,23 +47,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from prefrl import checkpoints
-from prefrl import config as config_lib
 from prefrl.config import field
 from prefrl.data.buffers import RingState, make_ring_buffer
-from prefrl.io import load_npz, save_npz
+from prefrl.io import load_npz
 from prefrl.learners import sac
 from prefrl.learners.ppo import RewardFn
 from prefrl.loops import resume
 from prefrl.loops.ppo import _environments
-from prefrl.loops.ppo_files import EpisodeTracker, _append_jsonl
+from prefrl.loops.ppo_files import EpisodeTracker
+from prefrl.loops.sac_files import SAC_KIND, SACRunFiles, resumable
 from prefrl.policies import Policy, policy_fn, random_policy
 from prefrl.rollout import evaluate_policy
 
-SAC_KIND = "sac_checkpoint"
 EnvFactory = Callable[[int, int], Any]  # (num_envs, seed) -> env with reset/rollout
-# The settings a resumed run must share with the run that wrote last.npz.
-_SAME_RUN = ("task", "task_param", "total_steps", "num_envs", "warmup_steps",
-             "updates_per_step", "seed", "log_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,88 +209,6 @@ def _steps(*spec: Any) -> _Steps:
         return make_steps(*spec)
 
 
-# --------------------------------------------------------------------------- run files
-
-
-@dataclasses.dataclass
-class SACRunFiles:
-    """What a SAC run writes under ``out_dir``; nothing without it."""
-
-    out_dir: Path | None
-    config: sac.SACConfig
-    tc: SACTrainConfig
-    obs_dim: int
-    act_dim: int
-    task_header: Mapping[str, Any] | None
-    reward_name: str
-
-    def header(self, chunk: int, updates: int) -> dict[str, Any]:
-        return {"kind": SAC_KIND, "schema_version": 1, "algo": "sac",
-                "sac_config": config_lib.to_dict(self.config),
-                "train_config": config_lib.to_dict(self.tc), "obs_dim": self.obs_dim,
-                "act_dim": self.act_dim, "reward": self.reward_name,
-                "progress": {"chunk": chunk, "env_steps": chunk * self.tc.log_every,
-                             "updates": updates, "num_chunks": self.tc.num_chunks},
-                **dict(self.task_header or {})}
-
-    def save_last(self, state: sac.SACState, buffer: RingState, chunk: int,
-                  env_arrays: Mapping[str, np.ndarray] | None) -> None:
-        arrays = resume.device_state_arrays(_resumable(state, buffer))
-        save_npz(self.out_dir / "last.npz", {**(env_arrays or {}), **arrays},
-                 self.header(chunk, int(state.step)))
-
-    def save_policy(self, path: Path, actor: Any, state: sac.SACState, chunk: int,
-                    extra: Mapping[str, Any]) -> None:
-        meta = {k: v for k, v in self.header(chunk, int(state.step)).items()
-                if k not in ("kind", "schema_version", "algo")}
-        checkpoints.save_offline_policy(path, actor, state.actor_params, algo="sac",
-                                        meta={**meta, **extra})
-
-    def check_same_run(self, header: Mapping[str, Any], path: Path) -> None:
-        """``ValueError`` naming every setting in which ``path`` differs from this run."""
-        saved, now = header.get("sac_config", {}), config_lib.to_dict(self.config)
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        saved_tc, now_tc = header.get("train_config", {}), config_lib.to_dict(self.tc)
-        diff += [f"train.{k}" for k in _SAME_RUN if saved_tc.get(k) != now_tc.get(k)]
-        if header.get("reward") != self.reward_name:
-            diff.append("reward")
-        if diff:
-            raise ValueError(f"{path}: cannot resume: the checkpoint's settings differ in "
-                             f"{diff}; use another out_dir or --resume false")
-
-    def open_last(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """``(arrays, header)`` of ``last.npz`` to resume from (logs cut back to it), or None.
-
-        A fresh start removes the old logs and checkpoints.
-        """
-        if self.out_dir is None:
-            return None
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        last = self.out_dir / "last.npz"
-        if self.tc.resume and last.exists():
-            arrays, header = load_npz(last, kind=SAC_KIND)
-            self.check_same_run(header, last)
-            for name in ("metrics.jsonl", "evals.jsonl"):
-                resume.truncate_jsonl(self.out_dir / name, int(header["progress"]["chunk"]),
-                                      key="chunk")
-            return arrays, header
-        for name in ("metrics.jsonl", "evals.jsonl", "last.npz", "final.npz"):
-            (self.out_dir / name).unlink(missing_ok=True)
-        return None
-
-    def append(self, record: Mapping[str, Any], evaluation: Mapping[str, Any] | None) -> None:
-        if self.out_dir is None:
-            return
-        if evaluation is not None:
-            _append_jsonl(self.out_dir / "evals.jsonl", evaluation)
-        _append_jsonl(self.out_dir / "metrics.jsonl", record)
-
-
-def _resumable(state: sac.SACState, buffer: RingState) -> dict[str, Any]:
-    # A learned reward's parameters have files of their own.
-    return {"learner": state.replace(reward_params=None), "buffer": buffer}
-
-
 def _to_jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in metrics.items():
@@ -351,7 +265,7 @@ def train(
         start, restored = 0, False
         if (opened := files.open_last()) is not None:
             arrays, header = opened
-            template = _resumable(state, buffer)
+            template = resumable(state, buffer)
             back = resume.restore_device_state(template, arrays, str(files.out_dir / "last.npz"))
             state, buffer = back["learner"].replace(reward_params=reward_params), back["buffer"]
             start = int(header["progress"]["chunk"])
@@ -386,7 +300,7 @@ def _finished(files: SACRunFiles, state: sac.SACState, buffer: RingState, log: A
         return None
     arrays, header = load_npz(out / "last.npz", kind=SAC_KIND)
     files.check_same_run(header, out / "last.npz")
-    back = resume.restore_device_state(_resumable(state, buffer), arrays, str(out / "last.npz"))
+    back = resume.restore_device_state(resumable(state, buffer), arrays, str(out / "last.npz"))
     if log:
         log(f"{out} holds a finished run ({out / 'final.npz'}); nothing to train "
             "(another out_dir or --resume false trains again)")
@@ -404,7 +318,6 @@ def _run(tc: SACTrainConfig, config: sac.SACConfig, steps: _Steps, files: SACRun
     """Chunks ``start + 1 … num_chunks``: the host loop proper."""
     random_actions = random_policy(files.act_dim)
     act_key, learn_key = jax.random.key(tc.seed + 1), jax.random.key(tc.seed + 3)
-    snapshots = {max(1, round(f * tc.num_chunks)): f for f in tc.snapshots}
 
     def run_eval(chunk: int) -> dict[str, Any]:
         actor = policy_fn(Policy(steps.actor.apply, state.actor_params), deterministic=True)
@@ -466,8 +379,8 @@ def _run(tc: SACTrainConfig, config: sac.SACConfig, steps: _Steps, files: SACRun
                     log(json.dumps({k: v for k, v in result.items() if k != "returns"}))
             history.append(record)
             files.append(record, result)
-            _write_checkpoints(tc, files, steps, state, buffer, chunk, snapshots, result,
-                               {"env": env, "eval_env": eval_env}, tracker)
+            files.after_chunk(chunk, state, buffer, steps.actor, result,
+                              {"env": env, "eval_env": eval_env}, tracker)
             if bar is not None:
                 bar.update(tc.log_every)
                 postfix = {k: f"{record[k]:.1f}" for k in ("train_episode_return", "eval_return")
@@ -475,9 +388,7 @@ def _run(tc: SACTrainConfig, config: sac.SACConfig, steps: _Steps, files: SACRun
                 bar.set_postfix(postfix)
         if (files.out_dir is not None and chunk == tc.num_chunks
                 and not (files.out_dir / "final.npz").exists()):  # killed after last.npz
-            result = run_eval(chunk)
-            files.save_policy(files.out_dir / "final.npz", steps.actor, state, chunk,
-                              {"eval": {k: v for k, v in result.items() if k != "returns"}})
+            files.save_final(steps.actor, state, chunk, run_eval(chunk))
     finally:
         if bar is not None:
             bar.close()
@@ -503,28 +414,6 @@ def _chunk_record(chunk_metrics: list[dict[str, jax.Array]], chunk: int) -> dict
             "--learning-rate, or check the reward")
     return _to_jsonable({k: np.mean([m[k] for m in host]) for k in host[0]
                          if k != "nonfinite"})
-
-
-def _write_checkpoints(tc: SACTrainConfig, files: SACRunFiles, steps: _Steps,
-                       state: sac.SACState, buffer: RingState, chunk: int,
-                       snapshots: Mapping[int, float], result: Mapping[str, Any] | None,
-                       envs: Mapping[str, Any], tracker: EpisodeTracker) -> None:
-    """Snapshots, ``last.npz`` and, at the end, ``final.npz``, when each is due."""
-    if files.out_dir is None:
-        return
-    if chunk in snapshots:
-        files.save_policy(files.out_dir / "snapshots" / f"step_{chunk * tc.log_every:09d}.npz",
-                          steps.actor, state, chunk, {"fraction_of_training": snapshots[chunk]})
-    end = chunk == tc.num_chunks
-    checkpoint_chunks = tc.checkpoint_every // tc.log_every
-    if end or (checkpoint_chunks and chunk % checkpoint_chunks == 0):
-        arrays = resume.env_arrays(envs)
-        if arrays is not None:
-            arrays["tracker.running"] = tracker.running
-        files.save_last(state, buffer, chunk, arrays)
-    if end:
-        files.save_policy(files.out_dir / "final.npz", steps.actor, state, chunk,
-                          {"eval": {k: v for k, v in (result or {}).items() if k != "returns"}})
 
 
 __all__ = ["SAC_KIND", "SACRunFiles", "SACTrainConfig", "SACTrainResult", "make_steps", "train"]
