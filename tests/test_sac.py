@@ -232,10 +232,10 @@ def test_hand_flop_count_matches_xla_cost_analysis():
     """``prefrl bench sac``'s FLOP count of one update (4F_π + 12F_Q) is XLA's, within 1 %."""
     from prefrl.bench import sac as bench
 
-    config = sac.SACConfig(batch_size=32)
+    config = sac.SACConfig()  # batch 256: the optimiser's per-parameter work is < 1 %
     learner = sac.make(config, bench.OBS_DIM, bench.ACT_DIM)
     state = learner.init(jax.random.key(0))
-    batch = jax.tree.map(lambda x: x[0], bench._batches(1, 32))
+    batch = jax.tree.map(lambda x: x[0], bench._batches(1, 256))
     cost = jax.jit(learner.update).lower(state, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    np.testing.assert_allclose(cost["flops"], bench.hand_flops(32), rtol=0.01)
+    np.testing.assert_allclose(cost["flops"], bench.hand_flops(256), rtol=0.01)
