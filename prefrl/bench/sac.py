@@ -22,8 +22,10 @@ an update = critic step (π on s': F_π; 2 target Q: 2F_Q; 2 Q forward + backwar
 6F_Q) + actor step (π forward + backward: 3F_π; 2 Q forward + input backward:
 4F_Q) = 4F_π + 12F_Q ≈ 0.59 GFLOP at N = 256.
 
-Results go to ``experiments/bench/results/sac.json``; the last line printed is
-one JSON object. Run it on an otherwise idle machine (``nice`` if shared).
+All variants are timed in turns, ``--repeats`` rounds, and the minimum is kept
+(on a shared machine each meets the same load; the minimum is the least
+disturbed). Results go to ``experiments/bench/results/sac.json``; the last line
+printed is one JSON object. Run it on an otherwise idle machine (``nice`` if shared).
 """
 
 from __future__ import annotations
@@ -43,17 +45,25 @@ RESULTS = Path("experiments/bench/results/sac.json")
 OBS_DIM, ACT_DIM = 17, 6
 
 
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall-clock seconds of ``fn()`` (results blocked on), after one warm-up call."""
+def _timings(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
+    """Seconds of each ``calls[name]()`` (results blocked on): ``min`` and ``median``.
+
+    After one warm-up call each, the calls take turns, ``repeats`` rounds: on a
+    machine shared with other work, every variant meets the same mix of load,
+    and the minimum is the least disturbed run.
+    """
     import jax
 
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for fn in calls.values():
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: {"min": float(np.min(t)), "median": float(np.median(t))}
+            for name, t in times.items()}
 
 
 def hand_flops(batch: int, hidden: int = 256, obs_dim: int = OBS_DIM,
@@ -65,8 +75,8 @@ def hand_flops(batch: int, hidden: int = 256, obs_dim: int = OBS_DIM,
     return 4 * f_pi + 12 * f_q
 
 
-def matmul_rate(batch: int, hidden: int, steps: int, repeats: int) -> dict[str, float]:
-    """GFLOP/s of a chain of ``relu(x @ w)``, ``[batch, hidden] @ [hidden, hidden]``, one device."""
+def matmul_chain(batch: int, hidden: int, steps: int) -> tuple[Callable[[], Any], float]:
+    """A jitted chain of ``relu(x @ w)``, ``[batch, hidden] @ [hidden, hidden]``, and its FLOPs."""
     import jax
 
     k_x, k_w = jax.random.split(jax.random.key(0))
@@ -78,9 +88,7 @@ def matmul_rate(batch: int, hidden: int, steps: int, repeats: int) -> dict[str, 
         # Each product depends on the last, so XLA cannot hoist or drop any.
         return jax.lax.scan(lambda h, _: (jax.nn.relu(h @ w), None), x, None, length=steps)[0]
 
-    seconds = _median_s(lambda: chain(x, w), repeats)
-    return {"gflops": 2.0 * batch * hidden * hidden * steps / seconds / 1e9,
-            "shape": [batch, hidden, hidden], "seconds": seconds}
+    return (lambda: chain(x, w)), 2.0 * batch * hidden * hidden * steps
 
 
 def _batches(num: int, batch: int) -> Any:
@@ -99,7 +107,10 @@ def _batches(num: int, batch: int) -> Any:
 
 
 def update_cost(updates: int, repeats: int, seeds: list[int]) -> dict[str, Any]:
-    """ms per update: 1 seed; S seeds vmapped on one device and sharded over all devices."""
+    """The matmul rate, and ms per update: 1 seed; S seeds vmapped on one device and sharded.
+
+    All variants are timed in turns (:func:`_timings`); rates use the minimum.
+    """
     import jax
 
     from prefrl.learners import sac
@@ -113,23 +124,15 @@ def update_cost(updates: int, repeats: int, seeds: list[int]) -> dict[str, Any]:
 
     one = jax.jit(train)
     state = learner.init(jax.random.key(0))
-    seconds = _median_s(lambda: one(state, batches), repeats)
-    # One update on its own: XLA's cost analysis counts a scan's body once, not per trip.
-    first = jax.tree.map(lambda x: x[0], batches)
-    cost = jax.jit(learner.update).lower(state, first).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    out: dict[str, Any] = {"ms_per_update": 1e3 * seconds / updates,
-                           "xla_flops_per_update": xla_flops,
-                           "hand_flops_per_update": hand_flops(config.batch_size),
-                           "seeds": {}}
+    layer, layer_flops = matmul_chain(config.batch_size, 256, 200)
+    big, big_flops = matmul_chain(1024, 1024, 20)
+    calls: dict[str, Callable[[], Any]] = {"matmul_256": layer, "matmul_1024": big,
+                                           "update": lambda: one(state, batches)}
     devices = jax.local_devices()
     for s in seeds:
-        keys = jax.random.split(jax.random.key(0), s)
-        states = jax.vmap(learner.init)(keys)
+        states = jax.vmap(learner.init)(jax.random.split(jax.random.key(0), s))
         vmapped = jax.jit(jax.vmap(train, in_axes=(0, None)))
-        row = {"one_device_ms_per_update": 1e3 * _median_s(
-            lambda v=vmapped, st=states: v(st, batches), repeats) / updates}
+        calls[f"{s}/one_device"] = lambda v=vmapped, st=states: v(st, batches)
         count = min(len(devices), s)
         if count > 1 and s % count == 0:
             mesh = jax.sharding.Mesh(np.array(devices[:count]), ("seeds",))
@@ -137,16 +140,29 @@ def update_cost(updates: int, repeats: int, seeds: list[int]) -> dict[str, Any]:
             replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             sharded = jax.jit(jax.vmap(train, in_axes=(0, None)),
                               in_shardings=(shard, replicated), out_shardings=shard)
-            placed = jax.device_put(states, shard)
-            on_all = jax.device_put(batches, replicated)
-            row["sharded_ms_per_update"] = 1e3 * _median_s(
-                lambda f=sharded, st=placed, b=on_all: f(st, b), repeats) / updates
-            row["devices"] = count
-        sequential = s * out["ms_per_update"]
-        row["sequential_ms_per_update"] = sequential
-        best = min(v for k, v in row.items()
-                   if k in ("one_device_ms_per_update", "sharded_ms_per_update"))
-        row["speedup_vs_sequential"] = sequential / best
+            placed, on_all = jax.device_put(states, shard), jax.device_put(batches, replicated)
+            calls[f"{s}/sharded"] = lambda f=sharded, st=placed, b=on_all: f(st, b)
+    timed = _timings(calls, repeats)
+    ms = lambda name: 1e3 * timed[name]["min"] / updates  # noqa: E731
+    # One update on its own: XLA's cost analysis counts a scan's body once, not per trip.
+    first = jax.tree.map(lambda x: x[0], batches)
+    cost = jax.jit(learner.update).lower(state, first).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    out: dict[str, Any] = {
+        "ms_per_update": ms("update"),
+        "ms_per_update_median": 1e3 * timed["update"]["median"] / updates,
+        "xla_flops_per_update": float(cost.get("flops", float("nan"))) if cost else float("nan"),
+        "hand_flops_per_update": hand_flops(config.batch_size),
+        "matmul_gflops_256": layer_flops / timed["matmul_256"]["min"] / 1e9,
+        "matmul_gflops_1024": big_flops / timed["matmul_1024"]["min"] / 1e9,
+        "seeds": {}}
+    for s in seeds:
+        row = {"one_device_ms_per_update": ms(f"{s}/one_device")}
+        if f"{s}/sharded" in timed:
+            row["sharded_ms_per_update"] = ms(f"{s}/sharded")
+        best = min(row.values())
+        row["sequential_ms_per_update"] = s * out["ms_per_update"]
+        row["speedup_vs_sequential"] = row["sequential_ms_per_update"] / best
         out["seeds"][str(s)] = row
     return out
 
@@ -181,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prefrl bench sac", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--updates", type=int, default=50, help="updates per timed scan")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls (the median is kept)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="rounds of timed calls (the variants take turns; the minimum is kept)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8],
                    help="numbers of seeds S to vmap")
     p.add_argument("--num-envs", type=int, default=4, help="environments of the acting timing")
@@ -189,8 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     load_before = os.getloadavg()[0]
-    layer = matmul_rate(256, 256, 200, args.repeats)
-    big = matmul_rate(1024, 1024, 20, args.repeats)
     update = update_cost(args.updates, args.repeats, args.seeds)
     acting = acting_cost(args.num_envs, 500)
     ms = update["ms_per_update"]
@@ -199,12 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "bench": "sac",
         "ms_per_update": round(ms, 3),
+        "ms_per_update_median": round(update["ms_per_update_median"], 3),
         "hand_gflop_per_update": round(update["hand_flops_per_update"] / 1e9, 4),
         "xla_gflop_per_update": round(update["xla_flops_per_update"] / 1e9, 4),
         "update_gflops": round(update_gflops, 1),
-        "matmul_gflops_256": round(layer["gflops"], 1),
-        "matmul_gflops_1024": round(big["gflops"], 1),
-        "update_fraction_of_matmul_256": round(update_gflops / layer["gflops"], 3),
+        "matmul_gflops_256": round(update["matmul_gflops_256"], 1),
+        "matmul_gflops_1024": round(update["matmul_gflops_1024"], 1),
+        "update_fraction_of_matmul_256": round(update_gflops / update["matmul_gflops_256"], 3),
         "seeds": {s: {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
                   for s, row in update["seeds"].items()},
         "best_seeds": {"seeds": int(best_seeds[0]),
