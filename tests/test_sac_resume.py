@@ -124,3 +124,31 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, capsys, argv, mat
     assert main(["train", "sac", *argv, "--out-dir", str(out)]) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_learn_step_is_add_then_updates_on_fold_in_batches():
+    """The loop's one jitted call per control step equals its plain-Python reading."""
+    import jax
+    import jax.numpy as jnp
+
+    from prefrl.data.buffers import make_ring_buffer
+
+    steps = training.make_steps(TINY, 3, 2, capacity=16, updates=3)
+    state, buffer = steps.init(jax.random.key(0))
+    k_obs, k_act = jax.random.split(jax.random.key(1))
+    items = sac.Transition(jax.random.normal(k_obs, (4, 3)),
+                           jax.random.uniform(k_act, (4, 2), minval=-1, maxval=1),
+                           jnp.arange(4.0), jax.random.normal(k_obs, (4, 3)) + 1,
+                           jnp.asarray([False, True, False, False]))
+    ring = make_ring_buffer(16)
+    want_buffer = ring.add(ring.init(jax.tree.map(lambda x: x[0], items)), items)[0]
+    want = state
+    for j in range(3):
+        batch = ring.sample(want_buffer, jax.random.fold_in(jax.random.key(2), j), TINY.batch_size)
+        want, _ = steps.learner.update(want, batch)
+    got, got_buffer, metrics = steps.learn(state, buffer, items, jax.random.key(2))
+    np.testing.assert_array_equal(np.asarray(got_buffer.data.obs), np.asarray(want_buffer.data.obs))
+    assert int(got.step) == 3 and not bool(metrics["nonfinite"])
+    for a, b in zip(jax.tree.leaves(got.actor_params), jax.tree.leaves(want.actor_params),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
