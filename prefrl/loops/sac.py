@@ -53,7 +53,7 @@ from prefrl.io import load_npz
 from prefrl.learners import sac
 from prefrl.learners.ppo import RewardFn
 from prefrl.loops import resume
-from prefrl.loops.ppo import _environments
+from prefrl.loops.ppo import _environments, _to_jsonable
 from prefrl.loops.ppo_files import EpisodeTracker
 from prefrl.loops.sac_files import SAC_KIND, SACRunFiles, resumable
 from prefrl.policies import Policy, policy_fn, random_policy
@@ -134,6 +134,8 @@ class SACTrainConfig:
 
 @dataclasses.dataclass
 class SACTrainResult:
+    """What :func:`train` returns: the final state, per-chunk metrics, the evaluations."""
+
     state: sac.SACState
     history: list[dict[str, Any]]
     evaluations: list[dict[str, Any]]
@@ -145,8 +147,8 @@ class SACTrainResult:
 # --------------------------------------------------------------------------- jitted steps
 
 
-class _Steps(NamedTuple):
-    """The run's compiled pieces (shared by runs of the same settings)."""
+class SACSteps(NamedTuple):
+    """A run's jitted pieces (:func:`make_steps`; shared by runs of the same settings)."""
 
     learner: Any
     actor: Any  # the actor module: Policy(actor.apply, state.actor_params)
@@ -162,7 +164,7 @@ def _example(obs_dim: int, act_dim: int) -> sac.Transition:
 
 
 def make_steps(config: sac.SACConfig, obs_dim: int, act_dim: int, capacity: int,
-               updates: int, reward_fn: RewardFn | None = None) -> _Steps:
+               updates: int, reward_fn: RewardFn | None = None) -> SACSteps:
     """``init(key) -> (state, buffer)``, ``add`` and ``learn`` of one iteration, jitted.
 
     ``learn(state, buffer, items [B, …], key) -> (state, buffer, metrics)``:
@@ -191,30 +193,22 @@ def make_steps(config: sac.SACConfig, obs_dim: int, act_dim: int, capacity: int,
         nonfinite = jnp.any(metrics.pop("nonfinite"))
         return state, buffer, {**jax.tree.map(jnp.mean, metrics), "nonfinite": nonfinite}
 
-    return _Steps(learner=learner, actor=sac.make_networks(act_dim, config.hidden).actor,
+    return SACSteps(learner=learner, actor=sac.make_networks(act_dim, config.hidden).actor,
                   init=jax.jit(init), add=jax.jit(add, donate_argnums=0),
                   learn=jax.jit(learn, donate_argnums=1))
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_steps(*spec: Any) -> _Steps:
+def _cached_steps(*spec: Any) -> SACSteps:
     return make_steps(*spec)
 
 
-def _steps(*spec: Any) -> _Steps:
+def _steps(*spec: Any) -> SACSteps:
     # Runs of the same settings (seeds of a bench, a resumed run) compile once.
     try:
         return _cached_steps(*spec)
     except TypeError:  # an unhashable reward_fn: compile for this run only
         return make_steps(*spec)
-
-
-def _to_jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        value = np.asarray(v).item()
-        out[k] = bool(value) if isinstance(value, bool | np.bool_) else value
-    return out
 
 
 # --------------------------------------------------------------------------- training
@@ -311,7 +305,7 @@ def _finished(files: SACRunFiles, state: sac.SACState, buffer: RingState, log: A
         env_steps=files.tc.total_steps, wall_s=0.0, out_dir=out)
 
 
-def _run(tc: SACTrainConfig, config: sac.SACConfig, steps: _Steps, files: SACRunFiles,
+def _run(tc: SACTrainConfig, config: sac.SACConfig, steps: SACSteps, files: SACRunFiles,
          env: Any, eval_env: Any, tracker: EpisodeTracker, state: sac.SACState,
          buffer: RingState, start: int, target_speed: float | None, log: Any,
          stop_after_chunks: int | None) -> SACTrainResult:
@@ -416,4 +410,5 @@ def _chunk_record(chunk_metrics: list[dict[str, jax.Array]], chunk: int) -> dict
                          if k != "nonfinite"})
 
 
-__all__ = ["SAC_KIND", "SACRunFiles", "SACTrainConfig", "SACTrainResult", "make_steps", "train"]
+__all__ = ["SAC_KIND", "SACRunFiles", "SACSteps", "SACTrainConfig", "SACTrainResult", "make_steps",
+           "train"]
