@@ -152,3 +152,20 @@ def test_learn_step_is_add_then_updates_on_fold_in_batches():
     for a, b in zip(jax.tree.leaves(got.actor_params), jax.tree.leaves(want.actor_params),
                     strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_train_sac_command_then_eval_end_to_end(tmp_path, capsys):
+    from prefrl.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "sac", "--total-steps", "64", "--num-envs", "2", "--warmup-steps",
+                 "32", "--log-every", "32", "--eval-every", "0", "--eval-episodes", "1",
+                 "--checkpoint-every", "0", "--hidden", "8", "--batch-size", "8",
+                 "--progress", "false", "--out-dir", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["algo"] == "sac" and summary["env_steps"] == 64 and summary["updates"] == 32
+    assert {p.name for p in out.iterdir()} >= {"metrics.jsonl", "evals.jsonl", "last.npz",
+                                               "final.npz", "snapshots"}
+    assert main(["eval", "--checkpoint", summary["checkpoint"], "--episodes", "1"]) == 0
+    evaluation = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluation["task"] == "run" and np.isfinite(evaluation["mean_return"])
