@@ -91,6 +91,27 @@ def test_update_moves_targets_by_one_polyak_step_and_alpha_by_one_adam_step():
     assert int(new.step) == 1
 
 
+def test_update_target_is_the_soft_bellman_target_of_its_networks():
+    """The update's y, rebuilt by hand from its key: r + γ (min_i Q̄_i(s', ã') − α log π(ã'|s'))."""
+    from prefrl.learners.sac_networks import q_values
+    from prefrl.networks import tanh_gaussian_sample
+
+    learner = sac.make(SMALL, OBS, ACT)
+    state = learner.init(jax.random.key(0)).replace(log_alpha=jnp.log(jnp.float32(0.3)))
+    # Target critics apart from the critics, so the test sees which ones y uses.
+    state = state.replace(target_critic_params=jax.tree.map(lambda p: 1.5 * p,
+                                                            state.critic_params))
+    batch = _batch()
+    _, metrics = learner.update(state, batch)
+    _, critic_key, _ = jax.random.split(state.key, 3)  # the update's split
+    nets = sac.make_networks(ACT, SMALL.hidden)
+    next_action, next_log_prob = tanh_gaussian_sample(
+        critic_key, *nets.actor.apply(state.actor_params, batch.next_obs))
+    next_q = q_values(nets.critic, state.target_critic_params, batch.next_obs, next_action)
+    want = batch.reward + 0.99 * (jnp.min(next_q, axis=0) - 0.3 * next_log_prob)
+    np.testing.assert_allclose(float(metrics["target_mean"]), float(jnp.mean(want)), rtol=1e-5)
+
+
 def test_update_bootstraps_truncations_only_terminations_stop_it():
     learner = sac.make(SMALL, OBS, ACT)
     state = learner.init(jax.random.key(0))
