@@ -229,12 +229,16 @@ def load_value_fn(
 
 def save_offline_policy(path: Any, network: Any, params: Any, *, algo: str,
                         meta: Mapping[str, Any] | None = None) -> Path:
-    """Write one BC/CPL/DPO policy atomically: arrays ``params/…`` + JSON header.
+    """Write one BC/CPL/DPO/SAC policy atomically: arrays ``params/…`` + JSON header.
 
     The header records the network (``action_dim``, ``hidden``,
     ``state_dependent_std``, observation statistics), the algorithm and any
     JSON-able ``meta`` (configs, validation metrics, evaluation returns).
     """
+    from flax.linen import tanh
+
+    from prefrl.networks import activation_name
+
     arrays = flatten(jax.device_get(params), "params")
     _refuse_non_finite(arrays, str(path))
     header = {
@@ -246,7 +250,7 @@ def save_offline_policy(path: Any, network: Any, params: Any, *, algo: str,
                     "state_dependent_std": bool(network.state_dependent_std),
                     "obs_mean": list(getattr(network, "obs_mean", ())),
                     "obs_std": list(getattr(network, "obs_std", ())),
-                    "activation": "tanh"},
+                    "activation": activation_name(getattr(network, "activation", tanh))},
         "meta": dict(meta or {}),
     }
     return save_npz(path, arrays, header)
@@ -270,7 +274,8 @@ def load_offline_policy(path: Any) -> tuple[Any, Any, dict[str, Any]]:
                 f"parameters take observations of size {obs_dim}")
     try:
         network = make_network(net["action_dim"], net["hidden"], net["state_dependent_std"],
-                               net.get("obs_mean", ()), net.get("obs_std", ()))
+                               net.get("obs_mean", ()), net.get("obs_std", ()),
+                               net.get("activation", "tanh"))
     except (KeyError, TypeError, ValueError) as err:
         raise FileFormatError(f"{path}: header 'network' is incomplete: {err}") from err
     # The header's network must be the one whose parameters the file holds.

@@ -154,14 +154,36 @@ class NormalizedGaussianPolicy(nn.Module):
                               name="policy")((obs - mean) / std)
 
 
+# Hidden activations a policy file may name (its header's "activation").
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"tanh": nn.tanh, "relu": nn.relu}
+
+
+def activation_name(fn: Callable[[Array], Array]) -> str:
+    """The :data:`ACTIVATIONS` name of ``fn`` (``ValueError`` for one a file cannot name)."""
+    for name, known in ACTIVATIONS.items():
+        if fn is known:
+            return name
+    raise ValueError(f"activation {fn!r} has no name in prefrl.networks.ACTIVATIONS")
+
+
 def make_network(action_dim: int, hidden: Sequence[int], state_dependent_std: bool,
-                 obs_mean: Sequence[float] = (), obs_std: Sequence[float] = ()) -> nn.Module:
-    """A plain ``GaussianPolicy``, or a :class:`NormalizedGaussianPolicy` given statistics."""
+                 obs_mean: Sequence[float] = (), obs_std: Sequence[float] = (),
+                 activation: str = "tanh") -> nn.Module:
+    """A plain ``GaussianPolicy``, or a :class:`NormalizedGaussianPolicy` given statistics.
+
+    ``activation`` (a key of :data:`ACTIVATIONS`) applies to the plain policy
+    (SAC's actors are ReLU); the normalised one is tanh.
+    """
     if len(obs_mean) != len(obs_std):
         raise ValueError("obs_mean and obs_std must have the same length")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     if not obs_mean:
         return GaussianPolicy(action_dim=int(action_dim), hidden=tuple(int(h) for h in hidden),
-                              state_dependent_std=bool(state_dependent_std))
+                              state_dependent_std=bool(state_dependent_std),
+                              activation=ACTIVATIONS[activation])
+    if activation != "tanh":
+        raise ValueError("a policy with observation statistics is tanh")
     return NormalizedGaussianPolicy(
         action_dim=int(action_dim), hidden=tuple(int(h) for h in hidden),
         state_dependent_std=bool(state_dependent_std),

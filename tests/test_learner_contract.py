@@ -2,8 +2,8 @@
 
 For each learner — reward model, CPL, contrastive DPO, BC, PPO, the regret-model
 reward via successor features (given ψ, and a learned φ with a ψ network), Â
-used as a policy (AWR) and by a greedy actor — with a foreign optax transform
-(not the learner's default), on tiny sizes:
+used as a policy (AWR) and by a greedy actor, SAC (on a batch of replay transitions) —
+with a foreign optax transform (not the learner's default), on tiny sizes:
 
 * ``init(key, example_batch)`` and ``update(state, batch)`` run;
 * ``jax.jit(jax.vmap(update))`` over 3 seeds gives what the seeds give one
@@ -24,7 +24,7 @@ import pytest
 
 from prefrl.learners import advantage_greedy as ag
 from prefrl.learners import advantage_policy as ap
-from prefrl.learners import bc, cpl, ppo
+from prefrl.learners import bc, cpl, ppo, sac
 from prefrl.learners import regret_sf as rs
 from prefrl.learners import reward_model as rm
 from prefrl.learners import sf_networks as sf_nets
@@ -117,6 +117,12 @@ def two_member_advantage(params: Any, obs: jax.Array, action: jax.Array) -> jax.
     return jnp.stack([base + obs[..., 0] * action[..., 0], base - obs[..., 0] * action[..., 0]])
 
 
+def transitions(n: int = 8) -> sac.Transition:
+    traj = trajectory(t=1, b=n)
+    return sac.Transition(traj.obs[0], traj.action[0], traj.reward[0], traj.next_obs[0],
+                          traj.terminated[0])
+
+
 def _dpo_start(state: Any) -> Any:
     return state.replace(ref_params=state.params)
 
@@ -152,6 +158,9 @@ CASES: dict[str, Callable[[], Case]] = {
         ag.make(ag.AdvantageGreedyConfig(alpha=1.0, pessimism=0.5),
                 ag.default_network(ACT, (8,)), foreign_optimizer(),
                 a_hat=two_member_advantage), step_batch()),
+    "sac": lambda: Case(
+        sac.make(sac.SACConfig(hidden=(8,), batch_size=8, buffer_size=8), OBS, ACT,
+                 optimizer=foreign_optimizer()), transitions()),
     "advantage_policy": lambda: Case(
         ap.make(ap.AdvantagePolicyConfig(beta=0.5), ap.default_network(ACT, (8,)),
                 foreign_optimizer()), advantage_batch()),
@@ -178,8 +187,9 @@ def test_vmapped_seeds_equal_single_seeds_and_compile_once(name):
         chex.assert_trees_all_close(_arrays(jax.tree.map(lambda x, i=i: x[i], states)),
                                     _arrays(state), rtol=1e-5, atol=1e-6)
     # The seeds differ.
-    first = jax.tree.leaves(states.params if hasattr(states, "params") else
-                            states.policy_params)[0]
+    params = next(getattr(states, name) for name in ("params", "policy_params", "actor_params")
+                  if hasattr(states, name))
+    first = jax.tree.leaves(params)[0]
     assert not jnp.allclose(first[0], first[1])
 
 

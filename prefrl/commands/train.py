@@ -1,4 +1,4 @@
-"""``prefrl train ALGO``: train a policy (ppo, cpl, dpo, bc).
+"""``prefrl train ALGO``: train a policy (ppo, sac, cpl, dpo, bc).
 
 Each algorithm's options and runner live in ``prefrl.commands.train_<algo>``,
 which exposes ``add_parser(sub)`` like a top-level command module.
@@ -11,7 +11,7 @@ import argparse
 from prefrl.commands import add_subcommands
 from prefrl.tracking import add_track_args
 
-ALGOS = ("ppo", "online", "cpl", "dpo", "bc")
+ALGOS = ("ppo", "online", "cpl", "dpo", "bc", "sac")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

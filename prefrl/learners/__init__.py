@@ -40,7 +40,8 @@ def check_make(fn: str, config: Any, cls: type, /, **kwargs: Any) -> None:
     check(fn, config, cls, **kwargs)
 
 
-_SUBMODULES = ("reward_model", "cpl", "ppo", "bc", "best_of_n", "regret_sf", "advantage_policy")
+_SUBMODULES = ("reward_model", "cpl", "ppo", "bc", "best_of_n", "regret_sf", "advantage_policy",
+               "advantage_greedy", "sac")
 
 
 def __getattr__(name: str) -> Any:

@@ -51,8 +51,8 @@ def rewrite_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(dict(r)) + "\n" for r in records))
 
 
-def truncate_jsonl(path: Path, update: int) -> None:
-    """Keep only the lines of ``path`` whose ``"update"`` is at most ``update``.
+def truncate_jsonl(path: Path, update: int, key: str = "update") -> None:
+    """Keep only the lines of ``path`` whose ``key`` (``"update"``) is at most ``update``.
 
     A line cut by a kill mid-write (not valid JSON) goes too.
     """
@@ -64,7 +64,7 @@ def truncate_jsonl(path: Path, update: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and int(record.get("update", 0)) <= update:
+        if isinstance(record, dict) and int(record.get(key, 0)) <= update:
             kept.append(record)
     rewrite_jsonl(path, kept)
 
