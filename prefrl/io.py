@@ -18,6 +18,7 @@ several machines at once.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -25,7 +26,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary name beside ``path`` to write to; moved onto ``path`` when the block ends.
+
+    For writers that need a file name (a subprocess such as ffmpeg): the file appears
+    under its real name whole or not at all, world-readable; on any error the
+    temporary file is removed. The first write of this process into a folder also
+    removes the temporary files killed writers left there.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = path.parent.resolve()
     if folder not in _CLEANED:
@@ -125,11 +135,9 @@ def _atomic_write(path: Path, data: bytes) -> Path:
         remove_stale_temp_files(folder)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp",
                                dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         # mkstemp creates 0600 files; published results should be world-readable.
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -137,6 +145,13 @@ def _atomic_write(path: Path, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

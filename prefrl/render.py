@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from prefrl.io import atomic_output
 
 # Package hints per GL backend (Debian names), for the error a missing library raises.
 GL_PACKAGES = {
@@ -197,26 +198,16 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     codec, extra = FORMATS[path.suffix]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp",
-                               dir=path.parent)
-    os.close(fd)
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps:g}",
-               "-i", "-", "-an", "-c:v", codec, *extra, tmp]
-    try:
+    with atomic_output(path) as tmp:
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+                   "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps:g}",
+                   "-i", "-", "-an", "-c:v", codec, *extra, tmp]
         # close_fds=False lets Python posix_spawn ffmpeg instead of forking a threaded process.
         done = subprocess.run(command, input=frames.tobytes(), capture_output=True, check=False,
                               close_fds=False)
         if done.returncode != 0:
             raise OSError(f"{path}: ffmpeg failed ({codec}): "
                           f"{done.stderr.decode(errors='replace').strip()[-400:]}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
