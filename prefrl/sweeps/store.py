@@ -16,7 +16,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -246,5 +246,14 @@ def load_records(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
                               + (f" ({len(bad)} refused, e.g. {next(iter(bad.values()))})"
                                  if bad else ""))
     return good
+
+
+def iter_cells(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Group records by cell (identity without the seed)."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        key = _canonical({k: v for k, v in r["identity"].items() if k != "seed"})
+        out.setdefault(key, []).append(r)
+    return out
 
 
