@@ -79,7 +79,8 @@ def check_ray_address(address: str, timeout: float) -> None:
     thread.start()
     thread.join(timeout)
     waited = time.monotonic() - start
-    if "error" not in result:
+    if "error" not in result or isinstance(result["error"], TimeoutError):
+        # (the socket's own timeout equals ours: whichever fires first, the same answer)
         raise SweepError(f"--ray {address}: no answer within --ray-timeout {timeout:g} s; is a "
                          "Ray cluster running there?")
     err = result["error"]
