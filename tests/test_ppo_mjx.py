@@ -98,7 +98,10 @@ def test_vmapped_train_equals_seeds_one_at_a_time(jitted, host_runs):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                      got, (want_ts.ppo.policy_params, want_ts.ppo.value_params))
         for name in ("true_reward", "policy_loss", "value_loss"):
-            np.testing.assert_allclose(metrics[name][i], want_metrics[name], rtol=1e-5,
+            # true_reward is MJX float32 contact physics, batched vs unbatched: it rounds
+            # differently (seen: 1.5e-5 relative with mujoco 4.0.1), the learner's numbers not.
+            rtol = 1e-4 if name == "true_reward" else 1e-5
+            np.testing.assert_allclose(metrics[name][i], want_metrics[name], rtol=rtol,
                                        atol=1e-6, err_msg=name)
     # The learning rate travels as an array: a second seed at lr = 0 keeps its initial
     # policy, and the first is unchanged; same compiled function.
