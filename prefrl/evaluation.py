@@ -360,6 +360,26 @@ def stratified_bootstrap_ci(
     return float(point), float(low), float(high)
 
 
+def _two_sample_ci(scores_a: Array | np.ndarray, scores_b: Array | np.ndarray,
+                   combine: Callable[[float, float], float],
+                   statistic: Callable[[np.ndarray], float], reps: int, confidence: float,
+                   seed: int, name: str) -> tuple[float, float, float]:
+    a = np.asarray(scores_a, np.float64).ravel()
+    b = np.asarray(scores_b, np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError(f"{name} needs two non-empty samples")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    draws_a = a[rng.integers(0, a.size, size=(reps, a.size))]
+    draws_b = b[rng.integers(0, b.size, size=(reps, b.size))]
+    replicates = np.array([combine(statistic(x), statistic(y))
+                           for x, y in zip(draws_a, draws_b, strict=True)])
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.percentile(replicates, [100 * alpha, 100 * (1 - alpha)])
+    return float(combine(statistic(a), statistic(b))), float(low), float(high)
+
+
 def difference_ci(
     scores_a: Array | np.ndarray,
     scores_b: Array | np.ndarray,
@@ -375,26 +395,36 @@ def difference_ci(
     ``b`` with replacement, independently and each with its own size (two
     arms of an experiment; the seeds are not paired).
     """
-    a = np.asarray(scores_a, np.float64).ravel()
-    b = np.asarray(scores_b, np.float64).ravel()
-    if a.size == 0 or b.size == 0:
-        raise ValueError("difference_ci needs two non-empty samples")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    rng = np.random.default_rng(seed)
-    draws_a = a[rng.integers(0, a.size, size=(reps, a.size))]
-    draws_b = b[rng.integers(0, b.size, size=(reps, b.size))]
-    replicates = np.array([statistic(x) - statistic(y) for x, y in zip(draws_a, draws_b,
-                                                                       strict=True)])
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.percentile(replicates, [100 * alpha, 100 * (1 - alpha)])
-    return float(statistic(a) - statistic(b)), float(low), float(high)
+    return _two_sample_ci(scores_a, scores_b, lambda x, y: x - y, statistic, reps, confidence,
+                          seed, "difference_ci")
+
+
+def ratio_ci(
+    scores_a: Array | np.ndarray,
+    scores_b: Array | np.ndarray,
+    statistic: Callable[[np.ndarray], float] = iqm,
+    *,
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(point, low, high) of ``statistic(a) / statistic(b)``, bootstrapped as :func:`difference_ci`.
+
+    For ratios to a reference row whose statistic is positive (e.g. a method's IQM over
+    true-reward SAC's); a replicate whose denominator is 0 gives ±inf or NaN.
+    """
+    def ratio(x: float, y: float) -> float:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.divide(x, y))
+    return _two_sample_ci(scores_a, scores_b, ratio, statistic, reps, confidence, seed,
+                          "ratio_ci")
 
 
 __all__ = [
     "accuracy_sums",
     "bootstrap_ci",
     "difference_ci",
+    "ratio_ci",
     "canonicalize",
     "epic_distance",
     "interval_estimates",

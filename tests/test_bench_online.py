@@ -68,3 +68,80 @@ def test_unknown_task_key_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--tasks", "walker", "--summary-only"])
     assert "walker" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- bench online_sac
+
+def _sac_runs(task, row, returns, ppo=False):
+    runs = []
+    for s, x in enumerate(returns):
+        r = {"task": task, "row": row, "seed": s, "final_return": float(x), "wall_s": 7200.0,
+             "cpu_s": 3600.0, "curve": [(0, -1.0), (300_000, float(x))], "sac_steps": 300_000,
+             "ppo_steps": 1_000_000}
+        if ppo:
+            r.update(final_return_1m=float(x) * 2, final_steps=303_104)
+        runs.append(r)
+    return runs
+
+
+def test_online_sac_plan_seeds_rows_and_order():
+    from prefrl.bench import online_sac
+
+    plan = online_sac.plan(list(online_sac.TASKS))
+    assert len(plan) == len(set(plan)) == 5 * (5 + 3 + 3)
+    first_sac = next(i for i, (_, row, _) in enumerate(plan) if not row.startswith("ppo"))
+    assert all(row.startswith("ppo") for _, row, _ in plan[:first_sac])  # cheap rows first
+    # Then every SAC row of a seed before the next seed: partial results share seeds.
+    assert plan[first_sac:first_sac + 3] == [("run", "true", 0), ("run", "pebble-1000", 0),
+                                             ("run", "pebble-100", 0)]
+    assert online_sac.HELDOUT_TASKS == ("run-backward",)
+
+
+def test_online_sac_summary_ratios_to_true_sac_with_intervals(monkeypatch):
+    from prefrl.bench import online_sac
+
+    norms = {"run": {"random": 0.0, "expert": 1000.0, "expert_source": "shipped PPO expert"}}
+    runs = (_sac_runs("run", "true", [500, 500, 500, 500, 500])
+            + _sac_runs("run", "pebble-1000", [450, 450, 450, 450, 450])
+            + _sac_runs("run", "ppo-online-1000", [100, 100, 100], ppo=True))
+    summary = online_sac.summarize(runs, norms)
+    table = summary["table"]["run"]
+    assert table["pebble-1000"]["ratio_to_true"] == {"point": pytest.approx(0.9),
+                                                     "ci95": [pytest.approx(0.9)] * 2}
+    assert table["pebble-1000"]["normalised_iqm"] == pytest.approx(0.45)
+    assert table["true"]["cpu_hours_per_run"] == pytest.approx(1.0)
+    ppo = table["ppo-online-1000"]
+    assert ppo["iqm"] == pytest.approx(100) and ppo["iqm_1m"] == pytest.approx(200)
+    assert ppo["reported_at_steps"] == 303_104
+    json.dumps(summary)
+    md = online_sac.format_table(summary)
+    assert "| run | pebble-1000 | 5 | 300000 | 450 [450, 450] | 0.45 | 0.90 [0.90, 0.90] |" in md
+
+
+@pytest.mark.parametrize("row, expect", [
+    ("online-pr-true-rhat-1000", dict(label_budget=1000, reward_learner="rhat",
+                                      policy_learner="ppo", oracle_value="critic")),
+    ("online-regret-mc-greedy-250", dict(label_budget=250, reward_learner="advantage",
+                                         policy_learner="advantage_greedy", oracle_value="mc")),
+    ("online-regret-critic-cpl-1000-eps0.1", dict(label_budget=1000, reward_learner="none",
+                                                  policy_learner="cpl", oracle_value="critic")),
+])
+def test_row_scheme_names_labels_value_learner_budget(row, expect):
+    settings = bench.parse_row(row)
+    assert settings["config"] == expect
+    oracle = settings["oracle"]
+    assert oracle.model == ("partial_return" if "-pr-" in row else "regret")
+    assert oracle.mistake_prob == (0.1 if row.endswith("eps0.1") else 0.0)
+    assert (oracle.temperature > 0) == ("-cpl-" in row)  # CPL needs stochastic labels
+
+
+@pytest.mark.parametrize("row", ["online-regret-true-rhat-1000", "online-pr-mc-rhat-1000",
+                                 "online-regret-mc-sac-1000", "online-regret-mc-rhat-1000-x"])
+def test_row_scheme_refuses_bad_names(row):
+    with pytest.raises(ValueError, match="row"):
+        bench.parse_row(row)
+
+
+def test_adv0_row_runs_ppo_with_discount_zero():
+    assert bench.parse_row("online-regret-mc-adv0-1000")["ppo"] == {"discount": 0.0,
+                                                                    "gae_lambda": 0.0}

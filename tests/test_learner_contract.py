@@ -2,7 +2,8 @@
 
 For each learner — reward model, CPL, contrastive DPO, BC, PPO, the regret-model
 reward via successor features (given ψ, and a learned φ with a ψ network), Â
-used as a policy (AWR) and by a greedy actor, SAC (on a batch of replay transitions) —
+used as a policy (AWR) and by a greedy actor, SAC (on a batch of replay transitions), PEBBLE
+(its replay in the state; pre-training, the critic reset and the learned reward in 3 updates) —
 with a foreign optax transform (not the learner's default), on tiny sizes:
 
 * ``init(key, example_batch)`` and ``update(state, batch)`` run;
@@ -24,7 +25,7 @@ import pytest
 
 from prefrl.learners import advantage_greedy as ag
 from prefrl.learners import advantage_policy as ap
-from prefrl.learners import bc, cpl, ppo, sac
+from prefrl.learners import bc, cpl, pebble, ppo, sac
 from prefrl.learners import regret_sf as rs
 from prefrl.learners import reward_model as rm
 from prefrl.learners import sf_networks as sf_nets
@@ -161,6 +162,10 @@ CASES: dict[str, Callable[[], Case]] = {
     "sac": lambda: Case(
         sac.make(sac.SACConfig(hidden=(8,), batch_size=8, buffer_size=8), OBS, ACT,
                  optimizer=foreign_optimizer()), transitions()),
+    "pebble": lambda: Case(
+        pebble.make(pebble.PEBBLEConfig(hidden=(8,), batch_size=8, warmup_steps=0,
+                                        unsup_steps=8, entropy_k=2), OBS, ACT, capacity=32,
+                    optimizer=foreign_optimizer()), transitions()),
     "advantage_policy": lambda: Case(
         ap.make(ap.AdvantagePolicyConfig(beta=0.5), ap.default_network(ACT, (8,)),
                 foreign_optimizer()), advantage_batch()),
@@ -187,8 +192,9 @@ def test_vmapped_seeds_equal_single_seeds_and_compile_once(name):
         chex.assert_trees_all_close(_arrays(jax.tree.map(lambda x, i=i: x[i], states)),
                                     _arrays(state), rtol=1e-5, atol=1e-6)
     # The seeds differ.
-    params = next(getattr(states, name) for name in ("params", "policy_params", "actor_params")
-                  if hasattr(states, name))
+    holder = getattr(states, "sac", states)  # PEBBLE: SAC's state inside its own
+    params = next(getattr(holder, name) for name in ("params", "policy_params", "actor_params")
+                  if hasattr(holder, name))
     first = jax.tree.leaves(params)[0]
     assert not jnp.allclose(first[0], first[1])
 

@@ -41,9 +41,11 @@ record no regret-label accuracy.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -119,20 +121,29 @@ def run_one(key: str, row: str, seed: int, total_steps: int) -> dict[str, Any]:
                 "curve": curve, "final": _strip(result.evaluations[-1]),
                 "rollout_s": sum(h["rollout_s"] for h in result.history),
                 "update_s": sum(h["update_s"] for h in result.history)}
-    kind, model, budget = row.split("-")
     config = dict(task=task, task_param=params, total_steps=total_steps, seed=seed,
-                  label_budget=int(budget), expert=expert, progress=False)
-    oracle = oracles.OracleConfig()
-    if model in ("regret", "regretfit"):
-        oracle = oracles.OracleConfig(model="regret", discount=0.99)
-    if model == "regretfit":
-        config.update(reward_learner="regret_critic")
-    if kind == "offline" and model == "initial":
-        config.update(initial_fraction=1.0, initial_rollouts=8)
-    elif kind == "offline" and model == "snapshot":
-        config.update(offline_dataset=f"experiments/data/{task}.npz", segment_length=50,
-                      segment_stride=50)
-    result = online.train(online.OnlineConfig(**config), ppo.PPOConfig(), oracle=oracle)
+                  expert=expert, progress=False)
+    ppo_config, policy_config = ppo.PPOConfig(), None
+    if row.count("-") >= 4:  # the scheme online-{labels}-{value}-{learner}-{budget}
+        scheme = parse_row(row)
+        config.update(scheme["config"])
+        ppo_config = dataclasses.replace(ppo_config, **scheme["ppo"])
+        oracle, policy_config = scheme["oracle"], scheme["policy_config"]
+    else:
+        kind, model, budget = row.split("-")
+        config.update(label_budget=int(budget))
+        oracle = oracles.OracleConfig()
+        if model in ("regret", "regretfit"):
+            oracle = oracles.OracleConfig(model="regret", discount=0.99)
+        if model == "regretfit":
+            config.update(reward_learner="regret_critic")
+        if kind == "offline" and model == "initial":
+            config.update(initial_fraction=1.0, initial_rollouts=8)
+        elif kind == "offline" and model == "snapshot":
+            config.update(offline_dataset=f"experiments/data/{task}.npz", segment_length=50,
+                          segment_stride=50)
+    result = online.train(online.OnlineConfig(**config), ppo_config, oracle=oracle,
+                          policy_config=policy_config)
     wall = time.perf_counter() - t0
     curve = [(e["env_steps"], e["mean_return"]) for e in result["evaluations"]]
     last = result["rounds"][-1] if result["rounds"] else {}
@@ -142,6 +153,52 @@ def run_one(key: str, row: str, seed: int, total_steps: int) -> dict[str, Any]:
             "rounds": [{k: r.get(k) for k in ("round", "env_steps", "labels_used",
                                                "reward_pearson", "heldout_acc_partial_return",
                                                "heldout_acc_regret")} for r in result["rounds"]]}
+
+
+#: Learners of the row scheme: (reward learner, policy learner, PPO overrides, stochastic labels).
+LEARNERS: dict[str, tuple[str, str, dict[str, float], bool]] = {
+    "rhat": ("rhat", "ppo", {}, False),  # r̂ by the partial-return loss, PPO on r̂
+    "adv": ("advantage", "ppo", {}, False),  # Â (oracle's γ), PPO on Â as a reward
+    "adv0": ("advantage", "ppo", {"discount": 0.0, "gae_lambda": 0.0}, False),  # PPO, γ = 0
+    "greedy": ("advantage", "advantage_greedy", {}, False),  # an actor climbing Â
+    "rfit": ("regret_critic", "ppo", {}, False),  # regret model, PPO's critic as V
+    "cpl": ("none", "cpl", {}, True),  # π fitted to the labels (stochastic labels)
+}
+
+
+def parse_row(row: str) -> dict[str, Any]:
+    """A row ``online-{labels}-{value}-{learner}-{budget}[-eps{ε}]`` as run settings.
+
+    ``labels``: ``pr`` (partial return) or ``regret`` (γ = 0.99); ``value``: ``true``
+    (partial return), ``critic`` (the expert's V_E) or ``mc`` (Monte-Carlo values,
+    ``prefrl.oracles_mc``); ``learner``: a key of :data:`LEARNERS`; ``eps``: a
+    mistake probability (the noisy-teacher rows). E.g. ``online-regret-mc-rhat-1000``.
+    """
+    from prefrl import oracles
+
+    parts = row.split("-")
+    if len(parts) not in (5, 6) or parts[0] != "online":
+        raise ValueError(f"row {row!r} is not online-{{labels}}-{{value}}-{{learner}}-{{budget}}")
+    _, labels, value, learner, budget, *rest = parts
+    if (labels, value) not in (("pr", "true"), ("regret", "critic"), ("regret", "mc")):
+        raise ValueError(f"row {row!r}: labels/value must be pr-true, regret-critic or regret-mc")
+    if learner not in LEARNERS:
+        raise ValueError(f"row {row!r}: unknown learner {learner!r}; use one of {list(LEARNERS)}")
+    mistake = 0.0
+    if rest:
+        if not rest[0].startswith("eps"):
+            raise ValueError(f"row {row!r}: the sixth part must be eps<ε>")
+        mistake = float(rest[0][3:])
+    reward_learner, policy_learner, ppo_overrides, stochastic = LEARNERS[learner]
+    oracle = dict(mistake_prob=mistake)
+    if labels == "regret":
+        oracle.update(model="regret", discount=0.99)
+    if stochastic:
+        oracle.update(temperature=1.0, temperature_mode="relative")
+    config = dict(label_budget=int(budget), reward_learner=reward_learner,
+                  policy_learner=policy_learner, oracle_value="mc" if value == "mc" else "critic")
+    return {"config": config, "ppo": ppo_overrides, "oracle": oracles.OracleConfig(**oracle),
+            "policy_config": None}
 
 
 def _strip(result: dict[str, Any]) -> dict[str, Any]:
@@ -293,7 +350,7 @@ def _plot_budget(table: dict[str, dict[str, Any]], path: Path) -> None:
 
     rows = table.get("run", {})
     points = sorted((int(name.rsplit("-", 1)[1]), row) for name, row in rows.items()
-                    if name.startswith("online-pr-"))
+                    if re.fullmatch(r"online-pr-\d+", name))
     if not points:
         return
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -328,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-runs", type=positive_int, default=None,
                    help="stop after this many new runs")
     p.add_argument("--only", nargs="*", default=None, help="rows to run (default: all)")
+    p.add_argument("--rows", nargs="*", default=None,
+                   help="instead of the plan: these rows (any of the scheme "
+                        "online-{labels}-{value}-{learner}-{budget}, see parse_row) on --seeds")
+    p.add_argument("--seeds", nargs="*", type=int, default=None,
+                   help="with --rows: the seeds (tuning seeds are 10 and 11)")
     p.add_argument("--summary-only", action="store_true", help="only summarise existing runs")
     p.add_argument("--wall-pairs", type=int, default=0, metavar="N",
                    help="instead: N interleaved (true, online-pr-1000) pairs on run (seeds "
@@ -339,7 +401,13 @@ def main(argv: list[str] | None = None) -> int:
         return _wall_pairs(args.wall_pairs, args.total_steps, out)
     done = 0
     if not args.summary_only:
-        for task, row, seed in plan(args.tasks):
+        if args.rows:
+            for row in args.rows:
+                if row.count("-") >= 4:
+                    parse_row(row)  # a bad row name is refused before anything runs
+        todo = ([(t, r, s) for t in args.tasks for r in args.rows
+                 for s in (args.seeds or OTHER_SEEDS)] if args.rows else plan(args.tasks))
+        for task, row, seed in todo:
             if args.only and row not in args.only:
                 continue
             path = out / "runs" / task / row / f"seed{seed}.json"

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # Benchmarks whose --out is a folder (the others write one file).
-FOLDER_OUTPUTS = ("online",)
+FOLDER_OUTPUTS = ("online", "online_sac")
 RESULTS = "experiments/bench/results"
 
 

@@ -138,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
     spec = online.POLICY_LEARNERS[config.policy_learner]
     policy_config = None if spec.config is None else config_lib.from_args(
         spec.config, args, prefix=_prefix(config.policy_learner))
+    config = registry.resolve(config, policy_config)
+    try:
+        config.round_updates()
+    except ValueError as err:
+        raise config_lib.ConfigError(str(err)) from None
     reward_config = online.default_reward_config(**given_reward) if registry.reward_learner(
         config.reward_learner).fits else None
     oracle = config_lib.from_args(oracles.OracleConfig, args, prefix="oracle-")

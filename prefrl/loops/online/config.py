@@ -32,6 +32,9 @@ class OnlineConfig:
     schedule_tau: float = field(250_000.0, "hyperbolic schedule's time constant (env steps)")
     refit_every: int = field(8, "PPO updates per labelling round")
     label_until: float = field(1.0, "fraction of training after which no round is held")
+    label_from_step: int | None = field(
+        None, "env steps before the first labelling round (None: 0, or the policy learner's "
+        "own: pebble's warm-up + unsupervised pre-training)")
     segment_length: int = field(25, "steps per segment (k)")
     segment_stride: int = field(25, "steps between segment starts in a rollout")
     pool_capacity: int = field(1024, "segments kept in the FIFO candidate pool")
@@ -127,6 +130,10 @@ class OnlineConfig:
             raise ValueError(f"valid_fraction must be in [0, 0.5), got {self.valid_fraction}")
         if self.heldout_queries < 0 or self.eval_every < 0:
             raise ValueError("heldout_queries and eval_every must be >= 0")
+        if self.label_from_step is not None and (isinstance(self.label_from_step, bool)
+                                                 or self.label_from_step < 0):
+            raise ValueError(f"label_from_step must be an integer >= 0, got "
+                             f"{self.label_from_step!r}")
         if self.pool_capacity < 2:
             raise ValueError(f"pool_capacity must be >= 2, got {self.pool_capacity}")
 
@@ -139,9 +146,19 @@ class OnlineConfig:
         return max(1, math.ceil(self.total_steps / self.steps_per_update))
 
     def round_updates(self) -> np.ndarray:
-        """PPO updates (1-based) at whose rollout a round is held; round 0 at update 1."""
+        """Policy updates (1-based) at whose rollout a round is held.
+
+        Round 0 is at update 1, or at the first update whose rollout starts at or
+        after ``label_from_step`` env steps.
+        """
         last = max(1, int(self.label_until * self.num_updates))
-        return np.arange(1, last + 1, self.refit_every)
+        first = 1 + math.ceil((self.label_from_step or 0) / self.steps_per_update)
+        if first > last:
+            raise ValueError(f"label_from_step = {self.label_from_step} leaves no labelling "
+                             f"round: the last round falls at env step "
+                             f"{(last - 1) * self.steps_per_update} (total_steps "
+                             f"{self.total_steps}, label_until {self.label_until})")
+        return np.arange(first, last + 1, self.refit_every)
 
     def schedule_counts(self) -> np.ndarray:
         """Labels per round (exactly ``label_budget`` in all)."""

@@ -135,6 +135,8 @@ def train(
                         f"{spec.config.__name__}, got {type(policy_config).__name__}")
     if labeller is None and spec.check is not None:
         spec.check(oracle)
+    config = registry.resolve(config, policy_config)
+    config.round_updates()  # ValueError when label_from_step leaves no round
     task = parse_task_params(config.task, config.task_param)
     own_labeller = labeller is None and config.oracle_value == "mc"
     if own_labeller:
@@ -392,7 +394,10 @@ def _build_uncached(config: OnlineConfig, ppo_config: ppo.PPOConfig,
                               policy_score=policy.segment_score)
 
     def init(core_key: jax.Array, policy_key: jax.Array) -> core_lib.OnlineState:
-        return core.init(core_key, policy.init(policy_key), obs_dim, act_dim, nq, nv)
+        state = core.init(core_key, policy.init(policy_key), obs_dim, act_dim, nq, nv)
+        # The unfitted r̂ from the start: a learner that updates before the first round
+        # (PEBBLE's pre-training) traces its reward with arrays, not None.
+        return state.replace(policy=policy.set_reward(state.policy, state.reward))
 
     def add_refit(state: core_lib.OnlineState, items: core_lib.LabelItem, n: jax.Array,
                   key: jax.Array, obs: jax.Array, action: jax.Array, reward: jax.Array

@@ -29,10 +29,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from prefrl.learners import advantage_greedy, ppo
+from prefrl.learners import advantage_greedy, pebble, ppo
 from prefrl.learners import reward_model as rm
 from prefrl.loops.online import cpl as online_cpl
 from prefrl.loops.online import greedy
+from prefrl.loops.online import pebble as online_pebble
 from prefrl.loops.online.learner_types import PolicyLearner
 from prefrl.policies import Policy, policy_fn
 
@@ -91,6 +92,7 @@ class PolicyLearnerSpec(NamedTuple):
     config: type | None = None
     reward_learners: tuple[str, ...] | None = None
     check: Callable[[Any], None] | None = None
+    label_from: Callable[[Any], int] | None = None
 
 
 # --------------------------------------------------------------------------- reward learners
@@ -219,13 +221,19 @@ POLICY_LEARNERS: dict[str, PolicyLearnerSpec] = {
         "CPL (Hejna et al. 2023): π fitted to labels of its own segments, Σ α log π as the "
         "regret score; no reward model, no RL; needs stochastic labels; reward_learner='none'",
         online_cpl.OnlineCPLConfig, ("none",), _cpl_check),
+    "pebble": PolicyLearnerSpec(
+        online_pebble.make,
+        "PEBBLE (Lee et al. 2021): SAC on r̂ with its own replay, relabelled at every refit, "
+        "after unsupervised pre-training on a state-entropy reward; the first labels at the "
+        "end of pre-training", pebble.PEBBLEConfig, None, None, online_pebble.label_from_step),
 }
 
 
 def register_policy_learner(name: str, make: Callable[..., PolicyLearner], description: str,
                             *, config: type | None = None,
                             reward_learners: tuple[str, ...] | None = None,
-                            check: Callable[[Any], None] | None = None) -> None:
+                            check: Callable[[Any], None] | None = None,
+                            label_from: Callable[[Any], int] | None = None) -> None:
     """Add a policy learner: ``make(config=, learner_config=, obs_dim=, act_dim=, num_updates=,
     reward_model=, reference=, policy_config=) -> PolicyLearner`` (see
     :class:`PolicyLearnerSpec` for the keywords)."""
@@ -233,7 +241,26 @@ def register_policy_learner(name: str, make: Callable[..., PolicyLearner], descr
         raise TypeError("register_policy_learner(name: str, make: callable, description: str)")
     if name in POLICY_LEARNERS:
         raise ValueError(f"policy learner {name!r} is already registered")
-    POLICY_LEARNERS[name] = PolicyLearnerSpec(make, description, config, reward_learners, check)
+    POLICY_LEARNERS[name] = PolicyLearnerSpec(make, description, config, reward_learners, check,
+                                              label_from)
+
+
+def resolve(config: Any, policy_config: Any = None) -> Any:
+    """``config`` with ``label_from_step`` set: its own value, else the policy learner's."""
+    if config.label_from_step is not None:
+        return config
+    spec = POLICY_LEARNERS[config.policy_learner]
+    start = 0 if spec.label_from is None else int(spec.label_from(policy_config))
+    resolved = dataclasses.replace(config, label_from_step=start)
+    try:
+        resolved.round_updates()
+    except ValueError:
+        raise ValueError(
+            f"policy_learner={config.policy_learner!r} learns from r̂ only after {start} env "
+            f"steps of warm-up and pre-training, and the run's last labelling round is "
+            f"before that (total_steps {config.total_steps}, label_until "
+            f"{config.label_until}): shorten the pre-training or lengthen the run") from None
+    return resolved
 
 
 def check_pairing(policy_learner: str, reward_learner: str) -> None:
@@ -258,5 +285,5 @@ __all__ = [
     "POLICY_LEARNERS", "REWARD_LEARNERS", "REWARD_LEARNER_ALIASES", "OnlineRewardLearner",
     "PolicyLearner", "PolicyLearnerSpec", "TermContext", "check_pairing",
     "register_policy_learner",
-    "register_reward_learner", "reward_learner",
+    "register_reward_learner", "resolve", "reward_learner",
 ]
