@@ -100,10 +100,13 @@ def test_online_sac_plan_seeds_rows_and_order():
 def test_online_sac_summary_ratios_to_true_sac_with_intervals(monkeypatch):
     from prefrl.bench import online_sac
 
-    norms = {"run": {"random": 0.0, "expert": 1000.0, "expert_source": "shipped PPO expert"}}
+    norms = {"run": {"random": 0.0, "expert": 1000.0, "expert_source": "shipped PPO expert"},
+             "target-speed": {"random": -3000.0, "expert": -200.0, "expert_source": "x"}}
     runs = (_sac_runs("run", "true", [500, 500, 500, 500, 500])
             + _sac_runs("run", "pebble-1000", [450, 450, 450, 450, 450])
-            + _sac_runs("run", "ppo-online-1000", [100, 100, 100], ppo=True))
+            + _sac_runs("run", "ppo-online-1000", [100, 100, 100], ppo=True)
+            + _sac_runs("target-speed", "true", [-400, -400, -400])
+            + _sac_runs("target-speed", "pebble-100", [-600, -600, -600]))
     summary = online_sac.summarize(runs, norms)
     table = summary["table"]["run"]
     assert table["pebble-1000"]["ratio_to_true"] == {"point": pytest.approx(0.9),
@@ -113,9 +116,13 @@ def test_online_sac_summary_ratios_to_true_sac_with_intervals(monkeypatch):
     ppo = table["ppo-online-1000"]
     assert ppo["iqm"] == pytest.approx(100) and ppo["iqm_1m"] == pytest.approx(200)
     assert ppo["reported_at_steps"] == 303_104
+    # Negative returns: the ratio of normalised scores, (2400 / 2800) here, is the one to read.
+    speed = summary["table"]["target-speed"]["pebble-100"]
+    assert speed["normalised_ratio_to_true"]["point"] == pytest.approx(2400 / 2600)
     json.dumps(summary)
     md = online_sac.format_table(summary)
-    assert "| run | pebble-1000 | 5 | 300000 | 450 [450, 450] | 0.45 | 0.90 [0.90, 0.90] |" in md
+    assert ("| run | pebble-1000 | 5 | 300000 | 450 [450, 450] | 0.45 | 0.90 [0.90, 0.90] | "
+            "0.90 [0.90, 0.90] | 1.00 |") in md
 
 
 @pytest.mark.parametrize("row, expect", [

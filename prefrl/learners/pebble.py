@@ -235,37 +235,44 @@ def make(config: PEBBLEConfig, obs_dim: int, action_dim: int, *, capacity: int,
                               critic_opt_state=opt.init(fresh))
         return state.replace(sac=s, critic_reset=jnp.ones((), bool))
 
-    def intrinsic(state: PEBBLEState, batch: sac.Transition) -> tuple[Array, Moments]:
-        reference = jax.tree.map(lambda x: x[:reference_rows], state.buffer.data).obs
-        valid = jnp.arange(reference_rows) < state.buffer.count
+    def intrinsic(buffer: RingState, moments: Moments, batch: sac.Transition
+                  ) -> tuple[Array, Moments]:
+        reference = buffer.data.obs[:reference_rows]
+        valid = jnp.arange(reference_rows) < buffer.count
         raw = entropy_reward(batch.obs, reference, valid, config.entropy_k, config.entropy_c)
-        moments = state.entropy.update(raw)
+        moments = moments.update(raw)
         return raw / jnp.sqrt(moments.var + 1e-8), moments
 
     def learn(state: PEBBLEState, pretraining: Array, num: int) -> tuple[PEBBLEState, Any]:
-        def one(carry: PEBBLEState, j: Array) -> tuple[PEBBLEState, dict[str, Array]]:
-            batch = ring.sample(carry.buffer, jax.random.fold_in(carry.key, j),
-                                config.batch_size)
+        # The buffer, key and r̂ are constants of the scan (closed over, not carried, so the
+        # replay is never copied per update); the carry is SAC's state and the entropy moments.
+        buffer = state.buffer
+
+        def one(carry: tuple[sac.SACState, Moments], j: Array) -> tuple[Any, dict[str, Array]]:
+            sac_state, moments = carry
+            batch = ring.sample(buffer, jax.random.fold_in(state.key, j), config.batch_size)
             extras = {"reward": batch.reward, "terminated": batch.terminated,
-                      "reward_params": carry.reward_params}
-            if pretrains:
-                r_int, moments = intrinsic(carry, batch)
-                r_hat = learned(batch.obs, batch.action, batch.next_obs, extras)
-                reward = jnp.where(pretraining, r_int, r_hat)
-                moments = jax.tree.map(lambda new, old: jnp.where(pretraining, new, old),
-                                       moments, carry.entropy)
+                      "reward_params": state.reward_params}
+
+            def preference(m: Moments) -> tuple[Array, Moments]:
+                return learned(batch.obs, batch.action, batch.next_obs, extras), m
+
+            if pretrains:  # the k-NN search only runs in pre-training (a cond, not a select)
+                reward, moments = jax.lax.cond(
+                    pretraining, lambda m: intrinsic(buffer, m, batch), preference, moments)
             else:
-                reward = learned(batch.obs, batch.action, batch.next_obs, extras)
-                moments = carry.entropy
+                reward, moments = preference(moments)
             chex.assert_equal_shape([reward, batch.reward])
-            sac_state, metrics = core.update(carry.sac, batch._replace(
+            sac_state, metrics = core.update(sac_state, batch._replace(
                 reward=jax.lax.stop_gradient(reward).astype(jnp.float32)))
             metrics["true_reward"] = jnp.mean(batch.reward)
-            return carry.replace(sac=sac_state, entropy=moments), metrics
+            return (sac_state, moments), metrics
 
-        state, metrics = jax.lax.scan(one, state, jnp.arange(num))
+        (sac_state, moments), metrics = jax.lax.scan(one, (state.sac, state.entropy),
+                                                     jnp.arange(num))
         nonfinite = jnp.any(metrics.pop("nonfinite"))
-        return state, {**jax.tree.map(jnp.mean, metrics), "nonfinite": nonfinite}
+        return state.replace(sac=sac_state, entropy=moments), {
+            **jax.tree.map(jnp.mean, metrics), "nonfinite": nonfinite}
 
     def update(state: PEBBLEState, items: sac.Transition) -> tuple[PEBBLEState, dict[str, Array]]:
         chex.assert_rank([items.obs, items.action, items.reward, items.terminated],
