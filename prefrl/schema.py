@@ -310,7 +310,9 @@ SCHEMAS: dict[str, Schema] = {
             "obs_mean": optional(list_of(number()), nullable=False),
             "obs_std": optional(list_of(number(positive=True)), nullable=False),
             "type": optional(string()),
-            "activation": optional(string(choices=("tanh",))),
+            # prefrl.networks.ACTIVATIONS (SAC's actors are ReLU); tests/test_sac_resume.py
+            # loads one.
+            "activation": optional(string(choices=("tanh", "relu"))),
         }, checks=(same_length("obs_mean", "obs_std"),))),
         "meta": optional(Schema({"task": optional(task_name())})),
     }),

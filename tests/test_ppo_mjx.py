@@ -176,6 +176,7 @@ def _expert_returns(num_steps: int, num_envs: int = 8, solver=GPU
 # detail, and contacts amplify it), so single episodes differ by chance early on (measured,
 # 8 episodes: up to 37 % at 50 steps, 23 % at 100, 4.5 % at 200) while the gait is the same:
 # the mean over the 8 episodes differs by 3.7 %, 1.7 % and 0.65 %.
+@pytest.mark.slow  # ~20 s of MJX on XLA:CPU (`pytest -m slow` runs it, as the full-episode one)
 def test_expert_mean_return_under_gpu_solver_options_short_horizon():
     c_engine, mjx = _expert_returns(200)
     assert np.all(c_engine > 500)  # the expert is running, not standing

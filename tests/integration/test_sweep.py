@@ -219,6 +219,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(killed_and_resumed, tin
     assert not (out / "runs" / ".lock").exists()
 
 
+@pytest.mark.slow  # ~20-35 s to start a local Ray instance; `pytest -m slow` runs it
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # Ray starts its daemons by fork+exec
 def test_ray_gives_the_same_records(killed_and_resumed, tiny_dataset, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'prefrl[ray]')")
