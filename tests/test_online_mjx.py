@@ -283,6 +283,7 @@ CLI_ARGS = ["train", "online", "--backend", "mjx", "--total-steps", str(B * T * 
             "--reward-eval-every", "5", "--reward-chunk-pairs", "8", "--oracle-temperature", "1"]
 
 
+@pytest.mark.slow  # ~30 s of MJX compiles on XLA:CPU; the resume test below runs the same loop
 def test_cli_train_online_mjx_writes_rounds_and_checkpoints(jitted, host_runs, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main([*CLI_ARGS, "--out-dir", str(out)]) == 0

@@ -78,9 +78,14 @@ def _distance(a, b):
                                                            jax.tree.leaves(b), strict=True))
 
 
-def test_phases_warmup_pretraining_then_learned_reward_with_one_critic_reset():
+@pytest.fixture(scope="module")
+def jitted():
     learner = _learner()
-    update = jax.jit(learner.update)
+    return learner, jax.jit(learner.update)
+
+
+def test_phases_warmup_pretraining_then_learned_reward_with_one_critic_reset(jitted):
+    learner, update = jitted
     state = learner.init(jax.random.key(0))
     states, metrics = [state], []
     for i in range(4):
@@ -117,10 +122,9 @@ def test_without_pretraining_the_learned_reward_is_used_from_the_first_update():
     assert int(state.sac.step) == 8 and not bool(state.critic_reset)
 
 
-def test_same_key_same_numbers():
-    learner = _learner()
-    run = lambda: jax.jit(learner.update)(learner.init(jax.random.key(3)),  # noqa: E731
-                                          _transitions(8, 0))
+def test_same_key_same_numbers(jitted):
+    learner, update = jitted
+    run = lambda: update(learner.init(jax.random.key(3)), _transitions(8, 0))  # noqa: E731
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(run()[0].sac.actor_params),
                  jax.device_get(run()[0].sac.actor_params))
 

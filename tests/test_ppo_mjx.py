@@ -85,6 +85,7 @@ def test_no_recompilation_across_updates(jitted, host_runs):
     assert step._cache_size() == 1 and init._cache_size() == 1
 
 
+@pytest.mark.slow  # ~30 s on XLA:CPU; tests/test_ppo.py checks vmapped seeds of the same update
 def test_vmapped_train_equals_seeds_one_at_a_time(jitted, host_runs):
     trainer = jitted[0]
     keys = jax.vmap(jax.random.key)(jnp.asarray(SEEDS))
