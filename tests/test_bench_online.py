@@ -152,3 +152,30 @@ def test_row_scheme_refuses_bad_names(row):
 def test_adv0_row_runs_ppo_with_discount_zero():
     assert bench.parse_row("online-regret-mc-adv0-1000")["ppo"] == {"discount": 0.0,
                                                                     "gae_lambda": 0.0}
+
+
+def test_regret_grid_plan_headline_rows_first_on_five_seeds():
+    plan = bench.regret_grid_plan(["run"], "online-regret-mc-adv-1000", {"critic": "rhat"})
+    assert len(plan) == len(set(plan))
+    head = plan[:10]
+    assert {r for _, r, _ in head} == {"online-pr-true-rhat-1000", "online-regret-mc-adv-1000"}
+    rows = {r for _, r, _ in plan}
+    # 1 + 2 × 6 learners at 1000, 3 noisy, 2 + 4 budget rows.
+    assert len(rows) == 1 + 12 + 3 + 6
+    assert {"online-regret-mc-adv-1000-eps0.1", "online-regret-critic-rhat-250",
+            "online-regret-mc-adv-100", "online-pr-true-rhat-1000-eps0.1"} <= rows
+    for row in rows:
+        bench.parse_row(row)
+    assert sum(1 for _, r, _ in plan if r == "online-regret-critic-cpl-1000") == 3
+
+
+def test_summary_names_the_headline_regret_row_and_its_difference(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "normaliser", lambda key: {"random": 0.0, "expert": 1000.0})
+    runs = (_runs("run", "online-pr-true-rhat-1000", [800] * 5)
+            + _runs("run", "online-regret-mc-adv-1000", [720] * 5))
+    summary = bench.summarize(runs, tmp_path, "online-regret-mc-adv-1000")
+    assert summary["headline_regret_row"] == "online-regret-mc-adv-1000"
+    versus = summary["headline_vs_pr"]["run"]
+    assert versus["difference"] == pytest.approx(-80)
+    assert versus["difference_ci95"] == [pytest.approx(-80), pytest.approx(-80)]
+    assert versus["normalised_ratio"] == pytest.approx(0.9)

@@ -93,6 +93,37 @@ def plan(tasks: Sequence[str]) -> list[tuple[str, str, int]]:
     return out
 
 
+REGRET_GRID_TASKS = ("run", "target-speed", "run-backward")
+PR_HEADLINE = "online-pr-true-rhat-1000"
+
+
+def regret_grid_plan(tasks: Sequence[str], headline_regret_row: str,
+                     best: dict[str, str] | None = None) -> list[tuple[str, str, int]]:
+    """The mission's grid (issue #24): label model × learner at 1000 labels, noisy-teacher
+    rows (ε = 0.1) and a label-budget curve (100 / 250) for each label model's best learner.
+
+    ``headline_regret_row`` and ``best`` (``{"mc": learner, "critic": learner}``) are chosen
+    on tuning seeds 10–11 before this runs. The two headline rows (``PR_HEADLINE`` and
+    ``headline_regret_row``) get seeds 0–4, the others 0–2; headline rows run first.
+    """
+    parse_row(headline_regret_row)
+    best = dict(best or {})
+    head_value, head_learner = headline_regret_row.split("-")[2:4]
+    best.setdefault(head_value, head_learner)
+    for value in ("mc", "critic"):
+        best.setdefault(value, "rhat")
+    rows = [PR_HEADLINE] + [f"online-regret-{v}-{learner}-1000" for v in ("mc", "critic")
+                            for learner in LEARNERS]
+    rows += [f"{PR_HEADLINE}-eps0.1"] + [f"online-regret-{v}-{best[v]}-1000-eps0.1"
+                                          for v in ("mc", "critic")]
+    rows += [f"online-pr-true-rhat-{n}" for n in (100, 250)]
+    rows += [f"online-regret-{v}-{best[v]}-{n}" for v in ("mc", "critic") for n in (100, 250)]
+    headline = (PR_HEADLINE, headline_regret_row)
+    out = [(t, r, s) for t in tasks for r in headline for s in HEADLINE_SEEDS]
+    out += [(t, r, s) for t in tasks for r in rows if r not in headline for s in OTHER_SEEDS]
+    return out
+
+
 def expert_path(key: str) -> str:
     """The shipped expert of task key ``key``; ``''`` when none was trained for its parameters."""
     task, params = TASKS[key]
@@ -239,9 +270,15 @@ def normaliser(key: str, seed: int = 12345) -> dict[str, Any]:
     return {"random": rand, "expert": exp}
 
 
-def summarize(runs: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    """IQM and 95 % stratified-bootstrap intervals per (task, row); the figure; the JSON line."""
-    from prefrl.evaluation import bootstrap_ci
+def summarize(runs: list[dict[str, Any]], out: Path, headline_regret_row: str | None = None
+              ) -> dict[str, Any]:
+    """IQM and 95 % stratified-bootstrap intervals per (task, row); the figure; the JSON line.
+
+    With ``headline_regret_row``: the summary names it and gives, per task, a bootstrap
+    interval on the difference of its IQM and ``online-pr-true-rhat-1000``'s, and the
+    ratio of their normalised IQMs.
+    """
+    from prefrl.evaluation import bootstrap_ci, difference_ci
 
     rows: dict[str, dict[str, Any]] = {}
     for r in runs:
@@ -293,6 +330,17 @@ def summarize(runs: list[dict[str, Any]], out: Path) -> dict[str, Any]:
         "runs": len(runs),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
+    if headline_regret_row is not None:
+        versus = {}
+        for task, t in table.items():
+            if headline_regret_row in t and PR_HEADLINE in t:
+                a, b = t[headline_regret_row], t[PR_HEADLINE]
+                point, low, high = difference_ci(a["returns"], b["returns"])
+                ratio = (None if a["normalised_iqm"] is None or not b["normalised_iqm"]
+                         else a["normalised_iqm"] / b["normalised_iqm"])
+                versus[task] = {"difference": point, "difference_ci95": [low, high],
+                                "normalised_ratio": ratio}
+        summary.update(headline_regret_row=headline_regret_row, headline_vs_pr=versus)
     return summary
 
 
@@ -390,6 +438,14 @@ def main(argv: list[str] | None = None) -> int:
                         "online-{labels}-{value}-{learner}-{budget}, see parse_row) on --seeds")
     p.add_argument("--seeds", nargs="*", type=int, default=None,
                    help="with --rows: the seeds (tuning seeds are 10 and 11)")
+    p.add_argument("--grid", choices=("regret",), default=None,
+                   help="instead of the plan: the regret grid (regret_grid_plan) on "
+                        "run, target-speed and run-backward; needs --headline-regret-row")
+    p.add_argument("--headline-regret-row", default=None,
+                   help="the regret row chosen on tuning seeds 10-11 (recorded in summary.json)")
+    p.add_argument("--best", nargs="*", default=(), metavar="VALUE=LEARNER",
+                   help="with --grid: each regret oracle's best learner on tuning seeds, e.g. "
+                        "mc=adv critic=rhat (its noisy and budget rows)")
     p.add_argument("--summary-only", action="store_true", help="only summarise existing runs")
     p.add_argument("--wall-pairs", type=int, default=0, metavar="N",
                    help="instead: N interleaved (true, online-pr-1000) pairs on run (seeds "
@@ -405,8 +461,17 @@ def main(argv: list[str] | None = None) -> int:
             for row in args.rows:
                 if row.count("-") >= 4:
                     parse_row(row)  # a bad row name is refused before anything runs
-        todo = ([(t, r, s) for t in args.tasks for r in args.rows
-                 for s in (args.seeds or OTHER_SEEDS)] if args.rows else plan(args.tasks))
+        if args.grid and not args.headline_regret_row:
+            p.error("--grid regret needs --headline-regret-row (chosen on tuning seeds 10-11)")
+        if args.rows:
+            todo = [(t, r, s) for t in args.tasks for r in args.rows
+                    for s in (args.seeds or OTHER_SEEDS)]
+        elif args.grid:
+            best = dict(item.split("=", 1) for item in args.best)
+            tasks = [t for t in args.tasks if t in REGRET_GRID_TASKS]
+            todo = regret_grid_plan(tasks, args.headline_regret_row, best)
+        else:
+            todo = plan(args.tasks)
         for task, row, seed in todo:
             if args.only and row not in args.only:
                 continue
@@ -422,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             done += 1
             print(json.dumps({k: record[k] for k in ("task", "row", "seed", "final_return",
                                                      "wall_s")}), flush=True)
-    summary = summarize(load_runs(out), out)
+    summary = summarize(load_runs(out), out, args.headline_regret_row)
     atomic_write_json(out / "summary.json", summary)
     from prefrl.io import atomic_write_text
 
