@@ -183,7 +183,9 @@ def run_one(key: str, row: str, seed: int, total_steps: int) -> dict[str, Any]:
             "timing": result["timing"], "last_round": last,
             "rounds": [{k: r.get(k) for k in ("round", "env_steps", "labels_used",
                                                "reward_pearson", "heldout_acc_partial_return",
-                                               "heldout_acc_regret")} for r in result["rounds"]]}
+                                               "heldout_acc_regret", "heldout_acc_regret_mc",
+                                               "valid_accuracy")}
+                       for r in result["rounds"]]}
 
 
 #: Learners of the row scheme: (reward learner, policy learner, PPO overrides, stochastic labels).
