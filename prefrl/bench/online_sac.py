@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from prefrl.bench.online import TASKS as ONLINE_TASKS
-from prefrl.bench.online import _commit, expert_path, normaliser
+from prefrl.bench.online import _commit, _strip, expert_path, load_runs, normaliser
 from prefrl.config import positive_int
 
 RESULTS = Path("experiments/bench/results/online_sac")
@@ -126,18 +126,6 @@ def _read_evals(work: Path) -> list[dict[str, Any]]:
     from prefrl.loops import resume
 
     return resume.read_jsonl(work / "evals.jsonl")
-
-
-def _strip(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k != "returns"}
-
-
-def load_runs(out: Path) -> list[dict[str, Any]]:
-    runs = []
-    for path in sorted((out / "runs").glob("*/*/seed*.json")):
-        with open(path, encoding="utf-8") as f:
-            runs.append(json.load(f))
-    return runs
 
 
 def summarize(runs: list[dict[str, Any]], norms: dict[str, dict[str, Any]] | None = None
