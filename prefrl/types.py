@@ -130,7 +130,9 @@ class PairBatch(NamedTuple):
     model that is not learned (e.g. the regret model's ``γ^k V(s_k) − V(s_0)``
     terms from a fixed critic); ``None`` means 0. The reward models
     (:mod:`prefrl.learners.reward_model`) read it; CPL/DPO and ``regret_sf``
-    have scores of their own and ignore it.
+    have scores of their own and ignore it. ``final_obs_1``/``final_obs_2``
+    ``[B, obs]``: each segment's state after its last action, s_k (optional;
+    a reward model with a learned potential needs them).
     """
 
     obs_1: Array  # [B, k, obs_dim]
@@ -142,6 +144,8 @@ class PairBatch(NamedTuple):
     label: Array  # [B]
     weight: Array | None = None  # [B] or [M, B]
     offset: Array | None = None  # [B]
+    final_obs_1: Array | None = None  # [B, obs]
+    final_obs_2: Array | None = None  # [B, obs]
 
     @property
     def size(self) -> int:

@@ -1,6 +1,6 @@
 """The contract every learner keeps (prefrl.learners): a pair of pure functions.
 
-For each learner — reward model, CPL, contrastive DPO, BC, PPO, the regret-model
+For each learner — reward model (also with a learned potential), CPL, contrastive DPO, BC, PPO, the regret-model
 reward via successor features (given ψ, and a learned φ with a ψ network), Â
 used as a policy (AWR) and by a greedy actor, SAC (on a batch of replay transitions), PEBBLE
 (its replay in the state; pre-training, the critic reset and the learned reward in 3 updates) —
@@ -132,6 +132,10 @@ CASES: dict[str, Callable[[], Case]] = {
     "reward_model": lambda: Case(
         rm.make(rm.RewardModelConfig(hidden=(8,), ensemble_size=2, chunk_pairs=4),
                 optimizer=foreign_optimizer()), pair_batch()),
+    "reward_model_potential": lambda: Case(
+        rm.make(rm.RewardModelConfig(hidden=(8,), ensemble_size=2, chunk_pairs=4, potential=True,
+                                     discount=0.9), optimizer=foreign_optimizer()),
+        pair_batch()._replace(final_obs_1=jnp.ones((B, OBS)), final_obs_2=-jnp.ones((B, OBS)))),
     "cpl": lambda: Case(
         cpl.make(cpl.CPLConfig(alpha=0.5, bias=0.5, bc_weight=0.1), policy(),
                  foreign_optimizer()), pair_batch()),

@@ -22,6 +22,7 @@ LEARNERS: dict[str, tuple[str, str, dict[str, float], bool]] = {
     "adv0": ("advantage", "ppo", {"discount": 0.0, "gae_lambda": 0.0}, False),  # PPO, γ = 0
     "greedy": ("advantage", "advantage_greedy", {}, False),  # an actor climbing Â
     "rfit": ("regret_critic", "ppo", {}, False),  # regret model, PPO's critic as V
+    "rphi": ("potential", "ppo", {}, False),  # regret model, V learned as Φ; PPO on r̂
     "cpl": ("none", "cpl", {}, True),  # π fitted to the labels (stochastic labels)
 }
 

@@ -47,6 +47,9 @@ def gather(
     action = xp.asarray(segments.action, np.float32)
     mask = xp.asarray(segments.mask, np.float32)
     first, second = xp.asarray(first), xp.asarray(second)
+    final = None  # s_k of each segment, where the pool keeps next states
+    if getattr(segments, "next_obs", None) is not None:
+        final = xp.asarray(segments.next_obs[:, -1], np.float32)
     return PairBatch(
         obs_1=jnp.asarray(obs[first]), action_1=jnp.asarray(action[first]),
         mask_1=jnp.asarray(mask[first]),
@@ -54,6 +57,8 @@ def gather(
         mask_2=jnp.asarray(mask[second]),
         label=jnp.asarray(xp.asarray(label, np.float32)),
         weight=None if weight is None else jnp.asarray(xp.asarray(weight, np.float32)),
+        final_obs_1=None if final is None else jnp.asarray(final[first]),
+        final_obs_2=None if final is None else jnp.asarray(final[second]),
     )
 
 
@@ -80,9 +85,41 @@ def from_dataset(
 def take(batch: PairBatch, indices: Array) -> PairBatch:
     """Rows ``indices`` of a batch (a ``[M, B]`` weight is indexed on its last axis)."""
     weight = None if batch.weight is None else jnp.take(batch.weight, indices, axis=-1)
-    offset = None if batch.offset is None else jnp.take(batch.offset, indices, axis=0)
-    rows = [jnp.take(x, indices, axis=0) for x in batch[:7]]
-    return PairBatch(*rows, weight=weight, offset=offset)
+    rows = map_rows(batch, lambda x: jnp.take(x, indices, axis=0))
+    return rows._replace(weight=weight)
+
+
+def map_rows(batch: PairBatch, fn: Any) -> PairBatch:
+    """``fn`` applied to every per-query field that is set (not ``weight``: it may be [M, B])."""
+    fields = {f: fn(getattr(batch, f)) for f in PairBatch._fields
+              if f != "weight" and getattr(batch, f) is not None}
+    return batch._replace(**fields)
+
+
+def member_weights(batch: PairBatch, num_members: int) -> jax.Array:
+    """``[M, B]`` per-member query weights (1 where ``weight`` is None; ``[B]`` broadcast)."""
+    if batch.weight is None:
+        return jnp.ones((num_members, batch.size), jnp.float32)
+    w = batch.weight.astype(jnp.float32)
+    return jnp.broadcast_to(w[None, :] if w.ndim == 1 else w, (num_members, batch.size))
+
+
+def chunked(batch: PairBatch, w_mb: jax.Array, chunk: int) -> tuple[PairBatch, jax.Array]:
+    """Pad to a multiple of ``chunk`` and split: rows ``[C, chunk, …]``, weights ``[C, M, chunk]``.
+
+    Padding rows are zeros with weight 0, so they change neither a weighted loss
+    nor its gradient; the returned batch's ``weight`` is None (use ``w``).
+    """
+    chunk = min(chunk, batch.size)
+    pad = (-batch.size) % chunk
+    if pad:
+        grow = lambda x: jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+        batch = map_rows(batch, grow)
+        w_mb = jnp.concatenate([w_mb, jnp.zeros((w_mb.shape[0], pad), w_mb.dtype)], axis=1)
+    num = batch.size // chunk
+    split = lambda x: x.reshape(num, chunk, *x.shape[1:])
+    w_c = jnp.moveaxis(w_mb.reshape(w_mb.shape[0], num, chunk), 1, 0)
+    return map_rows(batch, split)._replace(weight=None), w_c
 
 
 def subset(dataset: PreferenceDataset, indices: Any) -> PreferenceDataset:
@@ -180,7 +217,8 @@ def validate(batch: PairBatch, *, what: str = "dataset") -> None:
             f"{what}: single-class label set (all {label.size} labels are {label[0]:g}); "
             "preferences need at least two different labels"
         )
-    for name in ("obs_1", "action_1", "obs_2", "action_2", "offset"):
+    for name in ("obs_1", "action_1", "obs_2", "action_2", "offset", "final_obs_1",
+                 "final_obs_2"):
         if getattr(batch, name) is None:
             continue
         if not np.all(np.isfinite(np.asarray(getattr(batch, name)))):
@@ -215,8 +253,12 @@ def dims(batch: PairBatch) -> tuple[int, int, int]:
         raise ValueError(f"weight must be [B] or [M, B] with B = {size}, got {batch.weight.shape}")
     if batch.offset is not None and batch.offset.shape != (size,):
         raise ValueError(f"offset must be [B] = ({size},), got {batch.offset.shape}")
+    for name in ("final_obs_1", "final_obs_2"):
+        if getattr(batch, name) is not None and getattr(batch, name).shape != (size, obs_dim):
+            raise ValueError(f"{name} must be [B, obs_dim] = {(size, obs_dim)}, got "
+                             f"{getattr(batch, name).shape}")
     return length, obs_dim, batch.action_1.shape[2]
 
 
-__all__ = ["Pool", "dims", "from_dataset", "gather", "split", "split_by_segments", "subset", "take",
-           "validate"]
+__all__ = ["Pool", "chunked", "dims", "from_dataset", "gather", "map_rows", "member_weights",
+           "split", "split_by_segments", "subset", "take", "validate"]

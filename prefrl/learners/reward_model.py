@@ -18,14 +18,15 @@ by the Bradley–Terry loss on its discounted sum over each segment (docs/design
   ``"regret"`` is Â's old name (a regret-model r̂ is ``prefrl.learners.regret_sf``):
   still accepted with a ``DeprecationWarning``.
 
-Practice (Christiano 2017, B-Pref, imitation; docs/design.md §4): an ensemble
-of M members trained in one step (one batched network; ``vmap`` over members
-is one batched matmul on CPU), each with its own bootstrap weights; L2 and/or
-AdamW weight decay; label smoothing; the gradient accumulated over chunks of
-``chunk_pairs`` queries (``lax.scan``: each chunk's activations stay in cache,
-~2× faster on CPU); weight averaging of the members (WARM, Ramé et al. 2024).
-Held-out early stopping and output standardisation belong to the fit
-(:mod:`prefrl.loops.fit`), active selection to :mod:`prefrl.loops.active`.
+``potential=True`` adds a learned state potential to the score, + γ^k Φ(s_k) − Φ(s_0)
+(the regret model with its value learned; :mod:`prefrl.learners.reward_potential`).
+
+Practice (Christiano 2017, B-Pref, imitation; docs/design.md §4): an ensemble of M
+members trained in one step (``vmap`` over members: one batched matmul on CPU), each
+with its own bootstrap weights; L2 and/or AdamW weight decay; label smoothing; the
+gradient accumulated over chunks of ``chunk_pairs`` queries (``lax.scan``: each chunk's
+activations stay in cache, ~2× faster on CPU); weight averaging (WARM, Ramé et al. 2024).
+Early stopping and output standardisation belong to :mod:`prefrl.loops.fit`.
 
 The state is arrays only (:class:`RewardModelState`); what they mean — the
 config and the member network — is the :class:`RewardModel` value that
@@ -50,7 +51,8 @@ from flax import struct
 from prefrl import preference
 from prefrl.config import field
 from prefrl.data import pairs
-from prefrl.learners import Learner, check_make
+from prefrl.learners import Learner, check_make, reward_potential
+from prefrl.learners.reward_potential import PotentialReward
 from prefrl.networks import MLP
 from prefrl.types import PairBatch
 
@@ -90,6 +92,8 @@ class RewardModelConfig:
     eval_every: int = field(50, "updates between validation checks (fit)")
     chunk_pairs: int = field(32, "queries per gradient chunk (cache-sized work on CPU)")
     normalize: bool = field(True, "standardise the output over the training steps after fit")
+    potential: bool = field(False, "also learn a state potential Φ: score Σ γ^t r̂ + γ^k Φ(s_k) "
+                            "− Φ(s_0) (regret labels); the reward is r̂ alone")
 
     def __post_init__(self) -> None:
         if self.assumption not in ("partial_return", "advantage", "regret"):
@@ -159,8 +163,11 @@ class RewardModel(NamedTuple):
 
 
 def default_network(config: RewardModelConfig) -> nn.Module:
-    """``[..., in] -> [..., 1]``: the MLP of one member."""
-    return MLP(tuple(int(h) for h in config.hidden), 1, _ACTIVATIONS[config.activation])
+    """``[..., in] -> [..., 1]``: the MLP of one member (with Φ beside it if ``potential``)."""
+    hidden = tuple(int(h) for h in config.hidden)
+    if config.potential:
+        return PotentialReward(hidden, _ACTIVATIONS[config.activation])
+    return MLP(hidden, 1, _ACTIVATIONS[config.activation])
 
 
 def default_optimizer(config: RewardModelConfig, learning_rate: float | Array | None = None
@@ -264,14 +271,21 @@ def reward_fn(model: RewardModel, state: RewardModelState) -> Callable[[Array, A
 
 
 def segment_scores(model: RewardModel, state: RewardModelState, obs: Array, action: Array,
-                   mask: Array) -> Array:
+                   mask: Array, final_obs: Array | None = None) -> Array:
     """``[N]`` learned segment scores under the state's assumption (discounted sum of r̂/Â).
 
     ``obs [N, k, obs]``, ``action [N, k, act]``, ``mask [N, k]``; the standardised
-    :func:`reward_fn` summed as the assumed preference model sums it.
+    :func:`reward_fn` summed as the assumed preference model sums it, plus the
+    member-mean potential gap in the same units when ``potential`` (``final_obs [N, obs]``).
     """
     values = reward_fn(model, state)(obs, action)
-    return _segment_scores(model.config, values, jnp.asarray(mask, values.dtype))
+    mask = jnp.asarray(mask, values.dtype)
+    scores = _segment_scores(model.config, values, mask)
+    if model.config.potential:
+        gaps = reward_potential.segment_gaps(model.config, model.network, state.params, obs,
+                                             final_obs, mask, action.shape[-1])
+        scores = scores + jnp.mean(gaps, axis=0) / state.reward_std
+    return scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +326,11 @@ def pair_logits(
     out = out.reshape(out.shape[0], 2 * size, length)
     mask = jnp.concatenate([batch.mask_1, batch.mask_2], axis=0).astype(out.dtype)
     scores = _segment_scores(config, out, mask)  # [M, 2B]
+    if config.potential:
+        final = None if batch.final_obs_1 is None else jnp.concatenate(
+            [batch.final_obs_1, batch.final_obs_2], axis=0)
+        scores = scores + reward_potential.segment_gaps(config, network, params, obs, final,
+                                                        mask, action.shape[-1])
     first = scores[:, :size]
     if batch.offset is not None:  # the known part of the logit (e.g. fixed-critic V terms)
         first = first + batch.offset.astype(first.dtype)[None, :]
@@ -327,15 +346,6 @@ def _smoothed(label: Array, smoothing: float) -> Array:
     return label * (1.0 - smoothing) + 0.5 * smoothing
 
 
-def _member_weights(batch: PairBatch, num_members: int) -> Array:
-    if batch.weight is None:
-        return jnp.ones((num_members, batch.size), jnp.float32)
-    w = batch.weight.astype(jnp.float32)
-    if w.ndim == 1:
-        w = w[None, :]
-    return jnp.broadcast_to(w, (num_members, batch.size))
-
-
 def _loss_sums(
     config: RewardModelConfig, network: nn.Module, params: Any, batch: PairBatch, w_mb: Array
 ) -> tuple[Array, Array]:
@@ -349,18 +359,6 @@ def _loss_sums(
         label == 0.5, 0.5, ((logits > 0) == (label > 0.5)).astype(logits.dtype)
     )
     return jnp.sum(w_mb * loss_mb, axis=1), jnp.sum(w_mb * correct, axis=1)
-
-
-def _pad_to_multiple(batch: PairBatch, w_mb: Array, chunk: int) -> tuple[PairBatch, Array]:
-    size = batch.size
-    pad = (-size) % chunk
-    if pad == 0:
-        return batch, w_mb
-    grow = lambda x: jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    padded = [grow(x) for x in batch[:7]]
-    # Padding rows carry weight 0, so they change neither the loss nor the gradient.
-    w_mb = jnp.concatenate([w_mb, jnp.zeros((w_mb.shape[0], pad), w_mb.dtype)], axis=1)
-    return PairBatch(*padded, offset=None if batch.offset is None else grow(batch.offset)), w_mb
 
 
 def make(
@@ -414,9 +412,9 @@ def make(
     def update(state: RewardModelState, batch: PairBatch) -> tuple[RewardModelState, dict]:
         check_compatible(rm, state.params, batch)
         members = jax.tree.leaves(state.params)[0].shape[0]
-        w_mb = _member_weights(batch, members)
+        w_mb = pairs.member_weights(batch, members)
         w_total = jnp.maximum(jnp.sum(w_mb, axis=1), 1e-8)  # [M]
-        chunks = _chunks(batch, w_mb, int(config.chunk_pairs))
+        chunks = pairs.chunked(batch, w_mb, int(config.chunk_pairs))
         num_chunks = chunks[1].shape[0]
 
         def chunk_loss(params: Any, rows: PairBatch, w_rows: Array) -> tuple[Array, Array]:
@@ -459,17 +457,6 @@ def make(
     return Learner(init=init, update=update)
 
 
-def _chunks(batch: PairBatch, w_mb: Array, chunk: int) -> tuple[PairBatch, Array]:
-    """Pad to a multiple of ``chunk`` (weight 0) and split: ``[C, chunk, …]``, ``[C, M, chunk]``."""
-    chunk = min(chunk, batch.size)
-    padded, w_pad = _pad_to_multiple(batch, w_mb, chunk)
-    num = padded.size // chunk
-    split = lambda x: x.reshape(num, chunk, *x.shape[1:])
-    w_c = jnp.moveaxis(w_pad.reshape(w_pad.shape[0], num, chunk), 1, 0)
-    offset = None if padded.offset is None else split(padded.offset)
-    return PairBatch(*map(split, padded[:7]), offset=offset), w_c
-
-
 def evaluate(model: RewardModel, state: RewardModelState, batch: PairBatch, chunk: int = 256
              ) -> dict[str, Array]:
     """Per-member weighted mean loss and accuracy ``[M]`` on a batch (no update).
@@ -479,8 +466,8 @@ def evaluate(model: RewardModel, state: RewardModelState, batch: PairBatch, chun
     """
     check_compatible(model, state.params, batch)
     members = jax.tree.leaves(state.params)[0].shape[0]
-    w_mb = _member_weights(batch, members)
-    rows, w_rows = _chunks(batch, w_mb, chunk)
+    w_mb = pairs.member_weights(batch, members)
+    rows, w_rows = pairs.chunked(batch, w_mb, chunk)
 
     def body(carry, inputs):
         l_sum, c_sum = _loss_sums(model.config, model.network, state.params, *inputs)

@@ -143,7 +143,8 @@ def pair_batch(items: LabelItem, weight: Array | None = None, offset: Array | No
                ) -> PairBatch:
     """The reward learners' :class:`~prefrl.types.PairBatch` of label items."""
     return PairBatch(items.obs_1, items.action_1, items.mask_1, items.obs_2, items.action_2,
-                     items.mask_2, items.label, weight, offset)
+                     items.mask_2, items.label, weight, offset, items.final_obs_1,
+                     items.final_obs_2)
 
 
 # --------------------------------------------------------------------------- the state
@@ -450,7 +451,8 @@ def make_core(config: OnlineConfig, reward_config: rm.RewardModelConfig, *,
             score = policy_score(state.policy, pool.obs, pool.action, pool.mask)
             correct, total = evaluation.accuracy_sums(score[first], score[second], label)
             return jnp.where(total > 0, correct / jnp.maximum(total, 1.0), jnp.nan)
-        score = rm.segment_scores(model, state.reward, pool.obs, pool.action, pool.mask)
+        score = rm.segment_scores(model, state.reward, pool.obs, pool.action, pool.mask,
+                                  pool.final_obs)
         if learner.segment_term is not None:
             # The terms were in raw units × value_scale: rescaled to the new fit's units.
             term = learner.segment_term(term_context(state), pool.obs[:, 0], pool.final_obs)

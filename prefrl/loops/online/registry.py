@@ -109,6 +109,13 @@ def _oracle_gamma(config: rm.RewardModelConfig, policy_discount: float,
     return dataclasses.replace(config, discount=oracle_discount)
 
 
+def _potential(config: rm.RewardModelConfig, policy_discount: float,
+               oracle_discount: float) -> rm.RewardModelConfig:
+    # The regret model's score with its value learned: Σ γ^t r̂ + γ^k Φ(s_k) − Φ(s_0), γ the
+    # oracle's; the policy gets r̂ (a potential-shaped r when the fit is exact).
+    return dataclasses.replace(config, discount=oracle_discount, potential=True)
+
+
 def _policy_gamma(config: rm.RewardModelConfig, policy_discount: float,
                   oracle_discount: float) -> rm.RewardModelConfig:
     if config.discount not in (1.0, policy_discount):
@@ -145,6 +152,10 @@ for _learner in (
     OnlineRewardLearner(
         "advantage", "Â: Bradley–Terry on Σ γ^t Â with the oracle's γ (Knox et al. 2023); "
         "for regret labels", _oracle_gamma),
+    OnlineRewardLearner(
+        "potential", "r̂ with a learned potential Φ: Bradley–Terry on Σ γ^t r̂ + γ^k Φ(s_k) − "
+        "Φ(s_0), the oracle's γ (the regret model with V learned); the policy learns from r̂. "
+        "For regret labels", _potential),
     OnlineRewardLearner(
         "none", "no reward model: for policy learners that learn from the labels directly "
         "(cpl)", _same, fits=False),
