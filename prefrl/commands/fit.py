@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prefrl import checkpoints
+from prefrl import checkpoints, evaluation
 from prefrl import config as cfg
 from prefrl.config import field
 from prefrl.data import pairs
@@ -158,6 +158,13 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
             valid_accuracy=[float(x) for x in v["accuracy"]],
             best_step=[int(x) for x in metrics["best_step"]],
         )
+    # How reward-like the fit is: Pearson of r̂ with the dataset's true reward on every valid step.
+    segs = ds.segments
+    r_hat = rm.reward_fn(rm.model(model_config), state)(jnp.asarray(segs.obs, jnp.float32),
+                                                        jnp.asarray(segs.action, jnp.float32))
+    keep = np.asarray(segs.mask) > 0
+    pearson = evaluation.pearson(np.asarray(r_hat)[keep], np.asarray(segs.reward)[keep])
+    summary["reward_pearson"] = pearson if np.isfinite(pearson) else None  # None: r constant
     summary["seconds"] = round(time.perf_counter() - start, 3)
     length, obs_dim, act_dim = train.obs_1.shape[1], train.obs_1.shape[2], train.action_1.shape[2]
     path = checkpoints.save_reward_model(

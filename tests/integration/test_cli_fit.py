@@ -27,8 +27,15 @@ def test_fit_command_writes_model_and_json(tmp_path, capsys):
     assert summary["assumption"] == "regret" and summary["num_train"] == 180
     assert summary["num_valid"] == 20 and len(summary["valid_accuracy"]) == 2
     assert json.loads(metrics.read_text()) == summary
+    assert -1.0 <= summary["reward_pearson"] <= 1.0  # r̂ against the dataset's true reward
     (model, _), header = checkpoints.load_reward_model(out)
     assert model.config.assumption == "regret" and header["obs_dim"] == 6
+    # r̂ with a learned potential Φ (the regret model's V): fitted, saved, loaded with Φ.
+    code = main(["fit", "--dataset", str(data), "--label", "regret", "--discount", "0.9",
+                 "--potential", "true", "--out", str(out), *CLI_MODEL])
+    assert code == 0
+    (model, state), _ = checkpoints.load_reward_model(out)
+    assert model.config.potential and "phi" in state.params["params"]
 
 
 def test_fit_command_errors(tmp_path, capsys):
