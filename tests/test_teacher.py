@@ -62,13 +62,26 @@ class Person(threading.Thread):
         self.frames = None
 
     def run(self) -> None:
-        deadline = time.monotonic() + 300
+        # A person who gives up (an error, or no page within the deadline) presses Ctrl-C
+        # too, with ``error`` set: the run, which waits for labels without a time limit,
+        # must then stop and the test fail, never hang.
+        self.error = None
+        try:
+            self._answer(time.monotonic() + 600)
+        except BaseException as err:  # noqa: BLE001 - reported by the test
+            self.error = err
+        if self.error is None and len(self.given) < len(self.answers) and self.stop is None:
+            self.error = TimeoutError("the page showed no query within 600 s")
+        if self.error is not None or self.stop is not None:
+            _thread.interrupt_main()  # Ctrl-C while the run waits for the rest
+
+    def _answer(self, deadline: float) -> None:
         while len(self.given) < len(self.answers) and time.monotonic() < deadline:
             try:
                 state = json.loads(urllib.request.urlopen(self.url + "/api/state", timeout=30)
                                    .read())
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.05)  # between rounds the page is down
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.05)  # between rounds the page is down (or busy rendering)
                 continue
             query = state["query"]
             if query is None:
@@ -91,7 +104,6 @@ class Person(threading.Thread):
             assert code == 200, raw
             self.given.append((query["id"], answer))
             if self.stop is not None and len(self.given) == self.stop:
-                _thread.interrupt_main()  # Ctrl-C while the run waits for the rest
                 return
 
 
@@ -203,6 +215,7 @@ def test_a_person_teaches_an_online_run_that_is_killed_and_resumed(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run()
     first.join(30)
+    assert first.error is None, first.error
     assert first.frames == (5, 48, 64, 3)  # a clip of the segment's 5 steps, replayed
     _, header = load_npz(out / "last.npz", kind="online_checkpoint", supported_versions=(2,))
     assert header["update"] == 3  # checkpointed just before round 1 (update 4) waited
@@ -210,8 +223,12 @@ def test_a_person_teaches_an_online_run_that_is_killed_and_resumed(tmp_path):
     # Run 2, the same call: it resumes at round 1, whose page keeps the answer given.
     second = Person(url, list(ANSWERS[counts[0] + 1:]), "bob")
     second.start()
-    result = run()
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        pytest.fail(f"the person stopped answering: {second.error!r}")
     second.join(30)
+    assert second.error is None, second.error
     assert second.seen[0]["progress"]["answered"] == 1
     assert second.seen[0]["progress"]["total"] == counts[1]
     assert [a for _, a in first.given + second.given] == list(ANSWERS)
