@@ -1,7 +1,7 @@
 """The contract every learner keeps (prefrl.learners): a pair of pure functions.
 
-For each learner — reward model (also with a learned potential), CPL, contrastive DPO, BC, PPO, the regret-model
-reward via successor features (given ψ, and a learned φ with a ψ network), Â
+For each learner — reward model (also with a learned potential), CPL, contrastive DPO, BC,
+PPO, the regret-model reward via successor features (given ψ, and a learned φ with a ψ network), Â
 used as a policy (AWR) and by a greedy actor, SAC (on a batch of replay transitions), PEBBLE
 (its replay in the state; pre-training, the critic reset and the learned reward in 3 updates) —
 with a foreign optax transform (not the learner's default), on tiny sizes:

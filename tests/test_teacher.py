@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import signal
 import socket
 import threading
 import time
@@ -178,8 +179,17 @@ CONFIG = dict(task="run", total_steps=4 * 10 * 7, num_envs=4, rollout_steps=10,
               progress=False)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt here, as in a terminal, even where it was inherited
+    ignored (a shell's background job): the simulated person presses Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @needs_gl
-def test_a_person_teaches_an_online_run_that_is_killed_and_resumed(tmp_path):
+def test_a_person_teaches_an_online_run_that_is_killed_and_resumed(tmp_path, ctrl_c_raises):
     import dataclasses
 
     from prefrl.envs import make_task

@@ -50,7 +50,9 @@ def _start_annotate(data: Path, out: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefrl.cli", "annotate", "--dataset", str(data), "--out-dir",
          str(out), "--port", "0", "--annotator", "tester", "--width", "240", "--height", "180"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # SIGINT as in a terminal, even where this test inherited it ignored (a background job)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
     deadline = time.monotonic() + 240
