@@ -159,11 +159,12 @@ def fit_dataset(config: FitConfig, model_config: rm.RewardModelConfig) -> dict[s
             best_step=[int(x) for x in metrics["best_step"]],
         )
     # How reward-like the fit is: Pearson of r̂ with the dataset's true reward on every valid step.
-    segs = ds.segments
-    r_hat = rm.reward_fn(rm.model(model_config), state)(jnp.asarray(segs.obs, jnp.float32),
-                                                        jnp.asarray(segs.action, jnp.float32))
+    segs, reward = ds.segments, jax.jit(rm.reward_fn(rm.model(model_config), state))
+    r_hat = np.concatenate([np.asarray(reward(jnp.asarray(segs.obs[i:i + 256], jnp.float32),
+                                              jnp.asarray(segs.action[i:i + 256], jnp.float32)))
+                            for i in range(0, len(segs.obs), 256)])  # chunks: bounded memory
     keep = np.asarray(segs.mask) > 0
-    pearson = evaluation.pearson(np.asarray(r_hat)[keep], np.asarray(segs.reward)[keep])
+    pearson = evaluation.pearson(r_hat[keep], np.asarray(segs.reward)[keep])
     summary["reward_pearson"] = pearson if np.isfinite(pearson) else None  # None: r constant
     summary["seconds"] = round(time.perf_counter() - start, 3)
     length, obs_dim, act_dim = train.obs_1.shape[1], train.obs_1.shape[2], train.action_1.shape[2]
