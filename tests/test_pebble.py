@@ -122,6 +122,26 @@ def test_without_pretraining_the_learned_reward_is_used_from_the_first_update():
     assert int(state.sac.step) == 8 and not bool(state.critic_reset)
 
 
+def test_task_reward_variant_learns_from_the_stored_environment_reward():
+    # The diagnostic learner (experiments/bench/pebble_diagnostic.py): SAC on the rollout's
+    # own reward, here a constant 5, whatever the reward model says.
+    from prefrl.learners import reward_model as rm
+    from prefrl.loops.online import pebble as online_pebble
+    from prefrl.types import Trajectory
+
+    config = dataclasses.replace(CONFIG, warmup_steps=0, unsup_steps=0)
+    learner = online_pebble.make(config=POINT, obs_dim=3, act_dim=2,
+                                 reward_model=rm.model(REWARD), policy_config=config,
+                                 task_reward=True)
+    t = _transitions(8, 2)
+    shape = lambda x, *tail: x.reshape(2, 4, *tail)  # noqa: E731
+    traj = Trajectory(shape(t.obs, 3), shape(t.action, 2), jnp.full((2, 4), 5.0),
+                      shape(t.next_obs, 3), jnp.zeros((2, 4), bool), jnp.zeros((2, 4), bool),
+                      jnp.zeros((2, 4)), jnp.zeros((2, 4, 9)), jnp.zeros((2, 4, 9)))
+    _, m = learner.update(learner.init(jax.random.key(3)), traj)
+    np.testing.assert_allclose(m["proxy_reward"], 5.0)
+
+
 def test_same_key_same_numbers(jitted):
     learner, update = jitted
     run = lambda: update(learner.init(jax.random.key(3)), _transitions(8, 0))  # noqa: E731

@@ -40,11 +40,17 @@ def replay_capacity(config: Any, pc: pebble.PEBBLEConfig) -> int:
 
 
 def make(*, config: Any, obs_dim: int, act_dim: int, reward_model: rm.RewardModel,
-         policy_config: pebble.PEBBLEConfig | None = None, **_: Any) -> PolicyLearner:
-    """The registered ``pebble`` policy learner (see the module docstring)."""
+         policy_config: pebble.PEBBLEConfig | None = None, task_reward: bool = False,
+         **_: Any) -> PolicyLearner:
+    """The registered ``pebble`` policy learner (see the module docstring).
+
+    ``task_reward``: SAC learns from the environment's stored reward instead of r̂
+    (labels are still gathered and fitted): the learner's ceiling with every other
+    part of the run unchanged, a diagnostic (``experiments/bench/pebble_diagnostic.py``).
+    """
     pc = pebble.PEBBLEConfig() if policy_config is None else policy_config
     learner = pebble.make(pc, obs_dim, act_dim, capacity=replay_capacity(config, pc),
-                          reward_fn=rm.PPOReward(reward_model))
+                          reward_fn=None if task_reward else rm.PPOReward(reward_model))
     actor = sac.make_networks(act_dim, pc.hidden).actor
     explore = random_policy(act_dim)
 
