@@ -122,6 +122,25 @@ def test_without_pretraining_the_learned_reward_is_used_from_the_first_update():
     assert int(state.sac.step) == 8 and not bool(state.critic_reset)
 
 
+def test_reset_actor_reinitialises_actor_and_temperature_after_pretraining():
+    config = dataclasses.replace(CONFIG, reset_actor=True, init_temperature=0.5)
+    learner = _learner(config)
+    update = jax.jit(learner.update)
+    states = [learner.init(jax.random.key(0))]
+    for i in range(2):
+        states.append(update(states[-1], _transitions(8, i))[0])
+    # Stand-in for what pre-training does to α (lr 1e-9 here moves nothing).
+    states[2] = states[2].replace(sac=states[2].sac.replace(log_alpha=jnp.float32(3.0)))
+    states.append(update(states[2], _transitions(8, 2))[0])
+    before, after = states[2].sac, states[3].sac  # the reset falls in the third update
+    assert bool(states[3].critic_reset) and int(after.step) == int(before.step) + 8
+    assert _distance(before.actor_params, after.actor_params) > 1e-2  # lr 1e-9: the reset
+    np.testing.assert_allclose(float(after.log_alpha), np.log(0.5), atol=1e-6)
+    fresh = learner.init(jax.random.key(0)).sac
+    # The networks are new draws, not the initial ones restored.
+    assert _distance(fresh.actor_params, after.actor_params) > 1e-2
+
+
 def test_task_reward_variant_learns_from_the_stored_environment_reward():
     # The diagnostic learner (experiments/bench/pebble_diagnostic.py): SAC on the rollout's
     # own reward, here a constant 5, whatever the reward model says.
@@ -156,6 +175,7 @@ def test_same_key_same_numbers(jitted):
     (dict(target_entropy=float("inf")), "target_entropy must be finite"),
     (dict(unsup_steps=-1), "unsup_steps"),
     (dict(updates_per_step=0), "updates_per_step"),
+    (dict(reset_actor=True, reset_critic=False), "reset_actor needs reset_critic"),
 ])
 def test_bad_config_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):

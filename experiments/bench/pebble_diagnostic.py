@@ -12,8 +12,13 @@ here changes one thing of the ``pebble-1000`` row and runs the online core for
 * ``task-nopre``: ``task`` without pre-training (5 000 random steps, as
   ``prefrl train sac``);
 * ``task-noreset``: ``task`` without the critic reset after pre-training;
-* ``fit``: the reward refit as B-Pref trains it — more updates a round
-  (``--fit-steps``, default 400, against the loop's 40);
+* ``task-resetall``: ``task`` with the actor and α re-initialised too after
+  pre-training (pre-training then only explores);
+* ``task-t10``: ``task`` with rollouts of 10 steps (40 transitions, then 40
+  updates; segments of 10 steps), nearer ``prefrl train sac``'s rhythm;
+* ``fit``: the reward refit nearer B-Pref's (up to 50 epochs a round) — more
+  updates a round (``--fit-steps``, default 400, against the loop's 40; 1000 for
+  the first labels, against 300);
 * ``noreset``: no critic reset after pre-training.
 
 Runs are resumable (checkpoints under ``runs/pebble_diagnostic``); a finished run
@@ -35,14 +40,19 @@ from typing import Any
 
 RESULTS = Path("experiments/bench/results/pebble_diagnostic")
 WORK = Path("runs/pebble_diagnostic")
-#: variant -> (SAC on the task's reward, PEBBLEConfig overrides, B-Pref-sized refits)
-VARIANTS: dict[str, tuple[bool, dict[str, Any], bool]] = {
-    "default": (False, {}, False),
-    "task": (True, {}, False),
-    "task-nopre": (True, {"warmup_steps": 5000, "unsup_steps": 0}, False),
-    "task-noreset": (True, {"reset_critic": False}, False),
-    "fit": (False, {}, True),
-    "noreset": (False, {"reset_critic": False}, False),
+#: variant -> (SAC on the task's reward, PEBBLEConfig overrides, B-Pref-sized refits,
+#: OnlineConfig overrides)
+VARIANTS: dict[str, tuple[bool, dict[str, Any], bool, dict[str, Any]]] = {
+    "default": (False, {}, False, {}),
+    "task": (True, {}, False, {}),
+    "task-nopre": (True, {"warmup_steps": 5000, "unsup_steps": 0}, False, {}),
+    "task-noreset": (True, {"reset_critic": False}, False, {}),
+    "task-resetall": (True, {"reset_actor": True}, False, {}),
+    "task-t10": (True, {}, False, {"rollout_steps": 10, "segment_length": 10,
+                                   "segment_stride": 10, "refit_every": 125,
+                                   "eval_every": 125, "checkpoint_every": 125}),
+    "fit": (False, {}, True, {"initial_fit_steps": 1000}),
+    "noreset": (False, {"reset_critic": False}, False, {}),
 }
 
 
@@ -63,21 +73,22 @@ def run_variant(variant: str, seed: int, steps: int, budget: int, fit_steps: int
             label_from=online_pebble.label_from_step)
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; use one of {list(VARIANTS)}")
-    task_reward, overrides, big_fit = VARIANTS[variant]
+    task_reward, overrides, big_fit, loop = VARIANTS[variant]
     task, params = TASKS["run"]
     pc = dataclasses.replace(pebble.PEBBLEConfig(), **overrides)
     learner = "pebble_task" if task_reward else "pebble"
     reward_config = (default_reward_config(num_steps=fit_steps, eval_every=fit_steps)
                      if big_fit else None)
+    settings = dict(total_steps=steps, num_envs=4, rollout_steps=50, refit_every=25,
+                    eval_every=25, checkpoint_every=25)
     config = online.OnlineConfig(
         task=task, task_param=params, seed=seed, label_budget=budget,
         expert=expert_path("run"), progress=False, out_dir=str(work / variant / f"seed{seed}"),
-        num_threads=num_threads, total_steps=steps, num_envs=4, rollout_steps=50,
-        policy_learner=learner, refit_every=25, eval_every=25, checkpoint_every=25)
+        num_threads=num_threads, policy_learner=learner, **{**settings, **loop})
     t0, c0 = time.perf_counter(), time.process_time()
     result = online.train(config, reward_config=reward_config, policy_config=pc)
     return {"variant": variant, "seed": seed, "steps": steps, "label_budget": budget,
-            "fit_steps": fit_steps if big_fit else 40, "pebble": overrides,
+            "fit_steps": fit_steps if big_fit else 40, "pebble": overrides, "loop": loop,
             "curve": [(int(e["env_steps"]), float(e["mean_return"]))
                       for e in result["evaluations"]],
             "final_return": float(result["final"]["mean_return"]),

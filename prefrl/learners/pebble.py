@@ -33,7 +33,10 @@ number of transitions stored *before* the call:
    by the current r̂ (PEBBLE's relabelling, free here). Before the first
    preference-phase update the critics, their targets and their optimiser
    are re-initialised (``reset_critic``; B-Pref's ``reset_critic()`` after
-   pre-training): Q learnt under r_int is not a value of r̂.
+   pre-training): Q learnt under r_int is not a value of r̂. With
+   ``reset_actor`` the actor and α are re-initialised too, so pre-training
+   only explores (measured on ``run``: an actor kept from pre-training learns
+   the task reward more slowly; ``experiments/bench/pebble_diagnostic.py``).
 
 The state is a pytree of arrays: ``jax.vmap(update)`` trains seeds at once.
 """
@@ -71,6 +74,9 @@ class PEBBLEConfig:
     entropy_k: int = field(5, "k of the k-th-nearest-neighbour entropy estimate")
     entropy_c: float = field(1.0, "c in log(c + distance) (keeps the reward finite)")
     reset_critic: bool = field(True, "re-initialise the critics after pre-training")
+    reset_actor: bool = field(False, "also re-initialise the actor and the temperature after "
+                              "pre-training (needs reset_critic; pre-training then only "
+                              "explores: its data stay in the replay)")
     updates_per_step: int = field(1, "SAC updates per collected transition")
     replay_capacity: int = field(0, "replay transitions kept (0: the whole run)")
     discount: float = field(0.99, "γ")
@@ -93,6 +99,9 @@ class PEBBLEConfig:
         if not (math.isfinite(self.entropy_c) and self.entropy_c > 0):
             raise ValueError(f"PEBBLE's entropy_c must be finite and > 0 (log(c + distance) "
                              f"at distance 0), got {self.entropy_c}")
+        if self.reset_actor and not self.reset_critic:
+            raise ValueError("PEBBLE's reset_actor needs reset_critic (a fresh actor on a "
+                             "critic of the pre-training reward would follow that reward)")
         if self.updates_per_step < 1:
             raise ValueError(f"PEBBLE's updates_per_step must be >= 1, got "
                              f"{self.updates_per_step}")
@@ -230,9 +239,13 @@ def make(config: PEBBLEConfig, obs_dim: int, action_dim: int, *, capacity: int,
                            critic_reset=jnp.zeros((), bool), key=key)
 
     def reset_critics(state: PEBBLEState, key: PRNGKey) -> PEBBLEState:
-        fresh = init_critics(nets.critic, key, obs_dim, action_dim)
-        s = state.sac.replace(critic_params=fresh, target_critic_params=fresh,
-                              critic_opt_state=opt.init(fresh))
+        if config.reset_actor:  # every network, optimiser and α fresh; the step count kept
+            s = core.init(key).replace(step=state.sac.step, key=state.sac.key,
+                                       reward_params=state.sac.reward_params)
+        else:
+            fresh = init_critics(nets.critic, key, obs_dim, action_dim)
+            s = state.sac.replace(critic_params=fresh, target_critic_params=fresh,
+                                  critic_opt_state=opt.init(fresh))
         return state.replace(sac=s, critic_reset=jnp.ones((), bool))
 
     def intrinsic(buffer: RingState, moments: Moments, batch: sac.Transition
