@@ -19,7 +19,9 @@ here changes one thing of the ``pebble-1000`` row and runs the online core for
 * ``fit``: the reward refit nearer B-Pref's (up to 50 epochs a round) — more
   updates a round (``--fit-steps``, default 400, against the loop's 40; 1000 for
   the first labels, against 300);
-* ``noreset``: no critic reset after pre-training.
+* ``noreset``: no critic reset after pre-training;
+* ``resetall`` / ``resetall-fit``: the actor and α re-initialised after
+  pre-training, with the loop's refits / with ``fit``'s.
 
 Runs are resumable (checkpoints under ``runs/pebble_diagnostic``); a finished run
 writes ``OUT/VARIANT/seedS.json`` and is skipped later. Ends with one JSON line:
@@ -53,6 +55,8 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], bool, dict[str, Any]]] = {
                                    "eval_every": 125, "checkpoint_every": 125}),
     "fit": (False, {}, True, {"initial_fit_steps": 1000}),
     "noreset": (False, {"reset_critic": False}, False, {}),
+    "resetall": (False, {"reset_actor": True}, False, {}),
+    "resetall-fit": (False, {"reset_actor": True}, True, {"initial_fit_steps": 1000}),
 }
 
 
@@ -92,7 +96,7 @@ def run_variant(variant: str, seed: int, steps: int, budget: int, fit_steps: int
             "curve": [(int(e["env_steps"]), float(e["mean_return"]))
                       for e in result["evaluations"]],
             "final_return": float(result["final"]["mean_return"]),
-            "labels_used": result["labels_used"],
+            "labels_used": result["labels_used"], "timing": result["timing"],
             "rounds": [{k: r.get(k) for k in ("round", "env_steps", "labels_used",
                                                 "reward_pearson", "valid_accuracy")}
                        for r in result["rounds"]],
