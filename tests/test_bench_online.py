@@ -97,6 +97,28 @@ def test_online_sac_plan_seeds_rows_and_order():
     assert online_sac.HELDOUT_TASKS == ("run-backward",)
 
 
+def test_online_sac_pebble_rows_use_the_tuned_settings(monkeypatch, tmp_path):
+    # The PEBBLE rows' departures from B-Pref (PEBBLE_SETTINGS) reach the online core.
+    from prefrl.bench import online_sac
+    from prefrl.loops import online
+
+    seen = {}
+
+    def fake_train(config, reward_config=None, policy_config=None, **_):
+        seen.update(config=config, reward=reward_config, policy=policy_config)
+        final = {"mean_return": 1.0, "env_steps": config.total_steps}
+        return {"evaluations": [final], "final": final, "labels_used": config.label_budget,
+                "timing": {}, "rounds": []}
+
+    monkeypatch.setattr(online, "train", fake_train)
+    record = online_sac.run_one("run", "pebble-100", 3, tmp_path)
+    assert seen["policy"].reset_actor is True and seen["policy"].reset_critic is True
+    assert seen["reward"].num_steps == online_sac.PEBBLE_SETTINGS["fit_steps"] == 400
+    assert seen["config"].initial_fit_steps == 1000 and seen["config"].label_budget == 100
+    assert seen["config"].policy_learner == "pebble" and seen["config"].seed == 3
+    assert record["pebble_settings"] == online_sac.PEBBLE_SETTINGS
+
+
 def test_online_sac_summary_ratios_to_true_sac_with_intervals(monkeypatch):
     from prefrl.bench import online_sac
 

@@ -7,8 +7,9 @@ Rows (``table[task][row]``, the schema of ``prefrl bench online``'s summary):
   steps), **300 k env steps**;
 * ``pebble-100`` / ``pebble-1000``: the online core with the ``pebble`` policy
   learner (:mod:`prefrl.loops.online.pebble`; SAC on r̂ after 1 000 random and
-  9 000 state-entropy steps, B-Pref's settings), 100 / 1000 partial-return
-  labels from uniform queries of the newest segments, **300 k env steps**;
+  9 000 state-entropy steps, B-Pref's settings except :data:`PEBBLE_SETTINGS`),
+  100 / 1000 partial-return labels from uniform queries of the newest segments,
+  **300 k env steps**;
 * ``ppo-online-100`` / ``ppo-online-1000``: today's PPO loop
   (``prefrl bench online``'s ``online-pr-N`` settings), 1 M env steps, reported
   at its evaluation nearest 300 k (update 74: 303 104 steps; ``iqm``) and at
@@ -16,8 +17,10 @@ Rows (``table[task][row]``, the schema of ``prefrl bench online``'s summary):
 
 Seeds 0–4 on ``run``; 0–2 on ``target-speed`` and on the held-out
 ``run-backward`` (no setting here was chosen on it). The PEBBLE rows use
-B-Pref's PEBBLE settings and the online loop's defaults; **none was tuned**
-on these seeds (nor on others) before the rows ran.
+B-Pref's PEBBLE settings and the online loop's defaults except the two of
+:data:`PEBBLE_SETTINGS`, chosen on tuning seeds 10–11 of ``run`` only
+(``experiments/bench/pebble_diagnostic.py``, 100 k-step runs); nothing was
+tuned on the bench's seeds.
 
 Each run writes checkpoints under ``--work`` (default ``runs/bench/online_sac``,
 git-ignored: replay buffers are large) and, when it ends, one JSON record
@@ -59,6 +62,13 @@ ROWS = ("true", "pebble-1000", "pebble-100", "ppo-online-1000", "ppo-online-100"
 SEEDS = {"run": (0, 1, 2, 3, 4), "target-speed": (0, 1, 2), "run-backward": (0, 1, 2)}
 SAC_STEPS = 300_000
 PPO_STEPS = 1_000_000
+#: PEBBLE's departures from B-Pref's settings (tuning seeds 10–11 of ``run``, 100 k steps;
+#: ``experiments/bench/pebble_diagnostic.py``): the actor and α re-initialised with the critics
+#: after pre-training (an actor kept from entropy pre-training learns even the task reward
+#: slowly), and refits of B-Pref's size — 400 reward-model updates a round, 1000 for the
+#: first labels — against the PPO loop's 40 / 300 (SAC relabels its whole replay with r̂).
+PEBBLE_SETTINGS: dict[str, Any] = {"reset_actor": True, "fit_steps": 400,
+                                   "initial_fit_steps": 1000}
 PPO_EVAL_EVERY = 37  # PPO updates of 4096 steps: the 2nd evaluation is at 303 104 steps
 
 
@@ -80,6 +90,7 @@ def run_one(key: str, row: str, seed: int, work: Path, num_threads: int | None =
     from prefrl.learners import pebble, ppo, sac
     from prefrl.loops import online
     from prefrl.loops import sac as sac_loop
+    from prefrl.loops.online.config import default_reward_config
 
     task, params = TASKS[key]
     t0, c0 = time.perf_counter(), time.process_time()
@@ -97,10 +108,14 @@ def run_one(key: str, row: str, seed: int, work: Path, num_threads: int | None =
                       expert=expert_path(key), progress=False, out_dir=str(work),
                       num_threads=num_threads)
         if method == "pebble":
+            fit = PEBBLE_SETTINGS["fit_steps"]
             config = online.OnlineConfig(
                 total_steps=sac_steps, num_envs=4, rollout_steps=50, policy_learner="pebble",
-                refit_every=25, eval_every=50, checkpoint_every=50, **common)
-            result = online.train(config, policy_config=pebble.PEBBLEConfig())
+                refit_every=25, eval_every=50, checkpoint_every=50,
+                initial_fit_steps=PEBBLE_SETTINGS["initial_fit_steps"], **common)
+            result = online.train(
+                config, reward_config=default_reward_config(num_steps=fit, eval_every=fit),
+                policy_config=pebble.PEBBLEConfig(reset_actor=PEBBLE_SETTINGS["reset_actor"]))
         else:
             config = online.OnlineConfig(total_steps=ppo_steps, eval_every=PPO_EVAL_EVERY,
                                          checkpoint_every=PPO_EVAL_EVERY, **common)
@@ -113,6 +128,8 @@ def run_one(key: str, row: str, seed: int, work: Path, num_threads: int | None =
                       "round", "env_steps", "labels_used", "reward_pearson", "valid_accuracy",
                       "heldout_acc_partial_return", "heldout_acc_regret")}
                       for r in result["rounds"]]}
+        if method == "pebble":
+            record["pebble_settings"] = dict(PEBBLE_SETTINGS)
         if method == "ppo-online":
             at = min(curve, key=lambda point: abs(point[0] - sac_steps))
             record.update(final_return_1m=record["final_return"], final_return=at[1],
