@@ -201,3 +201,19 @@ def test_summary_names_the_headline_regret_row_and_its_difference(tmp_path, monk
     assert versus["difference"] == pytest.approx(-80)
     assert versus["difference_ci95"] == [pytest.approx(-80), pytest.approx(-80)]
     assert versus["normalised_ratio"] == pytest.approx(0.9)
+
+
+def test_grid_summary_line_reports_the_headline_comparison(tmp_path, monkeypatch, capsys):
+    # The regret grid's rows are not the plan's: its one JSON line carries the headline.
+    monkeypatch.setattr(bench, "normaliser", lambda key: {"random": 0.0, "expert": 1000.0})
+    runs = (_runs("run", "online-pr-true-rhat-1000", [800] * 5)
+            + _runs("run", "online-regret-mc-adv-1000", [400] * 5))
+    for r in runs:
+        path = tmp_path / "runs" / r["task"] / r["row"] / f"seed{r['seed']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r))
+    bench.main(["--summary-only", "--out", str(tmp_path),
+                "--headline-regret-row", "online-regret-mc-adv-1000"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["headline_regret_row"] == "online-regret-mc-adv-1000"
+    assert line["headline_vs_pr"]["run"]["normalised_ratio"] == pytest.approx(0.5)

@@ -427,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     line = {k: summary[k] for k in ("bench", "true_reward_return", "online_return",
                                     "offline_return", "normalised_online", "labels",
                                     "online_wall_s", "ppo_wall_s", "wall_ratio", "runs")}
+    # The regret grid's comparison (its rows are not the plan's, so the fields above are empty).
+    line.update({k: summary[k] for k in ("headline_regret_row", "headline_vs_pr") if k in summary})
     print(json.dumps(line))
     return 0
 
