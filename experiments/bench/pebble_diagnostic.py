@@ -62,8 +62,7 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any], bool, dict[str, Any]]] = {
 
 def run_variant(variant: str, seed: int, steps: int, budget: int, fit_steps: int,
                 work: Path, num_threads: int | None) -> dict[str, Any]:
-    from prefrl.bench.online import expert_path
-    from prefrl.bench.online_sac import TASKS
+    from prefrl.bench.online_sac import pebble_online_config
     from prefrl.learners import pebble
     from prefrl.loops import online
     from prefrl.loops.online import pebble as online_pebble
@@ -78,17 +77,17 @@ def run_variant(variant: str, seed: int, steps: int, budget: int, fit_steps: int
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; use one of {list(VARIANTS)}")
     task_reward, overrides, big_fit, loop = VARIANTS[variant]
-    task, params = TASKS["run"]
     pc = dataclasses.replace(pebble.PEBBLEConfig(), **overrides)
     learner = "pebble_task" if task_reward else "pebble"
     reward_config = (default_reward_config(num_steps=fit_steps, eval_every=fit_steps)
                      if big_fit else None)
-    settings = dict(total_steps=steps, num_envs=4, rollout_steps=50, refit_every=25,
-                    eval_every=25, checkpoint_every=25)
-    config = online.OnlineConfig(
-        task=task, task_param=params, seed=seed, label_budget=budget,
-        expert=expert_path("run"), progress=False, out_dir=str(work / variant / f"seed{seed}"),
-        num_threads=num_threads, policy_learner=learner, **{**settings, **loop})
+    # The bench's PEBBLE row, with B-Pref's first fit unless the variant says otherwise.
+    first_fit = {f.name: f.default for f in dataclasses.fields(online.OnlineConfig)}
+    config = pebble_online_config(
+        "run", budget, seed, total_steps=steps, out_dir=str(work / variant / f"seed{seed}"),
+        num_threads=num_threads, policy_learner=learner,
+        **{"eval_every": 25, "checkpoint_every": 25,
+           "initial_fit_steps": first_fit["initial_fit_steps"], **loop})
     t0, c0 = time.perf_counter(), time.process_time()
     result = online.train(config, reward_config=reward_config, policy_config=pc)
     return {"variant": variant, "seed": seed, "steps": steps, "label_budget": budget,

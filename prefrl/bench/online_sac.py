@@ -84,6 +84,20 @@ def _curve(evaluations: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(int(e["env_steps"]), float(e["mean_return"])) for e in evaluations]
 
 
+def pebble_online_config(key: str, budget: int, seed: int, **overrides: Any) -> Any:
+    """The PEBBLE rows' :class:`prefrl.loops.online.OnlineConfig` (4 envs × 50 steps a
+    rollout, a round every 25 updates = 5 000 env steps, :data:`PEBBLE_SETTINGS`' first fit)
+    with ``overrides``; ``experiments/bench/pebble_diagnostic.py`` varies it."""
+    from prefrl.loops import online
+
+    task, params = TASKS[key]
+    settings = dict(task=task, task_param=params, seed=seed, label_budget=budget,
+                    expert=expert_path(key), progress=False, total_steps=SAC_STEPS, num_envs=4,
+                    rollout_steps=50, policy_learner="pebble", refit_every=25, eval_every=50,
+                    checkpoint_every=50, initial_fit_steps=PEBBLE_SETTINGS["initial_fit_steps"])
+    return online.OnlineConfig(**{**settings, **overrides})
+
+
 def run_one(key: str, row: str, seed: int, work: Path, num_threads: int | None = None,
             sac_steps: int = SAC_STEPS, ppo_steps: int = PPO_STEPS) -> dict[str, Any]:
     """One run; returns its JSON record. Checkpoints under ``work`` (resumed if present)."""
@@ -109,10 +123,8 @@ def run_one(key: str, row: str, seed: int, work: Path, num_threads: int | None =
                       num_threads=num_threads)
         if method == "pebble":
             fit = PEBBLE_SETTINGS["fit_steps"]
-            config = online.OnlineConfig(
-                total_steps=sac_steps, num_envs=4, rollout_steps=50, policy_learner="pebble",
-                refit_every=25, eval_every=50, checkpoint_every=50,
-                initial_fit_steps=PEBBLE_SETTINGS["initial_fit_steps"], **common)
+            config = pebble_online_config(key, int(budget), seed, total_steps=sac_steps,
+                                          out_dir=str(work), num_threads=num_threads)
             result = online.train(
                 config, reward_config=default_reward_config(num_steps=fit, eval_every=fit),
                 policy_config=pebble.PEBBLEConfig(reset_actor=PEBBLE_SETTINGS["reset_actor"]))
