@@ -183,7 +183,7 @@ def test_regret_grid_plan_headline_rows_first_on_five_seeds():
     assert {r for _, r, _ in head} == {"online-pr-true-rhat-1000", "online-regret-mc-adv-1000"}
     rows = {r for _, r, _ in plan}
     # 1 + 2 × 7 learners at 1000, 3 noisy, 2 + 4 budget rows.
-    assert len(rows) == 1 + 2 * len(bench.LEARNERS) + 3 + 6 and len(bench.LEARNERS) == 7
+    assert len(rows) == 1 + 2 * len(bench.LEARNERS) + 3 + 6 and len(bench.LEARNERS) == 8
     assert {"online-regret-mc-adv-1000-eps0.1", "online-regret-critic-rhat-250",
             "online-regret-mc-adv-100", "online-pr-true-rhat-1000-eps0.1"} <= rows
     for row in rows:

@@ -1,9 +1,10 @@
 """The contract every learner keeps (prefrl.learners): a pair of pure functions.
 
-For each learner — reward model (also with a learned potential), CPL, contrastive DPO, BC,
-PPO, the regret-model reward via successor features (given ψ, and a learned φ with a ψ network), Â
-used as a policy (AWR) and by a greedy actor, SAC (on a batch of replay transitions), PEBBLE
-(its replay in the state; pre-training, the critic reset and the learned reward in 3 updates) —
+For each learner — reward model (also with a learned potential, and with a snapshot
+library's GPI value), CPL, contrastive DPO, BC, PPO, the regret-model reward via successor
+features (given ψ, and a learned φ with a ψ network), Â used as a policy (AWR) and by a
+greedy actor, SAC (on a batch of replay transitions), PEBBLE (its replay in the state;
+pre-training, the critic reset and the learned reward in 3 updates) —
 with a foreign optax transform (not the learner's default), on tiny sizes:
 
 * ``init(key, example_batch)`` and ``update(state, batch)`` run;
@@ -134,6 +135,10 @@ CASES: dict[str, Callable[[], Case]] = {
                 optimizer=foreign_optimizer()), pair_batch()),
     "reward_model_potential": lambda: Case(
         rm.make(rm.RewardModelConfig(hidden=(8,), ensemble_size=2, chunk_pairs=4, potential=True,
+                                     discount=0.9), optimizer=foreign_optimizer()),
+        pair_batch()._replace(final_obs_1=jnp.ones((B, OBS)), final_obs_2=-jnp.ones((B, OBS)))),
+    "reward_model_successor_library": lambda: Case(
+        rm.make(rm.RewardModelConfig(hidden=(8,), ensemble_size=2, chunk_pairs=4, library_size=3,
                                      discount=0.9), optimizer=foreign_optimizer()),
         pair_batch()._replace(final_obs_1=jnp.ones((B, OBS)), final_obs_2=-jnp.ones((B, OBS)))),
     "cpl": lambda: Case(

@@ -289,3 +289,40 @@ def test_regret_critic_learner_adds_the_critics_value_terms(tmp_path):
     keys = ("critic_offset_std", "fit_train_loss", "heldout_acc_partial_return")
     assert [[r.get(k) for k in keys] for r in resumed["rounds"]] == [
         [r.get(k) for k in keys] for r in result["rounds"]]
+
+
+def test_regret_sf_learner_keeps_a_snapshot_library_and_resumes(tmp_path):
+    """reward_learner='regret_sf': Π = the last rounds' rollouts (the first fills every slot),
+    ψ refitted before each refit, the γ of the labels (the policy's for partial return), and
+    an exact resume with the library in last.npz."""
+    config = dataclasses.replace(CONFIG, reward_learner="regret_sf", total_steps=8 * 10 * 10,
+                                 out_dir=str(tmp_path), checkpoint_every=2)
+    seen = []
+
+    def callback(state, record):
+        lib = state.library
+        seen.append({"record": dict(record), "count": int(lib.count), "head": int(lib.head),
+                     "markers": np.asarray(lib.data.obs[:, :, 0, 2]),
+                     "newest": float(state.pool.data.obs[(int(state.pool.head) - 1)
+                                                         % state.pool.capacity, 0, 2])})
+
+    result = _train(config, callback=callback)
+    fitted = result["reward_model"].config
+    assert fitted.library_size == registry.DEFAULT_LIBRARY_SIZE and fitted.discount == PPO.discount
+    assert len(seen) >= 3 and all(np.isfinite(s["record"]["successor_loss"]) for s in seen)
+    first = seen[0]["markers"]  # [Π, S]: one rollout's marker in every slot
+    assert first.min() == first.max() == seen[0]["newest"]
+    for s in seen[1:]:
+        slot = (s["head"] - 1) % fitted.library_size
+        assert np.all(s["markers"][slot] == s["newest"])  # the newest rollout, whole
+    # Killed after update 5 and run again: the same rounds, bit for bit.
+    other = tmp_path / "resumed"
+    files = dataclasses.replace(config, out_dir=str(other))
+    _train(files, stop_after_updates=5)
+    resumed = _train(files)
+    keys = ("successor_loss", "fit_train_loss", "heldout_acc_partial_return")
+    assert [[r.get(k) for k in keys] for r in resumed["rounds"]] == [
+        [r.get(k) for k in keys] for r in result["rounds"]]
+    same = jax.tree.map(lambda x, y: np.array_equal(_raw(x), _raw(y)),
+                        result["state"].library, resumed["state"].library)
+    assert all(jax.tree.leaves(same))

@@ -23,6 +23,7 @@ LEARNERS: dict[str, tuple[str, str, dict[str, float], bool]] = {
     "greedy": ("advantage", "advantage_greedy", {}, False),  # an actor climbing Â
     "rfit": ("regret_critic", "ppo", {}, False),  # regret model, PPO's critic as V
     "rphi": ("potential", "ppo", {}, False),  # regret model, V learned as Φ; PPO on r̂
+    "sf": ("regret_sf", "ppo", {}, False),  # regret model, V̂* by GPI over own snapshots' ψ
     "cpl": ("none", "cpl", {}, True),  # π fitted to the labels (stochastic labels)
 }
 

@@ -215,6 +215,10 @@ def run(args: argparse.Namespace) -> int:
     model_config = cfg.from_args(rm.RewardModelConfig, args)
     if config.library and config.learner != "regret_sf":
         raise ValueError("--library is for --learner regret_sf")
+    if model_config.library_size:
+        raise ValueError("--library-size needs the online loop's snapshot library (prefrl train "
+                         "online --reward-learner regret_sf); offline, the regret model with "
+                         "successor features is --learner regret_sf --library …")
     # Output paths are checked before any work, for either learner.
     preflight.check_output_file(config.out, "--out")
     if config.metrics:

@@ -51,7 +51,7 @@ from flax import struct
 from prefrl import preference
 from prefrl.config import field
 from prefrl.data import pairs
-from prefrl.learners import Learner, check_make, reward_potential
+from prefrl.learners import Learner, check_make, reward_potential, reward_sf
 from prefrl.learners.reward_potential import PotentialReward
 from prefrl.networks import MLP
 from prefrl.types import PairBatch
@@ -94,6 +94,14 @@ class RewardModelConfig:
     normalize: bool = field(True, "standardise the output over the training steps after fit")
     potential: bool = field(False, "also learn a state potential Φ: score Σ γ^t r̂ + γ^k Φ(s_k) "
                             "− Φ(s_0) (regret labels); the reward is r̂ alone")
+    library_size: int = field(
+        0, "Π > 0: the regret model with V̂* by GPI over successor features of Π policy "
+        "snapshots (prefrl.learners.reward_sf; online reward_learner 'regret_sf'); 0 = off")
+    library_temperature: float = field(
+        0.0, "τ of the GPI maximum when library_size > 0 (0 = hard max)")
+    library_fit_steps: int = field(
+        200, "library_size > 0: ψ regression updates before each refit (4 target "
+        "recomputations, 1024 rows an update; prefrl.learners.reward_sf.fit_successors)")
 
     def __post_init__(self) -> None:
         if self.assumption not in ("partial_return", "advantage", "regret"):
@@ -109,7 +117,8 @@ class RewardModelConfig:
             raise ValueError(f"combine must be 'mean' or 'warm', got {self.combine!r}")
         if any(int(h) < 1 for h in self.hidden):
             raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
-        for name in ("ensemble_size", "batch_size", "num_steps", "eval_every", "chunk_pairs"):
+        for name in ("ensemble_size", "batch_size", "num_steps", "eval_every", "chunk_pairs",
+                     "library_fit_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -122,6 +131,13 @@ class RewardModelConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+        if int(self.library_size) < 0:
+            raise ValueError(f"library_size must be >= 0, got {self.library_size}")
+        if self.library_size and (self.potential or self.discount >= 1.0):
+            raise ValueError("library_size > 0 (successor features) needs discount < 1 and "
+                             "potential=False")
+        if not self.library_temperature >= 0:
+            raise ValueError(f"library_temperature must be >= 0, got {self.library_temperature}")
 
     @property
     def score_fn(self) -> Callable[..., Array]:
@@ -167,6 +183,9 @@ def default_network(config: RewardModelConfig) -> nn.Module:
     hidden = tuple(int(h) for h in config.hidden)
     if config.potential:
         return PotentialReward(hidden, _ACTIVATIONS[config.activation])
+    if config.library_size:
+        return reward_sf.SFReward(hidden, _ACTIVATIONS[config.activation],
+                                  int(config.library_size), float(config.discount))
     return MLP(hidden, 1, _ACTIVATIONS[config.activation])
 
 
@@ -281,9 +300,9 @@ def segment_scores(model: RewardModel, state: RewardModelState, obs: Array, acti
     values = reward_fn(model, state)(obs, action)
     mask = jnp.asarray(mask, values.dtype)
     scores = _segment_scores(model.config, values, mask)
-    if model.config.potential:
-        gaps = reward_potential.segment_gaps(model.config, model.network, state.params, obs,
-                                             final_obs, mask, action.shape[-1])
+    gaps = _gaps(model.config, model.network, state.params, obs, final_obs, mask,
+                 action.shape[-1])
+    if gaps is not None:
         scores = scores + jnp.mean(gaps, axis=0) / state.reward_std
     return scores
 
@@ -303,6 +322,17 @@ class PPOReward:
     def __call__(self, obs: Array, action: Array, next_obs: Array, extras: Any) -> Array:
         del next_obs
         return reward_fn(self.model, extras["reward_params"])(obs, action)
+
+
+def _gaps(config: RewardModelConfig, network: nn.Module, params: Any, obs: Array,
+          final_obs: Array | None, mask: Array, act_dim: int) -> Array | None:
+    """``[M, N]`` value terms of the score (a learned Φ, or GPI over ψ), or None."""
+    if config.potential:
+        return reward_potential.segment_gaps(config, network, params, obs, final_obs, mask,
+                                             act_dim)
+    if config.library_size:
+        return reward_sf.segment_gaps(config, network, params, obs, final_obs, mask, act_dim)
+    return None
 
 
 def _segment_scores(config: RewardModelConfig, values_nt: Array, mask_nt: Array) -> Array:
@@ -326,11 +356,11 @@ def pair_logits(
     out = out.reshape(out.shape[0], 2 * size, length)
     mask = jnp.concatenate([batch.mask_1, batch.mask_2], axis=0).astype(out.dtype)
     scores = _segment_scores(config, out, mask)  # [M, 2B]
-    if config.potential:
-        final = None if batch.final_obs_1 is None else jnp.concatenate(
-            [batch.final_obs_1, batch.final_obs_2], axis=0)
-        scores = scores + reward_potential.segment_gaps(config, network, params, obs, final,
-                                                        mask, action.shape[-1])
+    final = None if batch.final_obs_1 is None else jnp.concatenate(
+        [batch.final_obs_1, batch.final_obs_2], axis=0)
+    gaps = _gaps(config, network, params, obs, final, mask, action.shape[-1])
+    if gaps is not None:
+        scores = scores + gaps
     first = scores[:, :size]
     if batch.offset is not None:  # the known part of the logit (e.g. fixed-critic V terms)
         first = first + batch.offset.astype(first.dtype)[None, :]

@@ -144,3 +144,8 @@ def test_fit_regret_sf_refuses_bad_input_before_fitting(tmp_path, capsys):
     assert main(["fit", "--dataset", _POOL, "--library", str(small), "--out",
                  str(tmp_path / "out" / "m.npz")]) == 2
     assert "--library is for --learner regret_sf" in capsys.readouterr().err
+    # The online snapshot library's reward model cannot be fitted offline: refused, nothing written.
+    assert main(["fit", "--dataset", _POOL, "--library-size", "3", "--discount", "0.9", "--out",
+                 str(tmp_path / "out" / "m.npz")]) == 2
+    assert "needs the online loop's snapshot library" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -45,6 +45,7 @@ from prefrl.data import pairs, queries
 from prefrl.data.buffers import RingState, filled, make_ring_buffer
 from prefrl.data.segments import grid_segments
 from prefrl.learners import reward_model as rm
+from prefrl.learners import reward_sf
 from prefrl.loops import fit as fit_loop
 from prefrl.loops.active import pool_preferences
 from prefrl.loops.online import registry
@@ -54,6 +55,9 @@ from prefrl.types import PairBatch, Segments, Trajectory
 Array = jax.Array
 PRNGKey = jax.Array
 Metrics = dict[str, Array]
+
+SUCCESSOR_ROUNDS = 4  # ψ target recomputations per refit (reward_learner 'regret_sf')
+SUCCESSOR_BATCH = 1024  # rows (snapshot, segment, step) per ψ regression update
 
 FIT_METRICS = ("fit_train_loss", "fit_train_accuracy", "valid_loss", "valid_accuracy",
                "reward_pearson", "critic_offset_std", "fit_nonfinite")
@@ -169,6 +173,7 @@ class OnlineState:
     value_scale: Array  # float32 []
     key: PRNGKey
     inputs: Any = None  # per-run array inputs (MJX: learning rates, β), vmappable
+    library: Any = None  # RingState of reward_sf.Snapshot (reward_learner 'regret_sf'), or None
 
 
 # --------------------------------------------------------------------------- labellers
@@ -299,6 +304,8 @@ def make_core(config: OnlineConfig, reward_config: rm.RewardModelConfig, *,
     pool_buffer = make_ring_buffer(sz.pool_capacity)
     label_buffer = make_ring_buffer(sz.label_capacity)
     every = int(round(1 / c.valid_fraction)) if c.valid_fraction > 0 else 0
+    library_size = int(fit_config.library_size)
+    library_buffer = make_ring_buffer(library_size) if library_size else None
     repeats = -(-c.initial_fit_steps // fit_config.num_steps)
     k = c.segment_length
 
@@ -318,10 +325,16 @@ def make_core(config: OnlineConfig, reward_config: rm.RewardModelConfig, *,
                                   index_2=jnp.zeros((), jnp.int32))
         labels = label_buffer.init(label_example)
         reward = reward_learner.init(rm_key, pair_batch(labels.data)).replace(opt_state=None)
+        library = None
+        if library_buffer is not None:
+            s = sz.segments_per_rollout
+            library = library_buffer.init(reward_sf.Snapshot(
+                obs=z(s, k, obs_dim), action=z(s, k, act_dim), mask=z(s, k),
+                final_obs=z(s, obs_dim)))
         return OnlineState(policy=policy_state, reward=reward,
                            pool=pool_buffer.init(pool_example), labels=labels,
                            fitted=jnp.zeros((), bool), value_scale=jnp.zeros((), jnp.float32),
-                           key=loop_key)
+                           key=loop_key, library=library)
 
     def observe(state: OnlineState, traj: Trajectory, tag: Array) -> tuple[OnlineState, Array]:
         """Cut a rollout ``[T, B, …]`` into the pool; returns the rows written ``[N]``."""
@@ -366,6 +379,23 @@ def make_core(config: OnlineConfig, reward_config: rm.RewardModelConfig, *,
         d = labels.data
         return (filled(labels) & (d.keep > 0) & (d.split == part)).astype(jnp.float32)
 
+    def snapshot(state: OnlineState) -> OnlineState:
+        """The newest rollout's segments (the current policy's) into the snapshot library.
+
+        The first snapshot fills every slot, so GPI's maximum never reads an empty head;
+        later ones replace the oldest (Π = the last ``library_size`` rounds' policies).
+        """
+        n = sz.segments_per_rollout
+        rows = (state.pool.head - n + jnp.arange(n)) % sz.pool_capacity
+        pool = state.pool.data
+        snap = reward_sf.Snapshot(obs=pool.obs[rows], action=pool.action[rows],
+                                  mask=pool.mask[rows], final_obs=pool.final_obs[rows])
+        library, _ = library_buffer.add(state.library, jax.tree.map(lambda x: x[None], snap))
+        first = library.count == 1
+        data = jax.tree.map(lambda d: jnp.where(first, jnp.broadcast_to(d[:1], d.shape), d),
+                            library.data)
+        return state.replace(library=library.replace(data=data))
+
     def logit_offsets(state: OnlineState) -> tuple[Array | None, Array]:
         """``(offset [L] or None, value_scale)``: the known logit terms of the label buffer.
 
@@ -398,6 +428,16 @@ def make_core(config: OnlineConfig, reward_config: rm.RewardModelConfig, *,
             return state.replace(fitted=jnp.ones((), bool)), metrics
         offset, value_scale = logit_offsets(state)
         metrics = {"critic_offset_std": jnp.float32(jnp.nan)}
+        if library_buffer is not None:  # ψ of every snapshot for the current φ, then the fit
+            state = snapshot(state)
+            params, sf_loss = reward_sf.fit_successors(
+                model.network, state.reward.params, state.library.data,
+                jax.random.fold_in(key, 1 << 20), discount=fit_config.discount,
+                use_action=fit_config.use_action, rounds=SUCCESSOR_ROUNDS,
+                steps=max(1, fit_config.library_fit_steps // SUCCESSOR_ROUNDS),
+                batch_size=SUCCESSOR_BATCH)
+            state = state.replace(reward=state.reward.replace(params=params))
+            metrics["successor_loss"] = jnp.mean(sf_loss)
         if offset is not None:
             train_rows = weights(state.labels, 0)
             count = jnp.maximum(jnp.sum(train_rows), 1.0)

@@ -116,6 +116,20 @@ def _potential(config: rm.RewardModelConfig, policy_discount: float,
     return dataclasses.replace(config, discount=oracle_discount, potential=True)
 
 
+#: Π of reward_learner 'regret_sf' when the reward config leaves library_size at 0.
+DEFAULT_LIBRARY_SIZE = 4
+
+
+def _successor_library(config: rm.RewardModelConfig, policy_discount: float,
+                       oracle_discount: float) -> rm.RewardModelConfig:
+    # Knox et al. 2022 online: the regret score with V̂* by GPI over ψ of the run's own
+    # snapshots, γ the oracle's (the policy's when the labels are undiscounted: ψ needs
+    # γ < 1); the policy learns from r̂ = w·φ + b.
+    size = config.library_size or DEFAULT_LIBRARY_SIZE
+    gamma = oracle_discount if oracle_discount < 1.0 else policy_discount
+    return dataclasses.replace(config, discount=gamma, library_size=size)
+
+
 def _policy_gamma(config: rm.RewardModelConfig, policy_discount: float,
                   oracle_discount: float) -> rm.RewardModelConfig:
     if config.discount not in (1.0, policy_discount):
@@ -163,6 +177,12 @@ for _learner in (
         "regret_critic", "r̂ under the regret model with the policy's critic as V: Bradley–Terry "
         "on Σ γ^t r̂ + γ^k V(s_k) − V(s_0) (Knox et al. 2022 with Π = {π}); for regret labels",
         _policy_gamma, _critic_gap),
+    OnlineRewardLearner(
+        "regret_sf", "r̂ under the regret model with V̂* by GPI over successor features of the "
+        "run's own policy snapshots (Knox et al. 2022, online; prefrl.learners.reward_sf): "
+        "Bradley–Terry on Σ γ^t r̂ + γ^k V̂*(s_k) − V̂*(s_0), the oracle's γ; ψ regressed "
+        "on each snapshot's rollout segments before every refit. For regret labels",
+        _successor_library),
 ):
     register_reward_learner(_learner)
 
