@@ -364,3 +364,17 @@ def test_online_mjx_learns_a_correlated_reward_and_improves_the_return():
     assert last["reward_pearson"] > 0.3, result["rounds"]
     assert result["labels_used"] == 400
     assert result["final"]["mean_return"] > before["mean_return"] + 300, (before, result["final"])
+
+
+@pytest.mark.slow  # ~60 s: another compile of the round
+def test_regret_sf_learner_runs_inside_the_compiled_round():
+    """The snapshot library (reward_learner='regret_sf') lives in the traced round too."""
+    config = dataclasses.replace(CONFIG, reward_learner="regret_sf")
+    trainer, init, round_fn = online_mjx.jitted_trainer(config, TINY, REWARD, ORACLE, GPU)
+    state = init(jax.random.key(0), _inputs())
+    for r in range(trainer.num_rounds):
+        state, metrics = round_fn(state, jnp.int32(r))
+        assert np.isfinite(float(metrics["successor_loss"]))
+        assert np.isfinite(float(metrics["fit_train_loss"]))
+    assert int(state.library.count) == trainer.num_rounds
+    assert state.library.data.obs.shape == (4, trainer.segments_per_rollout, K, 17)
