@@ -309,6 +309,10 @@ def test_regret_sf_learner_keeps_a_snapshot_library_and_resumes(tmp_path):
     result = _train(config, callback=callback)
     fitted = result["reward_model"].config
     assert fitted.library_size == registry.DEFAULT_LIBRARY_SIZE and fitted.discount == PPO.discount
+    # A library size given with the reward options (the CLI: γ still 1 there) is kept; γ is set.
+    given = registry.reward_learner("regret_sf").configure(rm.RewardModelConfig(library_size=1),
+                                                           0.99, 0.9)
+    assert (given.library_size, given.discount) == (1, 0.9)
     assert len(seen) >= 3 and all(np.isfinite(s["record"]["successor_loss"]) for s in seen)
     first = seen[0]["markers"]  # [Π, S]: one rollout's marker in every slot
     assert first.min() == first.max() == seen[0]["newest"]

@@ -126,9 +126,9 @@ def test_pair_logits_add_the_gaps_and_bad_input_is_refused():
                                                                      final_obs_2=None))
     with pytest.raises(ValueError, match="library_size must be >= 0"):
         rm.RewardModelConfig(library_size=-1)
-    with pytest.raises(ValueError, match="discount < 1 and potential=False"):
-        rm.RewardModelConfig(library_size=2)  # γ = 1: ψ would be infinite
-    with pytest.raises(ValueError, match="discount < 1 and potential=False"):
+    with pytest.raises(ValueError, match="needs discount < 1"):
+        rm.model(rm.RewardModelConfig(library_size=2))  # γ = 1: ψ would be infinite
+    with pytest.raises(ValueError, match="two value terms"):
         rm.RewardModelConfig(library_size=2, discount=0.9, potential=True)
     with pytest.raises(ValueError, match="library_temperature"):
         rm.RewardModelConfig(library_size=2, discount=0.9, library_temperature=-1.0)

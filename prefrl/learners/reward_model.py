@@ -133,9 +133,9 @@ class RewardModelConfig:
             raise ValueError(f"discount must be in (0, 1], got {self.discount}")
         if int(self.library_size) < 0:
             raise ValueError(f"library_size must be >= 0, got {self.library_size}")
-        if self.library_size and (self.potential or self.discount >= 1.0):
-            raise ValueError("library_size > 0 (successor features) needs discount < 1 and "
-                             "potential=False")
+        if self.library_size and self.potential:
+            raise ValueError("library_size > 0 (successor features) and potential=True are two "
+                             "value terms; choose one")
         if not self.library_temperature >= 0:
             raise ValueError(f"library_temperature must be >= 0, got {self.library_temperature}")
 
@@ -184,6 +184,10 @@ def default_network(config: RewardModelConfig) -> nn.Module:
     if config.potential:
         return PotentialReward(hidden, _ACTIVATIONS[config.activation])
     if config.library_size:
+        # (checked here, not in the config: the online registry sets γ after the CLI builds it)
+        if not config.discount < 1.0:
+            raise ValueError(f"library_size > 0 (successor features) needs discount < 1, got "
+                             f"{config.discount}: ψ sums φ over an infinite horizon")
         return reward_sf.SFReward(hidden, _ACTIVATIONS[config.activation],
                                   int(config.library_size), float(config.discount))
     return MLP(hidden, 1, _ACTIVATIONS[config.activation])
