@@ -51,16 +51,14 @@ from flax import struct
 from prefrl import preference
 from prefrl.config import field
 from prefrl.data import pairs
-from prefrl.learners import Learner, check_make, reward_potential, reward_sf
-from prefrl.learners.reward_potential import PotentialReward
-from prefrl.networks import MLP
+from prefrl.learners import Learner, check_make, reward_members
+from prefrl.learners.reward_members import default_network
 from prefrl.types import PairBatch
 
 Array = jax.Array
 PRNGKey = jax.Array
 
-_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": nn.relu, "leaky_relu": nn.leaky_relu, "tanh": nn.tanh}
+_ACTIVATIONS = reward_members.ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,21 +176,6 @@ class RewardModel(NamedTuple):
     network: nn.Module
 
 
-def default_network(config: RewardModelConfig) -> nn.Module:
-    """``[..., in] -> [..., 1]``: the MLP of one member (with Φ beside it if ``potential``)."""
-    hidden = tuple(int(h) for h in config.hidden)
-    if config.potential:
-        return PotentialReward(hidden, _ACTIVATIONS[config.activation])
-    if config.library_size:
-        # (checked here, not in the config: the online registry sets γ after the CLI builds it)
-        if not config.discount < 1.0:
-            raise ValueError(f"library_size > 0 (successor features) needs discount < 1, got "
-                             f"{config.discount}: ψ sums φ over an infinite horizon")
-        return reward_sf.SFReward(hidden, _ACTIVATIONS[config.activation],
-                                  int(config.library_size), float(config.discount))
-    return MLP(hidden, 1, _ACTIVATIONS[config.activation])
-
-
 def default_optimizer(config: RewardModelConfig, learning_rate: float | Array | None = None
                       ) -> optax.GradientTransformation:
     """Adam, or AdamW when ``weight_decay > 0`` (decoupled decay, Loshchilov & Hutter).
@@ -304,8 +287,8 @@ def segment_scores(model: RewardModel, state: RewardModelState, obs: Array, acti
     values = reward_fn(model, state)(obs, action)
     mask = jnp.asarray(mask, values.dtype)
     scores = _segment_scores(model.config, values, mask)
-    gaps = _gaps(model.config, model.network, state.params, obs, final_obs, mask,
-                 action.shape[-1])
+    gaps = reward_members.value_terms(model.config, model.network, state.params, obs,
+                                      final_obs, mask, action.shape[-1])
     if gaps is not None:
         scores = scores + jnp.mean(gaps, axis=0) / state.reward_std
     return scores
@@ -326,17 +309,6 @@ class PPOReward:
     def __call__(self, obs: Array, action: Array, next_obs: Array, extras: Any) -> Array:
         del next_obs
         return reward_fn(self.model, extras["reward_params"])(obs, action)
-
-
-def _gaps(config: RewardModelConfig, network: nn.Module, params: Any, obs: Array,
-          final_obs: Array | None, mask: Array, act_dim: int) -> Array | None:
-    """``[M, N]`` value terms of the score (a learned Φ, or GPI over ψ), or None."""
-    if config.potential:
-        return reward_potential.segment_gaps(config, network, params, obs, final_obs, mask,
-                                             act_dim)
-    if config.library_size:
-        return reward_sf.segment_gaps(config, network, params, obs, final_obs, mask, act_dim)
-    return None
 
 
 def _segment_scores(config: RewardModelConfig, values_nt: Array, mask_nt: Array) -> Array:
@@ -362,7 +334,7 @@ def pair_logits(
     scores = _segment_scores(config, out, mask)  # [M, 2B]
     final = None if batch.final_obs_1 is None else jnp.concatenate(
         [batch.final_obs_1, batch.final_obs_2], axis=0)
-    gaps = _gaps(config, network, params, obs, final, mask, action.shape[-1])
+    gaps = reward_members.value_terms(config, network, params, obs, final, mask, action.shape[-1])
     if gaps is not None:
         scores = scores + gaps
     first = scores[:, :size]
