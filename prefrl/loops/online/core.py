@@ -14,6 +14,9 @@ Christiano et al. 2017 (docs/design.md §4b). A round is three steps over one
    ensemble is refitted on every training label so far (warm start; round 0:
    ``initial_fit_steps`` in all), and r̂ is standardised on the newest
    rollout's state-actions so the policy always sees a unit-scale reward.
+   A reward model with a snapshot library (``reward_learner="regret_sf"``)
+   first stores the newest rollout as a snapshot and refits its ψ heads
+   (:mod:`prefrl.learners.reward_sf`).
 
 The segment pool and the label buffer are :func:`prefrl.data.buffers.make_ring_buffer`
 states. Every rollout is cut on one fixed grid (:func:`prefrl.data.segments.grid_segments`:
