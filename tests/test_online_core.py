@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
@@ -296,3 +297,27 @@ def test_readme_online_registry_example_runs():
     finally:
         queries.ACQUISITIONS.pop("margin", None)
         registry.REWARD_LEARNERS.pop("rhat_half", None)
+
+
+def test_settings_diff_lets_a_run_resume_across_a_field_added_with_its_default():
+    """A checkpoint written before a config field existed resumes while the field keeps its
+    default; any other difference (or a non-default new field) is named."""
+    from prefrl.loops.online import files
+    from prefrl.loops.online.config import OnlineConfig
+
+    def settings(**reward):
+        return files.run_settings(OnlineConfig(), ppo.PPOConfig(),
+                                  rm.RewardModelConfig(**reward), oracles.OracleConfig())
+
+    now = settings()
+    old = json.loads(json.dumps(now))
+    del old["reward_config"]["library_size"], old["reward_config"]["library_fit_steps"]
+    assert files.settings_diff(now, old) == []
+    assert files.settings_diff(settings(library_size=4, discount=0.9), old) == [
+        "reward_config.discount", "reward_config.library_size"]
+    assert files.settings_diff(settings(num_steps=7), now) == ["reward_config.num_steps"]
+    # Newer checkpoints are not resumed by older code; a removed option is named.
+    assert files.settings_diff(old, now) == ["reward_config.library_fit_steps",
+                                             "reward_config.library_size"]
+    old["oracle"]["removed_option"] = 1
+    assert files.settings_diff(now, old) == ["oracle.removed_option"]

@@ -59,12 +59,30 @@ def run_settings(c: OnlineConfig, ppo_config: ppo.PPOConfig, reward_config: rm.R
     return jsonable(settings)
 
 
+def _flat(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{p}.{k}" if k else p: v for p, sub in settings.items()
+            for k, v in (sub.items() if isinstance(sub, dict) else [("", sub)])}
+
+
+def _field_defaults() -> dict[str, Any]:
+    """Flat ``part.key -> default`` of the four configs every run's settings hold."""
+    return _flat(run_settings(OnlineConfig(), ppo.PPOConfig(), rm.RewardModelConfig(),
+                              oracles.OracleConfig()))
+
+
 def settings_diff(now: Mapping[str, Any], then: Mapping[str, Any]) -> list[str]:
-    """``part.key`` names whose values differ between two :func:`run_settings` (both backends)."""
-    flat = lambda s: {f"{p}.{k}" if k else p: v for p, sub in s.items()
-                      for k, v in (sub.items() if isinstance(sub, dict) else [("", sub)])}
-    a, b = flat(now), flat(then)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    """``part.key`` names whose values differ between two :func:`run_settings` (both backends).
+
+    A key that ``then`` lacks (a field added to a config after that run was written)
+    differs only when ``now`` holds something other than the field's default: a new
+    field's default keeps the old behaviour (the project's rule for new options), so
+    a checkpoint of a long run stays resumable across such code changes.
+    """
+    a, b = _flat(now), _flat(then)
+    defaults = _field_defaults()
+    same = lambda k: a.get(k) == b.get(k) or (
+        k not in b and k in defaults and a.get(k) == defaults[k])
+    return sorted(k for k in a.keys() | b.keys() if not same(k))
 
 
 def start(out_dir: Path | None, c: OnlineConfig, settings: dict[str, Any],
