@@ -306,9 +306,13 @@ def test_regret_sf_learner_keeps_a_snapshot_library_and_resumes(tmp_path):
                      "newest": float(state.pool.data.obs[(int(state.pool.head) - 1)
                                                          % state.pool.capacity, 0, 2])})
 
-    result = _train(config, callback=callback)
+    reward = dataclasses.replace(REWARD, library_size=3)  # a library of 3 snapshots
+    result = online.train(config, PPO, reward, None, callback=callback,
+                          env_factory=lambda n, s: MarkerEnv(n, s))
     fitted = result["reward_model"].config
-    assert fitted.library_size == registry.DEFAULT_LIBRARY_SIZE and fitted.discount == PPO.discount
+    assert fitted.library_size == 3 and fitted.discount == PPO.discount
+    assert registry.reward_learner("regret_sf").configure(REWARD, 0.99, 1.0).library_size == (
+        registry.DEFAULT_LIBRARY_SIZE)
     # A library size given with the reward options (the CLI: γ still 1 there) is kept; γ is set.
     given = registry.reward_learner("regret_sf").configure(rm.RewardModelConfig(library_size=1),
                                                            0.99, 0.9)
@@ -319,11 +323,14 @@ def test_regret_sf_learner_keeps_a_snapshot_library_and_resumes(tmp_path):
     for s in seen[1:]:
         slot = (s["head"] - 1) % fitted.library_size
         assert np.all(s["markers"][slot] == s["newest"])  # the newest rollout, whole
+    assert len(np.unique(seen[-1]["markers"][:, 0])) == 3  # three rounds' policies
     # Killed after update 5 and run again: the same rounds, bit for bit.
     other = tmp_path / "resumed"
     files = dataclasses.replace(config, out_dir=str(other))
-    _train(files, stop_after_updates=5)
-    resumed = _train(files)
+    resume = lambda **kw: online.train(files, PPO, reward, None,
+                                       env_factory=lambda n, s: MarkerEnv(n, s), **kw)
+    resume(stop_after_updates=5)
+    resumed = resume()
     keys = ("successor_loss", "fit_train_loss", "heldout_acc_partial_return")
     assert [[r.get(k) for k in keys] for r in resumed["rounds"]] == [
         [r.get(k) for k in keys] for r in result["rounds"]]
