@@ -16,7 +16,7 @@ every ensemble member is an :class:`SFReward`:
 
 Π is the run's own policy snapshots (the last Π labelling rounds' policies, never
 an expert), each represented by the segments of its rollout
-(:class:`SnapshotLibrary`). ψ is regressed on them by :func:`fit_successors`
+(:class:`Snapshot`, stacked ``[Π, …]``). ψ is regressed on them by :func:`fit_successors`
 (k-step TD: the discounted sum of φ over the rest of the segment plus
 γ^{k−t} ψ^j(s_k), targets recomputed a few times), and is a constant of the
 preference fit (``stop_gradient``), as in ``regret_sf``: the preference gradient
@@ -203,4 +203,20 @@ def fit_successors(network: SFReward, params: Any, library: Snapshot, key: PRNGK
     return jax.vmap(member)(params, jax.random.split(key, members))
 
 
-__all__ = ["SFReward", "Snapshot", "fit_successors", "segment_gaps", "successor_targets"]
+#: Target recomputations and rows per update of :func:`refit_library` (its Adam steps are
+#: the reward config's ``library_fit_steps``, spread over the rounds).
+LIBRARY_ROUNDS = 4
+LIBRARY_BATCH = 1024
+
+
+def refit_library(config: Any, network: SFReward, params: Any, library: Snapshot,
+                  key: PRNGKey) -> tuple[Any, Array]:
+    """:func:`fit_successors` with a ``RewardModelConfig``'s settings (γ, input, steps)."""
+    return fit_successors(network, params, library, key, discount=float(config.discount),
+                          use_action=config.use_action, rounds=LIBRARY_ROUNDS,
+                          steps=max(1, int(config.library_fit_steps) // LIBRARY_ROUNDS),
+                          batch_size=LIBRARY_BATCH)
+
+
+__all__ = ["LIBRARY_BATCH", "LIBRARY_ROUNDS", "SFReward", "Snapshot", "fit_successors",
+           "refit_library", "segment_gaps", "successor_targets"]

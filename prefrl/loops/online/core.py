@@ -60,9 +60,6 @@ Array = jax.Array
 PRNGKey = jax.Array
 Metrics = dict[str, Array]
 
-SUCCESSOR_ROUNDS = 4  # ψ target recomputations per refit (reward_learner 'regret_sf')
-SUCCESSOR_BATCH = 1024  # rows (snapshot, segment, step) per ψ regression update
-
 FIT_METRICS = ("fit_train_loss", "fit_train_accuracy", "valid_loss", "valid_accuracy",
                "reward_pearson", "critic_offset_std", "fit_nonfinite")
 
@@ -346,12 +343,9 @@ def make_core(config: OnlineConfig, reward_config: rm.RewardModelConfig, *,
         metrics = {"critic_offset_std": jnp.float32(jnp.nan)}
         if library_buffer is not None:  # ψ of every snapshot for the current φ, then the fit
             state = snapshot(state)
-            params, sf_loss = reward_sf.fit_successors(
-                model.network, state.reward.params, state.library.data,
-                jax.random.fold_in(key, 1 << 20), discount=fit_config.discount,
-                use_action=fit_config.use_action, rounds=SUCCESSOR_ROUNDS,
-                steps=max(1, fit_config.library_fit_steps // SUCCESSOR_ROUNDS),
-                batch_size=SUCCESSOR_BATCH)
+            params, sf_loss = reward_sf.refit_library(
+                fit_config, model.network, state.reward.params, state.library.data,
+                jax.random.fold_in(key, 1 << 20))
             state = state.replace(reward=state.reward.replace(params=params))
             metrics["successor_loss"] = jnp.mean(sf_loss)
         if offset is not None:
